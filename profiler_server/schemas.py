@@ -1,0 +1,312 @@
+"""Wire schemas: the one definition of every request and response body of the HTTP API.
+
+The server, the device agents and the search client all import these; no other module declares a
+request or response shape. Only pydantic and the torch-free ``search.space`` are imported here.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+MAX_BATCH = 1000
+MAX_SAMPLES = 10_000
+
+DeviceName = Annotated[str, Field(pattern=DEVICE_NAME_PATTERN, description="slug: a-z, 0-9 and '-'")]
+Platform = Literal["android", "ios", "linux", "macos", "windows", "other"]
+
+
+def _finite_positive(v: float | None, what: str) -> float | None:
+    if v is None:
+        return v
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{what} must be a finite positive number of microseconds, got {v}")
+    return v
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- devices -----------------------------------------------------------------------------
+class DeviceCreate(_Base):
+    name: DeviceName
+    platform: Platform
+    runtime: str = Field(min_length=1, max_length=64, description="e.g. executorch-xnnpack, coreml")
+    precision: str = Field(default="fp32", max_length=16)
+    model: str | None = Field(default=None, max_length=128)
+    soc: str | None = Field(default=None, max_length=128)
+    os: str | None = Field(default=None, max_length=128)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeviceOut(_Base):
+    name: str
+    platform: str
+    runtime: str
+    precision: str
+    model: str | None = None
+    soc: str | None = None
+    os: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    coverage: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="space -> {'ops': total, 'covered': with a latency}"
+    )
+
+
+class DeviceCreated(DeviceOut):
+    token: str = Field(description="the device's agent token; shown only once")
+
+
+# ---- spaces ------------------------------------------------------------------------------
+class OpFields(_Base):
+    key: str
+    block: str
+    kernel: int | None = None
+    expansion: int | None = None
+    groups: int | None = None
+    cin: int
+    h: int
+    w: int
+    cout: int
+    stride: int
+
+
+class SpaceOp(OpFields):
+    layers: list[int] = Field(default_factory=list)
+
+
+class SpaceSummary(_Base):
+    space: str
+    version: str
+    n_ops: int
+
+
+class SpaceOut(_Base):
+    space: str
+    version: str
+    ops: list[SpaceOp]
+
+
+# ---- runs and measurements ---------------------------------------------------------------
+class RunCreate(_Base):
+    space: str
+    transport: Literal["host", "adb", "ios", "import", "other"] = "host"
+    agent_version: str = Field(max_length=64)
+    runtime: str = Field(max_length=64, description="executorch, coreml, ...")
+    runtime_version: str = Field(max_length=64)
+    build: str | None = Field(default=None, max_length=256, description="runner build / app version")
+    threads: int | None = Field(default=None, ge=1, le=256)
+    cpu_mask: str | None = Field(default=None, max_length=64)
+    compute_units: str | None = Field(default=None, max_length=32)
+    host: str | None = Field(default=None, max_length=256)
+    device_model: str | None = Field(default=None, max_length=128)
+    soc: str | None = Field(default=None, max_length=128)
+    os: str | None = Field(default=None, max_length=128)
+    warmup: int | None = Field(default=None, ge=0)
+    repeats: int | None = Field(default=None, ge=1)
+    rounds: int | None = Field(default=None, ge=1)
+    overhead_us: float | None = Field(default=None, description="runtime per-call overhead (identity program)")
+    temps_before: dict[str, float] = Field(default_factory=dict)
+    cpu_freqs_before: dict[str, float] = Field(default_factory=dict)
+    started_at: datetime | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("overhead_us")
+    @classmethod
+    def _overhead(cls, v):
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise ValueError(f"overhead_us must be finite and >= 0, got {v}")
+        return v
+
+
+class RunFinish(_Base):
+    temps_after: dict[str, float] = Field(default_factory=dict)
+    cpu_freqs_after: dict[str, float] = Field(default_factory=dict)
+    overhead_us: float | None = None
+    status: Literal["finished", "failed", "aborted"] = "finished"
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunOut(_Base):
+    id: int
+    device: str
+    space: str
+    space_version: str
+    transport: str
+    agent_version: str
+    runtime: str
+    runtime_version: str
+    build: str | None = None
+    threads: int | None = None
+    cpu_mask: str | None = None
+    compute_units: str | None = None
+    host: str | None = None
+    device_model: str | None = None
+    soc: str | None = None
+    os: str | None = None
+    warmup: int | None = None
+    repeats: int | None = None
+    rounds: int | None = None
+    overhead_us: float | None = None
+    temps_before: dict[str, float] = Field(default_factory=dict)
+    temps_after: dict[str, float] = Field(default_factory=dict)
+    cpu_freqs_before: dict[str, float] = Field(default_factory=dict)
+    cpu_freqs_after: dict[str, float] = Field(default_factory=dict)
+    status: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    n_measurements: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Measurement(_Base):
+    """Robust statistics of one op in one run, in microseconds."""
+
+    key: str
+    n: int = Field(ge=1)
+    median_us: float
+    mean_us: float
+    std_us: float = Field(ge=0)
+    min_us: float
+    p10_us: float
+    p90_us: float
+    samples_us: list[float] | None = Field(default=None, max_length=MAX_SAMPLES)
+
+    @field_validator("median_us", "mean_us", "min_us", "p10_us", "p90_us")
+    @classmethod
+    def _pos(cls, v, info):
+        return _finite_positive(v, info.field_name)
+
+    @field_validator("std_us")
+    @classmethod
+    def _std(cls, v):
+        if not math.isfinite(v):
+            raise ValueError("std_us must be finite")
+        return v
+
+    @field_validator("samples_us")
+    @classmethod
+    def _samples(cls, v):
+        for s in v or []:
+            _finite_positive(s, "every sample")
+        return v
+
+    @model_validator(mode="after")
+    def _order(self):
+        if not (self.min_us <= self.p10_us <= self.median_us <= self.p90_us):
+            raise ValueError(f"{self.key}: statistics out of order (need min <= p10 <= median <= p90)")
+        return self
+
+
+class MeasurementBatch(_Base):
+    measurements: list[Measurement] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchResult(_Base):
+    run_id: int
+    received: int
+    stored: int = Field(description="new rows; re-sent ops of the same run are not stored twice")
+    duplicates: int
+
+
+# ---- tables ------------------------------------------------------------------------------
+class TableEntry(OpFields):
+    latency_us: float | None = Field(description="None only when the op is in `missing`")
+    n: int = 0
+    std_us: float | None = None
+    p10_us: float | None = None
+    p90_us: float | None = None
+    runs: int = Field(0, description="how many runs/imports contributed")
+    source: Literal["measured", "imported", "identity", "missing"]
+    layers: list[int] = Field(default_factory=list)
+
+
+class Table(_Base):
+    device: str
+    space: str
+    space_version: str
+    version: str = Field(description="content hash of the entries; also the ETag")
+    unit: Literal["us"] = "us"
+    complete: bool
+    missing: list[str]
+    overhead_us: float | None = Field(None, description="per-call runtime overhead recorded by the agents")
+    rule: str = Field(description="how entries were assembled from measurements")
+    entries: list[TableEntry]
+
+
+class ImportResult(_Base):
+    device: str
+    space: str
+    format: str
+    entries_in_file: int
+    mapped: int
+    unmapped: list[str] = Field(description="file keys that do not belong to this space")
+    missing: list[str] = Field(description="ops of the space still without a latency")
+
+
+class CompareEntry(OpFields):
+    a_us: float | None
+    b_us: float | None
+    ratio: float | None = Field(description="a / b")
+
+
+class CompareOut(_Base):
+    space: str
+    a: str
+    b: str
+    entries: list[CompareEntry]
+    geomean_ratio: float | None
+
+
+# ---- validations -------------------------------------------------------------------------
+class ValidationCreate(_Base):
+    space: str
+    arch: list[str] = Field(min_length=22, max_length=22, description="22 block names")
+    predicted_us: float
+    measured_us: float
+    n: int = Field(ge=1)
+    std_us: float | None = Field(default=None, ge=0)
+    table_version: str | None = None
+    run_id: int | None = None
+    label: str | None = Field(default=None, max_length=128)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("predicted_us", "measured_us")
+    @classmethod
+    def _pos(cls, v, info):
+        return _finite_positive(v, info.field_name)
+
+
+class ValidationOut(ValidationCreate):
+    id: int
+    device: str
+    error_pct: float = Field(description="100 * (predicted - measured) / measured")
+    created_at: datetime | None = None
+
+
+class ValidationSummary(_Base):
+    device: str
+    space: str
+    count: int
+    mape: float | None
+    within_10pct: float | None = Field(description="share of |error| <= 10%")
+    kendall_tau: float | None
+    worst: list[ValidationOut]
+    validations: list[ValidationOut]
+
+
+# ---- misc --------------------------------------------------------------------------------
+class Health(_Base):
+    status: Literal["ok", "degraded"]
+    db: bool
+    version: str
+
+
+class ErrorOut(_Base):
+    detail: Any
