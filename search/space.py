@@ -446,7 +446,7 @@ def get_space(name: str) -> Space:
         raise SpaceError(f"space {name!r}: resolution must be 32..1024 and width 0.1..4.0")
     base = dict(_BASE["fbnet-224"])
     base.update(resolution=res, width_mult=mult, description=f"fbnet-224 at {res} px, width x{mult}")
-    canonical = f"fbnet-{res}" + (f"-w{m['mult']}" if m["mult"] else "")
+    canonical = f"fbnet-{res}" + (f"-w{mult:g}" if mult != 1.0 else "")
     if canonical != name:
         raise SpaceError(f"space {name!r}: write it as {canonical!r}")
     return Space(name=name, **base)
