@@ -96,6 +96,10 @@ class SpaceOut(_Base):
 # ---- runs and measurements ---------------------------------------------------------------
 class RunCreate(_Base):
     space: str
+    device: DeviceName | None = Field(
+        default=None,
+        description="the device the run belongs to; defaults to the token's device, required with the admin token",
+    )
     transport: Literal["host", "adb", "ios", "import", "other"] = "host"
     agent_version: str = Field(max_length=64)
     runtime: str = Field(max_length=64, description="executorch, coreml, ...")
@@ -208,6 +212,29 @@ class MeasurementBatch(_Base):
     measurements: list[Measurement] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+class StoredMeasurement(_Base):
+    """A measurement as stored (imports may hold exact zeros, so no positivity check here)."""
+
+    key: str
+    n: int
+    median_us: float
+    mean_us: float
+    std_us: float
+    min_us: float
+    p10_us: float
+    p90_us: float
+    samples_us: list[float] | None = None
+
+
+class RunMeasurements(_Base):
+    run_id: int
+    device: str
+    space: str
+    status: str
+    keys: list[str] = Field(description="op keys this run already has (what --resume skips)")
+    measurements: list[StoredMeasurement]
+
+
 class BatchResult(_Base):
     run_id: int
     received: int
@@ -267,6 +294,9 @@ class CompareOut(_Base):
 # ---- validations -------------------------------------------------------------------------
 class ValidationCreate(_Base):
     space: str
+    device: DeviceName | None = Field(
+        default=None, description="defaults to the token's device; required with the admin token"
+    )
     arch: list[str] = Field(min_length=22, max_length=22, description="22 block names")
     predicted_us: float
     measured_us: float
@@ -285,7 +315,7 @@ class ValidationCreate(_Base):
 
 class ValidationOut(ValidationCreate):
     id: int
-    device: str
+    device: str  # type: ignore[assignment]
     error_pct: float = Field(description="100 * (predicted - measured) / measured")
     created_at: datetime | None = None
 

@@ -1,0 +1,68 @@
+"""Engines and sessions. SQLite gets WAL, a busy timeout and foreign keys on every connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, immediate: bool = False) -> Engine:
+    """An engine for ``url``. With SQLite and ``immediate``, every transaction starts with
+    ``BEGIN IMMEDIATE`` so that a writer takes the write lock up front (a deferred transaction
+    that later upgrades to a writer can fail with SQLITE_BUSY regardless of the busy timeout)."""
+    if not is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Autocommit at the driver level: SQLAlchemy's "begin" event below issues BEGIN itself.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@dataclass
+class Database:
+    """A read engine and a write engine (the same one except on SQLite) and their sessions."""
+
+    url: str
+    engine: Engine
+    write_engine: Engine
+    read_sessions: sessionmaker[Session]
+    write_sessions: sessionmaker[Session]
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()
+
+
+def open_database(url: str) -> Database:
+    engine = make_engine(url)
+    write_engine = make_engine(url, immediate=True) if is_sqlite(url) else engine
+    return Database(
+        url=url,
+        engine=engine,
+        write_engine=write_engine,
+        read_sessions=sessionmaker(engine, expire_on_commit=False),
+        write_sessions=sessionmaker(write_engine, expire_on_commit=False),
+    )

@@ -1,0 +1,185 @@
+"""SQLAlchemy models: devices, their tokens, spaces, profiling runs, measurements, imports, validations.
+
+Latencies are stored in microseconds. Schema changes go through ``db/migrations`` only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# BigInteger on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
+PK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    runtime: Mapped[str] = mapped_column(String(64))
+    precision: Mapped[str] = mapped_column(String(16), default="fp32")
+    model: Mapped[str | None] = mapped_column(String(128))
+    soc: Mapped[str | None] = mapped_column(String(128))
+    os: Mapped[str | None] = mapped_column(String(128))
+    # "metadata" is reserved on declarative classes; the column keeps the API's name.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # Bumped by every write that can change this device's tables; tables are cached per generation.
+    table_gen: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    tokens: Mapped[list[DeviceToken]] = relationship(back_populates="device", cascade="all, delete-orphan")
+
+
+class DeviceToken(Base):
+    __tablename__ = "device_tokens"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    device: Mapped[Device] = relationship(back_populates="tokens")
+
+
+class Space(Base):
+    __tablename__ = "spaces"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    version: Mapped[str] = mapped_column(String(64))
+    n_ops: Mapped[int] = mapped_column(Integer)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    ops: Mapped[list[SpaceOp]] = relationship(back_populates="space", cascade="all, delete-orphan")
+
+
+class SpaceOp(Base):
+    __tablename__ = "space_ops"
+    __table_args__ = (UniqueConstraint("space_id", "key", name="uq_space_ops_space_key"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(128))
+    block: Mapped[str] = mapped_column(String(32))
+    kernel: Mapped[int | None] = mapped_column(Integer)
+    expansion: Mapped[int | None] = mapped_column(Integer)
+    groups: Mapped[int | None] = mapped_column(Integer)
+    cin: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    cout: Mapped[int] = mapped_column(Integer)
+    stride: Mapped[int] = mapped_column(Integer)
+    layers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+    space: Mapped[Space] = relationship(back_populates="ops")
+
+
+class Run(Base):
+    """One profiling session of one device over (part of) one space; imports are runs too."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_device_space", "device_id", "space_id"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id"))
+    space_version: Mapped[str] = mapped_column(String(64))
+    transport: Mapped[str] = mapped_column(String(16))
+    agent_version: Mapped[str] = mapped_column(String(64))
+    runtime: Mapped[str] = mapped_column(String(64))
+    runtime_version: Mapped[str] = mapped_column(String(64))
+    build: Mapped[str | None] = mapped_column(String(256))
+    threads: Mapped[int | None] = mapped_column(Integer)
+    cpu_mask: Mapped[str | None] = mapped_column(String(64))
+    compute_units: Mapped[str | None] = mapped_column(String(32))
+    host: Mapped[str | None] = mapped_column(String(256))
+    device_model: Mapped[str | None] = mapped_column(String(128))
+    soc: Mapped[str | None] = mapped_column(String(128))
+    os: Mapped[str | None] = mapped_column(String(128))
+    warmup: Mapped[int | None] = mapped_column(Integer)
+    repeats: Mapped[int | None] = mapped_column(Integer)
+    rounds: Mapped[int | None] = mapped_column(Integer)
+    overhead_us: Mapped[float | None] = mapped_column(Float)
+    temps_before: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    temps_after: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cpu_freqs_before: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cpu_freqs_after: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    device: Mapped[Device] = relationship()
+    space: Mapped[Space] = relationship()
+
+
+class Measurement(Base):
+    """Robust statistics of one op in one run (microseconds); at most one row per (run, key)."""
+
+    __tablename__ = "measurements"
+    __table_args__ = (UniqueConstraint("run_id", "key", name="uq_measurements_run_key"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(128))
+    n: Mapped[int] = mapped_column(Integer)
+    median_us: Mapped[float] = mapped_column(Float)
+    mean_us: Mapped[float] = mapped_column(Float)
+    std_us: Mapped[float] = mapped_column(Float)
+    min_us: Mapped[float] = mapped_column(Float)
+    p10_us: Mapped[float] = mapped_column(Float)
+    p90_us: Mapped[float] = mapped_column(Float)
+    samples_us: Mapped[list[Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ImportedTable(Base):
+    """Provenance of an external table; its values are the measurements of ``run_id``."""
+
+    __tablename__ = "imported_tables"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id"))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    format: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str | None] = mapped_column(String(256))
+    entries_in_file: Mapped[int] = mapped_column(Integer)
+    mapped: Mapped[int] = mapped_column(Integer)
+    unmapped: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Validation(Base):
+    """A whole architecture measured on the device against the table's prediction."""
+
+    __tablename__ = "validations"
+    __table_args__ = (Index("ix_validations_device_space", "device_id", "space_id"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    arch: Mapped[list[Any]] = mapped_column(JSON)
+    predicted_us: Mapped[float] = mapped_column(Float)
+    measured_us: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    std_us: Mapped[float | None] = mapped_column(Float)
+    table_version: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(128))
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

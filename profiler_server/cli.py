@@ -1,0 +1,176 @@
+"""``fbnet-server``: serve the API, register devices, import external tables, write plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The fbnet-lut profiler service.", no_args_is_help=True, add_completion=False)
+plot_app = typer.Typer(help="Write PNG figures of the stored data.", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (default: FBNET_DB_URL or ./fbnet.db)")]
+
+
+def _settings(db: str | None):
+    from profiler_server.config import Settings
+
+    s = Settings()
+    if db:
+        s.db_url = db
+    return s
+
+
+def _database(db: str | None):
+    from db.engine import open_database
+    from db.migrate import upgrade_to_head
+
+    url = _settings(db).resolved_db_url()
+    upgrade_to_head(url)
+    return open_database(url)
+
+
+@app.command()
+def serve(
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+):
+    """Run the HTTP API (migrates the database to head first)."""
+    import uvicorn
+
+    if db:
+        os.environ["FBNET_DB_URL"] = db  # workers are fresh processes: the environment carries it
+    if workers > 1:
+        uvicorn.run("profiler_server.app:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level)
+    else:
+        from profiler_server.app import create_app
+
+        uvicorn.run(create_app(_settings(db)), host=host, port=port, log_level=log_level)
+
+
+@app.command("create-device")
+def create_device(
+    name: Annotated[str, typer.Argument(help="slug: a-z, 0-9 and '-'")],
+    platform: Annotated[str, typer.Option(help="android, ios, linux, macos, windows, other")] = "linux",
+    runtime: Annotated[str, typer.Option(help="e.g. executorch-xnnpack, coreml")] = "executorch-xnnpack",
+    precision: Annotated[str, typer.Option()] = "fp32",
+    model: Annotated[str | None, typer.Option(help="device model, e.g. Pixel 3")] = None,
+    soc: Annotated[str | None, typer.Option(help="SoC, e.g. Snapdragon 845")] = None,
+    os_: Annotated[str | None, typer.Option("--os", help="OS version")] = None,
+    db: DbOpt = None,
+):
+    """Register a device and print its agent token (shown only once)."""
+    from pydantic import ValidationError
+
+    from profiler_server import schemas
+    from profiler_server.domain import devices
+    from profiler_server.errors import DomainError
+
+    try:
+        body = schemas.DeviceCreate(name=name, platform=platform, runtime=runtime, precision=precision,
+                                    model=model, soc=soc, os=os_)
+    except ValidationError as e:
+        raise typer.BadParameter(str(e)) from None
+    database = _database(db)
+    try:
+        with database.write_sessions() as s:
+            _, token = devices.create_device(s, body)
+            s.commit()
+    except DomainError as e:
+        typer.echo(f"error: {e.detail}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+    typer.echo(token)
+
+
+@app.command("import")
+def import_table(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="the external table file")],
+    device: Annotated[str, typer.Option(help="registered device name")],
+    space: Annotated[str, typer.Option(help="space, e.g. fbnet-cifar")],
+    format: Annotated[str, typer.Option(help="hwnasbench, proxylessnas or ofa")] = "hwnasbench",
+    db: DbOpt = None,
+):
+    """Load an external table as one source of the device's table; prints the mapping report."""
+    from profiler_server.domain import devices, importers
+    from profiler_server.domain.spaces import resolve_space
+    from profiler_server.errors import DomainError
+
+    database = _database(db)
+    try:
+        with database.write_sessions() as s:
+            doc = importers.load_document(file.read_bytes(), format)
+            result = importers.import_table(s, devices.get_device(s, device), resolve_space(space), format, doc,
+                                            source=file.name)
+            s.commit()
+    except DomainError as e:
+        typer.echo(f"error: {e.detail}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+    typer.echo(json.dumps(result.model_dump(), indent=1))
+
+
+def _write(out: Path, data: bytes) -> None:
+    out.write_bytes(data)
+    typer.echo(f"wrote {out}")
+
+
+@plot_app.command("table")
+def plot_table(device: str, space: Annotated[str, typer.Option()], out: Annotated[Path, typer.Option("-o", "--out")],
+               db: DbOpt = None):
+    """Heatmap of a device's table (22 layers x 9 blocks)."""
+    from profiler_server import plots
+    from profiler_server.domain.spaces import resolve_space
+    from profiler_server.domain.tables import TableCache
+
+    database = _database(db)
+    with database.read_sessions() as s:
+        _write(out, plots.table_heatmap(TableCache().table(s, device, space), resolve_space(space)))
+    database.dispose()
+
+
+@plot_app.command("compare")
+def plot_compare(space: Annotated[str, typer.Option()], a: Annotated[str, typer.Option()],
+                 b: Annotated[str, typer.Option()], out: Annotated[Path, typer.Option("-o", "--out")],
+                 db: DbOpt = None):
+    """Per-op latency ratio of devices a and b."""
+    from profiler_server import plots
+    from profiler_server.domain.compare import compare
+    from profiler_server.domain.tables import TableCache
+
+    database = _database(db)
+    with database.read_sessions() as s:
+        c = TableCache()
+        _write(out, plots.ratio_plot(compare(space, c.table(s, a, space), c.table(s, b, space))))
+    database.dispose()
+
+
+@plot_app.command("validations")
+def plot_validations(device: str, space: Annotated[str, typer.Option()],
+                     out: Annotated[Path, typer.Option("-o", "--out")], db: DbOpt = None):
+    """Predicted vs measured whole-model latency with the ±10% band."""
+    from profiler_server import plots
+    from profiler_server.domain.validations import validation_summary
+
+    database = _database(db)
+    with database.read_sessions() as s:
+        _write(out, plots.validation_plot(validation_summary(s, device, space)))
+    database.dispose()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Per-op latency ratio of two devices over one space."""
+
+from __future__ import annotations
+
+import math
+
+from profiler_server import schemas
+from profiler_server.errors import Invalid
+
+
+def compare(space: str, a: schemas.Table, b: schemas.Table) -> schemas.CompareOut:
+    if a.device == b.device:
+        raise Invalid("compare needs two different devices")
+    b_by_key = {e.key: e for e in b.entries}
+    entries, logs = [], []
+    for ea in a.entries:
+        eb = b_by_key[ea.key]
+        ratio = None
+        if ea.latency_us is not None and eb.latency_us is not None and ea.latency_us > 0 and eb.latency_us > 0:
+            ratio = ea.latency_us / eb.latency_us
+            logs.append(math.log(ratio))
+        fields = ea.model_dump(include=set(schemas.OpFields.model_fields))
+        entries.append(schemas.CompareEntry(**fields, a_us=ea.latency_us, b_us=eb.latency_us, ratio=ratio))
+    geomean = math.exp(sum(logs) / len(logs)) if logs else None
+    return schemas.CompareOut(space=space, a=a.device, b=b.device, entries=entries, geomean_ratio=geomean)

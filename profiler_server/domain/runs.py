@@ -1,0 +1,156 @@
+"""Profiling runs and their measurements."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from db.models import Device, Measurement, Run
+from db.models import Space as SpaceRow
+from profiler_server import schemas
+from profiler_server.auth import Caller, require_writer
+from profiler_server.domain.devices import get_device, touch
+from profiler_server.domain.spaces import ensure_space, resolve_space
+from profiler_server.errors import Conflict, Invalid, NotFound
+
+OPEN, FINISHED = "open", "finished"
+COUNTED_STATUSES = (OPEN, FINISHED)  # failed/aborted runs never reach a table
+
+
+def target_device(session: Session, caller: Caller, named: str | None) -> Device:
+    """The device a write is for: ``named`` or the token's own; checks the caller may write it."""
+    if named is None:
+        if caller.kind != "device":
+            raise Invalid("'device' is required unless the request uses a device token")
+        named = caller.device_name
+    require_writer(caller, named)
+    return get_device(session, named)
+
+
+def create_run(session: Session, caller: Caller, body: schemas.RunCreate) -> Run:
+    device = target_device(session, caller, body.device)
+    space = resolve_space(body.space)
+    row = ensure_space(session, space)
+    fields = body.model_dump(exclude={"device", "space"})
+    run = Run(device_id=device.id, space_id=row.id, space_version=space.version, status=OPEN, **fields)
+    run.started_at = run.started_at or datetime.now(UTC)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"unknown run {run_id}")
+    return run
+
+
+def list_runs(session: Session, device: str | None = None, space: str | None = None) -> list[Run]:
+    q = select(Run).join(Device, Device.id == Run.device_id).join(SpaceRow, SpaceRow.id == Run.space_id)
+    if device is not None:
+        get_device(session, device)
+        q = q.where(Device.name == device)
+    if space is not None:
+        resolve_space(space)
+        q = q.where(SpaceRow.name == space)
+    return list(session.scalars(q.order_by(Run.id)))
+
+
+def n_measurements(session: Session, run_ids: list[int]) -> dict[int, int]:
+    if not run_ids:
+        return {}
+    q = select(Measurement.run_id, func.count()).where(Measurement.run_id.in_(run_ids)).group_by(Measurement.run_id)
+    return dict(session.execute(q).tuples().all())
+
+
+def run_out(run: Run, n: int = 0) -> schemas.RunOut:
+    return schemas.RunOut(
+        id=run.id, device=run.device.name, space=run.space.name, space_version=run.space_version,
+        transport=run.transport, agent_version=run.agent_version, runtime=run.runtime,
+        runtime_version=run.runtime_version, build=run.build, threads=run.threads, cpu_mask=run.cpu_mask,
+        compute_units=run.compute_units, host=run.host, device_model=run.device_model, soc=run.soc, os=run.os,
+        warmup=run.warmup, repeats=run.repeats, rounds=run.rounds, overhead_us=run.overhead_us,
+        temps_before=run.temps_before or {}, temps_after=run.temps_after or {},
+        cpu_freqs_before=run.cpu_freqs_before or {}, cpu_freqs_after=run.cpu_freqs_after or {},
+        status=run.status, started_at=run.started_at, finished_at=run.finished_at, n_measurements=n,
+        extra=run.extra or {},
+    )
+
+
+def runs_out(session: Session, runs: list[Run]) -> list[schemas.RunOut]:
+    counts = n_measurements(session, [r.id for r in runs])
+    return [run_out(r, counts.get(r.id, 0)) for r in runs]
+
+
+def _insert(session: Session):
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def store_rows(session: Session, run_id: int, rows: list[dict]) -> int:
+    """Insert measurement rows, skipping (run, key) pairs already stored; returns how many are new."""
+    if not rows:
+        return 0
+    stmt = _insert(session)(Measurement).on_conflict_do_nothing(index_elements=["run_id", "key"])
+    now = datetime.now(UTC)
+    params = [{**r, "run_id": run_id, "created_at": now} for r in rows]
+    return len(session.execute(stmt.returning(Measurement.id), params).all())
+
+
+def add_measurements(session: Session, caller: Caller, run_id: int, batch: schemas.MeasurementBatch) -> schemas.BatchResult:
+    """Store one batch, all or nothing: every key must belong to the run's space."""
+    run = get_run(session, run_id)
+    require_writer(caller, run.device.name)
+    if run.status != OPEN:
+        raise Conflict(f"run {run_id} is {run.status}; open a new run to add measurements")
+    space = resolve_space(run.space.name)
+    bad = [m.key for m in batch.measurements if m.key not in space.op_by_key]
+    if bad:
+        shown = ", ".join(repr(k) for k in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise Invalid(f"op keys not in space {space.name!r}: {shown}; nothing was stored")
+    unique: dict[str, dict] = {}
+    for m in batch.measurements:
+        unique.setdefault(m.key, m.model_dump())
+    stored = store_rows(session, run.id, list(unique.values()))
+    if stored:
+        touch(session, run.device_id)
+    received = len(batch.measurements)
+    return schemas.BatchResult(run_id=run.id, received=received, stored=stored, duplicates=received - stored)
+
+
+def run_measurements(session: Session, run_id: int) -> schemas.RunMeasurements:
+    run = get_run(session, run_id)
+    rows = session.scalars(select(Measurement).where(Measurement.run_id == run_id).order_by(Measurement.id)).all()
+    ms = [
+        schemas.StoredMeasurement(
+            key=m.key, n=m.n, median_us=m.median_us, mean_us=m.mean_us, std_us=m.std_us, min_us=m.min_us,
+            p10_us=m.p10_us, p90_us=m.p90_us, samples_us=m.samples_us,
+        )
+        for m in rows
+    ]
+    return schemas.RunMeasurements(
+        run_id=run.id, device=run.device.name, space=run.space.name, status=run.status,
+        keys=[m.key for m in ms], measurements=ms,
+    )
+
+
+def finish_run(session: Session, caller: Caller, run_id: int, body: schemas.RunFinish) -> Run:
+    run = get_run(session, run_id)
+    require_writer(caller, run.device.name)
+    if run.status != OPEN:
+        raise Conflict(f"run {run_id} is already {run.status}")
+    run.status = body.status
+    run.finished_at = datetime.now(UTC)
+    run.temps_after = body.temps_after
+    run.cpu_freqs_after = body.cpu_freqs_after
+    if body.overhead_us is not None:
+        run.overhead_us = body.overhead_us
+    if body.extra:
+        run.extra = {**(run.extra or {}), **body.extra}
+    touch(session, run.device_id)
+    session.flush()
+    return run

@@ -1,0 +1,95 @@
+"""PNG figures of tables, device comparisons and validations (matplotlib Agg; no torch)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from profiler_server import schemas  # noqa: E402
+from search.space import CANDIDATE_NAMES, NUM_LAYERS, Space  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def table_heatmap(table: schemas.Table, space: Space) -> bytes:
+    """Latency (ms) of every candidate block at every searchable layer, annotated; gaps are grey."""
+    by_key = {e.key: e.latency_us for e in table.entries}
+    grid = np.full((NUM_LAYERS, len(CANDIDATE_NAMES)), np.nan)
+    for layer in range(NUM_LAYERS):
+        for j, name in enumerate(CANDIDATE_NAMES):
+            v = by_key.get(space.layer_op(layer, name).key)
+            if v is not None:
+                grid[layer, j] = v / 1000.0
+    fig, ax = plt.subplots(figsize=(9, 12))
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap)
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, "-" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                color="black" if math.isnan(v) or v > np.nanmax(grid) * 0.6 else "white")
+    ax.set_xticks(range(len(CANDIDATE_NAMES)), CANDIDATE_NAMES, rotation=45, ha="right")
+    ax.set_yticks(range(NUM_LAYERS), [f"{i}" for i in range(NUM_LAYERS)])
+    ax.set_ylabel("searchable layer")
+    state = "complete" if table.complete else f"{len(table.missing)} missing"
+    ax.set_title(f"{table.device} / {table.space}: latency (ms), {state}")
+    fig.colorbar(im, ax=ax, label="ms")
+    return _png(fig)
+
+
+def ratio_plot(compare: schemas.CompareOut) -> bytes:
+    """Per-op latency ratio a / b (log scale), like the FBNet paper's iPhone X vs Samsung S8 figure."""
+    pts = [(i, e.ratio, e.block) for i, e in enumerate(compare.entries) if e.ratio is not None]
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    blocks = sorted({b for _, _, b in pts})
+    colors = {b: plt.get_cmap("tab20")(k % 20) for k, b in enumerate(blocks)}
+    for b in blocks:
+        xs = [i for i, _, bb in pts if bb == b]
+        ys = [r for _, r, bb in pts if bb == b]
+        ax.scatter(xs, ys, s=14, color=colors[b], label=b)
+    ax.axhline(1.0, color="black", lw=0.8)
+    if compare.geomean_ratio:
+        ax.axhline(compare.geomean_ratio, color="red", ls="--", lw=0.8,
+                   label=f"geomean {compare.geomean_ratio:.2f}")
+    if pts:
+        ax.set_yscale("log")
+    ax.set_xlabel("op index in the space's op list")
+    ax.set_ylabel(f"latency {compare.a} / {compare.b}")
+    ax.set_title(f"{compare.space}: per-op latency ratio {compare.a} vs {compare.b}")
+    ax.legend(fontsize=7, ncol=4, loc="upper left")
+    return _png(fig)
+
+
+def validation_plot(summary: schemas.ValidationSummary) -> bytes:
+    """Predicted vs measured whole-model latency (ms) with y = x and the ±10% band."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    meas = [v.measured_us / 1000 for v in summary.validations]
+    pred = [v.predicted_us / 1000 for v in summary.validations]
+    hi = max(meas + pred + [1.0]) * 1.1
+    xs = np.linspace(0, hi, 50)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="tab:green", alpha=0.15, label="±10%")
+    ax.plot(xs, xs, color="black", lw=0.8, label="y = x")
+    ax.scatter(meas, pred, s=18, color="tab:blue", zorder=3)
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel("measured (ms)")
+    ax.set_ylabel("predicted by the table (ms)")
+
+    def f(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+
+    ax.set_title(f"{summary.device} / {summary.space}: n={summary.count}, MAPE {f(summary.mape, '.1f')}%, "
+                 f"±10% {f(summary.within_10pct and 100 * summary.within_10pct, '.0f')}%, "
+                 f"tau {f(summary.kendall_tau, '.2f')}", fontsize=9)
+    ax.legend(loc="upper left")
+    return _png(fig)
