@@ -1,0 +1,215 @@
+"""Upload to the profiler service: one httpx client, retries with backoff, and a spool on disk.
+
+Every run the agent opens has a state file in the spool folder; measurements are written there
+before they are sent, so nothing measured is lost when the service is down or the agent dies. The
+next call of the agent (or ``fbnet-agent upload``) sends what is left. The same file is what
+``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from profiler_server.schemas import (
+    BatchResult,
+    Measurement,
+    MeasurementBatch,
+    RunCreate,
+    RunFinish,
+    RunOut,
+    Table,
+    ValidationCreate,
+    ValidationOut,
+)
+
+BATCH = 16
+
+
+class UploadError(RuntimeError):
+    """The service refused a request (4xx): retrying will not help."""
+
+
+class ServiceDown(RuntimeError):
+    """The service could not be reached after all retries."""
+
+
+def default_spool_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fbnet-agent" / "spool"
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        d = r.json().get("detail", r.text)
+    except (ValueError, AttributeError):
+        d = r.text
+    if isinstance(d, list):  # pydantic validation errors
+        d = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in d if isinstance(e, dict))
+    return str(d)[:500]
+
+
+@dataclass
+class RunState:
+    """One run as the agent knows it; persisted as JSON in the spool folder."""
+
+    local_id: str
+    server: str
+    device: str
+    space: str
+    transport: str
+    run_create: dict
+    run_id: int | None = None
+    uploaded: list[str] = field(default_factory=list)
+    pending: list[dict] = field(default_factory=list)
+    finish: dict | None = None
+    path: str = ""
+
+    @property
+    def measured(self) -> set[str]:
+        return set(self.uploaded) | {m["key"] for m in self.pending}
+
+    def save(self) -> None:
+        p = Path(self.path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        data = {k: v for k, v in asdict(self).items() if k != "path"}
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, p)
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        return cls(**json.loads(path.read_text()), path=str(path))
+
+
+class Uploader:
+    def __init__(self, server: str, token: str, device: str, spool_dir: str | Path | None = None,
+                 retries: int = 3, backoff_s: float = 0.5, timeout_s: float = 15.0):
+        self.server = server.rstrip("/")
+        self.device = device
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.spool_dir = Path(spool_dir) if spool_dir else default_spool_dir()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=self.server, headers=headers,
+                                   timeout=httpx.Timeout(timeout_s, connect=5.0))
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- HTTP with retries ----------------------------------------------------------------
+    def _request(self, method: str, url: str, **kw) -> httpx.Response:
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                r = self.client.request(method, url, **kw)
+            except httpx.TransportError as e:
+                last = e
+                continue
+            if r.status_code >= 500 or r.status_code == 429:
+                last = RuntimeError(f"HTTP {r.status_code}: {_detail(r)}")
+                continue
+            if r.status_code >= 400:
+                raise UploadError(f"{method} {url} refused (HTTP {r.status_code}): {_detail(r)}")
+            return r
+        raise ServiceDown(f"service {self.server} unreachable after {self.retries + 1} tries: {last}")
+
+    def get_table(self, space: str) -> Table:
+        r = self._request("GET", f"/tables/{self.device}", params={"space": space})
+        return Table.model_validate(r.json())
+
+    def post_validation(self, v: ValidationCreate) -> ValidationOut:
+        r = self._request("POST", "/validations", json=v.model_dump(mode="json"))
+        return ValidationOut.model_validate(r.json())
+
+    # -- runs -----------------------------------------------------------------------------
+    def _dir(self) -> Path:
+        return self.spool_dir / self.device
+
+    def states(self) -> list[RunState]:
+        out = []
+        for p in sorted(self._dir().glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                st = RunState.load(p)
+            except (ValueError, TypeError, OSError):
+                continue
+            if st.server.rstrip("/") == self.server:
+                out.append(st)
+        return out
+
+    def resumable(self, space: str, transport: str) -> RunState | None:
+        cands = [s for s in self.states() if s.space == space and s.transport == transport and s.finish is None]
+        return cands[-1] if cands else None
+
+    def new_run(self, run: RunCreate) -> RunState:
+        lid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        st = RunState(lid, self.server, self.device, run.space, run.transport,
+                      run.model_dump(mode="json"), path=str(self._dir() / f"{lid}.json"))
+        st.save()
+        try:
+            self._open(st)
+        except ServiceDown:
+            pass  # measured anyway; the run opens on a later call
+        return st
+
+    def _open(self, st: RunState) -> None:
+        if st.run_id is None:
+            r = self._request("POST", "/runs", json=st.run_create)
+            st.run_id = RunOut.model_validate(r.json()).id
+            st.save()
+
+    def add(self, st: RunState, ms: list[Measurement], flush: bool = False) -> None:
+        """Spool ``ms`` and send when a batch is full (or ``flush``); a down service only delays."""
+        st.pending.extend(m.model_dump(mode="json") for m in ms)
+        st.save()
+        if flush or len(st.pending) >= BATCH:
+            try:
+                self.send(st)
+            except ServiceDown:
+                pass
+
+    def send(self, st: RunState) -> None:
+        """Open the run if needed and post every pending measurement. Raises ServiceDown/UploadError."""
+        self._open(st)
+        while st.pending:
+            chunk = st.pending[:BATCH]
+            batch = MeasurementBatch(measurements=[Measurement.model_validate(m) for m in chunk])
+            r = self._request("POST", f"/runs/{st.run_id}/measurements", json=batch.model_dump(mode="json"))
+            BatchResult.model_validate(r.json())
+            st.uploaded.extend(m["key"] for m in chunk)
+            del st.pending[: len(chunk)]
+            st.save()
+
+    def finish(self, st: RunState, fin: RunFinish) -> RunOut:
+        st.finish = fin.model_dump(mode="json")
+        st.save()
+        return self._complete(st)
+
+    def _complete(self, st: RunState) -> RunOut:
+        self.send(st)
+        r = self._request("POST", f"/runs/{st.run_id}/finish", json=st.finish)
+        Path(st.path).unlink(missing_ok=True)
+        return RunOut.model_validate(r.json())
+
+    def flush_spool(self, exclude: str | None = None) -> list[str]:
+        """Send what earlier calls left in the spool; returns one line per run touched."""
+        lines = []
+        for st in self.states():
+            if st.local_id == exclude or (not st.pending and st.finish is None and st.run_id is not None):
+                continue
+            n = len(st.pending)
+            if st.finish is not None:
+                out = self._complete(st)
+                lines.append(f"uploaded {n} spooled measurement(s) and closed run {out.id} ({st.space})")
+            else:
+                self.send(st)
+                lines.append(f"uploaded {n} spooled measurement(s) to open run {st.run_id} ({st.space})")
+        return lines
