@@ -1,0 +1,182 @@
+"""adb transport: ExecuTorch's ``executor_runner`` on an Android phone (DEVICES.md section 1).
+
+Pushes the runner and the programs under ``/data/local/tmp/fbnet/``, runs each op as one runner
+process (``--num_executions`` = warm-up + timed, so warm-up and timing share the process), pinned with
+``taskset``, parses the ``Iteration i of N: X ms`` lines from the shell's output or, for a runner
+that logs to logcat (the Android PAL), from ``logcat -d -s ExecuTorch:I``, and drops the warm-ups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import subprocess
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+from device_agents import sysinfo
+from device_agents.protocol import (
+    AgentError,
+    DeviceLostError,
+    NoTimingsError,
+    Provenance,
+    RunnerCrashError,
+    Transport,
+)
+
+DEVICE_DIR = "/data/local/tmp/fbnet"
+ITERATION = re.compile(r"Iteration (\d+) of (\d+): ([0-9.]+) ms")
+_LOST = re.compile(r"device '.*' not found|no devices/emulators found|device offline|device not found|"
+                   r"error: closed|device unauthorized|protocol fault|connection reset", re.I)
+_SIGNALS = {134: "aborted (SIGABRT)", 137: "killed (SIGKILL)", 139: "segmentation fault (SIGSEGV)"}
+
+
+def parse_iterations(text: str, total: int) -> list[float]:
+    """Per-iteration times (ms) of the last complete run of ``total`` executions in ``text``."""
+    its: list[tuple[int, float]] = [(int(i), float(ms)) for i, n, ms in ITERATION.findall(text) if int(n) == total]
+    # logcat may hold several runs; take the last sequence 1..total
+    starts = [j for j, (i, _) in enumerate(its) if i == 1]
+    if starts:
+        its = its[starts[-1]:]
+    return [ms for _, ms in its]
+
+
+class AdbTransport(Transport):
+    name = "adb"
+    fmt = "pte"
+
+    def __init__(self, runner: Path, serial: str | None = None, adb: str = "adb", threads: int = 1,
+                 cpu_mask: str | None = None, timeout_s: float = 600.0, keep: bool = False):
+        self.runner = Path(runner)
+        if not self.runner.is_file():
+            raise AgentError(f"--runner {runner}: no such file (build it with device_agents/android/build_runner.sh)")
+        if cpu_mask:
+            sysinfo.cpus_of_mask(cpu_mask)  # validates the hex
+        self.serial, self.adb, self.threads, self.cpu_mask = serial, adb, threads, cpu_mask
+        self.timeout_s, self.keep = timeout_s, keep
+        self.remote: dict[str, str] = {}
+        self.use_logcat = False
+        self._props: dict[str, str] | None = None
+        state = self._adb(["get-state"], what="adb get-state").stdout.strip()
+        if state != "device":
+            raise DeviceLostError(f"adb: device {serial or '(default)'} is {state or 'not ready'}")
+
+    # -- adb plumbing ---------------------------------------------------------------------
+    def _cmd(self, args: list[str]) -> list[str]:
+        return [self.adb, *(["-s", self.serial] if self.serial else []), *args]
+
+    def _adb(self, args: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess:
+        try:
+            p = subprocess.run(self._cmd(args), capture_output=True, text=True, timeout=self.timeout_s)
+        except FileNotFoundError as e:
+            raise AgentError(f"adb not found ({self.adb}); install platform-tools or pass --adb PATH") from e
+        except subprocess.TimeoutExpired as e:
+            raise AgentError(f"{what}: no answer from adb within {self.timeout_s:.0f} s") from e
+        out = (p.stdout or "") + (p.stderr or "")
+        if p.returncode != 0 and _LOST.search(out):
+            raise DeviceLostError(f"adb: device {self.serial or '(default)'} lost during {what}: {_last(out)}")
+        if check and p.returncode != 0:
+            raise AgentError(f"{what} failed (exit {p.returncode}): {_last(out)}")
+        return p
+
+    def shell(self, command: str, what: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self._adb(["shell", command], what=what, check=check)
+
+    # -- transport ------------------------------------------------------------------------
+    def prepare(self, programs: dict[str, Path]) -> None:
+        self.shell(f"mkdir -p {DEVICE_DIR}", "mkdir")
+        self._adb(["push", str(self.runner), f"{DEVICE_DIR}/executor_runner"], "push runner")
+        self.shell(f"chmod 755 {DEVICE_DIR}/executor_runner", "chmod runner")
+        paths = [Path(p) for p in programs.values()]
+        for i in range(0, len(paths), 64):
+            self._adb(["push", "--sync", *map(str, paths[i:i + 64]), f"{DEVICE_DIR}/"], "push programs")
+        self.remote.update({k: f"{DEVICE_DIR}/{Path(p).name}" for k, p in programs.items()})
+        self._adb(["logcat", "-c"], "logcat -c", check=False)
+
+    def _run_cmd(self, key: str, total: int) -> str:
+        runner = [f"{DEVICE_DIR}/executor_runner", f"--model_path={self.remote[key]}",
+                  f"--num_executions={total}", f"--cpu_threads={self.threads}", "--print_output=none"]
+        if self.cpu_mask:
+            runner = ["taskset", self.cpu_mask, *runner]
+        return shlex.join(runner)
+
+    def measure(self, keys: Sequence[str], warmup: int, repeats: int,
+                on_done: Callable[[str, list[float]], None]) -> None:
+        total = warmup + repeats
+        for key in keys:
+            if self.use_logcat:
+                self._adb(["logcat", "-c"], "logcat -c", check=False)
+            p = self.shell(self._run_cmd(key, total), what=f"executor_runner on {key}", check=False)
+            out = (p.stdout or "") + (p.stderr or "")
+            if p.returncode != 0:
+                why = _SIGNALS.get(p.returncode, f"exit {p.returncode}")
+                raise RunnerCrashError(f"executor_runner crashed on {key}: {why}: {_last(out)}")
+            ms = parse_iterations(out, total)
+            if not ms and not self.use_logcat:
+                log = self._adb(["logcat", "-d", "-s", "ExecuTorch:I"], "logcat -d", check=False)
+                ms = parse_iterations(log.stdout or "", total)
+                if ms:
+                    self.use_logcat = True  # this runner logs through the Android PAL
+            if len(ms) != total:
+                raise NoTimingsError(
+                    f"executor_runner printed {len(ms)} of {total} 'Iteration i of N' timings for {key} "
+                    "(neither on its output nor in logcat; is it built with EXECUTORCH_ENABLE_LOGGING=ON?): "
+                    f"{_last(out) or 'no output'}")
+            on_done(key, [x * 1000.0 for x in ms[warmup:]])
+
+    def props(self) -> dict[str, str]:
+        if self._props is None:
+            text = self.shell("getprop", "getprop").stdout
+            self._props = dict(re.findall(r"^\[([^\]]+)\]: \[([^\]]*)\]", text, re.M))
+        return self._props
+
+    def provenance(self) -> Provenance:
+        p = self.props()
+        soc = p.get("ro.soc.model") or p.get("ro.board.platform") or p.get("ro.product.board")
+        os_ = f"Android {p.get('ro.build.version.release', '?')} (API {p.get('ro.build.version.sdk', '?')})"
+        digest = hashlib.sha256(self.runner.read_bytes()).hexdigest()[:12]
+        return Provenance(
+            runtime="executorch-xnnpack", runtime_version=version("executorch"),
+            build=f"executor_runner {self.runner.name} sha256:{digest}", threads=self.threads,
+            cpu_mask=self.cpu_mask, host=self.serial or p.get("ro.serialno"),
+            device_model=" ".join(x for x in (p.get("ro.product.manufacturer"), p.get("ro.product.model")) if x)
+            or None, soc=soc, os=os_,
+            extra={"board": p.get("ro.product.board"), "abi": p.get("ro.product.cpu.abi"),
+                   "fingerprint": p.get("ro.build.fingerprint"), "max_freqs_mhz": self._max_freqs()},
+        )
+
+    def _max_freqs(self) -> dict[str, float]:
+        return self._sysfs_freqs("cpuinfo_max_freq")
+
+    def _sysfs_freqs(self, name: str) -> dict[str, float]:
+        cmd = (f'for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/{name}; do '
+               f'[ -r "$f" ] && echo "$f $(cat $f)"; done; true')
+        text = self.shell(cmd, "read cpufreq", check=False).stdout or ""
+        lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if " " in line)
+        return sysinfo.parse_freqs(lines)
+
+    def sensors(self) -> tuple[dict[str, float], dict[str, float]]:
+        cmd = ('for z in /sys/class/thermal/thermal_zone*; do '
+               '[ -r "$z/temp" ] && echo "${z##*/} $(cat $z/type) $(cat $z/temp)"; done; true')
+        text = self.shell(cmd, "read thermal zones", check=False).stdout or ""
+        zones = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                zones[parts[0]] = (" ".join(parts[1:-1]), parts[-1])
+        return sysinfo.parse_temps(zones), self._sysfs_freqs("scaling_cur_freq")
+
+    def close(self) -> None:
+        if self.keep:
+            return
+        try:
+            self.shell(f"rm -rf {DEVICE_DIR}", "cleanup", check=False)
+        except AgentError:
+            pass  # the device is gone; nothing to clean
+
+
+def _last(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
