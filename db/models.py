@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 # BigInteger on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
 PK = BigInteger().with_variant(Integer(), "sqlite")
@@ -17,6 +18,23 @@ PK = BigInteger().with_variant(Integer(), "sqlite")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every engine (SQLite hands back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -38,7 +56,7 @@ class Device(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     # Bumped by every write that can change this device's tables; tables are cached per generation.
     table_gen: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     tokens: Mapped[list[DeviceToken]] = relationship(back_populates="device", cascade="all, delete-orphan")
 
@@ -49,7 +67,7 @@ class DeviceToken(Base):
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     device: Mapped[Device] = relationship(back_populates="tokens")
 
@@ -61,7 +79,7 @@ class Space(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     version: Mapped[str] = mapped_column(String(64))
     n_ops: Mapped[int] = mapped_column(Integer)
-    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     ops: Mapped[list[SpaceOp]] = relationship(back_populates="space", cascade="all, delete-orphan")
 
@@ -118,9 +136,9 @@ class Run(Base):
     cpu_freqs_before: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     cpu_freqs_after: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="open")
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     device: Mapped[Device] = relationship()
@@ -144,7 +162,7 @@ class Measurement(Base):
     p10_us: Mapped[float] = mapped_column(Float)
     p90_us: Mapped[float] = mapped_column(Float)
     samples_us: Mapped[list[Any] | None] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ImportedTable(Base):
@@ -161,7 +179,7 @@ class ImportedTable(Base):
     entries_in_file: Mapped[int] = mapped_column(Integer)
     mapped: Mapped[int] = mapped_column(Integer)
     unmapped: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Validation(Base):
@@ -182,4 +200,4 @@ class Validation(Base):
     table_version: Mapped[str | None] = mapped_column(String(64))
     label: Mapped[str | None] = mapped_column(String(128))
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

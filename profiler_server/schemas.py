@@ -28,8 +28,38 @@ def _finite_positive(v: float | None, what: str) -> float | None:
     return v
 
 
+MAX_INT = 2_000_000_000  # fits a 32-bit INTEGER column on every engine
+MAX_ID = 2**63 - 1
+
+
+def _check_json(x, path: str = "body") -> None:
+    """Reject what no database stores faithfully: NUL characters and non-finite numbers."""
+    if isinstance(x, str):
+        if "\x00" in x:
+            raise ValueError(f"{path}: strings must not contain NUL characters")
+    elif isinstance(x, float):
+        if not math.isfinite(x):
+            raise ValueError(f"{path}: numbers must be finite, got {x}")
+    elif isinstance(x, dict):
+        for k, v in x.items():
+            _check_json(k, path)
+            _check_json(v, f"{path}.{k}")
+    elif isinstance(x, list | tuple):
+        for i, v in enumerate(x):
+            _check_json(v, f"{path}[{i}]")
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data):
+        if isinstance(data, dict):
+            for k, v in data.items():
+                if not isinstance(v, float):  # floats get their own, field-specific messages
+                    _check_json(v, str(k))
+        return data
 
 
 # ---- devices -----------------------------------------------------------------------------
@@ -112,9 +142,9 @@ class RunCreate(_Base):
     device_model: str | None = Field(default=None, max_length=128)
     soc: str | None = Field(default=None, max_length=128)
     os: str | None = Field(default=None, max_length=128)
-    warmup: int | None = Field(default=None, ge=0)
-    repeats: int | None = Field(default=None, ge=1)
-    rounds: int | None = Field(default=None, ge=1)
+    warmup: int | None = Field(default=None, ge=0, le=MAX_INT)
+    repeats: int | None = Field(default=None, ge=1, le=MAX_INT)
+    rounds: int | None = Field(default=None, ge=1, le=MAX_INT)
     overhead_us: float | None = Field(default=None, description="runtime per-call overhead (identity program)")
     temps_before: dict[str, float] = Field(default_factory=dict)
     cpu_freqs_before: dict[str, float] = Field(default_factory=dict)
@@ -135,6 +165,13 @@ class RunFinish(_Base):
     overhead_us: float | None = None
     status: Literal["finished", "failed", "aborted"] = "finished"
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("overhead_us")
+    @classmethod
+    def _overhead(cls, v):
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise ValueError(f"overhead_us must be finite and >= 0, got {v}")
+        return v
 
 
 class RunOut(_Base):
@@ -172,8 +209,8 @@ class RunOut(_Base):
 class Measurement(_Base):
     """Robust statistics of one op in one run, in microseconds."""
 
-    key: str
-    n: int = Field(ge=1)
+    key: str = Field(max_length=128)
+    n: int = Field(ge=1, le=MAX_INT)
     median_us: float
     mean_us: float
     std_us: float = Field(ge=0)
@@ -300,10 +337,10 @@ class ValidationCreate(_Base):
     arch: list[str] = Field(min_length=22, max_length=22, description="22 block names")
     predicted_us: float
     measured_us: float
-    n: int = Field(ge=1)
+    n: int = Field(ge=1, le=MAX_INT)
     std_us: float | None = Field(default=None, ge=0)
-    table_version: str | None = None
-    run_id: int | None = None
+    table_version: str | None = Field(default=None, max_length=64)
+    run_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     label: str | None = Field(default=None, max_length=128)
     extra: dict[str, Any] = Field(default_factory=dict)
 

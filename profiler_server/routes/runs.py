@@ -1,10 +1,13 @@
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from profiler_server import schemas
 from profiler_server.deps import CallerDep, ReaderDep, ReadSession, WriteSession
 from profiler_server.domain import runs as dom
 
 router = APIRouter(tags=["runs"])
+RunId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
 
 
 @router.post("/runs", status_code=201, response_model=schemas.RunOut)
@@ -21,12 +24,12 @@ def list_runs(session: ReadSession, _: ReaderDep, device: str | None = None, spa
 
 
 @router.get("/runs/{run_id}", response_model=schemas.RunOut)
-def get_run(run_id: int, session: ReadSession, _: ReaderDep):
+def get_run(run_id: RunId, session: ReadSession, _: ReaderDep):
     return dom.runs_out(session, [dom.get_run(session, run_id)])[0]
 
 
 @router.post("/runs/{run_id}/measurements", response_model=schemas.BatchResult)
-def add_measurements(run_id: int, batch: schemas.MeasurementBatch, session: WriteSession, caller: CallerDep):
+def add_measurements(run_id: RunId, batch: schemas.MeasurementBatch, session: WriteSession, caller: CallerDep):
     """Store a batch of per-op statistics, all or nothing; an op already in the run counts as duplicate."""
     result = dom.add_measurements(session, caller, run_id, batch)
     session.commit()
@@ -34,13 +37,13 @@ def add_measurements(run_id: int, batch: schemas.MeasurementBatch, session: Writ
 
 
 @router.get("/runs/{run_id}/measurements", response_model=schemas.RunMeasurements)
-def get_measurements(run_id: int, session: ReadSession, _: ReaderDep):
+def get_measurements(run_id: RunId, session: ReadSession, _: ReaderDep):
     """What a run already holds (the agents' --resume reads the keys)."""
     return dom.run_measurements(session, run_id)
 
 
 @router.post("/runs/{run_id}/finish", response_model=schemas.RunOut)
-def finish_run(run_id: int, body: schemas.RunFinish, session: WriteSession, caller: CallerDep):
+def finish_run(run_id: RunId, body: schemas.RunFinish, session: WriteSession, caller: CallerDep):
     run = dom.finish_run(session, caller, run_id, body)
     session.commit()
     return dom.runs_out(session, [run])[0]

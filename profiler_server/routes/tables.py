@@ -60,7 +60,7 @@ async def import_table(
     session: WriteSession,
     caller: CallerDep,
     format: Literal["hwnasbench", "proxylessnas", "ofa"] = "hwnasbench",
-    source: Annotated[str | None, Query(max_length=256)] = None,
+    source: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")] = None,
 ):
     """Load an external table (admin token) as one source of the device's table, mapped onto our op keys."""
     require_admin(caller)
