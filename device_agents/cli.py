@@ -59,6 +59,7 @@ Jobs = Annotated[int, typer.Option(min=1, help="export worker processes for cold
 Seed = Annotated[int, typer.Option(help="seed of the per-round op order (and of random archs)")]
 CvThreshold = Annotated[float, typer.Option("--cv-threshold", help="re-measure ops whose CV is above this")]
 Cooldown = Annotated[float, typer.Option("--cooldown", min=0, help="seconds to rest after each op")]
+Retries = Annotated[int, typer.Option(min=0, help="retries per request (exponential backoff) before spooling")]
 Serial = Annotated[str | None, typer.Option("--serial", help="adb: device serial (adb -s)")]
 Runner = Annotated[Path | None, typer.Option("--runner", help="adb: executor_runner built for the phone (android/build_runner.sh)")]
 AdbPath = Annotated[str, typer.Option("--adb", help="adb: the adb executable")]
@@ -190,7 +191,7 @@ def profile(
     resume: Annotated[bool, typer.Option("--resume", help="continue the last unfinished run of this space")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan; export, run and upload nothing")] = False,
     cache_dir: CacheDir = None, spool_dir: SpoolDir = None, jobs: Jobs = 2, seed: Seed = 0,
-    cv_threshold: CvThreshold = 0.25, cooldown: Cooldown = 0.0,
+    cv_threshold: CvThreshold = 0.25, cooldown: Cooldown = 0.0, retries: Retries = 3,
     serial: Serial = None, runner: Runner = None, adb: AdbPath = "adb",
     udid: Udid = None, bundle_id: BundleId = "org.fbnetlut.CoreMLBench", compute_units: Units = ComputeUnits.cpu,
     xcrun: Xcrun = "xcrun",
@@ -224,7 +225,7 @@ def profile(
                       f"cache {cache_dir}")
         return
 
-    up = Uploader(server, token, device, spool_dir)
+    up = Uploader(server, token, device, spool_dir, retries=retries)
     _flush_spool(console, up)
     state = None
     if resume:
@@ -279,7 +280,8 @@ def profile(
     finally:
         tr.close()
 
-    console.print(_summary_table(results, f"{sp.name} on {device} ({transport.value}, {threads} thread(s))"))
+    setting = f"{compute_units.value} compute units" if transport is TransportName.ios else f"{threads} thread(s)"
+    console.print(_summary_table(results, f"{sp.name} on {device} ({transport.value}, {setting})"))
     ovh = overhead_summary(results)
     fin = RunFinish(temps_after=temps1, cpu_freqs_after=freqs1, overhead_us=ovh,
                     extra={"overhead_us_by_key": {k: r.overhead_us for k, r in results.items()},
@@ -437,7 +439,7 @@ def main() -> None:
     from search.space import ArchError, SpaceError
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # returns the code of a typer.Exit instead of exiting
     except (AgentError, ExportError, ServiceDown, UploadError, SpaceError, ArchError, ValueError, OSError) as e:
         _console().print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
@@ -452,6 +454,8 @@ def main() -> None:
         if isinstance(e, click.exceptions.Abort):
             sys.exit(130)
         raise
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def run_protocol(
     ov_keys = list(dict.fromkeys(overhead_of[k] for k in op_keys if k in overhead_of))
     samples: dict[str, list[float]] = {k: [] for k in [*op_keys, *ov_keys]}
     results: dict[str, OpResult] = {}
-    pending_overhead: list[str] = []
+    ov_set = set(ov_keys)
 
     def ov_value(key: str) -> float | None:
         ok = overhead_of.get(key)
@@ -176,38 +176,38 @@ def run_protocol(
 
     def rounds_over(keys: list[str], store: dict[str, list[float]], final: Callable[[str], None]) -> None:
         for r in range(cfg.rounds):
-            order = list(keys)
-            random.Random(cfg.seed * 1000 + r).shuffle(order)
+            rng = random.Random(cfg.seed * 1000 + r)
+            # overhead programs first, so an op's overhead is known the moment its last round ends
+            ovs = [k for k in keys if k in ov_set]
+            ops_ = [k for k in keys if k not in ov_set]
+            rng.shuffle(ovs)
+            rng.shuffle(ops_)
             last = r == cfg.rounds - 1
 
             def done(k: str, xs: list[float], last=last) -> None:
                 if len(xs) != cfg.repeats:
                     raise NoTimingsError(f"{k}: expected {cfg.repeats} timed iterations, got {len(xs)}")
                 store[k].extend(xs)
-                if on_sample and k in op_keys:
+                if on_sample and k not in ov_set:
                     on_sample(k)
                 if last:
                     final(k)
                 if cfg.cooldown_s > 0:
                     time.sleep(cfg.cooldown_s)
 
-            transport.measure(order, cfg.warmup, cfg.repeats, done)
+            transport.measure([*ovs, *ops_], cfg.warmup, cfg.repeats, done)
 
     high_cv: list[str] = []
 
     def first_pass_final(k: str) -> None:
-        if k in ov_keys:
+        if k in ov_set:
             return
         if summarize(samples[k]).cv > cfg.cv_threshold and cfg.max_remeasure > 0:
             high_cv.append(k)
-        elif ov_value(k) is None and k in overhead_of:
-            pending_overhead.append(k)  # its overhead program comes later in this round
         else:
             finish(k, samples[k])
 
     rounds_over([*op_keys, *ov_keys], samples, first_pass_final)
-    for k in pending_overhead:
-        finish(k, samples[k])
 
     for _ in range(cfg.max_remeasure):
         if not high_cv:

@@ -1,0 +1,135 @@
+"""Host transport end to end: real ExecuTorch programs, real HTTP to a real profiler server."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from doubles.support import HOST_OPS, QUICK, SPACE, export_cache, measured, run_agent, runs, table
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return export_cache(tmp_path_factory)
+
+
+def profile_args(server, device, token, cache, spool, *extra):
+    return ["profile", "--server", server.url, "--device", device, "--token", token, "--space", SPACE,
+            "--transport", "host", "--ops", ",".join(HOST_OPS), "--cache-dir", str(cache), "--spool-dir",
+            str(spool), *QUICK, *extra]
+
+
+def test_host_profile_fills_table(live_server, cache, tmp_path):
+    token = live_server.create_device("host-cpu")
+    code, out = run_agent(*profile_args(live_server, "host-cpu", token, cache, tmp_path / "spool"))
+    assert code == 0, out
+    assert "run 1 finished: 4 ops stored" in out
+    tab = table(live_server, "host-cpu")
+    got = measured(tab)
+    assert sorted(got) == sorted(HOST_OPS)
+    for e in got.values():
+        assert e["n"] == 5 * 2  # repeats x rounds
+        assert e["latency_us"] > 0 and e["p10_us"] <= e["latency_us"] <= e["p90_us"]
+    assert not tab["complete"] and len(tab["missing"]) == 112 - 6 - 4  # identities are filled as 0
+    assert tab["overhead_us"] and tab["overhead_us"] > 0
+    (run,) = runs(live_server, "host-cpu")
+    assert run["status"] == "finished" and run["transport"] == "host" and run["threads"] == 1
+    assert run["runtime"] == "executorch-xnnpack" and run["runtime_version"] and run["agent_version"]
+    assert (run["warmup"], run["repeats"], run["rounds"]) == (2, 5, 2)
+    assert run["cpu_freqs_before"] and run["cpu_mask"]
+    by_key = run["extra"]["overhead_us_by_key"]
+    assert set(by_key) == set(HOST_OPS) and all(v > 0 for v in by_key.values())
+    # the spool holds nothing once the run is closed
+    assert not list((tmp_path / "spool").rglob("*.json"))
+
+
+def test_dry_run_and_op_selection_errors(live_server, cache, tmp_path):
+    code, out = run_agent(*profile_args(live_server, "nobody", "x", cache, tmp_path, "--dry-run"))
+    assert code == 0 and "plan: 4 ops" in out, out
+    code, out = run_agent("profile", "--server", live_server.url, "--device", "d", "--token", "t",
+                          "--ops", "k9_e9-*", "--dry-run")
+    assert code == 1 and "matches no op" in out and "Traceback" not in out
+    code, out = run_agent("profile", "--server", live_server.url, "--device", "d", "--token", "t",
+                          "--ops", "skip-16x32x32-16-s1", "--dry-run")
+    assert code == 1 and "identity skip" in out
+
+
+def test_wrong_token_is_one_clear_line(live_server, cache, tmp_path):
+    live_server.create_device("host-b")
+    code, out = run_agent(*profile_args(live_server, "host-b", "not-the-token", cache, tmp_path / "spool",
+                                        "--ops", "fc-1504-10"))
+    assert code == 1 and "refused (HTTP 401" in out and "Traceback" not in out, out
+
+
+def test_remeasure_high_cv_keeps_n(live_server, cache, tmp_path):
+    token = live_server.create_device("host-cv")
+    # CV threshold 0: every op is re-measured once; n stays repeats x rounds
+    code, out = run_agent(*profile_args(live_server, "host-cv", token, cache, tmp_path / "spool",
+                                        "--cv-threshold", "0"))
+    assert code == 0, out
+    (run,) = runs(live_server, "host-cv")
+    assert sorted(run["extra"]["remeasured"]) == sorted(HOST_OPS)
+    assert all(e["n"] == 10 for e in measured(table(live_server, "host-cv")).values())
+
+
+def test_service_down_then_up_loses_nothing(tmp_path, cache, monkeypatch):
+    import conftest
+
+    port = conftest.free_port()
+    url = f"http://127.0.0.1:{port}"
+    spool = tmp_path / "spool"
+    args = ["profile", "--server", url, "--device", "host-down", "--token", "later", "--space", SPACE,
+            "--ops", "fc-1504-10,skip-16x32x32-24-s1", "--cache-dir", str(cache), "--spool-dir", str(spool),
+            "--retries", "1", *QUICK]
+    code, out = run_agent(*args)
+    assert code == 2, out
+    assert "unreachable" in out and "Nothing is lost" in out and "Traceback" not in out
+    (state,) = spool.rglob("*.json")
+    saved = json.loads(state.read_text())
+    assert saved["run_id"] is None and {m["key"] for m in saved["pending"]} == {"fc-1504-10", "skip-16x32x32-24-s1"}
+
+    monkeypatch.setattr(conftest, "free_port", lambda: port)
+    server, cleanup = conftest.start_server("sqlite", tmp_path / "server")
+    try:
+        token = server.create_device("host-down")
+        code, out = run_agent("upload", "--server", url, "--device", "host-down", "--token", token,
+                              "--spool-dir", str(spool))
+        assert code == 0 and "closed run" in out, out
+        got = measured(table(server, "host-down"))
+        assert sorted(got) == ["fc-1504-10", "skip-16x32x32-24-s1"] and all(e["n"] == 10 for e in got.values())
+        (run,) = runs(server, "host-down")
+        assert run["status"] == "finished" and run["overhead_us"] > 0
+        assert not list(spool.rglob("*.json"))
+    finally:
+        cleanup()
+
+
+def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_path):
+    token = live_server.create_device("host-val")
+    common = ["--server", live_server.url, "--device", "host-val", "--token", token, "--space", SPACE,
+              "--cache-dir", str(cache), *QUICK]
+    code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined")
+    assert code == 1 and "lacks" in out and "stem-3x32x32-16-s1" in out and "Traceback" not in out, out
+
+    # a complete table through the real API (a synthetic run: every op 100 us)
+    from search.space import get_space
+
+    sp = get_space(SPACE)
+    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+        rid = c.post("/runs", json={"space": SPACE, "agent_version": "test", "runtime": "synthetic",
+                                    "runtime_version": "0"}).json()["id"]
+        ms = [{"key": op.key, "n": 1, "median_us": 100.0, "mean_us": 100.0, "std_us": 0.0, "min_us": 100.0,
+               "p10_us": 100.0, "p90_us": 100.0} for op in sp.ops if not op.is_identity]
+        assert c.post(f"/runs/{rid}/measurements", json={"measurements": ms}).status_code == 200
+    code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined")
+    assert code == 0, out
+    r = httpx.get(f"{live_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
+    assert r["count"] == 1
+    (v,) = r["validations"]
+    from device_agents.cli import random_archs
+
+    arch = random_archs(1, 3)[0]
+    assert v["arch"] == list(arch.blocks) and v["label"] == "random-3-0"
+    assert v["predicted_us"] == pytest.approx(100.0 * len(sp.arch_ops(arch)))
+    assert v["measured_us"] > 0 and v["n"] == 10
