@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -21,14 +22,14 @@ console = Console()
 err = Console(stderr=True)
 
 
-class Fmt(str, Enum):
+class Fmt(StrEnum):
     text = "text"
     json = "json"
 
 
 def fail(msg: str, code: int = 2) -> None:
     """Print a one-line error (no traceback) and exit."""
-    err.print(f"[red]error:[/red] {msg}", highlight=False)
+    err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -99,6 +100,293 @@ def arch(
     console.print(f"[bold]{a}[/bold]")
     console.print(f"space {s.name}: {out['params'] / 1e6:.3f} M params, {out['mflops']:.1f} MFLOPs, "
                   f"{len(out['ops'])} ops")
+
+
+# ---- latency tables ---------------------------------------------------------------------------
+SERVER_OPT = typer.Option(None, "--server", help="profiler service URL, e.g. http://127.0.0.1:8000")
+DEVICE_OPT = typer.Option(None, "--device", "-d", help="device name on the server (whose table to use)")
+TABLE_OPT = typer.Option(None, "--table", help="a saved table JSON instead of --server (see `fetch`)")
+CACHE_OPT = typer.Option(Path(".fbnet-cache"), "--cache-dir", help="where fetched tables are cached (ETag)")
+TOKEN_OPT = typer.Option(None, "--token", envvar="FBNET_TOKEN", help="reader token, if the server requires one")
+
+
+def _warn(msg: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
+
+
+def _table(space, server, device, table_file, cache_dir, token):
+    from search.table_client import TableError, get_table
+
+    try:
+        return get_table(space=space, server=server, device=device, table_file=table_file, cache_dir=cache_dir,
+                         token=token, on_warning=_warn)
+    except TableError as e:
+        fail(str(e))
+
+
+def _lut(space, table):
+    from search.table_client import TableError, build_lut
+
+    try:
+        return build_lut(table, space)
+    except TableError as e:
+        fail(str(e))
+
+
+def _load_arch_json(path: Path) -> dict:
+    p = path / "arch.json" if path.is_dir() else path
+    try:
+        doc = json.loads(p.read_text())
+    except FileNotFoundError:
+        fail(f"{p} does not exist (write it with `fbnet-search run --out DIR`)")
+    except ValueError as e:
+        fail(f"{p} is not JSON: {e}")
+    if not isinstance(doc, dict) or "arch" not in doc:
+        fail(f"{p} has no 'arch': not the output of `fbnet-search run`")
+    return doc
+
+
+def _arch_from(arch_text: str | None, from_file: Path | None) -> tuple[Arch, dict]:
+    if (arch_text is None) == (from_file is None):
+        fail("give exactly one of --arch ARCH or --from DIR/arch.json")
+    if arch_text is not None:
+        return _arch(arch_text), {}
+    doc = _load_arch_json(from_file)
+    try:
+        return Arch(tuple(doc["arch"])), doc
+    except (ArchError, TypeError) as e:
+        fail(f"{from_file}: {e}")
+
+
+@app.command()
+def fetch(
+    server: str = typer.Option(..., "--server", help="profiler service URL"),
+    device: str = typer.Option(..., "--device", "-d", help="device name"),
+    space: str = SPACE_OPT,
+    out: Path = typer.Option(None, "--out", "-o", help="also save the table here (for --table FILE)"),
+    cache_dir: Path = CACHE_OPT,
+    token: str = TOKEN_OPT,
+):
+    """Fetch a device's latency table (cached, ETag-revalidated) and optionally save it to a file."""
+    from search.table_client import TableClient, TableError, save_table
+
+    s = _space(space)
+    try:
+        with TableClient(server, cache_dir, token=token, on_warning=_warn) as client:
+            got = client.fetch(device, s.name)
+    except TableError as e:
+        fail(str(e))
+    t = got.table
+    console.print(f"{t.device}/{t.space}: version {t.version}, {len(t.entries)} entries, "
+                  f"{'complete' if t.complete else f'{len(t.missing)} missing'} (from {got.source})", highlight=False)
+    if out is not None:
+        save_table(t, out)
+        console.print(f"saved to {out}")
+
+
+@app.command()
+def predict(
+    arch: str = typer.Option(..., "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices"),
+    space: str = SPACE_OPT,
+    server: str = SERVER_OPT,
+    device: str = DEVICE_OPT,
+    table: Path = TABLE_OPT,
+    cache_dir: Path = CACHE_OPT,
+    token: str = TOKEN_OPT,
+    fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json"),
+):
+    """An architecture's latency on a device: the sum of its ops' table entries (identity skips are 0)."""
+    from search.table_client import TableError
+    from search.table_client import predict as _predict
+
+    s = _space(space)
+    a = _arch(arch)
+    t = _table(s, server, device, table, cache_dir, token)
+    try:
+        out = _predict(t, a, s)
+    except TableError as e:
+        fail(str(e))
+    if fmt == Fmt.json:
+        print(json.dumps({**out, "device": t.device, "space": s.name, "table_version": t.version}, indent=2))
+        return
+    rt = RichTable("op", "latency (us)", title=f"{a} on {t.device}")
+    for p in out["per_op"]:
+        rt.add_row(p["key"], f"{p['latency_us']:.2f}")
+    console.print(rt)
+    console.print(f"[bold]{out['latency_us']:.1f} us[/bold] ({out['latency_us'] / 1000:.3f} ms)")
+
+
+@app.command()
+def run(
+    server: str = SERVER_OPT,
+    device: str = DEVICE_OPT,
+    table: Path = TABLE_OPT,
+    space: str = SPACE_OPT,
+    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist, digits, or a folder (CIFAR-10 "
+                             "python format or ImageFolder)"),
+    epochs: int = typer.Option(90, "--epochs", help="total epochs, warm-up included"),
+    warmup_epochs: int = typer.Option(10, "--warmup-epochs", help="first epochs train only the weights"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="per process (torchrun: per rank)"),
+    alpha: float = typer.Option(0.2, "--alpha", help="loss = CE * alpha * log(LAT_us)^beta; 0 = plain CE"),
+    beta: float = typer.Option(0.6, "--beta", help="latency exponent (sets the latency pressure)"),
+    lr: float = typer.Option(None, "--lr", help="weight SGD lr [default: 0.1 * global batch / 192]"),
+    theta_lr: float = typer.Option(0.01, "--theta-lr", help="Adam lr of theta"),
+    subset: int = typer.Option(None, "--subset", help="use N training images (and N/5, >= 200, test images)"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="output folder (arch.json, history.csv, "
+                             "tb/, checkpoint.pt)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from DIR/checkpoint.pt"),
+    cache_dir: Path = CACHE_OPT,
+    token: str = TOKEN_OPT,
+    cpu: bool = typer.Option(False, "--cpu", help="stay on the CPU even if CUDA is available"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="rich progress bars"),
+    tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="write DIR/tb"),
+):
+    """FBNet DNAS on a device's latency table; writes DIR/arch.json. Runs under torchrun as well."""
+    from search.data import DataError, load_dataset
+    from search.trainer import SearchConfig, TrainError, cleanup_distributed, run_search, setup_distributed
+
+    s = _space(space)
+    env = setup_distributed(prefer_cuda=not cpu)
+    try:
+        t = _table(s, server, device, table, cache_dir, token)
+        lut = _lut(s, t)
+        cfg = SearchConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, alpha=alpha,
+                           beta=beta, w_lr=lr, theta_lr=theta_lr, seed=seed)
+        try:
+            cfg.validate()
+            ds = load_dataset(data, s.resolution, subset=subset, seed=seed, num_classes=s.num_classes)
+            res = run_search(cfg, s, lut, ds, out, resume=resume, progress=progress, tensorboard=tensorboard,
+                             env=env)
+        except (DataError, TrainError) as e:
+            fail(str(e))
+    finally:
+        cleanup_distributed()
+    if env.main:
+        last = res.history[-1] if res.history else {}
+        console.print(f"[bold]{res.arch}[/bold]", highlight=False)
+        console.print(f"predicted {res.predicted_latency_us:.1f} us on {lut.device} (table {lut.table_version}); "
+                      f"expected {last.get('expected_latency_us', float('nan')):.1f} us, "
+                      f"theta entropy {last.get('theta_entropy', float('nan')):.3f}; wrote {out / 'arch.json'}",
+                      highlight=False)
+
+
+@app.command()
+def sample(
+    from_file: Path = typer.Option(..., "--from", help="DIR or DIR/arch.json written by `run`"),
+    k: int = typer.Option(5, "-k", help="how many architectures to draw from softmax(theta)"),
+    server: str = SERVER_OPT,
+    device: str = typer.Option(None, "--device", "-d", help="[default: the searched device]"),
+    table: Path = TABLE_OPT,
+    cache_dir: Path = CACHE_OPT,
+    token: str = TOKEN_OPT,
+    seed: int = typer.Option(0, "--seed"),
+    fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json"),
+):
+    """The most likely architecture and K samples from softmax(theta), each with its table latency."""
+    from search.sampling import argmax_arch, describe, sample_archs
+
+    doc = _load_arch_json(from_file)
+    if "theta" not in doc or "space" not in doc:
+        fail(f"{from_file}: no theta/space (not written by `fbnet-search run`)")
+    if k < 0:
+        fail(f"-k must be >= 0, got {k}")
+    s = _space(doc["space"])
+    if table is None and device is None:
+        device = doc.get("device")
+    lut = _lut(s, _table(s, server, device, table, cache_dir, token))
+    theta = doc["theta"]
+    rows = describe(theta, [argmax_arch(theta)], lut) + describe(theta, sample_archs(theta, k, seed), lut)
+    result = {"space": s.name, "device": lut.device, "table_version": lut.table_version,
+              "argmax": rows[0], "samples": rows[1:]}
+    if fmt == Fmt.json:
+        print(json.dumps(result, indent=2))
+        return
+    rt = RichTable("", "latency (us)", "log p", "architecture", title=f"{s.name} on {lut.device}")
+    for i, r in enumerate(rows):
+        rt.add_row("argmax" if i == 0 else str(i), f"{r['latency_us']:.1f}", f"{r['log_prob']:.2f}",
+                   ",".join(r["arch"]))
+    console.print(rt)
+
+
+@app.command()
+def train(
+    arch: str = typer.Option(None, "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices"),
+    from_file: Path = typer.Option(None, "--from", help="DIR or DIR/arch.json written by `run` (its argmax)"),
+    space: str = typer.Option(None, "--space", "-s", help="[default: arch.json's space, else fbnet-cifar]"),
+    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist, digits, or a folder"),
+    epochs: int = typer.Option(10, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    lr: float = typer.Option(None, "--lr", help="SGD lr [default: 0.1 * batch / 192]"),
+    subset: int = typer.Option(None, "--subset", help="use N training images"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("runs/child"), "--out", "-o", help="writes child.pt and child.json"),
+    cpu: bool = typer.Option(False, "--cpu", help="stay on the CPU even if CUDA is available"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Train an architecture from scratch (FBNet(space, arch)) and report its test accuracy."""
+    import torch
+
+    from search.data import DataError, load_dataset
+    from search.trainer import ChildConfig, TrainError, train_child
+
+    a, doc = _arch_from(arch, from_file)
+    s = _space(space or doc.get("space", "fbnet-cifar"))
+    device = torch.device("cuda") if (torch.cuda.is_available() and not cpu) else torch.device("cpu")
+    try:
+        ds = load_dataset(data, s.resolution, subset=subset, seed=seed, num_classes=s.num_classes)
+        model, report = train_child(s, a, ds, ChildConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+                                    progress=progress, device=device)
+    except (DataError, TrainError) as e:
+        fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"space": s.name, "arch": list(a.blocks), "state_dict": model.cpu().state_dict()}, out / "child.pt")
+    (out / "child.json").write_text(json.dumps(report, indent=1))
+    console.print(f"[bold]{a}[/bold]\ntest accuracy {report['test_acc']:.4f} on {report['n_test']} {ds.name} "
+                  f"images after {epochs} epochs; wrote {out / 'child.pt'}", highlight=False)
+
+
+class ExportFmt(StrEnum):
+    pte = "pte"
+    mlpackage = "mlpackage"
+
+
+@app.command()
+def export(
+    arch: str = typer.Option(None, "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices"),
+    from_file: Path = typer.Option(None, "--from", help="DIR or DIR/arch.json written by `run`"),
+    weights: Path = typer.Option(None, "--weights", help="child.pt from `train` (else freshly initialised)"),
+    space: str = typer.Option(None, "--space", "-s", help="[default: from arch.json / child.pt, else fbnet-cifar]"),
+    fmt: ExportFmt = typer.Option(ExportFmt.pte, "--format", help="pte (ExecuTorch/XNNPACK) or mlpackage (Core ML)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output file (.pte) or folder (.mlpackage)"),
+):
+    """Export an architecture through the device agents' exporters (.pte or .mlpackage)."""
+    import torch
+
+    state_dict = None
+    doc: dict = {}
+    if weights is not None:
+        try:
+            ck = torch.load(weights, map_location="cpu", weights_only=False)
+            state_dict, doc = ck["state_dict"], {"arch": ck["arch"], "space": ck["space"]}
+        except (OSError, KeyError, RuntimeError) as e:
+            fail(f"cannot read weights {weights}: {e}")
+        if arch is None and from_file is None:
+            arch = ",".join(doc["arch"])
+    a, doc2 = _arch_from(arch, from_file)
+    doc = {**doc, **doc2}
+    if state_dict is not None and list(a.blocks) != list(doc["arch"]):
+        fail(f"--weights {weights} belong to another architecture")
+    s = _space(space or doc.get("space", "fbnet-cifar"))
+    try:
+        from device_agents.exporters import export_arch  # lazy: search/ does not depend on device_agents
+    except ImportError as e:
+        fail(f"the device agents' exporters are not available ({e})")
+    try:
+        path = export_arch(s, a, fmt.value, out, state_dict=state_dict)
+    except Exception as e:  # an exporter failure is reported in one line, not as a traceback
+        fail(f"export failed: {type(e).__name__}: {e}")
+    console.print(f"exported {a} ({s.name}) to {path or out}", highlight=False)
 
 
 def main() -> None:
