@@ -227,8 +227,12 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def run_search(cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, out: str | os.PathLike, *,
                resume: bool = False, progress: bool = True, tensorboard: bool = True,
-               env: DistEnv | None = None) -> SearchResult:
-    """Search; writes out/arch.json, history.csv, tb/, checkpoint.pt. Returns the result."""
+               env: DistEnv | None = None, stop_after: int | None = None) -> SearchResult:
+    """Search; writes out/arch.json, history.csv, tb/, checkpoint.pt. Returns the result.
+
+    ``stop_after``: train at most that many epochs in this call (time-sliced jobs); ``resume``
+    continues from the checkpoint. arch.json says ``"finished": false`` until the last epoch.
+    """
     cfg.validate()
     env = env or DistEnv()
     out = Path(out)
@@ -283,7 +287,8 @@ def run_search(cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, 
     log = EpochLog(out, tensorboard) if env.main else None
     try:
         with _progress(progress and env.main) as prog:
-            for epoch in range(start, cfg.epochs):
+            end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+            for epoch in range(start, end):
                 row = _epoch(epoch, cfg, env, model, net, arch, lat, fixed, w_ds, t_ds, w_opt, w_sched, t_opt, prog)
                 history.append(row)
                 if env.main:
@@ -307,7 +312,7 @@ def run_search(cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, 
             "arch": list(best.blocks), "predicted_latency_us": pred, "space": space.name,
             "space_version": space.version, "device": lut.device, "table_version": lut.table_version,
             "theta": theta.double().tolist(), "history": history, "data": data.name, "world_size": env.world,
-            "config": asdict(cfg),
+            "config": asdict(cfg), "finished": len(history) == cfg.epochs,
         }
         tmp = out / "arch.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1))

@@ -1,0 +1,138 @@
+"""The search's table client against a real profiler server: fetch, ETag, cache, offline, checks, predict."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import httpx
+import pytest
+from search_helpers import macs_table
+from typer.testing import CliRunner
+
+from search.cli import app
+from search.space import Arch, get_space
+from search.table_client import (
+    StaleTableWarning,
+    TableClient,
+    TableError,
+    build_lut,
+    load_table_file,
+    predict,
+    save_table,
+)
+
+SPACE = get_space("fbnet-cifar")
+PIXEL3 = "/work/shared/data/hwnasbench/pixel3_latency.json"
+
+
+def import_hwnasbench(server, device: str, path: str, space: str = "fbnet-cifar") -> dict:
+    server.create_device(device, platform="android", runtime="hwnasbench-import")
+    with open(path, "rb") as f:
+        body = f.read()
+    r = httpx.post(f"{server.url}/tables/{device}/import", params={"format": "hwnasbench", "space": space},
+                   content=body, headers={"Authorization": f"Bearer {server.admin_token}",
+                                          "Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture
+def pixel3(live_server):
+    from conftest import HWNASBENCH
+
+    result = import_hwnasbench(live_server, "pixel3", str(HWNASBENCH / "pixel3_latency.json"))
+    assert result["missing"] == []
+    return live_server
+
+
+def test_fetch_caches_and_revalidates_with_etag(pixel3, tmp_path):
+    with TableClient(pixel3.url, tmp_path) as c:
+        first = c.fetch("pixel3", "fbnet-cifar")
+        assert first.source == "server" and first.etag
+        assert c.cache_path("pixel3", "fbnet-cifar").is_file()
+        second = c.fetch("pixel3", "fbnet-cifar")
+    assert second.source == "revalidated"  # the server answered 304 to If-None-Match
+    assert second.table == first.table
+    lut = build_lut(first.table, SPACE)
+    assert len(lut.matrix) == 22 and all(len(r) == 9 for r in lut.matrix)
+    # identity skips (layer 0: 16->16, s1) cost nothing; the projecting skip at layer 1 does
+    assert lut.matrix[0][8] == 0.0 and lut.matrix[1][8] > 0
+    by_key = {e.key: e.latency_us for e in first.table.entries}
+    assert lut.matrix[5][3] == by_key[SPACE.layer_op(5, 3).key]
+    assert lut.fixed_us == pytest.approx(sum(by_key[op.key] for op in SPACE.fixed_ops))
+
+
+def test_offline_uses_the_cached_table_with_a_warning(pixel3, tmp_path):
+    with TableClient(pixel3.url, tmp_path) as c:
+        online = c.fetch("pixel3", "fbnet-cifar")
+    pixel3.process.terminate()
+    pixel3.process.wait(10)
+    with TableClient(pixel3.url, tmp_path, timeout=2) as c, pytest.warns(StaleTableWarning, match="cached table"):
+        offline = c.fetch("pixel3", "fbnet-cifar")
+    assert offline.source == "cache" and offline.table == online.table
+    with TableClient(pixel3.url, tmp_path / "empty", timeout=2) as c, pytest.raises(TableError, match="no cached"):
+        c.fetch("pixel3", "fbnet-cifar")
+
+
+def test_unknown_device_is_an_error_not_a_cache_hit(live_server, tmp_path):
+    with TableClient(live_server.url, tmp_path) as c, pytest.raises(TableError, match="404"):
+        c.fetch("no-such-device", "fbnet-cifar")
+
+
+def test_incomplete_table_is_refused_with_the_missing_ops(live_server, tmp_path):
+    live_server.create_device("empty-phone")
+    with TableClient(live_server.url, tmp_path) as c:
+        t = c.fetch("empty-phone", "fbnet-cifar").table
+    assert not t.complete and t.missing
+    with pytest.raises(TableError, match="incomplete") as e:
+        build_lut(t, SPACE)
+    assert t.missing[0] in str(e.value) or sorted(t.missing)[0] in str(e.value)
+    r = CliRunner().invoke(app, ["run", "--server", live_server.url, "--device", "empty-phone", "--data", "digits",
+                                 "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "incomplete" in r.output and "Traceback" not in r.output
+
+
+def test_table_of_another_space_version_is_refused():
+    t = macs_table(SPACE).model_copy(update={"space_version": "0000000000000000"})
+    with pytest.raises(TableError, match="version"):
+        build_lut(t, SPACE)
+    with pytest.raises(TableError, match="space"):
+        build_lut(macs_table(SPACE), get_space("fbnet-224"))
+
+
+def test_predict_fbnet_b_is_the_sum_of_its_table_entries(pixel3, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["predict", "--server", pixel3.url, "--device", "pixel3", "--space", "fbnet-cifar",
+                            "--arch", "FBNet-B", "--format", "json", "--cache-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    table = TableClient(pixel3.url, tmp_path).fetch("pixel3", "fbnet-cifar").table
+    by_key = {e.key: e.latency_us for e in table.entries}
+    arch = Arch.parse("FBNet-B")
+    keys = [SPACE.stem.key] + [SPACE.layer_op(i, b).key for i, b in enumerate(arch.blocks)
+                               if not SPACE.layer_op(i, b).is_identity] + [SPACE.head.key, SPACE.pool.key, SPACE.fc.key]
+    assert [p["key"] for p in got["per_op"]] == keys
+    assert got["latency_us"] == pytest.approx(sum(by_key[k] for k in keys), rel=1e-12)
+    # HW-NAS-Bench tables are in ms; the server converts to us: FBNet-B on a Pixel 3 is milliseconds
+    assert 1_000 < got["latency_us"] < 1_000_000
+    # --table FILE gives the same answer
+    save_table(table, tmp_path / "pixel3.json")
+    r2 = runner.invoke(app, ["predict", "--table", str(tmp_path / "pixel3.json"), "--arch", "FBNet-B",
+                             "--format", "json"])
+    assert r2.exit_code == 0 and json.loads(r2.stdout)["latency_us"] == got["latency_us"]
+    assert predict(load_table_file(tmp_path / "pixel3.json"), arch, SPACE)["latency_us"] == got["latency_us"]
+
+
+def test_predict_on_a_partial_table_needs_only_the_arch_ops(tmp_path):
+    key = SPACE.layer_op(2, "k3_e6").key
+    t = macs_table(SPACE, drop=(key,))
+    with pytest.raises(TableError, match=key):
+        predict(t, Arch.from_indices([3] * 22), SPACE)
+    out = predict(t, Arch.from_indices([0] * 22), SPACE)
+    assert math.isfinite(out["latency_us"])
+    save_table(t, tmp_path / "t.json")
+    r = CliRunner().invoke(app, ["predict", "--table", str(tmp_path / "t.json"), "--arch", ",".join(["k3_e6"] * 22)])
+    assert r.exit_code == 2 and key in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["predict", "--table", str(tmp_path / "nope.json"), "--arch", "FBNet-A"])
+    assert r.exit_code == 2 and "does not exist" in r.output
