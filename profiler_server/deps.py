@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from db.engine import Database
-from profiler_server.auth import Caller, identify, require_reader
+from profiler_server.auth import ANONYMOUS, Caller, identify, require_reader
 from profiler_server.config import Settings
 from profiler_server.domain.tables import TableCache
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_cache(request: Request) -> TableCache:
+async def get_cache(request: Request) -> TableCache:
     return request.app.state.table_cache
 
 
@@ -31,9 +32,14 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 CacheDep = Annotated[TableCache, Depends(get_cache)]
 
 
-def read_session(db: DatabaseDep) -> Iterator[Session]:
-    with db.read_sessions() as s:
+async def read_session(db: DatabaseDep) -> AsyncIterator[Session]:
+    # Creating a session does no I/O (it connects on first use, in the handler's thread); closing
+    # returns the connection to the pool, which may talk to the database: off the event loop.
+    s = db.read_sessions()
+    try:
         yield s
+    finally:
+        await run_in_threadpool(s.close)
 
 
 def write_session(db: DatabaseDep) -> Iterator[Session]:
@@ -49,19 +55,25 @@ ReadSession = Annotated[Session, Depends(read_session)]
 WriteSession = Annotated[Session, Depends(write_session)]
 
 
-def get_caller(
+async def get_caller(
     db: DatabaseDep,
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(description="Bearer <token>")] = None,
 ) -> Caller:
-    with db.read_sessions() as s:
-        return identify(s, settings, authorization)
+    if not authorization:
+        return ANONYMOUS
+
+    def lookup() -> Caller:
+        with db.read_sessions() as s:
+            return identify(s, settings, authorization)
+
+    return await run_in_threadpool(lookup)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def get_reader(caller: CallerDep, settings: SettingsDep) -> Caller:
+async def get_reader(caller: CallerDep, settings: SettingsDep) -> Caller:
     require_reader(caller, settings)
     return caller
 

@@ -20,6 +20,7 @@ from profiler_server import schemas
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.runs import COUNTED_STATUSES
 from profiler_server.domain.spaces import resolve_space
+from profiler_server.errors import NotFound
 from search.space import Space
 
 IMPORT = "import"
@@ -144,14 +145,17 @@ class TableCache:
 
     def get(self, session: Session, device_name: str, space_name: str) -> CachedTable:
         space = resolve_space(space_name)
-        device = get_device(session, device_name)
-        key = (device.id, space.name, space.version, device.table_gen)
+        # the hot path: one narrow query, no ORM object
+        row = session.execute(select(Device.id, Device.table_gen).where(Device.name == device_name)).first()
+        if row is None:
+            raise NotFound(f"unknown device {device_name!r}")
+        key = (row[0], space.name, space.version, row[1])
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit
-        table = assemble(session, device, space)
+        table = assemble(session, get_device(session, device_name), space)
         item = CachedTable(table, table.model_dump_json().encode(), f'"{table.version}"')
         with self._lock:
             self._items[key] = item
