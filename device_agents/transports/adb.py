@@ -114,7 +114,7 @@ class AdbTransport(Transport):
                 why = _SIGNALS.get(p.returncode, f"exit {p.returncode}")
                 raise RunnerCrashError(f"executor_runner crashed on {key}: {why}: {_last(out)}")
             ms = parse_iterations(out, total)
-            if not ms and not self.use_logcat:
+            if not ms:
                 log = self._adb(["logcat", "-d", "-s", "ExecuTorch:I"], "logcat -d", check=False)
                 ms = parse_iterations(log.stdout or "", total)
                 if ms:
