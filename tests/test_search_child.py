@@ -1,0 +1,53 @@
+"""Child training from scratch and export through the device agents' exporter (.pte, run back)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from search.blocks import FBNet
+from search.cli import app
+from search.data import load_dataset
+from search.space import Arch, get_space
+
+
+@pytest.mark.slow
+def test_train_then_export_pte_runs_like_the_trained_model(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "--arch", "FBNet-A", "--space", "fbnet-cifar", "--data", "digits",
+                            "--subset", "64", "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path),
+                            "--no-progress", "--cpu"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "child.json").read_text())
+    assert 0.0 <= report["test_acc"] <= 1.0 and report["n_test"] == 200
+    ck = torch.load(tmp_path / "child.pt", weights_only=False)
+    assert ck["arch"] == list(Arch.parse("FBNet-A").blocks)
+
+    pytest.importorskip("executorch")
+    e = runner.invoke(app, ["export", "--weights", str(tmp_path / "child.pt"), "--format", "pte",
+                            "--out", str(tmp_path / "child.pte")])
+    assert e.exit_code == 0, e.output
+    assert (tmp_path / "child.pte").stat().st_size > 100_000
+
+    from executorch.runtime import Runtime
+
+    space = get_space("fbnet-cifar")
+    model = FBNet(space, Arch.parse("FBNet-A"))
+    model.load_state_dict(ck["state_dict"])
+    x = load_dataset("digits", 32, subset=8).test_x[:1].contiguous()
+    want = model.eval()(x)
+    got = Runtime.get().load_program(tmp_path / "child.pte").load_method("forward").execute((x,))[0]
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+def test_export_refuses_mismatched_weights_and_bad_input(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", "--format", "pte", "--out", str(tmp_path / "x.pte")])
+    assert r.exit_code == 2 and "--arch" in r.output
+    r = runner.invoke(app, ["export", "--arch", "FBNet-Z", "--out", str(tmp_path / "x.pte")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "--from", str(tmp_path / "missing"), "--data", "digits"])
+    assert r.exit_code == 2 and "does not exist" in r.output
