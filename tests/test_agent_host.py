@@ -112,13 +112,13 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined")
     assert code == 1 and "lacks" in out and "stem-3x32x32-16-s1" in out and "Traceback" not in out, out
 
-    # a complete table through the real API (a synthetic run: every op 100 us)
+    # a complete table through the real API (a synthetic run: every op 100 us, 2 us per-call overhead)
     from search.space import get_space
 
     sp = get_space(SPACE)
     with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
         rid = c.post("/runs", json={"space": SPACE, "agent_version": "test", "runtime": "synthetic",
-                                    "runtime_version": "0"}).json()["id"]
+                                    "runtime_version": "0", "overhead_us": 2.0}).json()["id"]
         ms = [{"key": op.key, "n": 1, "median_us": 100.0, "mean_us": 100.0, "std_us": 0.0, "min_us": 100.0,
                "p10_us": 100.0, "p90_us": 100.0} for op in sp.ops if not op.is_identity]
         assert c.post(f"/runs/{rid}/measurements", json={"measurements": ms}).status_code == 200
@@ -131,5 +131,8 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
 
     arch = random_archs(1, 3)[0]
     assert v["arch"] == list(arch.blocks) and v["label"] == "random-3-0"
-    assert v["predicted_us"] == pytest.approx(100.0 * len(sp.arch_ops(arch)))
+    n_ops = len(sp.arch_ops(arch))
+    # the sum pays the per-call overhead once per op, the whole model once
+    assert v["predicted_us"] == pytest.approx(100.0 * n_ops - 2.0 * (n_ops - 1))
+    assert v["extra"]["raw_sum_us"] == pytest.approx(100.0 * n_ops) and v["extra"]["table_overhead_us"] == 2.0
     assert v["measured_us"] > 0 and v["n"] == 10

@@ -1,0 +1,122 @@
+"""Cost and repeatability of profiling a whole space on the host (ExecuTorch, XNNPACK, 1 thread).
+
+For each space: a cold export (empty cache, ``jobs`` worker processes), a warm export (everything
+cached), then two full measurements back to back with the agent's protocol (defaults: 10 warm-up,
+50 timed, 3 interleaved rounds, CV re-measure), each in the same process as the agent runs it.
+Repeatability = per op |median_1 - median_2| / mean of the two, in percent. Upload is left out (one
+HTTP batch per 16 ops; milliseconds).
+
+    .venv/bin/python bench/profile_cost.py [--spaces fbnet-cifar,fbnet-224] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def measure(tr, keys, overhead_of, cfg):
+    from device_agents.protocol import run_protocol
+
+    t0 = time.perf_counter()
+    res = run_protocol(tr, keys, cfg, overhead_of)
+    return time.perf_counter() - t0, res
+
+
+def bench_space(name: str, cache: Path, jobs: int, cfg, threads: int) -> dict:
+    from device_agents.exporters import export_space, overhead_key
+    from device_agents.transports.host import HostTransport
+    from search.space import get_space
+
+    sp = get_space(name)
+    ops = [op for op in sp.ops if not op.is_identity]
+    t0 = time.perf_counter()
+    programs = export_space(sp, "pte", cache, ops=ops, jobs=jobs, overheads=True)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    programs = export_space(sp, "pte", cache, ops=ops, jobs=jobs, overheads=True)
+    warm = time.perf_counter() - t0
+    tr = HostTransport(threads=threads)
+    t0 = time.perf_counter()
+    tr.prepare(programs)
+    load = time.perf_counter() - t0
+    keys = [op.key for op in ops]
+    overhead_of = {op.key: overhead_key(op.input_shape) for op in ops}
+    m1, r1 = measure(tr, keys, overhead_of, cfg)
+    m2, r2 = measure(tr, keys, overhead_of, cfg)
+    tr.close()
+    diffs = sorted(abs(r1[k].stats.median_us - r2[k].stats.median_us) / ((r1[k].stats.median_us + r2[k].stats.median_us) / 2)
+                   * 100 for k in keys)
+    total1 = sum(r1[k].stats.median_us for k in keys)
+    total2 = sum(r2[k].stats.median_us for k in keys)
+    return {
+        "space": name, "ops": len(keys), "programs": len(programs), "export_cold_s": round(cold, 1),
+        "export_warm_s": round(warm, 3), "load_s": round(load, 2), "measure_1_s": round(m1, 1),
+        "measure_2_s": round(m2, 1), "warm_profile_s": round(warm + load + m1, 1),
+        "cold_profile_s": round(cold + load + m1, 1),
+        "repeat_median_abs_diff_pct": round(statistics.median(diffs), 2),
+        "repeat_p90_abs_diff_pct": round(diffs[int(0.9 * (len(diffs) - 1))], 2),
+        "repeat_max_abs_diff_pct": round(diffs[-1], 2),
+        "remeasured": [len([r for r in r1.values() if r.remeasured]), len([r for r in r2.values() if r.remeasured])],
+        "sum_of_medians_us": [round(total1, 1), round(total2, 1)],
+        "median_cv": round(statistics.median(r.stats.cv for r in r1.values()), 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spaces", default="fbnet-cifar,fbnet-224")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cache-dir", type=Path, help="export cache (default: a fresh temporary folder = cold)")
+    ap.add_argument("--json", type=Path, help="write the rows as JSON")
+    args = ap.parse_args()
+
+    from device_agents.protocol import ProtocolConfig
+
+    cfg = ProtocolConfig(warmup=args.warmup, repeats=args.repeats, rounds=args.rounds)
+    tmp = None
+    cache = args.cache_dir
+    if cache is None:
+        tmp = tempfile.mkdtemp(prefix="fbnet-profile-cost-")
+        cache = Path(tmp)
+    rows = []
+    try:
+        for name in args.spaces.split(","):
+            print(f"[{name}] exporting, loading, measuring twice ...", file=sys.stderr, flush=True)
+            rows.append(bench_space(name, cache, args.jobs, cfg, args.threads))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    cols = [("space", "space"), ("ops", "ops"), ("export cold s", "export_cold_s"), ("export warm s", "export_warm_s"),
+            ("load s", "load_s"), ("measure s (run 1/2)", None), ("warm profile s", "warm_profile_s"),
+            ("cold profile s", "cold_profile_s"), ("repeat median |d| %", "repeat_median_abs_diff_pct"),
+            ("p90 |d| %", "repeat_p90_abs_diff_pct"), ("median CV", "median_cv")]
+    print("| " + " | ".join(c for c, _ in cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        cells = [f"{r['measure_1_s']} / {r['measure_2_s']}" if k is None else str(r[k]) for _, k in cols]
+        print("| " + " | ".join(cells) + " |")
+    meta = {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg(), "threads": args.threads, "jobs": args.jobs,
+            "protocol": {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds}}
+    print(json.dumps(meta))
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
