@@ -1,0 +1,96 @@
+"""Does the table predict whole networks? Profile fbnet-cifar on the host, then time N random
+architectures whole and compare with the table's prediction (one run, its own server).
+
+    python bench/lut_fidelity.py --archs 50 --seed 0 --json fidelity.json
+
+Prints predicted vs measured per architecture and the summary (MAPE, share within ±10%, Kendall
+tau); ``--json`` writes ``{"within_10pct", "kendall_tau", "mape", "archs": [...]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from profiler_server.local import LocalServer  # noqa: E402
+
+BIN = Path(sys.executable).parent
+console = Console()
+
+
+def run(*args) -> None:
+    r = subprocess.run([str(a) for a in args], env=os.environ.copy())
+    if r.returncode:
+        raise SystemExit(f"{Path(str(args[0])).name} {args[1]} exited with {r.returncode}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="LUT fidelity on the host: table-predicted vs measured whole models")
+    p.add_argument("--archs", type=int, default=50, help="random architectures")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--space", default="fbnet-cifar")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache" / "exports")
+    p.add_argument("--json", type=Path, help="write the results here")
+    a = p.parse_args()
+
+    device = "host-cpu"
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fbnet-fidelity-") as tmp, \
+            LocalServer(f"sqlite:///{tmp}/fbnet.db", tmp) as server:
+        token = server.create_device(device, platform="linux", runtime="executorch-xnnpack")
+        common = ["--server", server.url, "--device", device, "--token", token, "--space", a.space,
+                  "--transport", "host", "--warmup", a.warmup, "--repeats", a.repeats, "--rounds", a.rounds,
+                  "--threads", a.threads, "--cache-dir", a.cache_dir, "--seed", a.seed]
+        t_prof = time.monotonic()
+        run(BIN / "fbnet-agent", "profile", *common)
+        t_val = time.monotonic()
+        run(BIN / "fbnet-agent", "validate", *common, "--archs", a.archs, "--no-predefined")
+        t_end = time.monotonic()
+        summary = httpx.get(f"{server.url}/validations/{device}", params={"space": a.space}, timeout=60).json()
+        table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space}, timeout=60).json()
+
+    rows = sorted(summary["validations"], key=lambda v: v["measured_us"])
+    t = Table(title=f"LUT fidelity: {a.space} on the host ({a.threads} thread), {len(rows)} random architectures")
+    for col in ("arch", "predicted us", "measured us", "error %"):
+        t.add_column(col, justify="left" if col == "arch" else "right")
+    for v in rows:
+        t.add_row(v["label"] or "", f"{v['predicted_us']:.0f}", f"{v['measured_us']:.0f}", f"{v['error_pct']:+.1f}")
+    console.print(t)
+    s = Table(title="summary", show_header=False)
+    s.add_row("architectures", str(summary["count"]))
+    s.add_row("MAPE", f"{summary['mape']:.2f}%")
+    s.add_row("within ±10%", f"{100 * summary['within_10pct']:.1f}%  (target ≥ 95%)")
+    s.add_row("Kendall tau", f"{summary['kendall_tau']:.3f}  (target ≥ 0.9)")
+    s.add_row("table overhead_us", str(table.get("overhead_us")))
+    s.add_row("wall time", f"profile {t_val - t_prof:.0f} s, validate {t_end - t_val:.0f} s, total {time.monotonic() - t0:.0f} s")
+    console.print(s)
+    if a.json:
+        a.json.write_text(json.dumps({
+            "space": a.space, "threads": a.threads, "seed": a.seed,
+            "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],
+            "archs": [{"label": v["label"], "arch": v["arch"], "predicted_us": v["predicted_us"],
+                       "measured_us": v["measured_us"], "error_pct": v["error_pct"], "extra": v.get("extra", {})}
+                      for v in rows],
+        }, indent=1))
+        console.print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
