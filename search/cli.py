@@ -229,7 +229,7 @@ def run(
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="per process (torchrun: per rank)"),
     alpha: float = typer.Option(0.2, "--alpha", help="loss = CE * alpha * log(LAT_us)^beta; 0 = plain CE"),
     beta: float = typer.Option(0.6, "--beta", help="latency exponent (sets the latency pressure)"),
-    lr: float = typer.Option(None, "--lr", help="weight SGD lr [default: 0.1 * global batch / 192]"),
+    lr: float = typer.Option(None, "--lr", help="weight SGD lr (default 0.1 * global batch / 192)"),
     theta_lr: float = typer.Option(0.01, "--theta-lr", help="Adam lr of theta"),
     subset: int = typer.Option(None, "--subset", help="use N training images (and N/5, >= 200, test images)"),
     seed: int = typer.Option(0, "--seed"),
@@ -266,7 +266,7 @@ def run(
         last = res.history[-1] if res.history else {}
         console.print(f"[bold]{res.arch}[/bold]", highlight=False)
         console.print(f"predicted {res.predicted_latency_us:.1f} us on {lut.device} (table {lut.table_version}); "
-                      f"expected {last.get('expected_latency_us', float('nan')):.1f} us, "
+                      f"expected {last.get('expected_latency_us', float('nan')):.1f} us under softmax(theta), "
                       f"theta entropy {last.get('theta_entropy', float('nan')):.3f}; wrote {out / 'arch.json'}",
                       highlight=False)
 
@@ -276,7 +276,7 @@ def sample(
     from_file: Path = typer.Option(..., "--from", help="DIR or DIR/arch.json written by `run`"),
     k: int = typer.Option(5, "-k", help="how many architectures to draw from softmax(theta)"),
     server: str = SERVER_OPT,
-    device: str = typer.Option(None, "--device", "-d", help="[default: the searched device]"),
+    device: str = typer.Option(None, "--device", "-d", help="(default: the device of arch.json)"),
     table: Path = TABLE_OPT,
     cache_dir: Path = CACHE_OPT,
     token: str = TOKEN_OPT,
@@ -313,11 +313,11 @@ def sample(
 def train(
     arch: str = typer.Option(None, "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices"),
     from_file: Path = typer.Option(None, "--from", help="DIR or DIR/arch.json written by `run` (its argmax)"),
-    space: str = typer.Option(None, "--space", "-s", help="[default: arch.json's space, else fbnet-cifar]"),
+    space: str = typer.Option(None, "--space", "-s", help="(default: arch.json's space, else fbnet-cifar)"),
     data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist, digits, or a folder"),
     epochs: int = typer.Option(10, "--epochs"),
     batch_size: int = typer.Option(64, "--batch-size", "-b"),
-    lr: float = typer.Option(None, "--lr", help="SGD lr [default: 0.1 * batch / 192]"),
+    lr: float = typer.Option(None, "--lr", help="SGD lr (default 0.1 * batch / 192)"),
     subset: int = typer.Option(None, "--subset", help="use N training images"),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/child"), "--out", "-o", help="writes child.pt and child.json"),
@@ -356,7 +356,7 @@ def export(
     arch: str = typer.Option(None, "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices"),
     from_file: Path = typer.Option(None, "--from", help="DIR or DIR/arch.json written by `run`"),
     weights: Path = typer.Option(None, "--weights", help="child.pt from `train` (else freshly initialised)"),
-    space: str = typer.Option(None, "--space", "-s", help="[default: from arch.json / child.pt, else fbnet-cifar]"),
+    space: str = typer.Option(None, "--space", "-s", help="(default: from arch.json / child.pt, else fbnet-cifar)"),
     fmt: ExportFmt = typer.Option(ExportFmt.pte, "--format", help="pte (ExecuTorch/XNNPACK) or mlpackage (Core ML)"),
     out: Path = typer.Option(..., "--out", "-o", help="output file (.pte) or folder (.mlpackage)"),
 ):

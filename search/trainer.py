@@ -176,7 +176,7 @@ class EpochLog:
         if self.tb is not None:
             row = history[-1]
             for k, v in row.items():
-                if isinstance(v, int | float) and k != "epoch" and v == v:
+                if isinstance(v, int | float) and k != "epoch":
                     self.tb.add_scalar(k, v, row["epoch"])
             self.tb.flush()
 
@@ -379,7 +379,7 @@ def _epoch(epoch, cfg, env, model, net, arch, lat, fixed, w_ds, t_ds, w_opt, w_s
         t_loss, t_ce, t_correct, t_seen = _all_sum([t_loss, t_ce, t_correct, t_seen], env)
         row.update(theta_loss=t_loss / t_seen, theta_ce=t_ce / t_seen, theta_acc=t_correct / t_seen)
     else:
-        row.update(theta_loss=float("nan"), theta_ce=float("nan"), theta_acc=float("nan"))
+        row.update(theta_loss=None, theta_ce=None, theta_acc=None)  # warm-up: theta not trained (JSON null)
 
     with torch.no_grad():
         p = arch.probs()
@@ -410,6 +410,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 25
         for i in range(0, len(y), batch):
             correct += int((model(x[i:i + batch].to(device)).argmax(1).cpu() == y[i:i + batch]).sum())
     return correct / max(1, len(y))
+
+
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 256, device: torch.device | None = None) -> None:
+    """Recompute every BatchNorm's running statistics over ``x`` with the final weights.
+
+    The running averages (momentum 0.1) lag the weights; after a short run they are stale enough
+    that eval-mode accuracy drops to chance (measured: 0.15 vs 0.69 after 3 Fashion-MNIST epochs).
+    Recomputing them with a cumulative average over the training set, as OFA and SPOS do for their
+    subnets, removes the lag.
+    """
+    device = device or torch.device("cpu")
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch].to(device))
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    model.eval()
 
 
 def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, progress: bool = True,
@@ -445,6 +468,7 @@ def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, pr
                 correct += float((logits.argmax(1) == y).sum())
                 bar.advance(f"ce {ce.item():.3f}")
             history.append({"epoch": epoch, "ce": ce_sum / len(ds), "train_acc": correct / len(ds)})
+    recalibrate_bn(model, data.train_x, device=device)
     test_acc = evaluate(model, data.test_x, data.test_y, device=device)
     return model, {"arch": list(arch.blocks), "space": space.name, "data": data.name, "test_acc": test_acc,
                    "train_acc": history[-1]["train_acc"], "n_train": len(ds), "n_test": len(data.test_y),
@@ -452,4 +476,4 @@ def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, pr
 
 
 __all__ = ["ChildConfig", "DistEnv", "SearchConfig", "SearchResult", "TrainError", "cleanup_distributed",
-           "evaluate", "run_search", "scaled_lr", "setup_distributed", "split_indices", "tau_at", "train_child"]
+           "evaluate", "recalibrate_bn", "run_search", "scaled_lr", "setup_distributed", "split_indices", "tau_at", "train_child"]
