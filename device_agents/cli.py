@@ -357,7 +357,7 @@ def validate(
     arch: Annotated[list[str] | None, typer.Option("--arch", help="an extra architecture (repeatable)")] = None,
     predefined: Annotated[bool, typer.Option(help="include FBNet-A/B/C")] = True,
     overhead_correction: Annotated[bool, typer.Option(
-        help="predict sum(ops) - (ops - 1) x the table's per-call overhead (else the plain sum)")] = True,
+        help="predict sum(ops) - (ops - 1) x the table's per-call overhead instead of the plain sum")] = False,
     warmup: Warmup = 10, repeats: Repeats = 50, rounds: Rounds = 3, threads: Threads = 1, cpu_mask: CpuMask = None,
     cache_dir: CacheDir = None, cv_threshold: CvThreshold = 0.25,
     serial: Serial = None, runner: Runner = None, adb: AdbPath = "adb",

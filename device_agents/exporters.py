@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
@@ -226,6 +227,8 @@ def export_space(
                 done[key] = Path(p)
                 if progress:
                     progress(key, Path(p), False)
+        except BrokenProcessPool as e:
+            raise ExportError(f"an export worker died ({e}); out of memory? retry with --jobs 1") from e
         except BaseException:
             for f in futures:
                 f.cancel()

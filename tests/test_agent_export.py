@@ -68,3 +68,12 @@ def test_cold_exports_run_in_worker_processes(tmp_path, monkeypatch):
 
     prog = Runtime.get().load_program(out["fc-1504-10"])
     assert "forward" in prog.method_names
+
+
+def test_export_command_uses_the_cache(cache):
+    from doubles.support import run_agent
+
+    code, out = run_agent("export", "--space", SPACE, "--format", "pte", "--out", str(cache), "--ops", "fc-1504-10")
+    assert code == 0 and "2 programs in" in out and f"pte-{exporters.fingerprint('pte')}" in out, out
+    code, out = run_agent("export", "--space", "fbnet-nope", "--out", str(cache))
+    assert code == 1 and "unknown space" in out and "Traceback" not in out

@@ -122,7 +122,8 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
         ms = [{"key": op.key, "n": 1, "median_us": 100.0, "mean_us": 100.0, "std_us": 0.0, "min_us": 100.0,
                "p10_us": 100.0, "p90_us": 100.0} for op in sp.ops if not op.is_identity]
         assert c.post(f"/runs/{rid}/measurements", json={"measurements": ms}).status_code == 200
-    code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined")
+    code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined",
+                          "--overhead-correction")
     assert code == 0, out
     r = httpx.get(f"{live_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
     assert r["count"] == 1
