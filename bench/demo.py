@@ -51,11 +51,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "demo-out", help="where the database, results and plots go")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache", help="export cache (kept between runs)")
     p.add_argument("--space", default="fbnet-cifar")
-    p.add_argument("--subset", type=int, default=2000, help="Fashion-MNIST training images for the search")
-    p.add_argument("--epochs", type=int, default=6, help="search epochs (the first --warmup-epochs train weights only)")
-    p.add_argument("--warmup-epochs", type=int, default=2)
+    p.add_argument("--subset", type=int, default=1000, help="Fashion-MNIST training images for the search")
+    p.add_argument("--epochs", type=int, default=4, help="search epochs (the first --warmup-epochs train weights only)")
+    p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--child-epochs", type=int, default=3)
-    p.add_argument("--child-subset", type=int, default=6000)
+    p.add_argument("--child-subset", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--alpha", type=float, default=0.2)
     p.add_argument("--beta", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
@@ -99,7 +100,7 @@ def main() -> None:
         search_dir = out / "search"
         timed("search", lambda: sh(
             BIN / "fbnet-search", "run", "--server", server.url, "--device", device, "--space", a.space,
-            "--data", a.data, "--epochs", a.epochs, "--warmup-epochs", a.warmup_epochs, "--batch-size", 64,
+            "--data", a.data, "--epochs", a.epochs, "--warmup-epochs", a.warmup_epochs, "--batch-size", a.batch_size,
             "--alpha", a.alpha, "--beta", a.beta, "--subset", a.subset, "--seed", a.seed, "--out", search_dir,
             "--cache-dir", cache / "tables"))
         found = json.loads((search_dir / "arch.json").read_text())

@@ -333,21 +333,6 @@ def random_archs(n: int, seed: int):
     return [Arch(tuple(rng.choice(CANDIDATE_NAMES) for _ in range(NUM_LAYERS))) for _ in range(n)]
 
 
-def predict(space, arch, table) -> tuple[float, list[str]]:
-    """Table latency of ``arch`` (plain sum over Space.arch_ops) and the keys without a value."""
-    lat = {e.key: e.latency_us for e in table.entries}
-    keys = [op.key for op in space.arch_ops(arch)]
-    missing = [k for k in keys if lat.get(k) is None]
-    return sum(lat[k] for k in keys if lat.get(k) is not None), missing
-
-
-def corrected(raw_us: float, n_ops: int, overhead_us: float | None) -> float:
-    """The sum of isolated ops pays the runtime's per-call overhead once per op; the whole model once."""
-    if not overhead_us:
-        return raw_us
-    return raw_us - (n_ops - 1) * overhead_us
-
-
 @app.command()
 def validate(
     server: Server, device: Device, token: Token, space: SpaceOpt = "fbnet-cifar",
@@ -370,6 +355,7 @@ def validate(
     from device_agents.uploader import Uploader
     from profiler_server.schemas import ValidationCreate
     from search.space import PREDEFINED, Arch, get_space
+    from search.table_client import latencies, predict
 
     console = _console()
     sp = get_space(space)
@@ -382,10 +368,7 @@ def validate(
         _fail("nothing to validate: --archs 0 --no-predefined and no --arch")
     up = Uploader(server, token, device)
     table = up.get_table(sp.name)
-    preds, missing = {}, set()
-    for label, a in labelled:
-        preds[label], miss = predict(sp, a, table)
-        missing.update(miss)
+    _, missing = latencies(table, sp, [op.key for _, a in labelled for op in sp.arch_ops(a)])
     if missing:
         _fail(f"the table of {device} for {sp.name} lacks {len(missing)} op(s) these architectures use: "
               f"{', '.join(sorted(missing))}; run `fbnet-agent profile` for them first")
@@ -428,19 +411,20 @@ def validate(
     for label, a in labelled:
         r = results[keys[label]]
         n_ops = len(sp.arch_ops(a))
-        fixed = corrected(preds[label], n_ops, table.overhead_us)
+        raw = predict(table, a, sp)["latency_us"]
+        fixed = predict(table, a, sp, overhead_us=table.overhead_us or 0.0)["latency_us"]
         v = ValidationCreate(
-            space=sp.name, arch=list(a.blocks), predicted_us=fixed if overhead_correction else preds[label],
+            space=sp.name, arch=list(a.blocks), predicted_us=fixed if overhead_correction else raw,
             measured_us=r.stats.median_us, n=r.stats.n, std_us=r.stats.std_us, table_version=table.version,
             label=label,
-            extra={"raw_sum_us": preds[label], "overhead_corrected_us": fixed, "overhead_correction": overhead_correction,
+            extra={"raw_sum_us": raw, "overhead_corrected_us": fixed, "overhead_correction": overhead_correction,
                    "table_overhead_us": table.overhead_us, "n_ops": n_ops, "threads": threads,
                    "transport": transport.value, "p10_us": r.stats.p10_us, "p90_us": r.stats.p90_us},
         )
         out = up.post_validation(v)
         errs.append(abs(out.error_pct))
-        raw_err = 100 * (preds[label] - r.stats.median_us) / r.stats.median_us
-        t.add_row(label, f"{preds[label]:.0f}", f"{fixed:.0f}", f"{r.stats.median_us:.0f}", f"{raw_err:+.1f}",
+        raw_err = 100 * (raw - r.stats.median_us) / r.stats.median_us
+        t.add_row(label, f"{raw:.0f}", f"{fixed:.0f}", f"{r.stats.median_us:.0f}", f"{raw_err:+.1f}",
                   f"{out.error_pct:+.1f}")
     console.print(t)
     basis = f"sum - (ops - 1) x {table.overhead_us or 0:.1f} us overhead" if overhead_correction else "plain sum"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import multiprocessing as mp
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +27,11 @@ from torch import nn
 
 from search import blocks
 from search.space import Arch, Op, Space
+
+# executorch pulls in torchao, which logs a warning per CUDA kernel library it cannot load on a
+# CPU-only machine, and torch's pytree a deprecation per process: noise in every export.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 # Bump whenever what an export produces changes in a way the library versions do not capture.
 EXPORTER_VERSION = "1"
@@ -69,7 +76,9 @@ def export_pte(module: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
 
     path = Path(path)
     module = module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.13's own pytree deprecation, raised inside executorch's lowering: not ours to fix
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         ep = torch.export.export(module, (example,), strict=False)
         prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
     tmp = _atomic_target(path)

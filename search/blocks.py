@@ -8,7 +8,7 @@ are plain Python integers fixed at construction; nothing reads sizes from tensor
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -194,6 +194,9 @@ def predict(
     cache_dir: Path = CACHE_OPT,
     token: str = TOKEN_OPT,
     fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json"),
+    overhead_correction: bool = typer.Option(
+        False, "--overhead-correction",
+        help="subtract (ops - 1) x the table's recorded per-call runtime overhead from the plain sum"),
 ):
     """An architecture's latency on a device: the sum of its ops' table entries (identity skips are 0)."""
     from search.table_client import TableError
@@ -203,7 +206,9 @@ def predict(
     a = _arch(arch)
     t = _table(s, server, device, table, cache_dir, token)
     try:
-        out = _predict(t, a, s)
+        if overhead_correction and t.overhead_us is None:
+            raise TableError(f"the table of {t.device!r} records no per-call overhead to correct with")
+        out = _predict(t, a, s, overhead_us=t.overhead_us if overhead_correction else None)
     except TableError as e:
         fail(str(e))
     if fmt == Fmt.json:

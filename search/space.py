@@ -233,7 +233,7 @@ class Space:
         h = _out(self.resolution, self.stem_stride)
         cin = self._w(self.stem_channels)
         out: list[LayerShape] = []
-        for stage, (c, n, s) in enumerate(zip(self.stage_channels, self.stage_depths, self.stage_strides)):
+        for stage, (c, n, s) in enumerate(zip(self.stage_channels, self.stage_depths, self.stage_strides, strict=True)):
             cout = self._w(c)
             for i in range(n):
                 stride = s if i == 0 else 1
@@ -328,20 +328,20 @@ class Space:
         }
 
     # -- architectures --------------------------------------------------------------------
-    def arch_ops(self, arch: "Arch") -> list[Op]:
+    def arch_ops(self, arch: Arch) -> list[Op]:
         """Ops of ``arch`` in execution order; identity skips are left out (nothing runs)."""
         ops = [self.stem]
-        for ls, name in zip(self.layers, arch.blocks):
+        for ls, name in zip(self.layers, arch.blocks, strict=True):
             op = self.layer_op(ls.index, name)
             if not op.is_identity:
                 ops.append(op)
         ops += [self.head, self.pool, self.fc]
         return ops
 
-    def arch_params(self, arch: "Arch") -> int:
+    def arch_params(self, arch: Arch) -> int:
         return sum(op.params for op in self.arch_ops(arch))
 
-    def arch_mflops(self, arch: "Arch") -> float:
+    def arch_mflops(self, arch: Arch) -> float:
         return sum(op.macs for op in self.arch_ops(arch)) / 1e6
 
 
@@ -375,7 +375,7 @@ class Arch:
             raise ArchError(f"unknown block(s) {bad}; candidates are {', '.join(CANDIDATE_NAMES)}")
 
     @classmethod
-    def from_indices(cls, idx) -> "Arch":
+    def from_indices(cls, idx) -> Arch:
         idx = list(idx)
         bad = [i for i in idx if not (isinstance(i, int) and 0 <= i < len(CANDIDATES))]
         if bad:
@@ -383,7 +383,7 @@ class Arch:
         return cls(tuple(CANDIDATE_NAMES[i] for i in idx))
 
     @classmethod
-    def parse(cls, text: str) -> "Arch":
+    def parse(cls, text: str) -> Arch:
         """Parse a predefined name, 22 comma-separated block names or 22 comma-separated indices."""
         text = text.strip()
         for name, idx in PREDEFINED.items():

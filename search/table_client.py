@@ -185,7 +185,7 @@ def check_table(table: Table, space: Space, *, require_complete: bool = True) ->
                          f"op(s) have no latency: {_fmt_missing(sorted(table.missing))}")
 
 
-def _entry_latencies(table: Table, space: Space, keys) -> tuple[dict[str, float], list[str]]:
+def latencies(table: Table, space: Space, keys) -> tuple[dict[str, float], list[str]]:
     """Latency per key; identity skips are 0 by construction. Returns (found, missing keys)."""
     by_key = {e.key: e for e in table.entries}
     found: dict[str, float] = {}
@@ -234,7 +234,7 @@ def build_lut(table: Table, space: Space) -> LatencyLUT:
     check_table(table, space)
     keys = [[space.layer_op(layer, i).key for i in range(len(CANDIDATE_NAMES))] for layer in range(NUM_LAYERS)]
     fixed_keys = [op.key for op in space.fixed_ops]
-    found, missing = _entry_latencies(table, space, [k for row in keys for k in row] + fixed_keys)
+    found, missing = latencies(table, space, [k for row in keys for k in row] + fixed_keys)
     if missing:
         raise TableError(f"the table of {table.device!r}/{space.name} lacks {len(missing)} op(s) the supernet "
                          f"needs: {_fmt_missing(missing)}")
@@ -246,11 +246,15 @@ def build_lut(table: Table, space: Space) -> LatencyLUT:
     )
 
 
-def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None) -> dict:
-    """``{"latency_us", "per_op": [{"key", "latency_us"}]}``: the sum of the arch's table entries.
+def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, *,
+            overhead_us: float | None = None) -> dict:
+    """``{"latency_us", "per_op": [{"key", "latency_us"}], "raw_sum_us"}``: the arch's table latency.
 
     Ops are those of ``Space.arch_ops`` (execution order, identity skips left out). A table need
-    not be complete, but every op of this architecture must have a latency.
+    not be complete, but every op of this architecture must have a latency. The plain sum is the
+    prediction; with ``overhead_us`` (the runtime's per-call overhead the agents record, the table's
+    ``overhead_us``) the sum is corrected for paying that overhead once per isolated op instead of
+    once per whole model: ``sum - (ops - 1) * overhead_us``.
     """
     if isinstance(source, LatencyLUT):
         space = source.space
@@ -262,12 +266,16 @@ def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None) 
             raise TypeError("predict(table, arch, space): the space is needed with a Table")
         check_table(source, space, require_complete=False)
         keys = [op.key for op in space.arch_ops(arch)]
-        lookup, missing = _entry_latencies(source, space, keys)
+        lookup, missing = latencies(source, space, keys)
         if missing:
             raise TableError(f"the table of {source.device!r}/{space.name} has no latency for "
                              f"{len(missing)} op(s) of this architecture: {_fmt_missing(missing)}")
     per_op = [{"key": k, "latency_us": lookup[k]} for k in keys]
-    return {"latency_us": sum(p["latency_us"] for p in per_op), "per_op": per_op}
+    raw = sum(p["latency_us"] for p in per_op)
+    if overhead_us is not None and (not math.isfinite(overhead_us) or overhead_us < 0):
+        raise TableError(f"overhead_us must be a finite number >= 0, got {overhead_us}")
+    latency = raw - (len(keys) - 1) * overhead_us if overhead_us else raw
+    return {"latency_us": latency, "per_op": per_op, "raw_sum_us": raw}
 
 
 def get_table(*, space: Space, server: str | None = None, device: str | None = None,
@@ -288,4 +296,4 @@ def get_table(*, space: Space, server: str | None = None, device: str | None = N
 
 
 __all__ = ["DEFAULT_CACHE_DIR", "Fetched", "LatencyLUT", "StaleTableWarning", "TableClient", "TableError",
-           "build_lut", "check_table", "get_table", "load_table_file", "parse_table", "predict", "save_table"]
+           "build_lut", "check_table", "get_table", "latencies", "load_table_file", "parse_table", "predict", "save_table"]

@@ -136,3 +136,24 @@ def test_predict_on_a_partial_table_needs_only_the_arch_ops(tmp_path):
     assert r.exit_code == 2 and key in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["predict", "--table", str(tmp_path / "nope.json"), "--arch", "FBNet-A"])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_overhead_correction_pays_the_call_overhead_once_per_model(tmp_path):
+    arch = Arch.parse("FBNet-B")
+    t = macs_table(SPACE).model_copy(update={"overhead_us": 4.0})
+    raw = predict(t, arch, SPACE)
+    fixed = predict(t, arch, SPACE, overhead_us=t.overhead_us)
+    n_ops = len(SPACE.arch_ops(arch))
+    assert fixed["raw_sum_us"] == raw["latency_us"] == sum(p["latency_us"] for p in raw["per_op"])
+    assert fixed["latency_us"] == pytest.approx(raw["latency_us"] - (n_ops - 1) * 4.0)
+    with pytest.raises(TableError, match="overhead_us"):
+        predict(t, arch, SPACE, overhead_us=float("nan"))
+    save_table(t, tmp_path / "t.json")
+    r = CliRunner().invoke(app, ["predict", "--table", str(tmp_path / "t.json"), "--arch", "FBNet-B", "--format",
+                                 "json", "--overhead-correction"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["latency_us"] == pytest.approx(fixed["latency_us"])
+    save_table(macs_table(SPACE), tmp_path / "none.json")  # no recorded overhead: refuse, don't guess
+    r = CliRunner().invoke(app, ["predict", "--table", str(tmp_path / "none.json"), "--arch", "FBNet-B",
+                                 "--overhead-correction"])
+    assert r.exit_code == 2 and "overhead" in r.output
