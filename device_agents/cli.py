@@ -440,23 +440,10 @@ def main() -> None:
     from search.space import ArchError, SpaceError
 
     try:
-        rc = app(standalone_mode=False)  # returns the code of a typer.Exit instead of exiting
+        app()  # standalone: usage errors and typer.Exit are handled (and exit) inside
     except (AgentError, ExportError, ServiceDown, UploadError, SpaceError, ArchError, ValueError, OSError) as e:
         _console().print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
-    if isinstance(rc, int) and rc:
-        sys.exit(rc)
 
 
 if __name__ == "__main__":

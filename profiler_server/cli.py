@@ -169,7 +169,13 @@ def plot_validations(device: str, space: Annotated[str, typer.Option()],
 
 
 def main() -> None:
-    app()
+    from profiler_server.errors import DomainError
+
+    try:
+        app()
+    except DomainError as e:  # unknown device, space, ... from any command: one line, no traceback
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -8,42 +8,32 @@ per test module (both engines) for tests that use distinct device names.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from profiler_server.local import LocalServer
+
 ADMIN_TOKEN = "test-admin-token"
 PG_URL = os.environ.get("FBNET_TEST_PG_URL")
 ENGINES = ["sqlite"] + (["postgresql"] if PG_URL else [])
 REPO = Path(__file__).resolve().parent.parent
-HWNASBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hwnasbench"
-if not HWNASBENCH.exists():
-    HWNASBENCH = Path("/work/shared/data/hwnasbench")
+# The reference data beside the checkout (../shared/data), else the copies in tests/data.
+_SHARED = REPO.parent / "shared" / "data"
+DATA = _SHARED if (_SHARED / "hwnasbench" / "pixel3_latency.json").exists() else REPO / "tests" / "data"
+HWNASBENCH = DATA / "hwnasbench"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class LiveServer(LocalServer):
+    """The service under test: :class:`LocalServer` plus the helpers the tests share."""
 
-
-@dataclass
-class LiveServer:
-    url: str
-    admin_token: str
-    db_url: str
-    engine: str
-    process: subprocess.Popen
-    log_path: Path
-    _n: int = field(default=0, repr=False)
+    def __init__(self, engine: str, db_url: str, workdir: Path, **kw):
+        super().__init__(db_url, workdir, admin_token=ADMIN_TOKEN, **kw)
+        self.engine = engine
+        self._n = 0
 
     def client(self, token: str | None = None, **kw) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -53,20 +43,10 @@ class LiveServer:
     def admin(self) -> httpx.Client:
         return self.client(self.admin_token)
 
-    def create_device(self, name: str, platform: str = "linux", runtime: str = "executorch-xnnpack", **fields) -> str:
-        """Register a device with the admin token; returns the device's agent token."""
-        r = httpx.post(f"{self.url}/devices", json={"name": name, "platform": platform, "runtime": runtime, **fields},
-                       headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
-        assert r.status_code == 201, r.text
-        return r.json()["token"]
-
     def unique(self, prefix: str = "dev") -> str:
         """A device name not used before on this server."""
         self._n += 1
         return f"{prefix}-{self._n}-{uuid.uuid4().hex[:6]}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def _pg_schema_url(schema: str) -> str:
@@ -92,45 +72,19 @@ def start_server(engine: str, workdir: Path, extra_env: dict | None = None, work
         schema = f"t_{uuid.uuid4().hex[:12]}"
         _pg_exec(f'CREATE SCHEMA "{schema}"')
         db_url = _pg_schema_url(schema)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FBNET_")}
-    env.update({"FBNET_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONPATH": str(REPO)}, **(extra_env or {}))
-    log_path = workdir / "server.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "profiler_server.cli", "serve", "--db", db_url, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
-        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    server = LiveServer(url, ADMIN_TOKEN, db_url, engine, proc, log_path)
+    server = LiveServer(engine, db_url, workdir, workers=workers,
+                        extra_env={"PYTHONPATH": str(REPO), **(extra_env or {})})
 
     def cleanup():
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        server.stop()
         if schema:
             _pg_exec(f'DROP SCHEMA "{schema}" CASCADE')
 
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            cleanup()
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            cleanup()
-            raise RuntimeError(f"server did not become healthy:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.05)
+    try:
+        server.start()
+    except RuntimeError:
+        cleanup()
+        raise
     return server, cleanup
 
 

@@ -7,6 +7,7 @@ import math
 
 import httpx
 import pytest
+from conftest import HWNASBENCH
 from search_helpers import macs_table
 from typer.testing import CliRunner
 
@@ -23,7 +24,7 @@ from search.table_client import (
 )
 
 SPACE = get_space("fbnet-cifar")
-PIXEL3 = "/work/shared/data/hwnasbench/pixel3_latency.json"
+PIXEL3 = str(HWNASBENCH / "pixel3_latency.json")
 
 
 def import_hwnasbench(server, device: str, path: str, space: str = "fbnet-cifar") -> dict:

@@ -8,6 +8,7 @@ import json
 import statistics
 
 import pytest
+from conftest import DATA
 
 from profiler_server.schemas import MAX_BATCH
 from search.space import get_space
@@ -312,9 +313,8 @@ def test_import_bad_input(module_server, dev, hwnasbench_dir):
 
 
 def test_import_proxylessnas_yaml_reports_unmapped(module_server):
-    from pathlib import Path
 
-    path = Path("/work/shared/data/proxylessnas/mobile_trim.yaml")
+    path = DATA / "proxylessnas" / "mobile_trim.yaml"
     if not path.exists():
         pytest.skip("ProxylessNAS table not available")
     name = module_server.unique("pixel1")

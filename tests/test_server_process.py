@@ -4,12 +4,11 @@ import json
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
-from conftest import REPO, start_server
+from conftest import HWNASBENCH, REPO, start_server
 
-PIXEL3 = Path("/work/shared/data/hwnasbench/pixel3_latency.json")
+PIXEL3 = HWNASBENCH / "pixel3_latency.json"
 
 
 def test_server_never_imports_torch():

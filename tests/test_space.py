@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 
 from search.space import (
     CANDIDATE_NAMES,
@@ -19,7 +20,6 @@ from search.space import (
     parse_key,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 SPACES = ["fbnet-224", "fbnet-cifar", "fbnet-96-w0.35", "fbnet-160"]
 
 
@@ -99,7 +99,7 @@ def test_arch_text_round_trip():
 
 
 def test_predefined_match_shared_data():
-    data = json.loads((SHARED / "data" / "fbnet_archs.json").read_text())
+    data = json.loads((DATA / "fbnet_archs.json").read_text())
     for name, idx in data["archs"].items():
         assert list(PREDEFINED[name]) == idx
 
