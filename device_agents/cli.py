@@ -344,13 +344,13 @@ def validate(
     overhead_correction: Annotated[bool, typer.Option(
         help="predict sum(ops) - (ops - 1) x the table's per-call overhead instead of the plain sum")] = False,
     warmup: Warmup = 10, repeats: Repeats = 50, rounds: Rounds = 3, threads: Threads = 1, cpu_mask: CpuMask = None,
-    cache_dir: CacheDir = None, cv_threshold: CvThreshold = 0.25,
+    cache_dir: CacheDir = None, cv_threshold: CvThreshold = 0.25, jobs: Jobs = 2,
     serial: Serial = None, runner: Runner = None, adb: AdbPath = "adb",
     udid: Udid = None, bundle_id: BundleId = "org.fbnetlut.CoreMLBench", compute_units: Units = ComputeUnits.cpu,
     xcrun: Xcrun = "xcrun",
 ):
     """Measure whole architectures with the op protocol and upload measured vs table-predicted latency."""
-    from device_agents.exporters import export_arch, fingerprint
+    from device_agents.exporters import export_archs, fingerprint
     from device_agents.protocol import AgentError, ProtocolConfig, run_protocol
     from device_agents.uploader import Uploader
     from profiler_server.schemas import ValidationCreate
@@ -375,17 +375,12 @@ def validate(
 
     cache_dir = cache_dir or default_cache_dir()
     folder = cache_dir / f"arch-{fmt}-{fingerprint(fmt)}" / sp.name
-    programs, keys = {}, {}
+    keys = {label: "arch-" + hashlib.sha256(a.to_text().encode()).hexdigest()[:12] for label, a in labelled}
+    todo = {keys[label]: (a, folder / f"{keys[label]}.{fmt}") for label, a in labelled}
     with _progress(console) as prog:
-        task = prog.add_task("export", total=len(labelled), op="")
-        for label, a in labelled:
-            key = "arch-" + hashlib.sha256(a.to_text().encode()).hexdigest()[:12]
-            path = folder / f"{key}.{fmt}"
-            if not path.exists():
-                prog.update(task, op=label)
-                export_arch(sp, a, fmt, path)
-            programs[key], keys[label] = path, key
-            prog.update(task, advance=1, op=label)
+        task = prog.add_task("export", total=len(todo), op="")
+        programs = export_archs(sp, todo, fmt, jobs=jobs,
+                                progress=lambda key, path, cached: prog.update(task, advance=1, op=key))
     tr = make_transport(transport, threads=threads, cpu_mask=cpu_mask, serial=serial, runner=runner, adb=adb,
                         udid=udid, bundle_id=bundle_id, compute_units=compute_units, xcrun=xcrun,
                         work_dir=cache_dir / "ios-work")

@@ -180,10 +180,43 @@ def _worker_init() -> None:
 
 
 def _export_task(job: tuple) -> tuple[str, str]:
-    kind, payload, fmt, cache_dir = job
+    kind, payload, fmt, target = job
     if kind == "op":
-        return payload.key, str(export_op(payload, fmt, cache_dir))
-    return overhead_key(payload), str(export_overhead(payload, fmt, cache_dir))
+        return payload.key, str(export_op(payload, fmt, target))
+    if kind == "arch":
+        key, space_name, arch_text = payload
+        from search.space import get_space
+
+        return key, str(export_arch(get_space(space_name), Arch.parse(arch_text), fmt, target))
+    return overhead_key(payload), str(export_overhead(payload, fmt, target))
+
+
+def _run_jobs(cold: list[tuple], jobs: int, done: dict[str, Path],
+              progress: Callable[[str, Path, bool], None] | None) -> dict[str, Path]:
+    """Run export jobs, in ``jobs`` spawned worker processes (one torch thread each) when > 1."""
+    if jobs <= 1 or len(cold) <= 1:
+        for job in cold:
+            key, p = _export_task(job)
+            done[key] = Path(p)
+            if progress:
+                progress(key, Path(p), False)
+        return done
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(cold)), mp_context=ctx, initializer=_worker_init) as pool:
+        futures = [pool.submit(_export_task, job) for job in cold]
+        try:
+            for fut in as_completed(futures):
+                key, p = fut.result()
+                done[key] = Path(p)
+                if progress:
+                    progress(key, Path(p), False)
+        except BrokenProcessPool as e:
+            raise ExportError(f"an export worker died ({e}); out of memory? retry with --jobs 1") from e
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return done
 
 
 def export_space(
@@ -218,31 +251,7 @@ def export_space(
                 progress(key, path, True)
         else:
             cold.append(job)
-    if not cold:
-        return done
-    if jobs <= 1 or len(cold) == 1:
-        for job in cold:
-            key, p = _export_task(job)
-            done[key] = Path(p)
-            if progress:
-                progress(key, Path(p), False)
-        return done
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(cold)), mp_context=ctx, initializer=_worker_init) as pool:
-        futures = [pool.submit(_export_task, job) for job in cold]
-        try:
-            for fut in as_completed(futures):
-                key, p = fut.result()
-                done[key] = Path(p)
-                if progress:
-                    progress(key, Path(p), False)
-        except BrokenProcessPool as e:
-            raise ExportError(f"an export worker died ({e}); out of memory? retry with --jobs 1") from e
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    return done
+    return _run_jobs(cold, jobs, done, progress)
 
 
 def arch_example(space: Space) -> torch.Tensor:
@@ -264,8 +273,25 @@ def export_arch(space: Space, arch: Arch, fmt: str, path: str | Path, state_dict
         raise ExportError(f"export of {arch.to_text()} to {fmt} failed: {type(e).__name__}: {e}") from e
 
 
+def export_archs(space: Space, archs: dict[str, tuple[Arch, Path]], fmt: str, jobs: int = 2,
+                 progress: Callable[[str, Path, bool], None] | None = None) -> dict[str, Path]:
+    """Export whole architectures (``key -> (arch, path)``) that are not on disk yet, ``jobs`` at a
+    time; key -> path. Fresh deterministic weights, as :func:`export_arch`."""
+    _check_format(fmt)
+    done: dict[str, Path] = {}
+    cold = []
+    for key, (arch, path) in archs.items():
+        if Path(path).exists():
+            done[key] = Path(path)
+            if progress:
+                progress(key, Path(path), True)
+        else:
+            cold.append(("arch", (key, space.name, arch.to_text()), fmt, str(path)))
+    return _run_jobs(cold, jobs, done, progress)
+
+
 __all__ = [
     "EXPORTER_VERSION", "FORMATS", "CallOverhead", "ExportError", "arch_example", "cache_path", "export_arch",
-    "export_mlpackage", "export_module", "export_op", "export_overhead", "export_pte", "export_space",
+    "export_archs", "export_mlpackage", "export_module", "export_op", "export_overhead", "export_pte", "export_space",
     "fingerprint", "library_versions", "op_module", "overhead_key",
 ]

@@ -77,3 +77,28 @@ def test_export_command_uses_the_cache(cache):
     assert code == 0 and "2 programs in" in out and f"pte-{exporters.fingerprint('pte')}" in out, out
     code, out = run_agent("export", "--space", "fbnet-nope", "--out", str(cache))
     assert code == 1 and "unknown space" in out and "Traceback" not in out
+
+
+def test_whole_architectures_export_in_parallel_once(tmp_path):
+    import torch
+    from executorch.runtime import Runtime
+
+    from search.blocks import FBNet
+    from search.space import Arch
+
+    sp = get_space(SPACE)
+    archs = {"b": (Arch.parse("FBNet-B"), tmp_path / "b.pte"),
+             "r": (Arch.parse(",".join(["k3_e1_g2", "skip"] * 11)), tmp_path / "r.pte")}
+    seen = []
+    out = exporters.export_archs(sp, archs, "pte", jobs=2, progress=lambda k, p, cached: seen.append((k, cached)))
+    assert sorted(seen) == [("b", False), ("r", False)] and set(out) == {"b", "r"}
+    x = exporters.arch_example(sp)
+    for key, (arch, _path) in archs.items():
+        with torch.random.fork_rng():  # the exporters' deterministic weights
+            torch.manual_seed(exporters.WEIGHT_SEED)
+            ref = FBNet(sp, arch).eval()
+        program = Runtime.get().load_program(out[key])
+        torch.testing.assert_close(program.load_method("forward").execute((x,))[0], ref(x), rtol=1e-3, atol=1e-4)
+    seen.clear()
+    exporters.export_archs(sp, archs, "pte", jobs=2, progress=lambda k, p, cached: seen.append((k, cached)))
+    assert sorted(seen) == [("b", True), ("r", True)]
