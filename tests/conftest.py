@@ -88,9 +88,18 @@ def start_server(engine: str, workdir: Path, extra_env: dict | None = None, work
     return server, cleanup
 
 
-@pytest.fixture(params=ENGINES)
+def pytest_generate_tests(metafunc):
+    """The service's own tests (test_server_*, test_db_*) run on every engine; the clients' tests
+    (agents, search) talk HTTP only and do not depend on the engine, so they run on SQLite once."""
+    engines = ENGINES if metafunc.module.__name__.startswith(("test_server", "test_db")) else ["sqlite"]
+    for name, scope in (("live_server", "function"), ("module_server", "module")):
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, engines, indirect=True, scope=scope)
+
+
+@pytest.fixture
 def live_server(request, tmp_path):
-    """A fresh server per test; parametrized over SQLite and (with FBNET_TEST_PG_URL) PostgreSQL."""
+    """A fresh server per test, on the engine ``pytest_generate_tests`` chose."""
     server, cleanup = start_server(request.param, tmp_path / "server")
     yield server
     cleanup()
@@ -103,7 +112,7 @@ def live_server_sqlite(tmp_path):
     cleanup()
 
 
-@pytest.fixture(scope="module", params=ENGINES)
+@pytest.fixture(scope="module")
 def module_server(request, tmp_path_factory):
     """One server per test module and engine; tests must use distinct device names (``unique``)."""
     server, cleanup = start_server(request.param, tmp_path_factory.mktemp("server"))
