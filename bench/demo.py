@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from profiler_server.local import LocalServer  # noqa: E402
 
 BIN = Path(sys.executable).parent
+PIXEL3 = REPO / "tests" / "data" / "hwnasbench" / "pixel3_latency.json"  # HW-NAS-Bench, MIT
 console = Console()
 
 
@@ -126,12 +127,20 @@ def main() -> None:
                                      *common, "--transport", "host", "--arch", arch_text, "--archs", 3,
                                      "--seed", a.seed, env=agent_env))
 
-        step(8, total, "plots")
+        step(8, total, "plots: the host table, predicted vs measured, host vs Pixel 3 (HW-NAS-Bench) per op")
         plots = out / "plots"
         plots.mkdir()
         with httpx.Client(base_url=server.url, timeout=60) as c:
+            # A second device for the per-op ratio figure (the paper's iPhone X vs Samsung S8 plot):
+            # the HW-NAS-Bench Pixel 3 table, imported as an external table.
+            admin = {"Authorization": f"Bearer {server.admin_token}"}
+            c.post("/devices", json={"name": "pixel3", "platform": "android", "runtime": "tflite (HW-NAS-Bench)",
+                                     "model": "Pixel 3"}, headers=admin).raise_for_status()
+            c.post("/tables/pixel3/import", params={"format": "hwnasbench", "space": a.space},
+                   content=PIXEL3.read_bytes(), headers=admin).raise_for_status()
             for name, path in [("table-heatmap.png", f"/plots/table/{device}.png?space={a.space}"),
-                               ("validations.png", f"/plots/validations/{device}.png?space={a.space}")]:
+                               ("validations.png", f"/plots/validations/{device}.png?space={a.space}"),
+                               ("host-vs-pixel3.png", f"/plots/compare.png?space={a.space}&a={device}&b=pixel3")]:
                 r = c.get(path)
                 r.raise_for_status()
                 (plots / name).write_bytes(r.content)
@@ -149,11 +158,13 @@ def main() -> None:
                                 f"({a.child_epochs} epochs, {a.child_subset} images)")
     t.add_row("predicted latency", f"{mine['predicted_us']:.0f} us  (sum of the table's ops)")
     t.add_row("measured latency", f"{mine['measured_us']:.0f} us  (whole .pte, median of {mine['n']})")
-    t.add_row("error", f"{mine['error_pct']:+.1f}%")
+    drift = mine["extra"].get("drift")
+    t.add_row("error", f"{mine['error_pct']:+.1f}%" + ("" if drift is None else
+              f"  (the host ran {100 * (drift - 1):+.1f}% vs. when it was profiled, from re-timed reference ops)"))
     t.add_row("all validations", f"{summary['count']} archs: MAPE {summary['mape']:.1f}%, "
                                  f"within ±10% {100 * summary['within_10pct']:.0f}%, "
                                  f"Kendall tau {summary['kendall_tau']:.2f}")
-    t.add_row("plots", f"{plots / 'table-heatmap.png'}\n{plots / 'validations.png'}")
+    t.add_row("plots", "\n".join(str(p) for p in sorted(plots.glob("*.png"))))
     t.add_row("exports", f"{out / 'found.pte'}\n{out / 'found.mlpackage'}")
     t.add_row("wall time", f"{time.monotonic() - t0:.0f} s  (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
     console.print(t)

@@ -79,12 +79,16 @@ def main() -> None:
     s.add_row("within ±10%", f"{100 * summary['within_10pct']:.1f}%  (target ≥ 95%)")
     s.add_row("Kendall tau", f"{summary['kendall_tau']:.3f}  (target ≥ 0.9)")
     s.add_row("table overhead_us", str(table.get("overhead_us")))
+    drift = rows[0]["extra"].get("drift") if rows else None
+    if drift is not None:
+        s.add_row("drift since profiling", f"{100 * (drift - 1):+.1f}%  (reference ops re-timed with the models)")
     s.add_row("wall time", f"profile {t_val - t_prof:.0f} s, validate {t_end - t_val:.0f} s, total {time.monotonic() - t0:.0f} s")
     console.print(s)
     if a.json:
         a.json.write_text(json.dumps({
             "space": a.space, "threads": a.threads, "seed": a.seed,
             "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],
+            "drift": drift,
             "archs": [{"label": v["label"], "arch": v["arch"], "predicted_us": v["predicted_us"],
                        "measured_us": v["measured_us"], "error_pct": v["error_pct"], "extra": v.get("extra", {})}
                       for v in rows],

@@ -6,6 +6,7 @@ import fnmatch
 import hashlib
 import os
 import random
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -333,6 +334,15 @@ def random_archs(n: int, seed: int):
     return [Arch(tuple(rng.choice(CANDIDATE_NAMES) for _ in range(NUM_LAYERS))) for _ in range(n)]
 
 
+def reference_ops(space, archs, n: int) -> list:
+    """Up to ``n`` ops the architectures use, spread evenly over their sorted keys (identity skips excluded)."""
+    keys = sorted({op.key for a in archs for op in space.arch_ops(a)})
+    if n <= 0 or not keys:
+        return []
+    step = max(1, len(keys) // n)
+    return [space.op_by_key[k] for k in keys[::step][:n]]
+
+
 @app.command()
 def validate(
     server: Server, device: Device, token: Token, space: SpaceOpt = "fbnet-cifar",
@@ -345,12 +355,14 @@ def validate(
         help="predict sum(ops) - (ops - 1) x the table's per-call overhead instead of the plain sum")] = False,
     warmup: Warmup = 10, repeats: Repeats = 50, rounds: Rounds = 3, threads: Threads = 1, cpu_mask: CpuMask = None,
     cache_dir: CacheDir = None, cv_threshold: CvThreshold = 0.25, jobs: Jobs = 2,
+    reference: Annotated[int, typer.Option(
+        "--reference-ops", min=0, help="ops of the table re-timed alongside, to report the device's drift")] = 8,
     serial: Serial = None, runner: Runner = None, adb: AdbPath = "adb",
     udid: Udid = None, bundle_id: BundleId = "org.fbnetlut.CoreMLBench", compute_units: Units = ComputeUnits.cpu,
     xcrun: Xcrun = "xcrun",
 ):
     """Measure whole architectures with the op protocol and upload measured vs table-predicted latency."""
-    from device_agents.exporters import export_archs, fingerprint
+    from device_agents.exporters import export_archs, export_space, fingerprint
     from device_agents.protocol import AgentError, ProtocolConfig, run_protocol
     from device_agents.uploader import Uploader
     from profiler_server.schemas import ValidationCreate
@@ -381,11 +393,17 @@ def validate(
         task = prog.add_task("export", total=len(todo), op="")
         programs = export_archs(sp, todo, fmt, jobs=jobs,
                                 progress=lambda key, path, cached: prog.update(task, advance=1, op=key))
+    # Reference ops from the table, timed in the same interleaved rounds as the whole models: how much
+    # faster or slower the device is now than when its table was measured (shared hosts, thermal state).
+    refs = reference_ops(sp, [a for _, a in labelled], reference)
+    arch_shapes = {k: (1, sp.in_channels, sp.resolution, sp.resolution) for k in programs}
+    if refs:
+        programs.update(export_space(sp, fmt, cache_dir, ops=refs, jobs=jobs))
     tr = make_transport(transport, threads=threads, cpu_mask=cpu_mask, serial=serial, runner=runner, adb=adb,
                         udid=udid, bundle_id=bundle_id, compute_units=compute_units, xcrun=xcrun,
                         work_dir=cache_dir / "ios-work")
     if hasattr(tr, "input_shapes"):
-        tr.input_shapes.update({k: (1, sp.in_channels, sp.resolution, sp.resolution) for k in programs})
+        tr.input_shapes.update(arch_shapes)
     cfg = ProtocolConfig(warmup=warmup, repeats=repeats, rounds=rounds, seed=seed, cv_threshold=cv_threshold)
     try:
         tr.prepare(programs)
@@ -399,6 +417,8 @@ def validate(
 
     from rich.table import Table
 
+    table_us = {e.key: e.latency_us for e in table.entries}
+    drift = statistics.median(results[op.key].stats.median_us / table_us[op.key] for op in refs) if refs else None
     t = Table(title=f"whole-model validation: {sp.name} on {device} ({transport.value})")
     for col in ("arch", "sum of ops us", "corrected us", "measured us", "raw error %", "uploaded error %"):
         t.add_column(col, justify="left" if col == "arch" else "right")
@@ -414,7 +434,8 @@ def validate(
             label=label,
             extra={"raw_sum_us": raw, "overhead_corrected_us": fixed, "overhead_correction": overhead_correction,
                    "table_overhead_us": table.overhead_us, "n_ops": n_ops, "threads": threads,
-                   "transport": transport.value, "p10_us": r.stats.p10_us, "p90_us": r.stats.p90_us},
+                   "transport": transport.value, "p10_us": r.stats.p10_us, "p90_us": r.stats.p90_us,
+                   "drift": drift, "reference_ops": [op.key for op in refs]},
         )
         out = up.post_validation(v)
         errs.append(abs(out.error_pct))
@@ -424,6 +445,11 @@ def validate(
     console.print(t)
     basis = f"sum - (ops - 1) x {table.overhead_us or 0:.1f} us overhead" if overhead_correction else "plain sum"
     console.print(f"predicted = {basis}")
+    if drift is not None:
+        note = "" if abs(drift - 1) <= 0.05 else (" [yellow]- the device is not in the state its table was "
+                                                  "measured in: errors of this size are drift, not the table[/yellow]")
+        console.print(f"drift since the table was measured: {100 * (drift - 1):+.1f}% (median over {len(refs)} "
+                      f"reference ops timed in this run){note}")
     console.print(f"{len(errs)} validations uploaded; MAPE {sum(errs) / len(errs):.1f}%, "
                   f"within 10%: {sum(e <= 10 for e in errs)}/{len(errs)}")
 

@@ -123,8 +123,9 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
                "p10_us": 100.0, "p90_us": 100.0} for op in sp.ops if not op.is_identity]
         assert c.post(f"/runs/{rid}/measurements", json={"measurements": ms}).status_code == 200
     code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined",
-                          "--overhead-correction")
+                          "--overhead-correction", "--reference-ops", "2")
     assert code == 0, out
+    assert "drift since the table was measured" in out
     r = httpx.get(f"{live_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
     assert r["count"] == 1
     (v,) = r["validations"]
@@ -137,3 +138,7 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     assert v["predicted_us"] == pytest.approx(100.0 * n_ops - 2.0 * (n_ops - 1))
     assert v["extra"]["raw_sum_us"] == pytest.approx(100.0 * n_ops) and v["extra"]["table_overhead_us"] == 2.0
     assert v["measured_us"] > 0 and v["n"] == 10
+    # two ops of the table were re-timed in the same rounds: real ops cost far from the synthetic 100 us
+    refs = v["extra"]["reference_ops"]
+    assert len(refs) == 2 and set(refs) <= {op.key for op in sp.arch_ops(arch)}
+    assert v["extra"]["drift"] > 0 and v["extra"]["drift"] != 1.0
