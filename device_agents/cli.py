@@ -248,11 +248,10 @@ def profile(
         temps0, freqs0 = tr.sensors()
         if state is None:
             rc = RunCreate(
-                space=sp.name, transport=transport.value, agent_version=__version__, runtime=prov.runtime,
-                runtime_version=prov.runtime_version, build=prov.build, threads=prov.threads,
-                cpu_mask=prov.cpu_mask, compute_units=prov.compute_units, host=prov.host,
-                device_model=prov.device_model, soc=prov.soc, os=prov.os, warmup=warmup, repeats=repeats,
-                rounds=rounds, temps_before=temps0, cpu_freqs_before=freqs0, started_at=datetime.now(UTC),
+                **prov.model_dump(exclude={"extra"}),
+                space=sp.name, transport=transport.value, agent_version=__version__, warmup=warmup,
+                repeats=repeats, rounds=rounds, temps_before=temps0, cpu_freqs_before=freqs0,
+                started_at=datetime.now(UTC),
                 extra={**prov.extra, "exporter": library_versions(), "seed": seed, "cv_threshold": cv_threshold,
                        "cooldown_s": cooldown, "space_version": sp.version},
             )

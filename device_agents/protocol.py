@@ -14,10 +14,10 @@ import statistics
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from profiler_server.schemas import Measurement
+from profiler_server.schemas import Measurement, RunProvenance
 
 
 class AgentError(RuntimeError):
@@ -92,21 +92,8 @@ def to_measurement(key: str, stats: Stats, samples_us: Sequence[float] | None = 
     )
 
 
-@dataclass
-class Provenance:
-    """What the run ran on; every field optional, filled where readable."""
-
-    runtime: str
-    runtime_version: str
-    build: str | None = None
-    threads: int | None = None
-    cpu_mask: str | None = None
-    compute_units: str | None = None
-    host: str | None = None
-    device_model: str | None = None
-    soc: str | None = None
-    os: str | None = None
-    extra: dict = field(default_factory=dict)
+# What a transport tells about the run it makes: the wire schema's provenance part, not a copy of it.
+Provenance = RunProvenance
 
 
 class Transport(ABC):

@@ -124,14 +124,9 @@ class SpaceOut(_Base):
 
 
 # ---- runs and measurements ---------------------------------------------------------------
-class RunCreate(_Base):
-    space: str
-    device: DeviceName | None = Field(
-        default=None,
-        description="the device the run belongs to; defaults to the token's device, required with the admin token",
-    )
-    transport: Literal["host", "adb", "ios", "import", "other"] = "host"
-    agent_version: str = Field(max_length=64)
+class RunProvenance(_Base):
+    """What a run ran on, as the transport that ran it can tell; every field but the runtime optional."""
+
     runtime: str = Field(max_length=64, description="executorch, coreml, ...")
     runtime_version: str = Field(max_length=64)
     build: str | None = Field(default=None, max_length=256, description="runner build / app version")
@@ -142,6 +137,17 @@ class RunCreate(_Base):
     device_model: str | None = Field(default=None, max_length=128)
     soc: str | None = Field(default=None, max_length=128)
     os: str | None = Field(default=None, max_length=128)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunCreate(RunProvenance):
+    space: str
+    device: DeviceName | None = Field(
+        default=None,
+        description="the device the run belongs to; defaults to the token's device, required with the admin token",
+    )
+    transport: Literal["host", "adb", "ios", "import", "other"] = "host"
+    agent_version: str = Field(max_length=64)
     warmup: int | None = Field(default=None, ge=0, le=MAX_INT)
     repeats: int | None = Field(default=None, ge=1, le=MAX_INT)
     rounds: int | None = Field(default=None, ge=1, le=MAX_INT)
@@ -149,7 +155,6 @@ class RunCreate(_Base):
     temps_before: dict[str, float] = Field(default_factory=dict)
     cpu_freqs_before: dict[str, float] = Field(default_factory=dict)
     started_at: datetime | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("overhead_us")
     @classmethod

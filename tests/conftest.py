@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from profiler_server.local import LocalServer
+from profiler_server.local import LocalServer, free_port  # noqa: F401 (free_port: tests import it from here)
 
 ADMIN_TOKEN = "test-admin-token"
 PG_URL = os.environ.get("FBNET_TEST_PG_URL")
@@ -62,7 +62,8 @@ def _pg_exec(sql: str) -> None:
         conn.execute(sql)
 
 
-def start_server(engine: str, workdir: Path, extra_env: dict | None = None, workers: int = 1):
+def start_server(engine: str, workdir: Path, extra_env: dict | None = None, workers: int = 1,
+                 port: int | None = None):
     """Start ``fbnet-server serve`` on a free port with a fresh database; returns (server, cleanup)."""
     workdir.mkdir(parents=True, exist_ok=True)
     schema = None
@@ -72,7 +73,7 @@ def start_server(engine: str, workdir: Path, extra_env: dict | None = None, work
         schema = f"t_{uuid.uuid4().hex[:12]}"
         _pg_exec(f'CREATE SCHEMA "{schema}"')
         db_url = _pg_schema_url(schema)
-    server = LiveServer(engine, db_url, workdir, workers=workers,
+    server = LiveServer(engine, db_url, workdir, workers=workers, port=port,
                         extra_env={"PYTHONPATH": str(REPO), **(extra_env or {})})
 
     def cleanup():

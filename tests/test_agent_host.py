@@ -89,8 +89,7 @@ def test_service_down_then_up_loses_nothing(tmp_path, cache, monkeypatch):
     saved = json.loads(state.read_text())
     assert saved["run_id"] is None and {m["key"] for m in saved["pending"]} == {"fc-1504-10", "skip-16x32x32-24-s1"}
 
-    monkeypatch.setattr(conftest, "free_port", lambda: port)
-    server, cleanup = conftest.start_server("sqlite", tmp_path / "server")
+    server, cleanup = conftest.start_server("sqlite", tmp_path / "server", port=port)
     try:
         token = server.create_device("host-down")
         code, out = run_agent("upload", "--server", url, "--device", "host-down", "--token", token,
