@@ -10,7 +10,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_BATCH = 1000
@@ -124,6 +124,15 @@ class SpaceOut(_Base):
 
 
 # ---- runs and measurements ---------------------------------------------------------------
+def _overhead(v: float | None) -> float | None:
+    if v is not None and (not math.isfinite(v) or v < 0):
+        raise ValueError(f"overhead_us must be finite and >= 0, got {v}")
+    return v
+
+
+OverheadUs = Annotated[float | None, AfterValidator(_overhead)]
+
+
 class RunProvenance(_Base):
     """What a run ran on, as the transport that ran it can tell; every field but the runtime optional."""
 
@@ -151,32 +160,18 @@ class RunCreate(RunProvenance):
     warmup: int | None = Field(default=None, ge=0, le=MAX_INT)
     repeats: int | None = Field(default=None, ge=1, le=MAX_INT)
     rounds: int | None = Field(default=None, ge=1, le=MAX_INT)
-    overhead_us: float | None = Field(default=None, description="runtime per-call overhead (identity program)")
+    overhead_us: OverheadUs = Field(default=None, description="runtime per-call overhead (identity program)")
     temps_before: dict[str, float] = Field(default_factory=dict)
     cpu_freqs_before: dict[str, float] = Field(default_factory=dict)
     started_at: datetime | None = None
-
-    @field_validator("overhead_us")
-    @classmethod
-    def _overhead(cls, v):
-        if v is not None and (not math.isfinite(v) or v < 0):
-            raise ValueError(f"overhead_us must be finite and >= 0, got {v}")
-        return v
 
 
 class RunFinish(_Base):
     temps_after: dict[str, float] = Field(default_factory=dict)
     cpu_freqs_after: dict[str, float] = Field(default_factory=dict)
-    overhead_us: float | None = None
+    overhead_us: OverheadUs = None
     status: Literal["finished", "failed", "aborted"] = "finished"
     extra: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("overhead_us")
-    @classmethod
-    def _overhead(cls, v):
-        if v is not None and (not math.isfinite(v) or v < 0):
-            raise ValueError(f"overhead_us must be finite and >= 0, got {v}")
-        return v
 
 
 class RunOut(_Base):
