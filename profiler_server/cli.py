@@ -72,7 +72,6 @@ def create_device(
 
     from profiler_server import schemas
     from profiler_server.domain import devices
-    from profiler_server.errors import DomainError
 
     try:
         body = schemas.DeviceCreate(name=name, platform=platform, runtime=runtime, precision=precision,
@@ -84,9 +83,6 @@ def create_device(
         with database.write_sessions() as s:
             _, token = devices.create_device(s, body)
             s.commit()
-    except DomainError as e:
-        typer.echo(f"error: {e.detail}", err=True)
-        raise typer.Exit(1) from None
     finally:
         database.dispose()
     typer.echo(token)
@@ -103,7 +99,6 @@ def import_table(
     """Load an external table as one source of the device's table; prints the mapping report."""
     from profiler_server.domain import devices, importers
     from profiler_server.domain.spaces import resolve_space
-    from profiler_server.errors import DomainError
 
     database = _database(db)
     try:
@@ -112,9 +107,6 @@ def import_table(
             result = importers.import_table(s, devices.get_device(s, device), resolve_space(space), format, doc,
                                             source=file.name)
             s.commit()
-    except DomainError as e:
-        typer.echo(f"error: {e.detail}", err=True)
-        raise typer.Exit(1) from None
     finally:
         database.dispose()
     typer.echo(json.dumps(result.model_dump(), indent=1))
@@ -173,9 +165,9 @@ def main() -> None:
 
     try:
         app()
-    except DomainError as e:  # unknown device, space, ... from any command: one line, no traceback
-        typer.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
+    except DomainError as e:  # unknown device, space, duplicate name, ... from any command: one line
+        typer.echo(f"error: {e.detail}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
