@@ -425,8 +425,8 @@ def validate(
     for label, a in labelled:
         r = results[keys[label]]
         n_ops = len(sp.arch_ops(a))
-        raw = predict(table, a, sp)["latency_us"]
-        fixed = predict(table, a, sp, overhead_us=table.overhead_us or 0.0)["latency_us"]
+        pred = predict(table, a, sp, overhead_us=table.overhead_us or 0.0)  # one lookup: both sums
+        raw, fixed = pred["raw_sum_us"], pred["latency_us"]
         v = ValidationCreate(
             space=sp.name, arch=list(a.blocks), predicted_us=fixed if overhead_correction else raw,
             measured_us=r.stats.median_us, n=r.stats.n, std_us=r.stats.std_us, table_version=table.version,
