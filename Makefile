@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)

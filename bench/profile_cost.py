@@ -35,7 +35,7 @@ def measure(tr, keys, overhead_of, cfg):
 def bench_space(name: str, cache: Path, jobs: int, cfg, threads: int) -> dict:
     from device_agents.exporters import export_space, overhead_key
     from device_agents.transports.host import HostTransport
-    from search.space import get_space
+    from fbnet.space import get_space
 
     sp = get_space(name)
     ops = [op for op in sp.ops if not op.is_identity]

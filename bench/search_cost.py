@@ -31,10 +31,11 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from fbnet.client import get_table  # noqa: E402
+from fbnet.lut import build_lut  # noqa: E402
+from fbnet.space import get_space  # noqa: E402
 from search.data import load_dataset  # noqa: E402
-from search.space import get_space  # noqa: E402
 from search.supernet import ArchParams, Supernet  # noqa: E402
-from search.table_client import build_lut, get_table  # noqa: E402
 from search.trainer import ChildConfig, SearchConfig, run_search, train_child  # noqa: E402
 
 
@@ -133,7 +134,7 @@ def main() -> None:
 
     device = torch.device("cuda") if torch.cuda.is_available() and not a.cpu else torch.device("cpu")
     space = get_space(a.space)
-    table = get_table(space=space, server=a.server, device=a.device_name, table_file=a.table)
+    table = get_table(space=space.name, server=a.server, device=a.device_name, table_file=a.table)
     lut = build_lut(table, space)
     res: dict = {"host": platform.node(), "device": str(device), "torch": torch.__version__,
                  "threads": torch.get_num_threads(), "space": space.name, "table_device": lut.device}

@@ -22,7 +22,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from search.space import get_space  # noqa: E402
+from fbnet.space import get_space  # noqa: E402
 
 ADMIN = "bench-admin"
 SPACE = "fbnet-cifar"

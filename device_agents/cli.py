@@ -83,7 +83,7 @@ def _fail(msg: str, code: int = 1):
 
 def select_ops(space, ops: str | None, limit: int | None):
     """Non-identity ops of the space, filtered by comma-separated keys/globs, then limited."""
-    from search.space import Op
+    from fbnet.space import Op
 
     all_ops: list[Op] = [op for op in space.ops if not op.is_identity]
     if ops:
@@ -202,8 +202,8 @@ def profile(
     from device_agents.exporters import cache_path, library_versions, overhead_key
     from device_agents.protocol import AgentError, ProtocolConfig, overhead_summary, run_protocol, to_measurement
     from device_agents.uploader import ServiceDown, Uploader, UploadError
-    from profiler_server.schemas import RunCreate, RunFinish
-    from search.space import get_space
+    from fbnet.space import get_space
+    from fbnet.wire import RunCreate, RunFinish
 
     console = _console()
     sp = get_space(space)
@@ -305,7 +305,7 @@ def export(
     jobs: Jobs = 2,
 ):
     """Export the ops of SPACE (and the per-shape overhead programs) into the cache folder OUT."""
-    from search.space import get_space
+    from fbnet.space import get_space
 
     console = _console()
     sp = get_space(space)
@@ -327,7 +327,7 @@ def upload(server: Server, device: Device, token: Token, spool_dir: SpoolDir = N
 
 
 def random_archs(n: int, seed: int):
-    from search.space import CANDIDATE_NAMES, NUM_LAYERS, Arch
+    from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Arch
 
     rng = random.Random(seed)
     return [Arch(tuple(rng.choice(CANDIDATE_NAMES) for _ in range(NUM_LAYERS))) for _ in range(n)]
@@ -364,9 +364,9 @@ def validate(
     from device_agents.exporters import export_archs, export_space, fingerprint
     from device_agents.protocol import AgentError, ProtocolConfig, run_protocol
     from device_agents.uploader import Uploader
-    from profiler_server.schemas import ValidationCreate
-    from search.space import PREDEFINED, Arch, get_space
-    from search.table_client import latencies, predict
+    from fbnet.lut import latencies, predict
+    from fbnet.space import PREDEFINED, Arch, get_space
+    from fbnet.wire import ValidationCreate
 
     console = _console()
     sp = get_space(space)
@@ -379,7 +379,7 @@ def validate(
         _fail("nothing to validate: --archs 0 --no-predefined and no --arch")
     up = Uploader(server, token, device)
     table = up.get_table(sp.name)
-    _, missing = latencies(table, sp, [op.key for _, a in labelled for op in sp.arch_ops(a)])
+    _, missing = latencies(table, [op.key for _, a in labelled for op in sp.arch_ops(a, with_identity=True)])
     if missing:
         _fail(f"the table of {device} for {sp.name} lacks {len(missing)} op(s) these architectures use: "
               f"{', '.join(sorted(missing))}; run `fbnet-agent profile` for them first")
@@ -395,7 +395,7 @@ def validate(
     # Reference ops from the table, timed in the same interleaved rounds as the whole models: how much
     # faster or slower the device is now than when its table was measured (shared hosts, thermal state).
     refs = reference_ops(sp, [a for _, a in labelled], reference)
-    arch_shapes = {k: (1, sp.in_channels, sp.resolution, sp.resolution) for k in programs}
+    arch_shapes = {k: sp.input_shape for k in programs}
     if refs:
         programs.update(export_space(sp, fmt, cache_dir, ops=refs, jobs=jobs))
     tr = make_transport(transport, threads=threads, cpu_mask=cpu_mask, serial=serial, runner=runner, adb=adb,
@@ -457,7 +457,7 @@ def main() -> None:
     from device_agents.exporters import ExportError
     from device_agents.protocol import AgentError
     from device_agents.uploader import ServiceDown, UploadError
-    from search.space import ArchError, SpaceError
+    from fbnet.space import ArchError, SpaceError
 
     try:
         app()  # standalone: usage errors and typer.Exit are handled (and exit) inside

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from profiler_server.schemas import Measurement, RunProvenance
+from fbnet.wire import Measurement, RunProvenance
 
 
 class AgentError(RuntimeError):

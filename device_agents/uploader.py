@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from profiler_server.schemas import (
+from fbnet.client import detail
+from fbnet.wire import (
     BatchResult,
     Measurement,
     MeasurementBatch,
@@ -43,16 +44,6 @@ class ServiceDown(RuntimeError):
 def default_spool_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "fbnet-agent" / "spool"
-
-
-def _detail(r: httpx.Response) -> str:
-    try:
-        d = r.json().get("detail", r.text)
-    except (ValueError, AttributeError):
-        d = r.text
-    if isinstance(d, list):  # pydantic validation errors
-        d = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in d if isinstance(e, dict))
-    return str(d)[:500]
 
 
 @dataclass
@@ -115,10 +106,10 @@ class Uploader:
                 last = e
                 continue
             if r.status_code >= 500 or r.status_code == 429:
-                last = RuntimeError(f"HTTP {r.status_code}: {_detail(r)}")
+                last = RuntimeError(f"HTTP {r.status_code}: {detail(r)}")
                 continue
             if r.status_code >= 400:
-                raise UploadError(f"{method} {url} refused (HTTP {r.status_code}): {_detail(r)}")
+                raise UploadError(f"{method} {url} refused (HTTP {r.status_code}): {detail(r)}")
             return r
         raise ServiceDown(f"service {self.server} unreachable after {self.retries + 1} tries: {last}")
 

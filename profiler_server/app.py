@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from db.engine import open_database
 from db.migrate import upgrade_to_head
-from profiler_server import __version__, schemas
+from fbnet import wire
+from profiler_server import __version__
 from profiler_server.config import Settings
 from profiler_server.domain.tables import TableCache
 from profiler_server.errors import DomainError
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.db.dispose()
 
-    errors = {code: {"model": schemas.ErrorOut, "description": what} for code, what in (
+    errors = {code: {"model": wire.ErrorOut, "description": what} for code, what in (
         (401, "no or an invalid token"), (403, "the token may not do this"), (404, "unknown device, space or run"),
         (409, "conflict with stored data"), (422, "invalid input; detail names the problem"))}
     app = FastAPI(title="fbnet-lut profiler service", version=__version__, lifespan=lifespan, responses=errors,

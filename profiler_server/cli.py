@@ -70,11 +70,11 @@ def create_device(
     """Register a device and print its agent token (shown only once)."""
     from pydantic import ValidationError
 
-    from profiler_server import schemas
+    from fbnet import wire
     from profiler_server.domain import devices
 
     try:
-        body = schemas.DeviceCreate(name=name, platform=platform, runtime=runtime, precision=precision,
+        body = wire.DeviceCreate(name=name, platform=platform, runtime=runtime, precision=precision,
                                     model=model, soc=soc, os=os_)
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None

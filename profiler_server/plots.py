@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from profiler_server import schemas  # noqa: E402
-from search.space import CANDIDATE_NAMES, NUM_LAYERS, Space  # noqa: E402
+from fbnet import wire  # noqa: E402
+from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Space  # noqa: E402
 
 
 def _png(fig) -> bytes:
@@ -22,7 +22,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def table_heatmap(table: schemas.Table, space: Space) -> bytes:
+def table_heatmap(table: wire.Table, space: Space) -> bytes:
     """Latency (ms) of every candidate block at every searchable layer, annotated; gaps are grey."""
     by_key = {e.key: e.latency_us for e in table.entries}
     grid = np.full((NUM_LAYERS, len(CANDIDATE_NAMES)), np.nan)
@@ -47,7 +47,7 @@ def table_heatmap(table: schemas.Table, space: Space) -> bytes:
     return _png(fig)
 
 
-def ratio_plot(compare: schemas.CompareOut) -> bytes:
+def ratio_plot(compare: wire.CompareOut) -> bytes:
     """Per-op latency ratio a / b (log scale), like the FBNet paper's iPhone X vs Samsung S8 figure."""
     pts = [(i, e.ratio, e.block) for i, e in enumerate(compare.entries) if e.ratio is not None]
     fig, ax = plt.subplots(figsize=(12, 4.5))
@@ -70,7 +70,7 @@ def ratio_plot(compare: schemas.CompareOut) -> bytes:
     return _png(fig)
 
 
-def validation_plot(summary: schemas.ValidationSummary) -> bytes:
+def validation_plot(summary: wire.ValidationSummary) -> bytes:
     """Predicted vs measured whole-model latency (ms) with y = x and the ±10% band."""
     fig, ax = plt.subplots(figsize=(6, 6))
     meas = [v.measured_us / 1000 for v in summary.validations]

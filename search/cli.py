@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from search.space import Arch, ArchError, SpaceError, get_space, list_spaces
+from fbnet.space import Arch, ArchError, SpaceError, get_space, list_spaces
 
 app = typer.Typer(
     help="FBNet differentiable architecture search on per-device latency tables.",
@@ -115,17 +115,18 @@ def _warn(msg: str) -> None:
 
 
 def _table(space, server, device, table_file, cache_dir, token):
-    from search.table_client import TableError, get_table
+    from fbnet.client import get_table
+    from fbnet.lut import TableError
 
     try:
-        return get_table(space=space, server=server, device=device, table_file=table_file, cache_dir=cache_dir,
+        return get_table(space=space.name, server=server, device=device, table_file=table_file, cache_dir=cache_dir,
                          token=token, on_warning=_warn)
     except TableError as e:
         fail(str(e))
 
 
 def _lut(space, table):
-    from search.table_client import TableError, build_lut
+    from fbnet.lut import TableError, build_lut
 
     try:
         return build_lut(table, space)
@@ -168,7 +169,8 @@ def fetch(
     token: str = TOKEN_OPT,
 ):
     """Fetch a device's latency table (cached, ETag-revalidated) and optionally save it to a file."""
-    from search.table_client import TableClient, TableError, save_table
+    from fbnet.client import TableClient, save_table
+    from fbnet.lut import TableError
 
     s = _space(space)
     try:
@@ -199,8 +201,8 @@ def predict(
         help="subtract (ops - 1) x the table's recorded per-call runtime overhead from the plain sum"),
 ):
     """An architecture's latency on a device: the sum of its ops' table entries (identity skips are 0)."""
-    from search.table_client import TableError
-    from search.table_client import predict as _predict
+    from fbnet.lut import TableError
+    from fbnet.lut import predict as _predict
 
     s = _space(space)
     a = _arch(arch)
@@ -383,14 +385,12 @@ def export(
     if state_dict is not None and list(a.blocks) != list(doc["arch"]):
         fail(f"--weights {weights} belong to another architecture")
     s = _space(space or doc.get("space", "fbnet-cifar"))
-    try:
-        from device_agents.exporters import export_arch  # lazy: search/ does not depend on device_agents
-    except ImportError as e:
-        fail(f"the device agents' exporters are not available ({e})")
+    from fbnet.export import ExportError, export_arch
+
     try:
         path = export_arch(s, a, fmt.value, out, state_dict=state_dict)
-    except Exception as e:  # an exporter failure is reported in one line, not as a traceback
-        fail(f"export failed: {type(e).__name__}: {e}")
+    except ExportError as e:
+        fail(str(e))
     console.print(f"exported {a} ({s.name}) to {path or out}", highlight=False)
 
 

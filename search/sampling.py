@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from search.space import NUM_LAYERS, Arch
-from search.table_client import LatencyLUT
+from fbnet.lut import LatencyLUT
+from fbnet.space import NUM_LAYERS, Arch
 
 
 def _theta(theta) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The architecture parameters theta live in :class:`ArchParams`, outside the weight module, so that
 under DistributedDataParallel only the weights are wrapped and theta is synchronised by hand (see
-``search.trainer``). Every candidate is built through :func:`search.blocks.build_op`, the registry
+``search.trainer``). Every candidate is built through :func:`fbnet.blocks.build_op`, the registry
 the agents export from, so the timed op and the trained op are the same module.
 """
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.blocks import build_op, init_weights
-from search.space import CANDIDATE_NAMES, NUM_LAYERS, Space
+from fbnet.blocks import build_op, init_weights
+from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Space
 
 NUM_CANDIDATES = len(CANDIDATE_NAMES)
 

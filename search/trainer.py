@@ -35,13 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
-from search.blocks import FBNet
+from fbnet.blocks import FBNet
+from fbnet.lut import LatencyLUT, predict
+from fbnet.space import Arch, Space
 from search.data import Dataset
 from search.loss import expected_latency, fbnet_loss
 from search.sampling import argmax_arch
-from search.space import Arch, Space
 from search.supernet import ArchParams, Supernet
-from search.table_client import LatencyLUT, predict
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -242,7 +242,7 @@ def run_search(cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     net = Supernet(space).to(dev)
     arch = ArchParams().to(dev)
-    lat = lut.tensor(device=dev)
+    lat = torch.tensor(lut.matrix, dtype=torch.float32, device=dev)
     fixed = lut.fixed_us
     if env.distributed:
         # Every rank fetched its own copy; make sure they are the same table.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from profiler_server.schemas import Table, TableEntry
-from search.space import Space
+from fbnet.space import Space
+from fbnet.wire import Table, TableEntry
 
 
 def macs_table(space: Space, device: str = "macs-proxy", *, us_per_mmac: float = 20.0, base_us: float = 5.0,

@@ -6,7 +6,9 @@ import pytest
 from doubles.support import HOST_OPS, SPACE, export_cache
 
 from device_agents import exporters
-from search.space import get_space
+from fbnet.blocks import example_input
+from fbnet.export import WEIGHT_SEED
+from fbnet.space import get_space
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +85,8 @@ def test_whole_architectures_export_in_parallel_once(tmp_path):
     import torch
     from executorch.runtime import Runtime
 
-    from search.blocks import FBNet
-    from search.space import Arch
+    from fbnet.blocks import FBNet
+    from fbnet.space import Arch
 
     sp = get_space(SPACE)
     archs = {"b": (Arch.parse("FBNet-B"), tmp_path / "b.pte"),
@@ -92,10 +94,10 @@ def test_whole_architectures_export_in_parallel_once(tmp_path):
     seen = []
     out = exporters.export_archs(sp, archs, "pte", jobs=2, progress=lambda k, p, cached: seen.append((k, cached)))
     assert sorted(seen) == [("b", False), ("r", False)] and set(out) == {"b", "r"}
-    x = exporters.arch_example(sp)
+    x = example_input(sp.input_shape)
     for key, (arch, _path) in archs.items():
         with torch.random.fork_rng():  # the exporters' deterministic weights
-            torch.manual_seed(exporters.WEIGHT_SEED)
+            torch.manual_seed(WEIGHT_SEED)
             ref = FBNet(sp, arch).eval()
         program = Runtime.get().load_program(out[key])
         torch.testing.assert_close(program.load_method("forward").execute((x,))[0], ref(x), rtol=1e-3, atol=1e-4)

@@ -112,7 +112,7 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     assert code == 1 and "lacks" in out and "stem-3x32x32-16-s1" in out and "Traceback" not in out, out
 
     # a complete table through the real API (a synthetic run: every op 100 us, 2 us per-call overhead)
-    from search.space import get_space
+    from fbnet.space import get_space
 
     sp = get_space(SPACE)
     with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:

@@ -15,7 +15,7 @@ UDID = "00008110-000A1B2C3D4E5F60"
 @pytest.fixture(scope="module")
 def ml_cache(tmp_path_factory):
     from device_agents.exporters import export_space
-    from search.space import get_space
+    from fbnet.space import get_space
 
     cache = tmp_path_factory.getbasetemp() / "agent-exports"
     sp = get_space(SPACE)

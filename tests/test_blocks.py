@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from device_agents.exporters import export_mlpackage, export_pte
-from search.blocks import PRIMITIVES, ChannelShuffle, FBNet, IRFBlock, build_op, example_input
-from search.space import CANDIDATE_NAMES, Arch, get_space
+from fbnet.blocks import PRIMITIVES, ChannelShuffle, FBNet, IRFBlock, build_op, example_input
+from fbnet.export import export_mlpackage, export_pte
+from fbnet.space import CANDIDATE_NAMES, Arch, get_space
 
 SPACE = get_space("fbnet-cifar")
 LAYER = 5  # 24x32x32 -> 32, stride 2: every candidate, skip included, is a real operator here
@@ -51,7 +51,7 @@ def test_block_exports_runs_on_executorch_and_converts_to_coreml(name, tmp_path)
     for bn in (b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)):
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
-    x = example_input(op)
+    x = example_input(op.input_shape)
     pte = export_pte(m, x, tmp_path / f"{name}.pte")
     program = Runtime.get().load_program(pte)
     y = program.load_method("forward").execute((x,))[0]
@@ -87,6 +87,6 @@ def test_fixed_ops_export(tmp_path):
 
     for op in SPACE.fixed_ops:
         m = build_op(op).eval()
-        x = example_input(op)
+        x = example_input(op.input_shape)
         program = Runtime.get().load_program(export_pte(m, x, tmp_path / f"{op.block}.pte"))
         torch.testing.assert_close(program.load_method("forward").execute((x,))[0], m(x), rtol=1e-4, atol=1e-4)

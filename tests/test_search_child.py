@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from search.blocks import FBNet
+from fbnet.blocks import FBNet
+from fbnet.space import Arch, get_space
 from search.cli import app
 from search.data import load_dataset
-from search.space import Arch, get_space
 
 
 @pytest.mark.slow

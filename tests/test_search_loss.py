@@ -9,18 +9,18 @@ import torch
 import torch.nn.functional as F
 from search_helpers import macs_table
 
+from fbnet.lut import build_lut
+from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Arch, get_space
 from search.loss import LAT_FLOOR_US, expected_latency, fbnet_loss, latency_factor
 from search.sampling import argmax_arch, log_prob, sample_archs
-from search.space import CANDIDATE_NAMES, NUM_LAYERS, Arch, get_space
 from search.supernet import ArchParams, MixedLayer
-from search.table_client import build_lut
 
 SPACE = get_space("fbnet-cifar")
 
 
 def _lut_tensor():
     lut = build_lut(macs_table(SPACE), SPACE)
-    return lut.tensor(dtype=torch.float64), lut.fixed_us
+    return torch.tensor(lut.matrix, dtype=torch.float64), lut.fixed_us
 
 
 def test_latency_term_gradient_matches_finite_differences():

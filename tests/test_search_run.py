@@ -13,10 +13,11 @@ from conftest import HWNASBENCH, REPO
 from test_search_table import import_hwnasbench
 from typer.testing import CliRunner
 
+from fbnet.client import TableClient, save_table
+from fbnet.lut import build_lut
+from fbnet.space import get_space
 from search.cli import app
 from search.data import load_dataset
-from search.space import get_space
-from search.table_client import TableClient, build_lut, save_table
 from search.trainer import SearchConfig, run_search
 
 SPACE = get_space("fbnet-cifar")

@@ -11,17 +11,10 @@ from conftest import HWNASBENCH
 from search_helpers import macs_table
 from typer.testing import CliRunner
 
+from fbnet.client import StaleTableWarning, TableClient, save_table
+from fbnet.lut import TableError, build_lut, load_table_file, predict
+from fbnet.space import Arch, get_space
 from search.cli import app
-from search.space import Arch, get_space
-from search.table_client import (
-    StaleTableWarning,
-    TableClient,
-    TableError,
-    build_lut,
-    load_table_file,
-    predict,
-    save_table,
-)
 
 SPACE = get_space("fbnet-cifar")
 PIXEL3 = str(HWNASBENCH / "pixel3_latency.json")

@@ -10,8 +10,8 @@ import statistics
 import pytest
 from conftest import DATA
 
-from profiler_server.schemas import MAX_BATCH
-from search.space import get_space
+from fbnet.space import get_space
+from fbnet.wire import MAX_BATCH
 
 SPACE = "fbnet-cifar"
 SP = get_space(SPACE)

@@ -2,7 +2,7 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
-from search.space import get_space
+from fbnet.space import get_space
 
 SPACE = "fbnet-cifar"
 KEYS = [op.key for op in get_space(SPACE).ops if not op.is_identity][:100]

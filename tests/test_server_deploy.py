@@ -26,18 +26,38 @@ def test_compose_file_is_valid():
     assert out.returncode != 0 and "FBNET_ADMIN_TOKEN" in out.stdout + out.stderr
 
 
+def _dockerfile_copies() -> list[str]:
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    return [tok.rstrip("/") for ln in lines if ln.startswith("COPY ") for tok in ln.split()[1:-1]]
+
+
 def test_image_file_set_serves_without_the_rest_of_the_repo(tmp_path):
-    """The Dockerfile copies only search/space.py, db/ and profiler_server/: that must be enough."""
-    (tmp_path / "search").mkdir()
-    for f in ("__init__.py", "space.py"):
-        shutil.copy(REPO / "search" / f, tmp_path / "search" / f)
-    for d in ("db", "profiler_server"):
-        shutil.copytree(REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    """What the Dockerfile copies (fbnet/, db/, profiler_server/) is enough, and loads no torch."""
+    copies = _dockerfile_copies()
+    assert {"fbnet", "db", "profiler_server"} <= set(copies) and "search" not in copies, copies
+    for name in copies:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, tmp_path / name)
     code = ("import sys; from profiler_server.app import create_app; import profiler_server.cli, profiler_server.plots;"
-            "import search.space; assert search.space.__file__.startswith(sys.argv[1]), search.space.__file__;"
-            "print('torch' in sys.modules)")
+            "import fbnet.space; assert fbnet.space.__file__.startswith(sys.argv[1]), fbnet.space.__file__;"
+            "print(any(m in sys.modules for m in ('torch', 'executorch', 'coremltools')))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
                          env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path)})
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_image_installs_the_server_extra_and_repeats_no_pin():
+    """Versions live in pyproject.toml once; the `server` role (and the core) pull no torch."""
+    import tomllib
+
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert "COPY search/__init__.py search/space.py search/" in dockerfile
+    assert "'.[server]'" in dockerfile and "==" not in dockerfile
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    server = meta["dependencies"] + meta["optional-dependencies"]["server"]
+    heavy = [d for d in server if d.split("==")[0].split("[")[0] in ("torch", "executorch", "coremltools")]
+    assert not heavy, heavy
+    for role in ("agent", "search"):
+        assert "torch==2.13.0" in meta["optional-dependencies"][role]

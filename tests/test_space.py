@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import DATA
 
-from search.space import (
+from fbnet.space import (
     CANDIDATE_NAMES,
     PREDEFINED,
     Arch,
@@ -131,8 +131,8 @@ def test_arch_ops_skip_identity():
 
 
 def test_space_module_is_torch_free():
-    code = "import sys, search.space, search.cli; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", "import sys, search.space; print('torch' in sys.modules)"],
+    code = "import sys, fbnet.space, search.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", "import sys, fbnet.space; print('torch' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", code
 

@@ -17,7 +17,7 @@ import torch
 
 from device_agents import sysinfo
 from device_agents.protocol import AgentError, NoTimingsError, Provenance, RunnerCrashError, Transport
-from search.space import parse_key
+from fbnet.space import parse_key
 
 
 def _input_for(key: str, shape: tuple[int, ...] | None) -> torch.Tensor:

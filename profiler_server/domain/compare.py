@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from profiler_server import schemas
+from fbnet import wire
 from profiler_server.errors import Invalid
 
 
-def compare(space: str, a: schemas.Table, b: schemas.Table) -> schemas.CompareOut:
+def compare(space: str, a: wire.Table, b: wire.Table) -> wire.CompareOut:
     if a.device == b.device:
         raise Invalid("compare needs two different devices")
     b_by_key = {e.key: e for e in b.entries}
@@ -19,7 +19,7 @@ def compare(space: str, a: schemas.Table, b: schemas.Table) -> schemas.CompareOu
         if ea.latency_us is not None and eb.latency_us is not None and ea.latency_us > 0 and eb.latency_us > 0:
             ratio = ea.latency_us / eb.latency_us
             logs.append(math.log(ratio))
-        fields = ea.model_dump(include=set(schemas.OpFields.model_fields))
-        entries.append(schemas.CompareEntry(**fields, a_us=ea.latency_us, b_us=eb.latency_us, ratio=ratio))
+        fields = ea.model_dump(include=set(wire.OpFields.model_fields))
+        entries.append(wire.CompareEntry(**fields, a_us=ea.latency_us, b_us=eb.latency_us, ratio=ratio))
     geomean = math.exp(sum(logs) / len(logs)) if logs else None
-    return schemas.CompareOut(space=space, a=a.device, b=b.device, entries=entries, geomean_ratio=geomean)
+    return wire.CompareOut(space=space, a=a.device, b=b.device, entries=entries, geomean_ratio=geomean)

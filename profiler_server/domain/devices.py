@@ -7,12 +7,12 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, DeviceToken, Run
 from db.models import Space as SpaceRow
-from profiler_server import schemas
+from fbnet import wire
 from profiler_server.auth import hash_token, new_token
 from profiler_server.errors import Conflict, NotFound
 
 
-def create_device(session: Session, body: schemas.DeviceCreate) -> tuple[Device, str]:
+def create_device(session: Session, body: wire.DeviceCreate) -> tuple[Device, str]:
     """Register a device; returns it with its agent token (the only time the token is seen)."""
     if session.scalars(select(Device.id).where(Device.name == body.name)).first() is not None:
         raise Conflict(f"device {body.name!r} already exists")
@@ -46,8 +46,8 @@ def device_spaces(session: Session, device_id: int) -> list[str]:
     return sorted(session.scalars(q))
 
 
-def device_out(device: Device, coverage: dict[str, dict[str, int]] | None = None) -> schemas.DeviceOut:
-    return schemas.DeviceOut(
+def device_out(device: Device, coverage: dict[str, dict[str, int]] | None = None) -> wire.DeviceOut:
+    return wire.DeviceOut(
         name=device.name, platform=device.platform, runtime=device.runtime, precision=device.precision,
         model=device.model, soc=device.soc, os=device.os, metadata=device.meta or {},
         created_at=device.created_at, coverage=coverage or {},

@@ -17,13 +17,13 @@ import yaml
 from sqlalchemy.orm import Session
 
 from db.models import Device, ImportedTable, Run
-from profiler_server import schemas
+from fbnet import wire
+from fbnet.space import BY_NAME, Op, Space
 from profiler_server.domain.devices import touch
 from profiler_server.domain.runs import FINISHED, store_rows
 from profiler_server.domain.spaces import ensure_space
 from profiler_server.domain.tables import IMPORT, assemble
 from profiler_server.errors import Invalid
-from search.space import BY_NAME, Op, Space
 
 FORMATS = ("hwnasbench", "proxylessnas", "ofa")
 
@@ -174,7 +174,7 @@ def parse(doc: dict, fmt: str, space: Space) -> Parsed:
 
 
 def import_table(session: Session, device: Device, space: Space, fmt: str, doc: dict,
-                 source: str | None = None) -> schemas.ImportResult:
+                 source: str | None = None) -> wire.ImportResult:
     """Store ``doc`` as one finished run (transport 'import') of ``device`` and report the mapping."""
     parsed = parse(doc, fmt, space)
     if not parsed.values:
@@ -193,6 +193,6 @@ def import_table(session: Session, device: Device, space: Space, fmt: str, doc: 
     touch(session, device.id)
     session.flush()
     missing = assemble(session, device, space).missing
-    return schemas.ImportResult(device=device.name, space=space.name, format=fmt,
+    return wire.ImportResult(device=device.name, space=space.name, format=fmt,
                                 entries_in_file=parsed.entries_in_file, mapped=len(parsed.values),
                                 unmapped=parsed.unmapped, missing=missing)

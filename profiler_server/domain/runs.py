@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, Measurement, Run
 from db.models import Space as SpaceRow
-from profiler_server import schemas
+from fbnet import wire
 from profiler_server.auth import Caller, require_writer
 from profiler_server.domain.devices import get_device, touch
 from profiler_server.domain.spaces import ensure_space, resolve_space
@@ -31,7 +31,7 @@ def target_device(session: Session, caller: Caller, named: str | None) -> Device
     return get_device(session, named)
 
 
-def create_run(session: Session, caller: Caller, body: schemas.RunCreate) -> Run:
+def create_run(session: Session, caller: Caller, body: wire.RunCreate) -> Run:
     device = target_device(session, caller, body.device)
     space = resolve_space(body.space)
     row = ensure_space(session, space)
@@ -68,8 +68,8 @@ def n_measurements(session: Session, run_ids: list[int]) -> dict[int, int]:
     return dict(session.execute(q).tuples().all())
 
 
-def run_out(run: Run, n: int = 0) -> schemas.RunOut:
-    return schemas.RunOut(
+def run_out(run: Run, n: int = 0) -> wire.RunOut:
+    return wire.RunOut(
         id=run.id, device=run.device.name, space=run.space.name, space_version=run.space_version,
         transport=run.transport, agent_version=run.agent_version, runtime=run.runtime,
         runtime_version=run.runtime_version, build=run.build, threads=run.threads, cpu_mask=run.cpu_mask,
@@ -82,7 +82,7 @@ def run_out(run: Run, n: int = 0) -> schemas.RunOut:
     )
 
 
-def runs_out(session: Session, runs: list[Run]) -> list[schemas.RunOut]:
+def runs_out(session: Session, runs: list[Run]) -> list[wire.RunOut]:
     counts = n_measurements(session, [r.id for r in runs])
     return [run_out(r, counts.get(r.id, 0)) for r in runs]
 
@@ -101,7 +101,7 @@ def store_rows(session: Session, run_id: int, rows: list[dict]) -> int:
     return len(session.execute(stmt.returning(Measurement.id), params).all())
 
 
-def add_measurements(session: Session, caller: Caller, run_id: int, batch: schemas.MeasurementBatch) -> schemas.BatchResult:
+def add_measurements(session: Session, caller: Caller, run_id: int, batch: wire.MeasurementBatch) -> wire.BatchResult:
     """Store one batch, all or nothing: every key must belong to the run's space."""
     run = get_run(session, run_id)
     require_writer(caller, run.device.name)
@@ -119,26 +119,26 @@ def add_measurements(session: Session, caller: Caller, run_id: int, batch: schem
     if stored:
         touch(session, run.device_id)
     received = len(batch.measurements)
-    return schemas.BatchResult(run_id=run.id, received=received, stored=stored, duplicates=received - stored)
+    return wire.BatchResult(run_id=run.id, received=received, stored=stored, duplicates=received - stored)
 
 
-def run_measurements(session: Session, run_id: int) -> schemas.RunMeasurements:
+def run_measurements(session: Session, run_id: int) -> wire.RunMeasurements:
     run = get_run(session, run_id)
     rows = session.scalars(select(Measurement).where(Measurement.run_id == run_id).order_by(Measurement.id)).all()
     ms = [
-        schemas.StoredMeasurement(
+        wire.StoredMeasurement(
             key=m.key, n=m.n, median_us=m.median_us, mean_us=m.mean_us, std_us=m.std_us, min_us=m.min_us,
             p10_us=m.p10_us, p90_us=m.p90_us, samples_us=m.samples_us,
         )
         for m in rows
     ]
-    return schemas.RunMeasurements(
+    return wire.RunMeasurements(
         run_id=run.id, device=run.device.name, space=run.space.name, status=run.status,
         keys=[m.key for m in ms], measurements=ms,
     )
 
 
-def finish_run(session: Session, caller: Caller, run_id: int, body: schemas.RunFinish) -> Run:
+def finish_run(session: Session, caller: Caller, run_id: int, body: wire.RunFinish) -> Run:
     run = get_run(session, run_id)
     require_writer(caller, run.device.name)
     if run.status != OPEN:

@@ -1,4 +1,4 @@
-"""Spaces: op lists come from the torch-free ``search.space``; the DB keeps a registered copy."""
+"""Spaces: op lists come from the torch-free ``fbnet.space``; the DB keeps a registered copy."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from db.models import Space as SpaceRow
 from db.models import SpaceOp
-from profiler_server import schemas
+from fbnet import wire
+from fbnet.space import Space, SpaceError, get_space, list_spaces
 from profiler_server.errors import NotFound
-from search.space import Space, SpaceError, get_space, list_spaces
 
 
 @lru_cache(maxsize=64)
@@ -28,16 +28,16 @@ def resolve_space(name: str) -> Space:
         raise NotFound(str(e)) from None
 
 
-def space_out(space: Space) -> schemas.SpaceOut:
-    return schemas.SpaceOut(space=space.name, version=space.version, ops=space.op_list())
+def space_out(space: Space) -> wire.SpaceOut:
+    return wire.SpaceOut(space=space.name, version=space.version, ops=space.op_list())
 
 
-def summaries(session: Session) -> list[schemas.SpaceSummary]:
+def summaries(session: Session) -> list[wire.SpaceSummary]:
     names = list(dict.fromkeys([*list_spaces(), *session.scalars(select(SpaceRow.name).order_by(SpaceRow.name))]))
     out = []
     for n in names:
         sp = resolve_space(n)
-        out.append(schemas.SpaceSummary(space=sp.name, version=sp.version, n_ops=len(sp.ops)))
+        out.append(wire.SpaceSummary(space=sp.name, version=sp.version, n_ops=len(sp.ops)))
     return out
 
 

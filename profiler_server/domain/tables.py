@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, Measurement, Run
 from db.models import Space as SpaceRow
-from profiler_server import schemas
+from fbnet import wire
+from fbnet.space import Space
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.runs import COUNTED_STATUSES
 from profiler_server.domain.spaces import resolve_space
 from profiler_server.errors import NotFound
-from search.space import Space
 
 IMPORT = "import"
 
@@ -78,7 +78,7 @@ def _entry(op, layers, rows: list[_Row]) -> tuple[dict, set[int]]:
     }, {r.run_id for r in rows}
 
 
-def assemble(session: Session, device: Device, space: Space) -> schemas.Table:
+def assemble(session: Session, device: Device, space: Space) -> wire.Table:
     """The table of ``device`` for ``space`` by the rule in :data:`RULE`."""
     q = (
         select(Measurement.key, Run.id, Run.runtime_version, Run.transport, Run.overhead_us, Measurement.n,
@@ -103,14 +103,14 @@ def assemble(session: Session, device: Device, space: Space) -> schemas.Table:
     missing = [e["key"] for e in entries if e["source"] == "missing"]
     blob = json.dumps({"entries": entries, "overhead_us": overhead}, sort_keys=True, separators=(",", ":"))
     version = hashlib.sha256(blob.encode()).hexdigest()[:20]
-    return schemas.Table(
+    return wire.Table(
         device=device.name, space=space.name, space_version=space.version, version=version,
         complete=not missing, missing=missing, overhead_us=overhead, rule=RULE,
-        entries=[schemas.TableEntry(**e) for e in entries],
+        entries=[wire.TableEntry(**e) for e in entries],
     )
 
 
-def to_csv(table: schemas.Table) -> str:
+def to_csv(table: wire.Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
@@ -122,7 +122,7 @@ def to_csv(table: schemas.Table) -> str:
 
 @dataclass
 class CachedTable:
-    table: schemas.Table
+    table: wire.Table
     json_bytes: bytes
     etag: str
     _csv: bytes | None = field(default=None, repr=False)
@@ -163,7 +163,7 @@ class TableCache:
                 self._items.popitem(last=False)
         return item
 
-    def table(self, session: Session, device_name: str, space_name: str) -> schemas.Table:
+    def table(self, session: Session, device_name: str, space_name: str) -> wire.Table:
         return self.get(session, device_name, space_name).table
 
 

@@ -10,26 +10,26 @@ from sqlalchemy.orm import Session
 
 from db.models import Space as SpaceRow
 from db.models import Validation
-from profiler_server import schemas
+from fbnet import wire
+from fbnet.space import Arch, ArchError
 from profiler_server.auth import Caller
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.runs import get_run, target_device
 from profiler_server.domain.spaces import ensure_space, resolve_space
 from profiler_server.errors import Invalid
-from search.space import Arch, ArchError
 
 WORST = 5
 
 
-def _out(v: Validation, device: str, space: str) -> schemas.ValidationOut:
-    return schemas.ValidationOut(
+def _out(v: Validation, device: str, space: str) -> wire.ValidationOut:
+    return wire.ValidationOut(
         id=v.id, device=device, space=space, arch=v.arch, predicted_us=v.predicted_us, measured_us=v.measured_us,
         n=v.n, std_us=v.std_us, table_version=v.table_version, run_id=v.run_id, label=v.label, extra=v.extra or {},
         error_pct=100.0 * (v.predicted_us - v.measured_us) / v.measured_us, created_at=v.created_at,
     )
 
 
-def add_validation(session: Session, caller: Caller, body: schemas.ValidationCreate) -> schemas.ValidationOut:
+def add_validation(session: Session, caller: Caller, body: wire.ValidationCreate) -> wire.ValidationOut:
     device = target_device(session, caller, body.device)
     space = resolve_space(body.space)
     try:
@@ -47,7 +47,7 @@ def add_validation(session: Session, caller: Caller, body: schemas.ValidationCre
     return _out(v, device.name, space.name)
 
 
-def summarize(device: str, space: str, items: list[schemas.ValidationOut]) -> schemas.ValidationSummary:
+def summarize(device: str, space: str, items: list[wire.ValidationOut]) -> wire.ValidationSummary:
     errs = [abs(v.error_pct) for v in items]
     mape = sum(errs) / len(errs) if errs else None
     within = sum(e <= 10.0 for e in errs) / len(errs) if errs else None
@@ -56,11 +56,11 @@ def summarize(device: str, space: str, items: list[schemas.ValidationOut]) -> sc
         t = kendalltau([v.predicted_us for v in items], [v.measured_us for v in items]).statistic
         tau = float(t) if t is not None and math.isfinite(t) else None
     worst = sorted(items, key=lambda v: abs(v.error_pct), reverse=True)[:WORST]
-    return schemas.ValidationSummary(device=device, space=space, count=len(items), mape=mape,
+    return wire.ValidationSummary(device=device, space=space, count=len(items), mape=mape,
                                      within_10pct=within, kendall_tau=tau, worst=worst, validations=items)
 
 
-def validation_summary(session: Session, device_name: str, space_name: str) -> schemas.ValidationSummary:
+def validation_summary(session: Session, device_name: str, space_name: str) -> wire.ValidationSummary:
     device = get_device(session, device_name)
     space = resolve_space(space_name)
     q = (select(Validation).join(SpaceRow, SpaceRow.id == Validation.space_id)

@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from profiler_server import schemas
+from fbnet import wire
 from profiler_server.auth import require_admin
 from profiler_server.deps import CacheDep, CallerDep, ReaderDep, ReadSession, WriteSession
 from profiler_server.domain import devices as dom
@@ -16,22 +16,22 @@ def _coverage(session, cache, name: str, device_id: int) -> dict[str, dict[str, 
     return out
 
 
-@router.post("/devices", status_code=201, response_model=schemas.DeviceCreated)
-def create_device(body: schemas.DeviceCreate, session: WriteSession, caller: CallerDep):
+@router.post("/devices", status_code=201, response_model=wire.DeviceCreated)
+def create_device(body: wire.DeviceCreate, session: WriteSession, caller: CallerDep):
     """Register a device (admin token); the response carries its agent token, shown only this once."""
     require_admin(caller)
     device, token = dom.create_device(session, body)
     session.commit()
-    return schemas.DeviceCreated(**dom.device_out(device).model_dump(), token=token)
+    return wire.DeviceCreated(**dom.device_out(device).model_dump(), token=token)
 
 
-@router.get("/devices", response_model=list[schemas.DeviceOut])
+@router.get("/devices", response_model=list[wire.DeviceOut])
 def list_devices(session: ReadSession, cache: CacheDep, _: ReaderDep):
     """Devices with per-space coverage."""
     return [dom.device_out(d, _coverage(session, cache, d.name, d.id)) for d in dom.list_devices(session)]
 
 
-@router.get("/devices/{name}", response_model=schemas.DeviceOut)
+@router.get("/devices/{name}", response_model=wire.DeviceOut)
 def get_device(name: str, session: ReadSession, cache: CacheDep, _: ReaderDep):
     d = dom.get_device(session, name)
     return dom.device_out(d, _coverage(session, cache, d.name, d.id))

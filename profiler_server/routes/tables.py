@@ -3,7 +3,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from profiler_server import schemas
+from fbnet import wire
 from profiler_server.auth import require_admin
 from profiler_server.deps import CacheDep, CallerDep, ReaderDep, ReadSession, WriteSession
 from profiler_server.domain import importers
@@ -18,7 +18,7 @@ SpaceQuery = Annotated[str, Query(description="space name, e.g. fbnet-224 or fbn
 
 @router.get(
     "/tables/{device}",
-    response_model=schemas.Table,
+    response_model=wire.Table,
     responses={200: {"content": {"text/csv": {}}}, 304: {"description": "not modified (If-None-Match)"}},
 )
 def get_table(
@@ -52,7 +52,7 @@ _IMPORT_BODY = {
 }
 
 
-@router.post("/tables/{device}/import", response_model=schemas.ImportResult, openapi_extra=_IMPORT_BODY)
+@router.post("/tables/{device}/import", response_model=wire.ImportResult, openapi_extra=_IMPORT_BODY)
 async def import_table(
     device: str,
     space: SpaceQuery,
@@ -66,7 +66,7 @@ async def import_table(
     require_admin(caller)
     body = await request.body()
 
-    def work() -> schemas.ImportResult:
+    def work() -> wire.ImportResult:
         sp = resolve_space(space)
         dev = get_device(session, device)
         doc = importers.load_document(body, format)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from search.space import BY_NAME, Arch, Op, Space
+from fbnet.space import BY_NAME, Arch, Op, Space
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int, relu: bool) -> list[nn.Module]:
@@ -91,7 +91,7 @@ class GlobalPool(nn.Module):
 
 
 # name -> constructor(cin, cout, stride). Adding a candidate block is one line here plus its
-# BlockSpec in search.space.
+# BlockSpec in fbnet.space.
 PRIMITIVES: dict[str, Callable[[int, int, int], nn.Module]] = {
     **{name: _irf(name) for name in BY_NAME if name != "skip"},
     "skip": _skip,
@@ -143,10 +143,11 @@ class FBNet(nn.Module):
         return self.fc(self.features(x))
 
 
-def example_input(op: Op, seed: int = 0) -> torch.Tensor:
-    """A deterministic random input of the op's shape (batch 1)."""
+def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """The one example input: deterministic N(0, 1) values of ``shape`` (``op.input_shape``,
+    ``space.input_shape``), used for export, calibration and eager checks alike."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*op.input_shape, generator=g)
+    return torch.randn(*shape, generator=g)
 
 
 __all__ = ["PRIMITIVES", "FBNet", "IRFBlock", "ChannelShuffle", "ConvBNReLU", "GlobalPool", "build_op",

@@ -327,13 +327,19 @@ class Space:
             "ops": self.op_list(),
         }
 
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The NCHW shape of a whole model's input at batch 1."""
+        return (1, self.in_channels, self.resolution, self.resolution)
+
     # -- architectures --------------------------------------------------------------------
-    def arch_ops(self, arch: Arch) -> list[Op]:
-        """Ops of ``arch`` in execution order; identity skips are left out (nothing runs)."""
+    def arch_ops(self, arch: Arch, *, with_identity: bool = False) -> list[Op]:
+        """Ops of ``arch`` in execution order; identity skips are left out (nothing runs) unless
+        ``with_identity`` (a table prices every layer, identity skips included: see :mod:`fbnet.lut`)."""
         ops = [self.stem]
         for ls, name in zip(self.layers, arch.blocks, strict=True):
             op = self.layer_op(ls.index, name)
-            if not op.is_identity:
+            if with_identity or not op.is_identity:
                 ops.append(op)
         ops += [self.head, self.pool, self.fc]
         return ops

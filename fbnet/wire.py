@@ -1,7 +1,7 @@
 """Wire schemas: the one definition of every request and response body of the HTTP API.
 
 The server, the device agents and the search client all import these; no other module declares a
-request or response shape. Only pydantic and the torch-free ``search.space`` are imported here.
+request or response shape. Only pydantic and the torch-free ``fbnet.space`` are imported here.
 """
 
 from __future__ import annotations
