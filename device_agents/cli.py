@@ -7,7 +7,6 @@ import hashlib
 import os
 import random
 import statistics
-import sys
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -16,7 +15,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="fbnet-lut device agent: profile operators and whole models on a target.",
+from fbnet.cli import EXIT_CODES_HELP, Exit, fail, progress, run, ticker
+
+app = typer.Typer(help="fbnet-lut device agent: profile operators and whole models on a target. " + EXIT_CODES_HELP,
                   no_args_is_help=True, add_completion=False)
 
 
@@ -76,9 +77,8 @@ def _console():
     return Console(stderr=True)
 
 
-def _fail(msg: str, code: int = 1):
-    _console().print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def _fail(msg: str, code: int = Exit.FAILED):
+    fail(msg, code)
 
 
 def select_ops(space, ops: str | None, limit: int | None):
@@ -125,38 +125,16 @@ def make_transport(transport: TransportName, *, threads: int, cpu_mask: str | No
                         work_dir=work_dir)
 
 
-def _progress(console):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[op]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console, transient=False)
-
-
 def _export(console, space, fmt: str, cache_dir: Path, ops, jobs: int) -> dict[str, Path]:
     from device_agents.exporters import cache_path, export_space, overhead_key
 
     n_prog = len(ops) + len({op.input_shape for op in ops})
     cold = sum(not cache_path(op.key, fmt, cache_dir).exists() for op in ops) + sum(
         not cache_path(overhead_key(s), fmt, cache_dir).exists() for s in {op.input_shape for op in ops})
-    with _progress(console) as prog:
-        task = prog.add_task("export", total=n_prog, op=f"{cold} to export, {n_prog - cold} cached")
+    with progress() as prog:
+        task = prog.add_task("export", total=n_prog, info=f"{cold} to export, {n_prog - cold} cached")
         return export_space(space, fmt, cache_dir, ops=ops, jobs=jobs, overheads=True,
-                            progress=lambda key, path, cached: prog.update(task, advance=1, op=key))
-
-
-def _tick(prog, task, key: str) -> None:
-    t = prog.tasks[task]
-    if t.total is not None and t.completed >= t.total:  # re-measurements of high-CV ops
-        prog.update(task, total=t.total + 1)
-    prog.update(task, advance=1, op=key)
+                            progress=lambda key, path, cached: prog.update(task, advance=1, info=key))
 
 
 def _summary_table(results, title: str):
@@ -258,15 +236,15 @@ def profile(
             state = up.new_run(rc)
         overhead_of = {op.key: overhead_key(op.input_shape) for op in selected}
         t0 = time.monotonic()
-        with _progress(console) as prog:
-            task = prog.add_task("measure", total=len(selected) * rounds, op="")
+        with progress() as prog:
+            task = prog.add_task("measure", total=len(selected) * rounds, info="")
 
             def on_result(r):
                 results[r.key] = r
                 up.add(state, [to_measurement(r.key, r.stats, r.samples_us)])
 
             run_protocol(tr, [op.key for op in selected], cfg, overhead_of, on_result=on_result,
-                         on_sample=lambda k: _tick(prog, task, k))
+                         on_sample=ticker(prog, task))
         temps1, freqs1 = tr.sensors()
     except AgentError as e:
         sent = ""
@@ -291,7 +269,7 @@ def profile(
         out = up.finish(state, fin)
     except ServiceDown as e:
         _fail(f"{e}. Nothing is lost: {len(state.measured)} ops spooled in {state.path}; they upload on the "
-              f"next fbnet-agent call (or `fbnet-agent upload`)", code=2)
+              f"next fbnet-agent call (or `fbnet-agent upload`)", code=Exit.UNREACHABLE)
     console.print(f"run {out.id} finished: {out.n_measurements} ops stored; overhead {ovh and round(ovh, 1)} us/call")
 
 
@@ -388,10 +366,10 @@ def validate(
     folder = cache_dir / f"arch-{fmt}-{fingerprint(fmt)}" / sp.name
     keys = {label: "arch-" + hashlib.sha256(a.to_text().encode()).hexdigest()[:12] for label, a in labelled}
     todo = {keys[label]: (a, folder / f"{keys[label]}.{fmt}") for label, a in labelled}
-    with _progress(console) as prog:
-        task = prog.add_task("export", total=len(todo), op="")
+    with progress() as prog:
+        task = prog.add_task("export", total=len(todo), info="")
         programs = export_archs(sp, todo, fmt, jobs=jobs,
-                                progress=lambda key, path, cached: prog.update(task, advance=1, op=key))
+                                progress=lambda key, path, cached: prog.update(task, advance=1, info=key))
     # Reference ops from the table, timed in the same interleaved rounds as the whole models: how much
     # faster or slower the device is now than when its table was measured (shared hosts, thermal state).
     refs = reference_ops(sp, [a for _, a in labelled], reference)
@@ -406,9 +384,9 @@ def validate(
     cfg = ProtocolConfig(warmup=warmup, repeats=repeats, rounds=rounds, seed=seed, cv_threshold=cv_threshold)
     try:
         tr.prepare(programs)
-        with _progress(console) as prog:
-            task = prog.add_task("measure", total=len(programs) * rounds, op="")
-            results = run_protocol(tr, list(programs), cfg, on_sample=lambda k: _tick(prog, task, k))
+        with progress() as prog:
+            task = prog.add_task("measure", total=len(programs) * rounds, info="")
+            results = run_protocol(tr, list(programs), cfg, on_sample=ticker(prog, task))
     except AgentError as e:
         _fail(str(e))
     finally:
@@ -454,16 +432,12 @@ def validate(
 
 
 def main() -> None:
-    from device_agents.exporters import ExportError
     from device_agents.protocol import AgentError
     from device_agents.uploader import ServiceDown, UploadError
-    from fbnet.space import ArchError, SpaceError
+    from fbnet.export import ExportError
 
-    try:
-        app()  # standalone: usage errors and typer.Exit are handled (and exit) inside
-    except (AgentError, ExportError, ServiceDown, UploadError, SpaceError, ArchError, ValueError, OSError) as e:
-        _console().print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    run(app, [((AgentError, ExportError), Exit.FAILED), (ServiceDown, Exit.UNREACHABLE), (UploadError, Exit.REFUSED),
+              ((ValueError, OSError), Exit.BAD_INPUT)])
 
 
 if __name__ == "__main__":

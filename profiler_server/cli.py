@@ -9,7 +9,10 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The fbnet-lut profiler service.", no_args_is_help=True, add_completion=False)
+from fbnet.cli import EXIT_CODES_HELP
+
+app = typer.Typer(help="The fbnet-lut profiler service. " + EXIT_CODES_HELP, no_args_is_help=True,
+                  add_completion=False)
 plot_app = typer.Typer(help="Write PNG figures of the stored data.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
 
@@ -161,13 +164,11 @@ def plot_validations(device: str, space: Annotated[str, typer.Option()],
 
 
 def main() -> None:
+    from fbnet.cli import Exit, run
     from profiler_server.errors import DomainError
 
-    try:
-        app()
-    except DomainError as e:  # unknown device, space, duplicate name, ... from any command: one line
-        typer.echo(f"error: {e.detail}", err=True)
-        raise SystemExit(1) from None
+    # unknown device, space, duplicate name, ... from any command: one line, exit 2 (bad input)
+    run(app, [(DomainError, Exit.BAD_INPUT)])
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from fbnet.cli import EXIT_CODES_HELP, Exit, fail
+from fbnet.cli import run as run_app
 from fbnet.space import Arch, ArchError, SpaceError, get_space, list_spaces
 
 app = typer.Typer(
-    help="FBNet differentiable architecture search on per-device latency tables.",
+    help="FBNet differentiable architecture search on per-device latency tables. " + EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -27,10 +29,6 @@ class Fmt(StrEnum):
     json = "json"
 
 
-def fail(msg: str, code: int = 2) -> None:
-    """Print a one-line error (no traceback) and exit."""
-    err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _space(name: str):
@@ -395,7 +393,11 @@ def export(
 
 
 def main() -> None:
-    app()
+    from fbnet.export import ExportError
+    from search.data import DataError
+    from search.trainer import TrainError
+
+    run_app(app, [(DataError, Exit.BAD_INPUT), ((TrainError, ExportError), Exit.FAILED)])
 
 
 if __name__ == "__main__":

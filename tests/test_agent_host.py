@@ -49,10 +49,10 @@ def test_dry_run_and_op_selection_errors(live_server, cache, tmp_path):
     assert code == 0 and "plan: 4 ops" in out, out
     code, out = run_agent("profile", "--server", live_server.url, "--device", "d", "--token", "t",
                           "--ops", "k9_e9-*", "--dry-run")
-    assert code == 1 and "matches no op" in out and "Traceback" not in out
+    assert code == 2 and "matches no op" in out and "Traceback" not in out
     code, out = run_agent("profile", "--server", live_server.url, "--device", "d", "--token", "t",
                           "--ops", "skip-16x32x32-16-s1", "--dry-run")
-    assert code == 1 and "identity skip" in out
+    assert code == 2 and "identity skip" in out
 
 
 def test_wrong_token_is_one_clear_line(live_server, cache, tmp_path):

@@ -50,9 +50,9 @@ def test_fetch_caches_and_revalidates_with_etag(pixel3, tmp_path):
     assert second.table == first.table
     lut = build_lut(first.table, SPACE)
     assert len(lut.matrix) == 22 and all(len(r) == 9 for r in lut.matrix)
-    # identity skips (layer 0: 16->16, s1) cost nothing; the projecting skip at layer 1 does
-    assert lut.matrix[0][8] == 0.0 and lut.matrix[1][8] > 0
     by_key = {e.key: e.latency_us for e in first.table.entries}
+    # every cell is the served value, the identity skip of layer 0 (16->16, s1) included
+    assert SPACE.layer_op(0, 8).is_identity and lut.matrix[0][8] == by_key[SPACE.layer_op(0, 8).key]
     assert lut.matrix[5][3] == by_key[SPACE.layer_op(5, 3).key]
     assert lut.fixed_us == pytest.approx(sum(by_key[op.key] for op in SPACE.fixed_ops))
 
@@ -104,8 +104,8 @@ def test_predict_fbnet_b_is_the_sum_of_its_table_entries(pixel3, tmp_path):
     table = TableClient(pixel3.url, tmp_path).fetch("pixel3", "fbnet-cifar").table
     by_key = {e.key: e.latency_us for e in table.entries}
     arch = Arch.parse("FBNet-B")
-    keys = [SPACE.stem.key] + [SPACE.layer_op(i, b).key for i, b in enumerate(arch.blocks)
-                               if not SPACE.layer_op(i, b).is_identity] + [SPACE.head.key, SPACE.pool.key, SPACE.fc.key]
+    keys = [SPACE.stem.key] + [SPACE.layer_op(i, b).key for i, b in enumerate(arch.blocks)] + [
+        SPACE.head.key, SPACE.pool.key, SPACE.fc.key]
     assert [p["key"] for p in got["per_op"]] == keys
     assert got["latency_us"] == pytest.approx(sum(by_key[k] for k in keys), rel=1e-12)
     # HW-NAS-Bench tables are in ms; the server converts to us: FBNet-B on a Pixel 3 is milliseconds
@@ -151,3 +151,68 @@ def test_overhead_correction_pays_the_call_overhead_once_per_model(tmp_path):
     r = CliRunner().invoke(app, ["predict", "--table", str(tmp_path / "none.json"), "--arch", "FBNet-B",
                                  "--overhead-correction"])
     assert r.exit_code == 2 and "overhead" in r.output
+
+
+# Identity skips: the one pricing rule (fbnet.lut) uses the value the table serves. Measured
+# tables serve 0.0, HW-NAS-Bench gives them small costs; a client that re-derived 0 would
+# disagree with the imported table (it did: 21,790.5 vs 21,901.2 us on Pixel 3 / fbnet-224).
+SKIP_LAYERS = (2, 3, 4, 6, 7, 8)
+
+
+def _skip_arch() -> Arch:
+    return Arch.parse(",".join("skip" if i in SKIP_LAYERS else "k3_e1" for i in range(22)))
+
+
+def _served_sum(table, space, arch) -> float:
+    by_key = {e.key: e for e in table.entries}
+    ops = space.arch_ops(arch, with_identity=True)
+    assert sum(op.is_identity for op in ops) == len(SKIP_LAYERS)  # the skips chosen are identities
+    return math.fsum(by_key[op.key].latency_us for op in ops)
+
+
+def _predict_cli(args, tmp_path) -> float:
+    r = CliRunner().invoke(app, ["predict", *args, "--arch", _skip_arch().to_text(), "--format", "json",
+                                 "--cache-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)["latency_us"]
+
+
+@pytest.mark.parametrize("space_name", ["fbnet-224", "fbnet-cifar"])
+def test_predict_equals_the_served_sum_with_identity_skips_on_an_imported_table(live_server, tmp_path, space_name):
+    import_hwnasbench(live_server, "pixel3", PIXEL3, space=space_name)
+    space = get_space(space_name)
+    table = TableClient(live_server.url, tmp_path).fetch("pixel3", space_name).table
+    identities = [e for e in table.entries if space.op_by_key[e.key].is_identity]
+    assert identities and all(e.latency_us > 0 for e in identities)  # HW-NAS-Bench prices them
+    want = _served_sum(table, space, _skip_arch())
+    got = _predict_cli(["--server", live_server.url, "--device", "pixel3", "--space", space_name], tmp_path)
+    assert got == pytest.approx(want, rel=1e-12)
+    # the supernet's matrix prices the same way: one-hot theta on this arch gives the same sum
+    lut = build_lut(table, space)
+    onehot = math.fsum(lut.matrix[i][b] for i, b in enumerate(_skip_arch().indices)) + lut.fixed_us
+    assert onehot == pytest.approx(want, rel=1e-12) and lut.arch_latency(_skip_arch()) == pytest.approx(want)
+
+
+def test_predict_equals_the_served_sum_with_identity_skips_on_a_measured_table(live_server, tmp_path):
+    """A table the service assembled from an agent's run (statistics posted over HTTP)."""
+    token = live_server.create_device("measured-phone")
+    space = SPACE
+    hdr = {"Authorization": f"Bearer {token}"}
+    r = httpx.post(f"{live_server.url}/runs", headers=hdr, json={
+        "space": space.name, "runtime": "executorch", "runtime_version": "1.5.1", "agent_version": "test"})
+    assert r.status_code in (200, 201), r.text
+    run_id = r.json()["id"]
+    ops = [op for op in space.ops if not op.is_identity]
+    for start in range(0, len(ops), 50):
+        batch = [{"key": op.key, "n": 5, "median_us": 10.0 + op.macs / 1e4, "mean_us": 10.0 + op.macs / 1e4,
+                  "std_us": 0.5, "min_us": 9.0, "p10_us": 9.5, "p90_us": 11.0 + op.macs / 1e4}
+                 for op in ops[start:start + 50]]
+        r = httpx.post(f"{live_server.url}/runs/{run_id}/measurements", headers=hdr, json={"measurements": batch})
+        assert r.status_code in (200, 201), r.text
+    assert httpx.post(f"{live_server.url}/runs/{run_id}/finish", headers=hdr, json={}).status_code == 200
+    table = TableClient(live_server.url, tmp_path).fetch("measured-phone", space.name).table
+    assert table.complete
+    assert all(e.latency_us == 0.0 for e in table.entries if space.op_by_key[e.key].is_identity)
+    want = _served_sum(table, space, _skip_arch())
+    got = _predict_cli(["--server", live_server.url, "--device", "measured-phone", "--space", space.name], tmp_path)
+    assert got == pytest.approx(want, rel=1e-12)

@@ -31,7 +31,7 @@ def test_cli_create_device_import_plot_and_sqlite_pragmas(tmp_path):
     token = r.stdout.strip()
     assert len(token) >= 32
     r = _cli("create-device", "pixel3", "--db", url, cwd=tmp_path)
-    assert r.returncode == 1 and "already exists" in r.stderr
+    assert r.returncode == 2 and "already exists" in r.stderr
     r = _cli("create-device", "Bad Name", "--db", url, cwd=tmp_path)
     assert r.returncode != 0
     r = _cli("import", str(PIXEL3), "--device", "pixel3", "--space", "fbnet-cifar", "--format", "hwnasbench",
@@ -39,7 +39,7 @@ def test_cli_create_device_import_plot_and_sqlite_pragmas(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["missing"] == []
     r = _cli("import", str(PIXEL3), "--device", "ghost", "--space", "fbnet-cifar", "--db", url, cwd=tmp_path)
-    assert r.returncode == 1 and "ghost" in r.stderr
+    assert r.returncode == 2 and "ghost" in r.stderr
     out = tmp_path / "t.png"
     r = _cli("plot", "table", "pixel3", "--space", "fbnet-cifar", "-o", str(out), "--db", url, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
