@@ -13,17 +13,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fbnet.space import BY_NAME, Arch, Op, Space
+from fbnet.space import PRIMITIVE_SPECS, Arch, BlockSpec, Op, Space
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int, relu: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=False))
-    return layers
+class ConvBNReLU(nn.Sequential):
+    """k x k conv + BN (+ ReLU): the stem, the head, the projecting skip and the IRF's parts."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, kernel: int = 1, groups: int = 1, relu: bool = True):
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if relu:
+            layers.append(nn.ReLU(inplace=False))
+        super().__init__(*layers)
 
 
 class ChannelShuffle(nn.Module):
@@ -39,44 +42,33 @@ class ChannelShuffle(nn.Module):
         return x.unflatten(1, (self.groups, self.per_group)).transpose(1, 2).flatten(1, 2)
 
 
-class ConvBNReLU(nn.Sequential):
-    """k x k conv + BN + ReLU: the stem, the head and the projecting skip."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1, kernel: int = 1):
-        super().__init__(*_conv_bn(cin, cout, kernel, stride, 1, relu=True))
-
-
 class IRFBlock(nn.Module):
-    """Inverted residual block, paper form: the first 1x1 is present even at expansion 1."""
+    """Inverted residual block, paper form (the first 1x1 is present even at expansion 1):
+    ``pw`` 1x1 group conv + BN + ReLU, ``shuffle`` (2 groups only), ``dw`` kxk depthwise with the
+    stride + BN + ReLU, ``pwl`` 1x1 group conv + BN; residual when stride 1 and channels match."""
 
     def __init__(self, cin: int, cout: int, stride: int, *, kernel: int, expansion: int, groups: int = 1):
         super().__init__()
         mid = cin * expansion
-        layers = _conv_bn(cin, mid, 1, 1, groups, relu=True)
-        if groups > 1:
-            layers.append(ChannelShuffle(mid, groups))
-        layers += _conv_bn(mid, mid, kernel, stride, mid, relu=True)
-        layers += _conv_bn(mid, cout, 1, 1, groups, relu=False)
-        self.body = nn.Sequential(*layers)
+        self.pw = ConvBNReLU(cin, mid, 1, kernel=1, groups=groups)
+        self.shuffle = ChannelShuffle(mid, groups) if groups > 1 else None
+        self.dw = ConvBNReLU(mid, mid, stride, kernel=kernel, groups=mid)
+        self.pwl = ConvBNReLU(mid, cout, 1, kernel=1, groups=groups, relu=False)
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
+        y = self.pw(x)
+        if self.shuffle is not None:
+            y = self.shuffle(y)
+        y = self.pwl(self.dw(y))
         return x + y if self.residual else y
 
 
-def _skip(cin: int, cout: int, stride: int) -> nn.Module:
+def skip(cin: int, cout: int, stride: int) -> nn.Module:
     """Identity where the shape is kept; otherwise a real 1x1 conv + BN + ReLU projection."""
     if cin == cout and stride == 1:
         return nn.Identity()
     return ConvBNReLU(cin, cout, stride, kernel=1)
-
-
-def _irf(name: str) -> Callable[[int, int, int], nn.Module]:
-    spec = BY_NAME[name]
-    return lambda cin, cout, stride: IRFBlock(
-        cin, cout, stride, kernel=spec.kernel, expansion=spec.expansion, groups=spec.groups
-    )
 
 
 class GlobalPool(nn.Module):
@@ -90,23 +82,30 @@ class GlobalPool(nn.Module):
         return self.pool(x).flatten(1)
 
 
-# name -> constructor(cin, cout, stride). Adding a candidate block is one line here plus its
-# BlockSpec in fbnet.space.
-PRIMITIVES: dict[str, Callable[[int, int, int], nn.Module]] = {
-    **{name: _irf(name) for name in BY_NAME if name != "skip"},
-    "skip": _skip,
-    "stem": lambda cin, cout, stride: ConvBNReLU(cin, cout, stride, kernel=3),
-    "head": lambda cin, cout, stride: ConvBNReLU(cin, cout, stride, kernel=1),
+# A constructor per kind of primitive, all called as ``(cin, cout, stride, *, hw, **spec.kwargs())``
+# (``hw`` is the input's spatial size, which only the pool needs).
+CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
+    "ir": lambda cin, cout, stride, *, hw=None, **kw: IRFBlock(cin, cout, stride, **kw),
+    "skip": lambda cin, cout, stride, *, hw=None: skip(cin, cout, stride),
+    "conv": lambda cin, cout, stride, *, hw=None, kernel, groups=1: ConvBNReLU(cin, cout, stride, kernel, groups),
+    "pool": lambda cin, cout, stride, *, hw: GlobalPool(hw),
+    "fc": lambda cin, cout, stride, *, hw=None: nn.Linear(cin, cout),
 }
+
+
+def _primitive(spec: BlockSpec) -> Callable[..., nn.Module]:
+    build, kw = CONSTRUCTORS[spec.constructor], spec.kwargs()
+    return lambda cin, cout, stride, *, hw=None: build(cin, cout, stride, hw=hw, **kw)
+
+
+# name -> constructor(cin, cout, stride, *, hw=None), derived from the space's declarations
+# (fbnet.space.CANDIDATES and FIXED): adding a candidate is one BlockSpec line there.
+PRIMITIVES: dict[str, Callable[..., nn.Module]] = {name: _primitive(spec) for name, spec in PRIMITIVE_SPECS.items()}
 
 
 def build_op(op: Op) -> nn.Module:
     """The module of one op of a space (searchable block or fixed op)."""
-    if op.block == "pool":
-        return GlobalPool(op.h)
-    if op.block == "fc":
-        return nn.Linear(op.cin, op.cout)
-    return PRIMITIVES[op.block](op.cin, op.cout, op.stride)
+    return PRIMITIVES[op.block](op.cin, op.cout, op.stride, hw=op.h)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -150,5 +149,5 @@ def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=g)
 
 
-__all__ = ["PRIMITIVES", "FBNet", "IRFBlock", "ChannelShuffle", "ConvBNReLU", "GlobalPool", "build_op",
+__all__ = ["CONSTRUCTORS", "PRIMITIVES", "FBNet", "IRFBlock", "ChannelShuffle", "ConvBNReLU", "GlobalPool", "build_op",
            "example_input", "init_weights"]

@@ -12,35 +12,57 @@ import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
-NUM_LAYERS = 22
-
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """One candidate block of the searchable layers (paper Table 2)."""
+    """One primitive of the space, declared once: its name, which constructor of
+    :data:`fbnet.blocks.CONSTRUCTORS` builds it (``ir`` inverted residual, ``skip``, ``conv``,
+    ``pool``, ``fc``) and that constructor's arguments. The torch side derives its registry
+    (``fbnet.blocks.PRIMITIVES``) from these entries, so adding a candidate is one line here."""
 
     name: str
-    kernel: int | None
-    expansion: int | None
-    groups: int | None
+    constructor: str
+    kernel: int | None = None
+    expansion: int | None = None
+    groups: int | None = None
+
+    def kwargs(self) -> dict:
+        """The constructor's arguments besides (cin, cout, stride)."""
+        return {k: v for k, v in (("kernel", self.kernel), ("expansion", self.expansion), ("groups", self.groups))
+                if v is not None}
 
 
-# Index order is HW-NAS-Bench's (PRIMITIVES); 22-int architectures use it.
+# The searchable candidates, paper Table 2. Index order is HW-NAS-Bench's (PRIMITIVES):
+# 22-int architectures use it.
 CANDIDATES: tuple[BlockSpec, ...] = (
-    BlockSpec("k3_e1", 3, 1, 1),
-    BlockSpec("k3_e1_g2", 3, 1, 2),
-    BlockSpec("k3_e3", 3, 3, 1),
-    BlockSpec("k3_e6", 3, 6, 1),
-    BlockSpec("k5_e1", 5, 1, 1),
-    BlockSpec("k5_e1_g2", 5, 1, 2),
-    BlockSpec("k5_e3", 5, 3, 1),
-    BlockSpec("k5_e6", 5, 6, 1),
-    BlockSpec("skip", None, None, None),
+    BlockSpec("k3_e1", "ir", kernel=3, expansion=1, groups=1),
+    BlockSpec("k3_e1_g2", "ir", kernel=3, expansion=1, groups=2),
+    BlockSpec("k3_e3", "ir", kernel=3, expansion=3, groups=1),
+    BlockSpec("k3_e6", "ir", kernel=3, expansion=6, groups=1),
+    BlockSpec("k5_e1", "ir", kernel=5, expansion=1, groups=1),
+    BlockSpec("k5_e1_g2", "ir", kernel=5, expansion=1, groups=2),
+    BlockSpec("k5_e3", "ir", kernel=5, expansion=3, groups=1),
+    BlockSpec("k5_e6", "ir", kernel=5, expansion=6, groups=1),
+    BlockSpec("skip", "skip"),
 )
+# The fixed ops around the searchable layers are ordinary primitives too.
+FIXED: tuple[BlockSpec, ...] = (
+    BlockSpec("stem", "conv", kernel=3, groups=1),
+    BlockSpec("head", "conv", kernel=1, groups=1),
+    BlockSpec("pool", "pool"),
+    BlockSpec("fc", "fc"),
+)
+PRIMITIVE_SPECS: dict[str, BlockSpec] = {b.name: b for b in CANDIDATES + FIXED}
 CANDIDATE_NAMES: tuple[str, ...] = tuple(b.name for b in CANDIDATES)
 CANDIDATE_INDEX: dict[str, int] = {n: i for i, n in enumerate(CANDIDATE_NAMES)}
 BY_NAME: dict[str, BlockSpec] = {b.name: b for b in CANDIDATES}
-FIXED_KINDS: tuple[str, ...] = ("stem", "head", "pool", "fc")
+FIXED_KINDS: tuple[str, ...] = tuple(b.name for b in FIXED)
+
+# The macro-architecture (paper Table 1): stages of (output channels, searchable layers); the
+# first layer of a stage carries the stage's stride, which each space sets. The number of
+# searchable layers follows from this table.
+STAGES: tuple[tuple[int, int], ...] = ((16, 1), (24, 4), (32, 4), (64, 4), (112, 4), (184, 4), (352, 1))
+NUM_LAYERS = sum(depth for _, depth in STAGES)
 
 _SLUG = r"[a-z0-9][a-z0-9_]*"
 _BLOCK_KEY = re.compile(rf"^(?P<block>{_SLUG})-(?P<cin>\d+)x(?P<h>\d+)x(?P<w>\d+)-(?P<cout>\d+)-s(?P<stride>\d+)$")
@@ -172,18 +194,14 @@ def parse_key(key: str) -> Op:
         raise KeyError_(f"not an op key: {key!r}")
     block = m["block"]
     cin, h, w, cout, s = (int(m[g]) for g in ("cin", "h", "w", "cout", "stride"))
-    if block == "stem":
-        return Op("stem", cin, h, w, cout, s, kernel=3, groups=1)
-    if block == "head":
-        return Op("head", cin, h, w, cout, s, kernel=1, groups=1)
-    if block not in BY_NAME:
+    if block not in PRIMITIVE_SPECS or block in ("pool", "fc"):
         raise KeyError_(f"unknown block {block!r} in op key {key!r}")
-    spec = BY_NAME[block]
-    return Op(block, cin, h, w, cout, s, spec.kernel, spec.expansion, spec.groups)
+    return block_op(block, cin, h, w, cout, s)
 
 
 def block_op(block: str, cin: int, h: int, w: int, cout: int, stride: int) -> Op:
-    spec = BY_NAME[block]
+    """The op of primitive ``block`` on an input of ``cin`` x ``h`` x ``w`` (its spec's fields)."""
+    spec = PRIMITIVE_SPECS[block]
     return Op(block, cin, h, w, cout, stride, spec.kernel, spec.expansion, spec.groups)
 
 
@@ -220,8 +238,8 @@ class Space:
     width_mult: float = 1.0
     in_channels: int = 3
     stem_channels: int = 16
-    stage_channels: tuple[int, ...] = (16, 24, 32, 64, 112, 184, 352)
-    stage_depths: tuple[int, ...] = (1, 4, 4, 4, 4, 4, 1)
+    stage_channels: tuple[int, ...] = tuple(c for c, _ in STAGES)
+    stage_depths: tuple[int, ...] = tuple(n for _, n in STAGES)
     description: str = field(default="", compare=False)
 
     # -- shapes ---------------------------------------------------------------------------
@@ -245,7 +263,7 @@ class Space:
     @cached_property
     def stem(self) -> Op:
         r = self.resolution
-        return Op("stem", self.in_channels, r, r, self._w(self.stem_channels), self.stem_stride, kernel=3, groups=1)
+        return block_op("stem", self.in_channels, r, r, self._w(self.stem_channels), self.stem_stride)
 
     @cached_property
     def final_hw(self) -> int:
@@ -255,7 +273,7 @@ class Space:
     @cached_property
     def head(self) -> Op:
         h = self.final_hw
-        return Op("head", self.layers[-1].cout, h, h, self.head_channels, 1, kernel=1, groups=1)
+        return block_op("head", self.layers[-1].cout, h, h, self.head_channels, 1)
 
     @cached_property
     def pool(self) -> Op:
@@ -359,11 +377,39 @@ class ArchError(ValueError):
     """An architecture string that does not parse."""
 
 
-# FBNet-A/B/C from data/fbnet_archs.json (HW-NAS-Bench op order; FBNET.md section 7).
+# FBNet-A/B/C (data/fbnet_archs.json and notes/FBNET.md section 7), one row per stage of STAGES.
+PREDEFINED_NAMES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "FBNet-A": (
+        ("skip",),
+        ("k3_e3", "k3_e1", "skip", "skip"),
+        ("k5_e6", "k3_e3", "k5_e1", "k3_e3"),
+        ("k5_e6", "k5_e3", "k5_e1_g2", "k5_e6"),
+        ("k3_e6", "k5_e1_g2", "k5_e3", "k3_e1_g2"),
+        ("k5_e6", "k5_e6", "k5_e3", "k5_e6"),
+        ("k5_e6",),
+    ),
+    "FBNet-B": (
+        ("k3_e1",),
+        ("k3_e6", "k5_e1", "k3_e1", "k3_e1"),
+        ("k5_e6", "k5_e3", "k3_e6", "k5_e6"),
+        ("k5_e6", "k5_e1", "skip", "k5_e3"),
+        ("k5_e6", "k3_e1", "k5_e1", "k5_e3"),
+        ("k5_e6", "k5_e1", "k5_e6", "k5_e6"),
+        ("k3_e6",),
+    ),
+    "FBNet-C": (
+        ("k3_e1",),
+        ("k3_e6", "skip", "k3_e1", "k3_e1"),
+        ("k5_e6", "k5_e3", "k5_e6", "k3_e6"),
+        ("k5_e6", "k5_e3", "k5_e6", "k5_e6"),
+        ("k5_e6", "k5_e6", "k5_e6", "k5_e3"),
+        ("k5_e6", "k5_e6", "k5_e6", "k5_e6"),
+        ("k3_e6",),
+    ),
+}
+# The same as HW-NAS-Bench indices (what 22-int architecture strings use).
 PREDEFINED: dict[str, tuple[int, ...]] = {
-    "FBNet-A": (8, 2, 0, 8, 8, 7, 2, 4, 2, 7, 6, 5, 7, 3, 5, 6, 1, 7, 7, 6, 7, 7),
-    "FBNet-B": (0, 3, 4, 0, 0, 7, 6, 3, 7, 7, 4, 8, 6, 7, 0, 4, 6, 7, 4, 7, 7, 3),
-    "FBNet-C": (0, 3, 8, 0, 0, 7, 6, 7, 3, 7, 6, 7, 7, 7, 7, 7, 6, 7, 7, 7, 7, 3),
+    name: tuple(CANDIDATE_INDEX[b] for stage in rows for b in stage) for name, rows in PREDEFINED_NAMES.items()
 }
 
 
@@ -464,7 +510,8 @@ def list_spaces() -> list[str]:
 
 
 __all__ = [
-    "Arch", "ArchError", "BlockSpec", "CANDIDATES", "CANDIDATE_NAMES", "CANDIDATE_INDEX", "FIXED_KINDS",
-    "KeyError_", "LayerShape", "NUM_LAYERS", "Op", "PREDEFINED", "Space", "SpaceError", "asdict",
+    "Arch", "ArchError", "BlockSpec", "CANDIDATES", "CANDIDATE_NAMES", "CANDIDATE_INDEX", "FIXED", "FIXED_KINDS",
+    "KeyError_", "LayerShape", "NUM_LAYERS", "Op", "PREDEFINED", "PREDEFINED_NAMES", "PRIMITIVE_SPECS", "STAGES",
+    "Space", "SpaceError", "asdict",
     "block_op", "get_space", "list_spaces", "parse_key",
 ]

@@ -12,7 +12,7 @@ LAYER = 5  # 24x32x32 -> 32, stride 2: every candidate, skip included, is a real
 
 
 def test_registry_has_one_uniform_constructor_per_block():
-    assert set(CANDIDATE_NAMES) | {"stem", "head"} == set(PRIMITIVES)
+    assert set(CANDIDATE_NAMES) | {"stem", "head", "pool", "fc"} == set(PRIMITIVES)
     for name in CANDIDATE_NAMES:
         m = PRIMITIVES[name](24, 32, 2)
         y = m(torch.randn(2, 24, 32, 32))
@@ -25,8 +25,9 @@ def test_block_structure_follows_fbnet():
     convs = [m for m in g2.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.kernel_size, c.groups, c.stride) for c in convs] == [((1, 1), 2, (1, 1)), ((5, 5), 24, (1, 1)),
                                                                    ((1, 1), 2, (1, 1))]
-    names = [type(m).__name__ for m in g2.body]
-    assert names.index("ChannelShuffle") == 3 and names[-1] == "BatchNorm2d"  # no ReLU after the last 1x1
+    names = [type(m).__name__ for _, m in g2.named_children()]
+    assert names.index("ChannelShuffle") == 1  # right after the first 1x1 (pw)
+    assert type(g2.pwl[-1]).__name__ == "BatchNorm2d"  # no ReLU after the last 1x1
     e6 = build_op(SPACE.layer_op(LAYER, "k3_e6"))
     assert not e6.residual and [c.out_channels for c in e6.modules() if isinstance(c, torch.nn.Conv2d)] == [144, 144, 32]
     e1 = build_op(SPACE.layer_op(LAYER, "k3_e1"))  # paper form: the first 1x1 is there at e = 1
@@ -90,3 +91,14 @@ def test_fixed_ops_export(tmp_path):
         x = example_input(op.input_shape)
         program = Runtime.get().load_program(export_pte(m, x, tmp_path / f"{op.block}.pte"))
         torch.testing.assert_close(program.load_method("forward").execute((x,))[0], m(x), rtol=1e-4, atol=1e-4)
+
+
+def test_registry_is_derived_from_the_declarations_and_names_the_irf_parts():
+    from fbnet.space import PRIMITIVE_SPECS
+
+    assert set(PRIMITIVES) == set(PRIMITIVE_SPECS)  # stem, head, pool, fc are primitives too
+    block = PRIMITIVES["k5_e1_g2"](16, 24, 2)
+    assert [n for n, _ in block.named_children()] == ["pw", "shuffle", "dw", "pwl"]
+    assert block.dw[0].kernel_size == (5, 5) and block.dw[0].stride == (2, 2) and block.pw[0].groups == 2
+    assert isinstance(PRIMITIVES["skip"](16, 16, 1), torch.nn.Identity)
+    assert PRIMITIVES["pool"](8, 8, 1, hw=4)(torch.ones(1, 8, 4, 4)).shape == (1, 8)

@@ -169,3 +169,16 @@ def test_cli_arch_json_and_errors():
     assert bad.returncode == 2 and "22" in bad.stderr and "Traceback" not in bad.stderr
     bad = _cli("ops", "--space", "nope")
     assert bad.returncode == 2 and "unknown space" in bad.stderr
+
+
+def test_space_is_declared_once():
+    """Stage table -> layer count; every primitive (candidates and fixed ops) is one BlockSpec;
+    FBNet-A/B/C are readable per-stage name lists that agree with the published indices."""
+    from fbnet.space import FIXED, NUM_LAYERS, PREDEFINED, PREDEFINED_NAMES, PRIMITIVE_SPECS, STAGES
+
+    assert NUM_LAYERS == sum(n for _, n in STAGES) == len(get_space("fbnet-224").layers)
+    assert set(PRIMITIVE_SPECS) == {*CANDIDATE_NAMES, *(b.name for b in FIXED)}
+    published = json.loads((DATA / "fbnet_archs.json").read_text())["archs"]
+    for name, rows in PREDEFINED_NAMES.items():
+        assert [len(r) for r in rows] == [n for _, n in STAGES]
+        assert list(PREDEFINED[name]) == published[name]
