@@ -14,8 +14,10 @@ import statistics
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from fbnet.wire import Measurement, RunProvenance
 
@@ -47,19 +49,16 @@ class ProtocolConfig:
     cooldown_s: float = 0.0
 
 
-@dataclass(frozen=True)
-class Stats:
-    n: int
-    median_us: float
-    mean_us: float
-    std_us: float
-    min_us: float
-    p10_us: float
-    p90_us: float
-    cv: float
+class Stats(Measurement):
+    """The statistic fields of one op, declared once in :class:`fbnet.wire.Measurement` (the wire
+    form); ``key`` and ``samples_us`` are filled in by :func:`to_measurement`. Adds the CV."""
+
+    @property
+    def cv(self) -> float:
+        return self.std_us / self.mean_us if self.mean_us > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**self.model_dump(exclude={"key", "samples_us"}), "cv": self.cv}
 
 
 def _quantile(sorted_xs: Sequence[float], q: float) -> float:
@@ -78,18 +77,19 @@ def summarize(samples_us: Sequence[float]) -> Stats:
     xs = sorted(float(x) for x in samples_us)
     mean = statistics.fmean(xs)
     std = statistics.pstdev(xs) if len(xs) > 1 else 0.0
-    return Stats(
-        n=len(xs), median_us=statistics.median(xs), mean_us=mean, std_us=std, min_us=xs[0],
-        p10_us=_quantile(xs, 0.10), p90_us=_quantile(xs, 0.90), cv=std / mean if mean > 0 else 0.0,
-    )
+    try:
+        return Stats(
+            key="", n=len(xs), median_us=statistics.median(xs), mean_us=mean, std_us=std, min_us=xs[0],
+            p10_us=_quantile(xs, 0.10), p90_us=_quantile(xs, 0.90),
+        )
+    except ValidationError as e:  # a zero or non-finite sample: not a timing
+        raise NoTimingsError(f"samples are not timings: {e.errors()[0].get('msg')}") from None
 
 
 def to_measurement(key: str, stats: Stats, samples_us: Sequence[float] | None = None) -> Measurement:
-    return Measurement(
-        key=key, n=stats.n, median_us=stats.median_us, mean_us=stats.mean_us, std_us=stats.std_us,
-        min_us=stats.min_us, p10_us=stats.p10_us, p90_us=stats.p90_us,
-        samples_us=list(samples_us) if samples_us is not None else None,
-    )
+    """The wire form of ``stats`` for op ``key`` (with its samples when given)."""
+    return Measurement(**stats.model_dump(exclude={"key", "samples_us"}), key=key,
+                       samples_us=list(samples_us) if samples_us is not None else None)
 
 
 # What a transport tells about the run it makes: the wire schema's provenance part, not a copy of it.

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from fbnet.client import detail
+from fbnet.io import atomic_write
 from fbnet.wire import (
     BatchResult,
     Measurement,
@@ -25,7 +26,6 @@ from fbnet.wire import (
     RunCreate,
     RunFinish,
     RunOut,
-    Table,
     ValidationCreate,
     ValidationOut,
 )
@@ -67,12 +67,8 @@ class RunState:
         return set(self.uploaded) | {m["key"] for m in self.pending}
 
     def save(self) -> None:
-        p = Path(self.path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
         data = {k: v for k, v in asdict(self).items() if k != "path"}
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, p)
+        atomic_write(self.path, json.dumps(data, indent=1, default=str))
 
     @classmethod
     def load(cls, path: Path) -> RunState:
@@ -112,10 +108,6 @@ class Uploader:
                 raise UploadError(f"{method} {url} refused (HTTP {r.status_code}): {detail(r)}")
             return r
         raise ServiceDown(f"service {self.server} unreachable after {self.retries + 1} tries: {last}")
-
-    def get_table(self, space: str) -> Table:
-        r = self._request("GET", f"/tables/{self.device}", params={"space": space})
-        return Table.model_validate(r.json())
 
     def post_validation(self, v: ValidationCreate) -> ValidationOut:
         r = self._request("POST", "/validations", json=v.model_dump(mode="json"))

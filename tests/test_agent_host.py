@@ -59,7 +59,7 @@ def test_wrong_token_is_one_clear_line(live_server, cache, tmp_path):
     live_server.create_device("host-b")
     code, out = run_agent(*profile_args(live_server, "host-b", "not-the-token", cache, tmp_path / "spool",
                                         "--ops", "fc-1504-10"))
-    assert code == 1 and "refused (HTTP 401" in out and "Traceback" not in out, out
+    assert code == 4 and "refused (HTTP 401" in out and "Traceback" not in out, out
 
 
 def test_remeasure_high_cv_keeps_n(live_server, cache, tmp_path):
@@ -83,7 +83,7 @@ def test_service_down_then_up_loses_nothing(tmp_path, cache, monkeypatch):
             "--ops", "fc-1504-10,skip-16x32x32-24-s1", "--cache-dir", str(cache), "--spool-dir", str(spool),
             "--retries", "1", *QUICK]
     code, out = run_agent(*args)
-    assert code == 2, out
+    assert code == 3, out  # Exit.UNREACHABLE
     assert "unreachable" in out and "Nothing is lost" in out and "Traceback" not in out
     (state,) = spool.rglob("*.json")
     saved = json.loads(state.read_text())
@@ -109,7 +109,7 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     common = ["--server", live_server.url, "--device", "host-val", "--token", token, "--space", SPACE,
               "--cache-dir", str(cache), *QUICK]
     code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined")
-    assert code == 1 and "lacks" in out and "stem-3x32x32-16-s1" in out and "Traceback" not in out, out
+    assert code == 2 and "lacks" in out and "stem-3x32x32-16-s1" in out and "Traceback" not in out, out
 
     # a complete table through the real API (a synthetic run: every op 100 us, 2 us per-call overhead)
     from fbnet.space import get_space
@@ -128,7 +128,7 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     r = httpx.get(f"{live_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
     assert r["count"] == 1
     (v,) = r["validations"]
-    from device_agents.cli import random_archs
+    from device_agents.targets import random_archs
 
     arch = random_archs(1, 3)[0]
     assert v["arch"] == list(arch.blocks) and v["label"] == "random-3-0"

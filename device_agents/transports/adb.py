@@ -51,7 +51,7 @@ class AdbTransport(Transport):
                  cpu_mask: str | None = None, timeout_s: float = 600.0, keep: bool = False):
         self.runner = Path(runner)
         if not self.runner.is_file():
-            raise AgentError(f"--runner {runner}: no such file (build it with device_agents/android/build_runner.sh)")
+            raise AgentError(f"runner {runner}: no such file (build it with device_agents/android/build_runner.sh)")
         if cpu_mask:
             sysinfo.cpus_of_mask(cpu_mask)  # validates the hex
         self.serial, self.adb, self.threads, self.cpu_mask = serial, adb, threads, cpu_mask
@@ -71,7 +71,7 @@ class AdbTransport(Transport):
         try:
             p = subprocess.run(self._cmd(args), capture_output=True, text=True, timeout=self.timeout_s)
         except FileNotFoundError as e:
-            raise AgentError(f"adb not found ({self.adb}); install platform-tools or pass --adb PATH") from e
+            raise AgentError(f"adb not found ({self.adb}); install platform-tools or name the adb executable") from e
         except subprocess.TimeoutExpired as e:
             raise AgentError(f"{what}: no answer from adb within {self.timeout_s:.0f} s") from e
         out = (p.stdout or "") + (p.stderr or "")

@@ -36,7 +36,7 @@ class HostTransport(Transport):
         from executorch.runtime import Runtime
 
         if threads < 1:
-            raise AgentError(f"--threads must be >= 1, got {threads}")
+            raise AgentError(f"threads must be >= 1, got {threads}")
         if cpu_mask:
             cpus = sysinfo.cpus_of_mask(cpu_mask)
             avail = os.sched_getaffinity(0)

@@ -38,7 +38,7 @@ class IosTransport(Transport):
     def __init__(self, udid: str, bundle_id: str, compute_units: str = "cpu", xcrun: str = "xcrun",
                  work_dir: Path | str = ".fbnet-ios", timeout_s: float = 1800.0):
         if compute_units not in UNITS:
-            raise AgentError(f"--compute-units {compute_units!r}: use one of {', '.join(UNITS)}")
+            raise AgentError(f"compute units {compute_units!r}: use one of {', '.join(UNITS)}")
         self.udid, self.bundle_id, self.units, self.xcrun = udid, bundle_id, compute_units, xcrun
         self.work = Path(work_dir)
         self.work.mkdir(parents=True, exist_ok=True)

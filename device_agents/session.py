@@ -1,0 +1,185 @@
+"""A profile session: spool, resume, export, measure, finish.
+
+Every step is a method, so a command (or a test, or a benchmark) runs them in order and prints what it
+likes between them::
+
+    s = ProfileSession(server, token, device, space, target, cfg)
+    s.flush_spool(); s.select(ops, limit); s.resume()   # optional
+    s.export(); s.measure(); s.finish()
+
+Measurements go to the spool file before they are sent (:mod:`device_agents.uploader`), so a failure
+mid-run keeps every finished op: :class:`MeasureFailed` says where they are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from device_agents.protocol import AgentError, OpResult, ProtocolConfig, overhead_summary, run_protocol, to_measurement
+from device_agents.targets import Target, default_cache_dir, export_ops, select_ops
+from device_agents.uploader import RunState, ServiceDown, Uploader, UploadError
+
+
+class NothingToResume(ValueError):
+    """No unfinished run of this space and transport is in the spool."""
+
+
+class MeasureFailed(AgentError):
+    """The measurement broke off; the message says where the finished ops are (service or spool)."""
+
+
+class SpooledError(ServiceDown):
+    """The run is measured but the service is down: everything is in the spool."""
+
+
+@dataclass
+class ProfileSession:
+    server: str
+    token: str
+    device: str
+    space: str
+    target: Target = field(default_factory=Target)
+    cfg: ProtocolConfig = field(default_factory=ProtocolConfig)
+    cache_dir: Path | None = None
+    spool_dir: Path | None = None
+    jobs: int = 2
+    retries: int = 3
+    show_progress: bool = True
+    note: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        from fbnet.space import get_space
+
+        self.sp = get_space(self.space)
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        self.selected = select_ops(self.sp, None, None)
+        self.state: RunState | None = None
+        self.programs: dict[str, Path] = {}
+        self.results: dict[str, OpResult] = {}
+        self.overhead_us: float | None = None
+        self.measure_s = 0.0
+        self.sensors_before: tuple[dict, dict] = ({}, {})
+        self.sensors_after: tuple[dict, dict] = ({}, {})
+        self._up: Uploader | None = None
+
+    @property
+    def up(self) -> Uploader:
+        if self._up is None:
+            self._up = Uploader(self.server, self.token, self.device, self.spool_dir, retries=self.retries)
+        return self._up
+
+    # -- steps ------------------------------------------------------------------------------
+    def select(self, ops: str | None = None, limit: int | None = None) -> list:
+        self.selected = select_ops(self.sp, ops, limit)
+        return self.selected
+
+    def flush_spool(self) -> list[str]:
+        """Send what earlier calls left in the spool; a down service is a warning here, not an error."""
+        try:
+            return [f"spool: {line}" for line in self.up.flush_spool()]
+        except ServiceDown as e:
+            return [f"warning: spooled results not sent yet: {e}"]
+
+    def resume(self) -> RunState:
+        """Continue the last unfinished run of this space and transport: its measured ops are skipped."""
+        state = self.up.resumable(self.sp.name, self.target.transport.value)
+        if state is None:
+            raise NothingToResume(f"no unfinished {self.target.transport.value} run of {self.sp.name} for "
+                                  f"{self.device} in {self.up.spool_dir}")
+        self.state = state
+        done = state.measured
+        self.selected = [op for op in self.selected if op.key not in done]
+        self.note(f"resuming run {state.run_id}: {len(done)} ops already measured, {len(self.selected)} to go")
+        return state
+
+    def export(self) -> dict[str, Path]:
+        self.programs = export_ops(self.sp, self.target.fmt, self.cache_dir, self.selected, self.jobs,
+                                   show=self.show_progress)
+        return self.programs
+
+    def _run_create(self, tr):
+        from device_agents import __version__
+        from device_agents.exporters import library_versions
+        from fbnet.wire import RunCreate
+
+        prov = tr.provenance()
+        cfg = self.cfg
+        return RunCreate(
+            **prov.model_dump(exclude={"extra"}),
+            space=self.sp.name, transport=self.target.transport.value, agent_version=__version__,
+            warmup=cfg.warmup, repeats=cfg.repeats, rounds=cfg.rounds, temps_before=self.sensors_before[0],
+            cpu_freqs_before=self.sensors_before[1], started_at=datetime.now(UTC),
+            extra={**prov.extra, "exporter": library_versions(), "seed": cfg.seed, "cv_threshold": cfg.cv_threshold,
+                   "cooldown_s": cfg.cooldown_s, "space_version": self.sp.version},
+        )
+
+    def measure(self) -> dict[str, OpResult]:
+        """Time every selected op with the protocol; each op is spooled (and sent in batches) as it ends."""
+        from device_agents.exporters import overhead_key
+        from fbnet.cli import progress, ticker
+
+        if not self.programs:
+            self.export()
+        tr = self.target.open(self.cache_dir / "ios-work")
+        up = self.up
+        try:
+            tr.prepare(self.programs)
+            self.sensors_before = tr.sensors()
+            if self.state is None:
+                self.state = up.new_run(self._run_create(tr))
+            state = self.state
+            overhead_of = {op.key: overhead_key(op.input_shape) for op in self.selected}
+            t0 = time.monotonic()
+            with progress(enabled=self.show_progress) as prog:
+                task = prog.add_task("measure", total=len(self.selected) * self.cfg.rounds, info="")
+
+                def on_result(r: OpResult) -> None:
+                    self.results[r.key] = r
+                    up.add(state, [to_measurement(r.key, r.stats, r.samples_us)])
+
+                run_protocol(tr, [op.key for op in self.selected], self.cfg, overhead_of, on_result=on_result,
+                             on_sample=ticker(prog, task))
+            self.measure_s = time.monotonic() - t0
+            self.sensors_after = tr.sensors()
+        except AgentError as e:
+            raise MeasureFailed(f"{e}{self._kept()}") from e
+        finally:
+            tr.close()
+        self.overhead_us = overhead_summary(self.results)
+        return self.results
+
+    def _kept(self) -> str:
+        if self.state is None:
+            return ""
+        try:
+            self.up.send(self.state)
+            return f"; {len(self.state.uploaded)} finished ops are on the service in run {self.state.run_id}"
+        except (ServiceDown, UploadError):
+            return f"; {len(self.state.measured)} finished ops spooled in {self.state.path}"
+
+    def finish(self):
+        """Close the run on the service (RunOut). Raises :class:`SpooledError` when the service is down."""
+        from fbnet.wire import RunFinish
+
+        fin = RunFinish(temps_after=self.sensors_after[0], cpu_freqs_after=self.sensors_after[1],
+                        overhead_us=self.overhead_us,
+                        extra={"overhead_us_by_key": {k: r.overhead_us for k, r in self.results.items()},
+                               "remeasured": [k for k, r in self.results.items() if r.remeasured],
+                               "measure_s": round(self.measure_s, 2)})
+        try:
+            return self.up.finish(self.state, fin)
+        except ServiceDown as e:
+            raise SpooledError(f"{e}. Nothing is lost: {len(self.state.measured)} ops spooled in "
+                               f"{self.state.path}; they upload on the next fbnet-agent call (or `fbnet-agent upload`)"
+                               ) from None
+
+    def plan_rows(self) -> list[tuple[str, str, bool]]:
+        """(op key, input shape, cached?) for every selected op: what a dry run shows."""
+        from device_agents.exporters import cache_path
+
+        return [(op.key, "x".join(map(str, op.input_shape)), cache_path(op.key, self.target.fmt, self.cache_dir).exists())
+                for op in self.selected]

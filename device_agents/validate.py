@@ -1,0 +1,149 @@
+"""The validate flow: time whole architectures with the op protocol, next to reference ops of the table
+(the device's drift since the table was measured), and upload measured vs table-predicted latency.
+
+The table comes through :class:`fbnet.client.TableClient` (ETag cache) and every prediction through
+:func:`fbnet.lut.predict`, so validate prices an architecture exactly as the search does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device_agents.protocol import ProtocolConfig, run_protocol
+from device_agents.targets import Target, default_cache_dir, random_archs, reference_ops
+
+
+class NothingToValidate(ValueError):
+    pass
+
+
+@dataclass
+class ArchValidation:
+    label: str
+    arch: object
+    raw_us: float
+    corrected_us: float
+    measured_us: float
+    uploaded_error_pct: float
+
+    @property
+    def raw_error_pct(self) -> float:
+        return 100 * (self.raw_us - self.measured_us) / self.measured_us
+
+
+@dataclass
+class ValidationReport:
+    space: str
+    device: str
+    transport: str
+    table_overhead_us: float | None
+    overhead_correction: bool
+    rows: list[ArchValidation] = field(default_factory=list)
+    drift: float | None = None
+    reference_ops: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[float]:
+        return [abs(r.uploaded_error_pct) for r in self.rows]
+
+
+def label_archs(space, archs: int, seed: int, predefined: bool, extra: list[str] | None):
+    """(label, Arch) pairs: ``archs`` random ones, FBNet-A/B/C, and the given architecture texts."""
+    from fbnet.space import PREDEFINED, Arch
+
+    labelled = [(f"random-{seed}-{i}", a) for i, a in enumerate(random_archs(archs, seed))]
+    if predefined:
+        labelled += [(name, Arch.from_indices(idx)) for name, idx in PREDEFINED.items()]
+    labelled += [(f"arch-{i}", Arch.parse(a)) for i, a in enumerate(extra or [])]
+    if not labelled:
+        raise NothingToValidate("nothing to validate: no random, predefined or given architecture")
+    return labelled
+
+
+def arch_key(arch) -> str:
+    return "arch-" + hashlib.sha256(arch.to_text().encode()).hexdigest()[:12]
+
+
+def fetch_table(server: str, token: str, device: str, space: str, cache_dir: Path,
+                on_warning: Callable[[str], None] | None = None):
+    """The device's served table (the one table fetcher, with its ETag cache beside the export cache)."""
+    from fbnet.client import TableClient
+
+    with TableClient(server, Path(cache_dir).parent / "tables", token=token, on_warning=on_warning) as c:
+        return c.fetch(device, space).table
+
+
+def validate(server: str, token: str, device: str, space: str, labelled, *, target: Target | None = None,
+             cfg: ProtocolConfig | None = None, cache_dir: Path | None = None, jobs: int = 2,
+             n_reference: int = 8, overhead_correction: bool = False, show_progress: bool = True,
+             note: Callable[[str], None] = print) -> ValidationReport:
+    from device_agents.exporters import export_archs, export_space, fingerprint
+    from device_agents.uploader import Uploader
+    from fbnet.cli import progress, ticker
+    from fbnet.lut import TableError, latencies, predict
+    from fbnet.space import get_space
+    from fbnet.wire import ValidationCreate
+
+    target = target or Target()
+    cfg = cfg or ProtocolConfig()
+    sp = get_space(space)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    fmt = target.fmt
+    table = fetch_table(server, token, device, sp.name, cache_dir, on_warning=lambda m: note(f"warning: {m}"))
+    _, missing = latencies(table, [op.key for _, a in labelled for op in sp.arch_ops(a, with_identity=True)])
+    if missing:
+        raise TableError(f"the table of {device} for {sp.name} lacks {len(missing)} op(s) these architectures use: "
+                         f"{', '.join(sorted(missing))}; run `fbnet-agent profile` for them first")
+
+    folder = cache_dir / f"arch-{fmt}-{fingerprint(fmt)}" / sp.name
+    keys = {label: arch_key(a) for label, a in labelled}
+    todo = {keys[label]: (a, folder / f"{keys[label]}.{fmt}") for label, a in labelled}
+    with progress(enabled=show_progress) as prog:
+        task = prog.add_task("export", total=len(todo), info="")
+        programs = export_archs(sp, todo, fmt, jobs=jobs,
+                                progress=lambda key, path, cached: prog.update(task, advance=1, info=key))
+    # Reference ops from the table, timed in the same interleaved rounds as the whole models: how much
+    # faster or slower the device is now than when its table was measured (shared hosts, thermal state).
+    refs = reference_ops(sp, [a for _, a in labelled], n_reference)
+    arch_shapes = {k: sp.input_shape for k in programs}
+    if refs:
+        programs.update(export_space(sp, fmt, cache_dir, ops=refs, jobs=jobs))
+    tr = target.open(cache_dir / "ios-work")
+    if hasattr(tr, "input_shapes"):
+        tr.input_shapes.update(arch_shapes)
+    try:
+        tr.prepare(programs)
+        with progress(enabled=show_progress) as prog:
+            task = prog.add_task("measure", total=len(programs) * cfg.rounds, info="")
+            results = run_protocol(tr, list(programs), cfg, on_sample=ticker(prog, task))
+    finally:
+        tr.close()
+
+    table_us = {e.key: e.latency_us for e in table.entries}
+    drift = statistics.median(results[op.key].stats.median_us / table_us[op.key] for op in refs) if refs else None
+    report = ValidationReport(sp.name, device, target.transport.value, table.overhead_us, overhead_correction,
+                              drift=drift, reference_ops=[op.key for op in refs])
+    up = Uploader(server, token, device)
+    try:
+        for label, a in labelled:
+            r = results[keys[label]]
+            pred = predict(table, a, sp, overhead_us=table.overhead_us or 0.0)  # one lookup: both sums
+            raw, fixed = pred["raw_sum_us"], pred["latency_us"]
+            v = ValidationCreate(
+                space=sp.name, arch=list(a.blocks), predicted_us=fixed if overhead_correction else raw,
+                measured_us=r.stats.median_us, n=r.stats.n, std_us=r.stats.std_us, table_version=table.version,
+                label=label,
+                extra={"raw_sum_us": raw, "overhead_corrected_us": fixed, "overhead_correction": overhead_correction,
+                       "table_overhead_us": table.overhead_us, "n_ops": len(sp.arch_ops(a)),
+                       "threads": target.threads, "transport": target.transport.value, "p10_us": r.stats.p10_us,
+                       "p90_us": r.stats.p90_us, "drift": drift, "reference_ops": report.reference_ops},
+            )
+            out = up.post_validation(v)
+            report.rows.append(ArchValidation(label, a, raw, fixed, r.stats.median_us, out.error_pct))
+    finally:
+        up.close()
+    return report
