@@ -4,9 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test demo lint venv clean
+RUNNER := build/runner/fbnet-runner
+RUNNER_SRC := device_agents/runner/fbnet_runner.cpp device_agents/runner/CMakeLists.txt
+
+.PHONY: test demo lint venv clean runner
 
 venv: $(STAMP)
+runner: $(RUNNER)
 
 # Re-installs only when the project's metadata changes. torch is installed on its own first so
 # that nothing later pulls another (CUDA) build.
@@ -17,7 +21,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-test: $(STAMP)
+# fbnet-runner, our C++ runner, against the installed executorch wheel's CMake package (cmake, g++,
+# ninja from the system); rebuilt when its source or the wheel changes.
+$(RUNNER): $(RUNNER_SRC) $(STAMP)
+	cmake -S device_agents/runner -B build/runner -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -Dexecutorch_DIR=$$($(PY) -c 'import executorch; print(list(executorch.__path__)[0])')/share/cmake
+	cmake --build build/runner
+
+test: $(STAMP) $(RUNNER)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -28,4 +39,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .fbnet-cache demo-out
+	rm -rf $(VENV) .fbnet-cache demo-out build

@@ -33,7 +33,9 @@ Server = Annotated[str, typer.Option("--server", envvar="FBNET_SERVER", help="pr
 Device = Annotated[str, typer.Option("--device", help="device name registered on the service")]
 Token = Annotated[str, typer.Option("--token", envvar="FBNET_AGENT_TOKEN", help="the device's agent token")]
 SpaceOpt = Annotated[str, typer.Option("--space", help="fbnet-224, fbnet-cifar or fbnet-<res>[-w<width>]")]
-TransportOpt = Annotated[TransportName, typer.Option("--transport", help="where the ops run")]
+TransportOpt = Annotated[TransportName, typer.Option("--transport", help=(
+    "where the ops run: host (pybindings in this process), native (our C++ fbnet-runner on this machine), "
+    "adb (an Android phone), ios (an iPhone)"))]
 Warmup = Annotated[int, typer.Option(min=0, help="untimed executions before the timed ones, same process")]
 Repeats = Annotated[int, typer.Option(min=1, help="timed executions per op per round")]
 Rounds = Annotated[int, typer.Option(min=1, help="interleaved rounds over the op list (shuffled per round)")]
@@ -47,7 +49,9 @@ CvThreshold = Annotated[float, typer.Option("--cv-threshold", help="re-measure o
 Cooldown = Annotated[float, typer.Option("--cooldown", min=0, help="seconds to rest after each op")]
 Retries = Annotated[int, typer.Option(min=0, help="retries per request (exponential backoff) before spooling")]
 Serial = Annotated[str | None, typer.Option("--serial", help="adb: device serial (adb -s)")]
-Runner = Annotated[Path | None, typer.Option("--runner", help="adb: executor_runner built for the phone (android/build_runner.sh)")]
+Runner = Annotated[Path | None, typer.Option("--runner", help=(
+    "adb: fbnet-runner or upstream executor_runner built for the phone (android/build_runner.sh); "
+    "native: fbnet-runner [default: $FBNET_RUNNER, else build/runner/fbnet-runner from `make runner`]"))]
 AdbPath = Annotated[str, typer.Option("--adb", help="adb: the adb executable")]
 Udid = Annotated[str | None, typer.Option("--udid", help="ios: the iPhone's UDID / CoreDevice id")]
 BundleId = Annotated[str, typer.Option("--bundle-id", help="ios: bundle id of the CoreMLBench app")]

@@ -112,6 +112,19 @@ class Transport(ABC):
         """Time each key in the given order: ``warmup`` untimed then ``repeats`` timed runs in one process;
         call ``on_done(key, samples_us)`` as each key finishes. Raises an :class:`AgentError` on failure."""
 
+    def measure_rounds(self, orders: Sequence[Sequence[str]], warmup: int, repeats: int,
+                       on_done: Callable[[int, str, list[float]], None], cooldown_s: float = 0.0) -> None:
+        """Every round of a round set, in order: ``orders[r]`` is round r's program order; call
+        ``on_done(r, key, samples_us)`` as each finishes and rest ``cooldown_s`` after each. The default
+        runs :meth:`measure` once per round; a transport with a native runner runs them in one process."""
+        for r, keys in enumerate(orders):
+            def done(k: str, xs: list[float], r=r) -> None:
+                on_done(r, k, xs)
+                if cooldown_s > 0:
+                    time.sleep(cooldown_s)
+
+            self.measure(keys, warmup, repeats, done)
+
     @abstractmethod
     def provenance(self) -> Provenance: ...
 
@@ -162,6 +175,7 @@ def run_protocol(
             on_result(res)
 
     def rounds_over(keys: list[str], store: dict[str, list[float]], final: Callable[[str], None]) -> None:
+        orders = []
         for r in range(cfg.rounds):
             rng = random.Random(cfg.seed * 1000 + r)
             # overhead programs first, so an op's overhead is known the moment its last round ends
@@ -169,20 +183,18 @@ def run_protocol(
             ops_ = [k for k in keys if k not in ov_set]
             rng.shuffle(ovs)
             rng.shuffle(ops_)
-            last = r == cfg.rounds - 1
+            orders.append([*ovs, *ops_])
 
-            def done(k: str, xs: list[float], last=last) -> None:
-                if len(xs) != cfg.repeats:
-                    raise NoTimingsError(f"{k}: expected {cfg.repeats} timed iterations, got {len(xs)}")
-                store[k].extend(xs)
-                if on_sample and k not in ov_set:
-                    on_sample(k)
-                if last:
-                    final(k)
-                if cfg.cooldown_s > 0:
-                    time.sleep(cfg.cooldown_s)
+        def done(r: int, k: str, xs: list[float]) -> None:
+            if len(xs) != cfg.repeats:
+                raise NoTimingsError(f"{k}: expected {cfg.repeats} timed iterations, got {len(xs)}")
+            store[k].extend(xs)
+            if on_sample and k not in ov_set:
+                on_sample(k)
+            if r == cfg.rounds - 1:
+                final(k)
 
-            transport.measure([*ovs, *ops_], cfg.warmup, cfg.repeats, done)
+        transport.measure_rounds(orders, cfg.warmup, cfg.repeats, done, cfg.cooldown_s)
 
     high_cv: list[str] = []
 

@@ -64,6 +64,7 @@ class ProfileSession:
         self.measure_s = 0.0
         self.sensors_before: tuple[dict, dict] = ({}, {})
         self.sensors_after: tuple[dict, dict] = ({}, {})
+        self.runner_events: list[dict] = []  # a native runner's per-round sensors and reference medians
         self._up: Uploader | None = None
 
     @property
@@ -148,6 +149,7 @@ class ProfileSession:
         except AgentError as e:
             raise MeasureFailed(f"{e}{self._kept()}") from e
         finally:
+            self.runner_events = list(getattr(tr, "events", []))
             tr.close()
         self.overhead_us = overhead_summary(self.results)
         return self.results
@@ -169,7 +171,8 @@ class ProfileSession:
                         overhead_us=self.overhead_us,
                         extra={"overhead_us_by_key": {k: r.overhead_us for k, r in self.results.items()},
                                "remeasured": [k for k, r in self.results.items() if r.remeasured],
-                               "measure_s": round(self.measure_s, 2)})
+                               "measure_s": round(self.measure_s, 2),
+                               **({"runner_rounds": self.runner_events} if self.runner_events else {})})
         try:
             return self.up.finish(self.state, fin)
         except ServiceDown as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 class TransportName(StrEnum):
     host = "host"
+    native = "native"
     adb = "adb"
     ios = "ios"
 
@@ -52,6 +53,10 @@ class Target:
             from device_agents.transports.host import HostTransport
 
             return HostTransport(threads=self.threads, cpu_mask=self.cpu_mask)
+        if self.transport is TransportName.native:
+            from device_agents.transports.native import NativeTransport
+
+            return NativeTransport(runner=self.runner, threads=self.threads, cpu_mask=self.cpu_mask)
         if self.transport is TransportName.adb:
             from device_agents.transports.adb import AdbTransport
 

@@ -155,7 +155,7 @@ class RunCreate(RunProvenance):
         default=None,
         description="the device the run belongs to; defaults to the token's device, required with the admin token",
     )
-    transport: Literal["host", "adb", "ios", "import", "other"] = "host"
+    transport: Literal["host", "native", "adb", "ios", "import", "other"] = "host"
     agent_version: str = Field(max_length=64)
     warmup: int | None = Field(default=None, ge=0, le=MAX_INT)
     repeats: int | None = Field(default=None, ge=1, le=MAX_INT)

@@ -1,9 +1,16 @@
-"""adb transport: ExecuTorch's ``executor_runner`` on an Android phone (DEVICES.md section 1).
+"""adb transport: a runner on an Android phone (DEVICES.md section 1).
 
-Pushes the runner and the programs under ``/data/local/tmp/fbnet/``, runs each op as one runner
-process (``--num_executions`` = warm-up + timed, so warm-up and timing share the process), pinned with
-``taskset``, parses the ``Iteration i of N: X ms`` lines from the shell's output or, for a runner
-that logs to logcat (the Android PAL), from ``logcat -d -s ExecuTorch:I``, and drops the warm-ups.
+Pushes the runner and every program once under ``/data/local/tmp/fbnet/``. Two runners:
+
+- **our fbnet-runner** (device_agents/runner, built for arm64 by android/build_runner.sh): one
+  process per round set (``measure_rounds``): the plan (round orders), threads and CPU mask go in,
+  one JSON line per (round, op) comes out on stdout, whichever PAL its logs use.
+- **upstream's executor_runner** (so nobody has to rebuild to profile): one process per op
+  (``--num_executions`` = warm-up + timed, so warm-up and timing share the process), pinned with
+  ``taskset``; the ``Iteration i of N: X ms`` lines are parsed from the shell's output or, for a
+  runner that logs to logcat (the Android PAL), from ``logcat -d -s ExecuTorch:I``.
+
+The binary tells them apart (:func:`device_agents.transports.runner.is_fbnet_runner`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from device_agents.protocol import (
     RunnerCrashError,
     Transport,
 )
+from device_agents.transports import runner as rn
 
 DEVICE_DIR = "/data/local/tmp/fbnet"
 ITERATION = re.compile(r"Iteration (\d+) of (\d+): ([0-9.]+) ms")
@@ -58,6 +66,9 @@ class AdbTransport(Transport):
         self.timeout_s, self.keep = timeout_s, keep
         self.remote: dict[str, str] = {}
         self.use_logcat = False
+        self.ours = rn.is_fbnet_runner(self.runner)
+        self.runner_info: dict | None = None
+        self.events: list[dict] = []  # fbnet-runner's per-round sensor reads and reference medians
         self._props: dict[str, str] | None = None
         state = self._adb(["get-state"], what="adb get-state").stdout.strip()
         if state != "device":
@@ -87,13 +98,56 @@ class AdbTransport(Transport):
     # -- transport ------------------------------------------------------------------------
     def prepare(self, programs: dict[str, Path]) -> None:
         self.shell(f"mkdir -p {DEVICE_DIR}", "mkdir")
-        self._adb(["push", str(self.runner), f"{DEVICE_DIR}/executor_runner"], "push runner")
-        self.shell(f"chmod 755 {DEVICE_DIR}/executor_runner", "chmod runner")
+        self._adb(["push", str(self.runner), f"{DEVICE_DIR}/{self._exe}"], "push runner")
+        self.shell(f"chmod 755 {DEVICE_DIR}/{self._exe}", "chmod runner")
         paths = [Path(p) for p in programs.values()]
         for i in range(0, len(paths), 64):
             self._adb(["push", "--sync", *map(str, paths[i:i + 64]), f"{DEVICE_DIR}/"], "push programs")
         self.remote.update({k: f"{DEVICE_DIR}/{Path(p).name}" for k, p in programs.items()})
         self._adb(["logcat", "-c"], "logcat -c", check=False)
+        if self.ours:
+            v = self.shell(f"{DEVICE_DIR}/{self._exe} --version", "fbnet-runner --version", check=False)
+            self.runner_info = rn.runner_version(v.stdout or "")
+            self._push_text("programs.txt", "".join(f"{k}={Path(p).name}\n" for k, p in programs.items()))
+            cmd = f"cd {DEVICE_DIR} && ./{self._exe} {self._our_flags()} --load-only --programs=programs.txt"
+            self._stream(cmd, lambda *a: None, 0, 0, "loading the programs on the phone")
+
+    @property
+    def _exe(self) -> str:
+        return "fbnet-runner" if self.ours else "executor_runner"
+
+    def _our_flags(self) -> str:
+        return shlex.join([f"--threads={self.threads}", *([f"--cpu-mask={self.cpu_mask}"] if self.cpu_mask else [])])
+
+    def _push_text(self, name: str, text: str) -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            local = Path(d) / name
+            local.write_text(text)
+            self._adb(["push", str(local), f"{DEVICE_DIR}/{name}"], f"push {name}")
+
+    def _stream(self, command: str, on_done, expected: int, total: int, where: str) -> None:
+        try:
+            rn.stream(self._cmd(["shell", command]), on_done, expected, total, where=f"adb, {where}",
+                      timeout_s=self.timeout_s, log=self.events)
+        except FileNotFoundError as e:
+            raise AgentError(f"adb not found ({self.adb}); install platform-tools or name the adb executable") from e
+        except AgentError as e:
+            if _LOST.search(str(e)):
+                raise DeviceLostError(f"adb: device {self.serial or '(default)'} lost: {e}") from e
+            raise
+
+    def measure_rounds(self, orders, warmup, repeats, on_done, cooldown_s: float = 0.0) -> None:
+        if not self.ours:
+            return super().measure_rounds(orders, warmup, repeats, on_done, cooldown_s)
+        keys = list(dict.fromkeys(k for order in orders for k in order))
+        self._push_text("programs.txt", "".join(f"{k}={Path(self.remote[k]).name}\n" for k in keys))
+        self._push_text("plan.txt", rn.plan_text(orders))
+        cmd = (f"cd {DEVICE_DIR} && ./{self._exe} {self._our_flags()} --warmup={warmup} --repeats={repeats} "
+               f"--plan=plan.txt --programs=programs.txt --cooldown-ms={cooldown_s * 1000:g} --sensors --sysfs=/sys/")
+        self._stream(cmd, on_done, repeats, sum(len(o) for o in orders),
+                     f"{len(orders)} round(s) of {len(keys)} programs")
 
     def _run_cmd(self, key: str, total: int) -> str:
         runner = [f"{DEVICE_DIR}/executor_runner", f"--model_path={self.remote[key]}",
@@ -104,6 +158,8 @@ class AdbTransport(Transport):
 
     def measure(self, keys: Sequence[str], warmup: int, repeats: int,
                 on_done: Callable[[str, list[float]], None]) -> None:
+        if self.ours:
+            return self.measure_rounds([list(keys)], warmup, repeats, lambda r, k, xs: on_done(k, xs))
         total = warmup + repeats
         for key in keys:
             if self.use_logcat:
@@ -137,13 +193,18 @@ class AdbTransport(Transport):
         soc = p.get("ro.soc.model") or p.get("ro.board.platform") or p.get("ro.product.board")
         os_ = f"Android {p.get('ro.build.version.release', '?')} (API {p.get('ro.build.version.sdk', '?')})"
         digest = hashlib.sha256(self.runner.read_bytes()).hexdigest()[:12]
+        if self.ours and self.runner_info:
+            info = self.runner_info
+            rt_version = str(info.get("executorch", "?")).split("+")[0]
+            build = f"fbnet-runner {info.get('version')} ({info.get('build')}) sha256:{digest}"
+        else:  # upstream's runner does not say its version: the host's wheel is the best guess
+            rt_version, build = version("executorch"), f"executor_runner {self.runner.name} sha256:{digest}"
         return Provenance(
-            runtime="executorch-xnnpack", runtime_version=version("executorch"),
-            build=f"executor_runner {self.runner.name} sha256:{digest}", threads=self.threads,
+            runtime="executorch-xnnpack", runtime_version=rt_version, build=build, threads=self.threads,
             cpu_mask=self.cpu_mask, host=self.serial or p.get("ro.serialno"),
             device_model=" ".join(x for x in (p.get("ro.product.manufacturer"), p.get("ro.product.model")) if x)
             or None, soc=soc, os=os_,
-            extra={"board": p.get("ro.product.board"), "abi": p.get("ro.product.cpu.abi"),
+            extra={"runner": self.runner_info or {"runner": "executor_runner"}, "board": p.get("ro.product.board"), "abi": p.get("ro.product.cpu.abi"),
                    "fingerprint": p.get("ro.build.fingerprint"), "max_freqs_mhz": self._max_freqs()},
         )
 

@@ -67,3 +67,11 @@ def runs(server, device: str) -> list[dict]:
     r = httpx.get(f"{server.url}/runs", params={"device": device}, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def host_runner() -> Path:
+    """The host build of fbnet-runner (``make runner``), built here when missing (plain pytest runs)."""
+    from device_agents.transports.runner import build_runner, default_runner
+
+    path = default_runner()
+    return path if path.is_file() else build_runner()
