@@ -39,7 +39,13 @@ def cache(tmp_path_factory):
 
 
 def programs(cache):
-    return {p.stem: p for p in cache.glob("pte-*/*.pte") if p.stem in ADB_OPS or p.stem.startswith("overhead-")}
+    """ADB_OPS and their one overhead program (the cache is shared with other test modules)."""
+    from device_agents.exporters import cache_path, overhead_key
+    from fbnet.space import get_space
+
+    sp = get_space(SPACE)
+    keys = [*ADB_OPS, *{overhead_key(sp.op_by_key[k].input_shape) for k in ADB_OPS}]
+    return {k: cache_path(k, "pte", cache) for k in keys}
 
 
 def test_runner_prints_every_sample_version_and_rounds(runner, cache):
