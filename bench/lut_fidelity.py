@@ -46,6 +46,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--transport", choices=["host", "native"], default="host",
+                   help="host: the Python pybindings transport; native: our C++ fbnet-runner (`make runner`)")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache" / "exports")
     p.add_argument("--json", type=Path, help="write the results here")
     a = p.parse_args()
@@ -56,7 +58,7 @@ def main() -> None:
             LocalServer(f"sqlite:///{tmp}/fbnet.db", tmp) as server:
         token = server.create_device(device, platform="linux", runtime="executorch-xnnpack")
         common = ["--server", server.url, "--device", device, "--token", token, "--space", a.space,
-                  "--transport", "host", "--warmup", a.warmup, "--repeats", a.repeats, "--rounds", a.rounds,
+                  "--transport", a.transport, "--warmup", a.warmup, "--repeats", a.repeats, "--rounds", a.rounds,
                   "--threads", a.threads, "--cache-dir", a.cache_dir, "--seed", a.seed]
         t_prof = time.monotonic()
         run(BIN / "fbnet-agent", "profile", *common)
@@ -67,7 +69,8 @@ def main() -> None:
         table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space}, timeout=60).json()
 
     rows = sorted(summary["validations"], key=lambda v: v["measured_us"])
-    t = Table(title=f"LUT fidelity: {a.space} on the host ({a.threads} thread), {len(rows)} random architectures")
+    t = Table(title=f"LUT fidelity: {a.space} on the host ({a.transport} transport, {a.threads} thread), "
+                    f"{len(rows)} random architectures")
     for col in ("arch", "predicted us", "measured us", "error %"):
         t.add_column(col, justify="left" if col == "arch" else "right")
     for v in rows:
@@ -86,7 +89,7 @@ def main() -> None:
     console.print(s)
     if a.json:
         a.json.write_text(json.dumps({
-            "space": a.space, "threads": a.threads, "seed": a.seed,
+            "space": a.space, "threads": a.threads, "seed": a.seed, "transport": a.transport,
             "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],
             "drift": drift,
             "archs": [{"label": v["label"], "arch": v["arch"], "predicted_us": v["predicted_us"],

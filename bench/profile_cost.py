@@ -7,6 +7,14 @@ Repeatability = per op |median_1 - median_2| / mean of the two, in percent. Uplo
 HTTP batch per 16 ops; milliseconds).
 
     .venv/bin/python bench/profile_cost.py [--spaces fbnet-cifar,fbnet-224] [--json FILE]
+
+``--transports host,native`` times the same programs with the Python host transport (pybindings in
+this process) and our C++ fbnet-runner (``--transport native``, one process per round set), two
+measurements each, alternating (host, native, host, native) so that the machine's drift hits both;
+the second table gives each transport's time to measure, the per-op ratio of medians native/host
+(median and p10-p90 over ops) and each one's repeatability.
+
+    .venv/bin/python bench/profile_cost.py --spaces fbnet-cifar --transports host,native --json FILE
 """
 
 from __future__ import annotations
@@ -30,6 +38,60 @@ def measure(tr, keys, overhead_of, cfg):
     t0 = time.perf_counter()
     res = run_protocol(tr, keys, cfg, overhead_of)
     return time.perf_counter() - t0, res
+
+
+def _repeat(r1: dict, r2: dict, keys) -> list[float]:
+    return sorted(abs(r1[k].stats.median_us - r2[k].stats.median_us)
+                  / ((r1[k].stats.median_us + r2[k].stats.median_us) / 2) * 100 for k in keys)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return xs[int(q * (len(xs) - 1))]
+
+
+def bench_transports(name: str, cache: Path, jobs: int, cfg, threads: int, transports: list[str]) -> dict:
+    """The same programs, same protocol, through each transport twice (alternating)."""
+    from device_agents.exporters import export_space, overhead_key
+    from device_agents.transports.host import HostTransport
+    from device_agents.transports.native import NativeTransport
+    from fbnet.space import get_space
+
+    sp = get_space(name)
+    ops = [op for op in sp.ops if not op.is_identity]
+    programs = export_space(sp, "pte", cache, ops=ops, jobs=jobs, overheads=True)
+    keys = [op.key for op in ops]
+    overhead_of = {op.key: overhead_key(op.input_shape) for op in ops}
+    make = {"host": lambda: HostTransport(threads=threads), "native": lambda: NativeTransport(threads=threads)}
+    trs, load_s, runs = {}, {}, {t: [] for t in transports}
+    for t in transports:
+        t0 = time.perf_counter()
+        trs[t] = make[t]()
+        trs[t].prepare(programs)
+        load_s[t] = time.perf_counter() - t0
+    for _ in range(2):
+        for t in transports:
+            runs[t].append(measure(trs[t], keys, overhead_of, cfg))
+    for tr in trs.values():
+        tr.close()
+    out = {"space": name, "ops": len(keys), "transports": {}}
+    for t in transports:
+        (m1, r1), (m2, r2) = runs[t]
+        d = _repeat(r1, r2, keys)
+        out["transports"][t] = {
+            "load_s": round(load_s[t], 2), "measure_s": [round(m1, 1), round(m2, 1)],
+            "repeat_median_abs_diff_pct": round(statistics.median(d), 2), "repeat_p90_abs_diff_pct": round(_pct(d, 0.9), 2),
+            "sum_of_medians_us": [round(sum(r1[k].stats.median_us for k in keys), 1),
+                                  round(sum(r2[k].stats.median_us for k in keys), 1)],
+            "overhead_us": round(statistics.median(r1[k].overhead_us for k in keys if r1[k].overhead_us), 2),
+            "medians_us": {k: round(statistics.fmean([r1[k].stats.median_us, r2[k].stats.median_us]), 2) for k in keys},
+        }
+    if "host" in transports and "native" in transports:
+        h, n = out["transports"]["host"]["medians_us"], out["transports"]["native"]["medians_us"]
+        ratios = sorted(n[k] / h[k] for k in keys)
+        out["native_over_host"] = {"median": round(statistics.median(ratios), 3), "p10": round(_pct(ratios, 0.1), 3),
+                                   "p90": round(_pct(ratios, 0.9), 3), "min": round(ratios[0], 3),
+                                   "max": round(ratios[-1], 3)}
+    return out
 
 
 def bench_space(name: str, cache: Path, jobs: int, cfg, threads: int) -> dict:
@@ -82,6 +144,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cache-dir", type=Path, help="export cache (default: a fresh temporary folder = cold)")
     ap.add_argument("--json", type=Path, help="write the rows as JSON")
+    ap.add_argument("--transports", help="compare transports on the same programs, e.g. host,native (skips the "
+                    "export-cost table)")
     args = ap.parse_args()
 
     from device_agents.protocol import ProtocolConfig
@@ -93,6 +157,32 @@ def main() -> None:
         tmp = tempfile.mkdtemp(prefix="fbnet-profile-cost-")
         cache = Path(tmp)
     rows = []
+    if args.transports:
+        try:
+            for name in args.spaces.split(","):
+                print(f"[{name}] {args.transports}: measuring twice each ...", file=sys.stderr, flush=True)
+                rows.append(bench_transports(name, cache, args.jobs, cfg, args.threads, args.transports.split(",")))
+        finally:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+        print("| space | transport | load s | measure s (run 1/2) | sum of medians us (1/2) | overhead us | "
+              "repeat median \\|d\\| % | p90 \\|d\\| % |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            for t, x in r["transports"].items():
+                print(f"| {r['space']} | {t} | {x['load_s']} | {x['measure_s'][0]} / {x['measure_s'][1]} | "
+                      f"{x['sum_of_medians_us'][0]} / {x['sum_of_medians_us'][1]} | {x['overhead_us']} | "
+                      f"{x['repeat_median_abs_diff_pct']} | {x['repeat_p90_abs_diff_pct']} |")
+            if "native_over_host" in r:
+                q = r["native_over_host"]
+                print(f"per-op median ratio native/host ({r['space']}): median {q['median']}, p10 {q['p10']}, "
+                      f"p90 {q['p90']}, range {q['min']}-{q['max']}")
+        meta = {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg(), "threads": args.threads,
+                "protocol": {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds}}
+        print(json.dumps(meta))
+        if args.json:
+            args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        return
     try:
         for name in args.spaces.split(","):
             print(f"[{name}] exporting, loading, measuring twice ...", file=sys.stderr, flush=True)
