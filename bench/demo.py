@@ -26,6 +26,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from fbnet.archfile import read_arch_file  # noqa: E402
 from profiler_server.local import LocalServer  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -104,8 +105,8 @@ def main() -> None:
             "--data", a.data, "--epochs", a.epochs, "--warmup-epochs", a.warmup_epochs, "--batch-size", a.batch_size,
             "--alpha", a.alpha, "--beta", a.beta, "--subset", a.subset, "--seed", a.seed, "--out", search_dir,
             "--cache-dir", cache / "tables"))
-        found = json.loads((search_dir / "arch.json").read_text())
-        arch_text = ",".join(found["arch"])
+        found = read_arch_file(search_dir)
+        arch_text = ",".join(found.arch)
 
         step(5, total, "train the found architecture from scratch (briefly)")
         child_dir = out / "child"
@@ -145,14 +146,14 @@ def main() -> None:
                 r.raise_for_status()
                 (plots / name).write_bytes(r.content)
             summary = c.get(f"/validations/{device}", params={"space": a.space}).json()
-        mine = next(v for v in summary["validations"] if v["arch"] == found["arch"])
+        mine = next(v for v in summary["validations"] if v["arch"] == found.arch)
     finally:
         server.stop()
 
     t = Table(title="fbnet-lut demo: the loop closed on this machine", show_header=False)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("device / space", f"{device} / {a.space}  (table {found['table_version']})")
+    t.add_row("device / space", f"{device} / {a.space}  (table {found.table_version})")
     t.add_row("found architecture", arch_text)
     t.add_row("child accuracy", f"{100 * child['test_acc']:.1f}% on {a.data} test "
                                 f"({a.child_epochs} epochs, {a.child_subset} images)")

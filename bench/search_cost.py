@@ -34,9 +34,12 @@ sys.path.insert(0, str(REPO))
 from fbnet.client import get_table  # noqa: E402
 from fbnet.lut import build_lut  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
+from search.child import ChildConfig, train_child  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
 from search.data import load_dataset  # noqa: E402
+from search.dist import DistEnv  # noqa: E402
 from search.supernet import ArchParams, Supernet  # noqa: E402
-from search.trainer import ChildConfig, SearchConfig, run_search, train_child  # noqa: E402
+from search.trainer import run_search  # noqa: E402
 
 
 def peak_mb(device: torch.device) -> float:
@@ -145,8 +148,6 @@ def main() -> None:
 
     data = load_dataset("fashion-mnist", space.resolution, subset=a.subset, seed=0, num_classes=space.num_classes)
     cfg = SearchConfig(epochs=a.epochs, warmup_epochs=a.warmup_epochs, batch_size=a.batch, seed=0)
-    from search.trainer import DistEnv
-
     t = time.perf_counter()
     sr = run_search(cfg, space, lut, data, a.out, progress=False, tensorboard=False, env=DistEnv(device=device))
     search_s = time.perf_counter() - t

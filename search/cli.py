@@ -29,8 +29,6 @@ class Fmt(StrEnum):
     json = "json"
 
 
-
-
 def _space(name: str):
     try:
         return get_space(name)
@@ -132,17 +130,13 @@ def _lut(space, table):
         fail(str(e))
 
 
-def _load_arch_json(path: Path) -> dict:
-    p = path / "arch.json" if path.is_dir() else path
+def _arch_file(path: Path):
+    from fbnet.archfile import ArchFileError, read_arch_file
+
     try:
-        doc = json.loads(p.read_text())
-    except FileNotFoundError:
-        fail(f"{p} does not exist (write it with `fbnet-search run --out DIR`)")
-    except ValueError as e:
-        fail(f"{p} is not JSON: {e}")
-    if not isinstance(doc, dict) or "arch" not in doc:
-        fail(f"{p} has no 'arch': not the output of `fbnet-search run`")
-    return doc
+        return read_arch_file(path)
+    except ArchFileError as e:
+        fail(str(e))
 
 
 def _arch_from(arch_text: str | None, from_file: Path | None) -> tuple[Arch, dict]:
@@ -150,11 +144,8 @@ def _arch_from(arch_text: str | None, from_file: Path | None) -> tuple[Arch, dic
         fail("give exactly one of --arch ARCH or --from DIR/arch.json")
     if arch_text is not None:
         return _arch(arch_text), {}
-    doc = _load_arch_json(from_file)
-    try:
-        return Arch(tuple(doc["arch"])), doc
-    except (ArchError, TypeError) as e:
-        fail(f"{from_file}: {e}")
+    doc = _arch_file(from_file)
+    return doc.architecture, {k: v for k, v in {"arch": doc.arch, "space": doc.space}.items() if v is not None}
 
 
 @app.command()
@@ -244,12 +235,14 @@ def run(
     cache_dir: Path = CACHE_OPT,
     token: str = TOKEN_OPT,
     cpu: bool = typer.Option(False, "--cpu", help="stay on the CPU even if CUDA is available"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="rich progress bars"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars (one plain line per epoch when no terminal is attached)"),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="write DIR/tb"),
 ):
     """FBNet DNAS on a device's latency table; writes DIR/arch.json. Runs under torchrun as well."""
+    from search.config import SearchConfig, TrainError
     from search.data import DataError, load_dataset
-    from search.trainer import SearchConfig, TrainError, cleanup_distributed, run_search, setup_distributed
+    from search.dist import cleanup_distributed, setup_distributed
+    from search.trainer import run_search
 
     s = _space(space)
     env = setup_distributed(prefer_cuda=not cpu)
@@ -291,16 +284,16 @@ def sample(
     """The most likely architecture and K samples from softmax(theta), each with its table latency."""
     from search.sampling import argmax_arch, describe, sample_archs
 
-    doc = _load_arch_json(from_file)
-    if "theta" not in doc or "space" not in doc:
+    doc = _arch_file(from_file)
+    if doc.theta is None or doc.space is None:
         fail(f"{from_file}: no theta/space (not written by `fbnet-search run`)")
     if k < 0:
         fail(f"-k must be >= 0, got {k}")
-    s = _space(doc["space"])
+    s = _space(doc.space)
     if table is None and device is None:
-        device = doc.get("device")
+        device = doc.device
     lut = _lut(s, _table(s, server, device, table, cache_dir, token))
-    theta = doc["theta"]
+    theta = doc.theta
     rows = describe(theta, [argmax_arch(theta)], lut) + describe(theta, sample_archs(theta, k, seed), lut)
     result = {"space": s.name, "device": lut.device, "table_version": lut.table_version,
               "argmax": rows[0], "samples": rows[1:]}
@@ -332,11 +325,12 @@ def train(
     """Train an architecture from scratch (FBNet(space, arch)) and report its test accuracy."""
     import torch
 
+    from search.child import ChildConfig, train_child
+    from search.config import TrainError
     from search.data import DataError, load_dataset
-    from search.trainer import ChildConfig, TrainError, train_child
 
     a, doc = _arch_from(arch, from_file)
-    s = _space(space or doc.get("space", "fbnet-cifar"))
+    s = _space(space or doc.get("space") or "fbnet-cifar")
     device = torch.device("cuda") if (torch.cuda.is_available() and not cpu) else torch.device("cpu")
     try:
         ds = load_dataset(data, s.resolution, subset=subset, seed=seed, num_classes=s.num_classes)
@@ -382,7 +376,7 @@ def export(
     doc = {**doc, **doc2}
     if state_dict is not None and list(a.blocks) != list(doc["arch"]):
         fail(f"--weights {weights} belong to another architecture")
-    s = _space(space or doc.get("space", "fbnet-cifar"))
+    s = _space(space or doc.get("space") or "fbnet-cifar")
     from fbnet.export import ExportError, export_arch
 
     try:
@@ -393,11 +387,12 @@ def export(
 
 
 def main() -> None:
+    from fbnet.archfile import ArchFileError
     from fbnet.export import ExportError
+    from search.config import TrainError
     from search.data import DataError
-    from search.trainer import TrainError
 
-    run_app(app, [(DataError, Exit.BAD_INPUT), ((TrainError, ExportError), Exit.FAILED)])
+    run_app(app, [((DataError, ArchFileError), Exit.BAD_INPUT), ((TrainError, ExportError), Exit.FAILED)])
 
 
 if __name__ == "__main__":
