@@ -12,7 +12,7 @@ from rich.table import Table as RichTable
 
 from fbnet.cli import EXIT_CODES_HELP, Exit, fail
 from fbnet.cli import run as run_app
-from fbnet.space import Arch, ArchError, SpaceError, get_space, list_spaces
+from fbnet.space import Arch, ArchError, SpaceError, get_space
 
 app = typer.Typer(
     help="FBNet differentiable architecture search on per-device latency tables. " + EXIT_CODES_HELP,
@@ -46,59 +46,6 @@ def _arch(text: str) -> Arch:
 SPACE_OPT = typer.Option("fbnet-cifar", "--space", "-s", help="fbnet-224, fbnet-cifar or fbnet-<res>[-w<width>]")
 
 
-@app.command()
-def spaces(fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json")):
-    """List the named search spaces with their op counts and versions."""
-    rows = []
-    for name in list_spaces():
-        s = get_space(name)
-        rows.append({"space": name, "version": s.version, "n_ops": len(s.ops), "resolution": s.resolution,
-                     "head": s.head_channels, "classes": s.num_classes, "description": s.description})
-    if fmt == Fmt.json:
-        print(json.dumps(rows, indent=2))
-        return
-    t = RichTable("space", "version", "ops", "input", "head", "classes", "description")
-    for r in rows:
-        t.add_row(r["space"], r["version"], str(r["n_ops"]), f"{r['resolution']}px", str(r["head"]),
-                  str(r["classes"]), r["description"])
-    console.print(t)
-
-
-@app.command()
-def ops(space: str = SPACE_OPT, fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json")):
-    """Print a space's unique operators (the agents' work list) with their canonical keys."""
-    s = _space(space)
-    if fmt == Fmt.json:
-        print(json.dumps({"space": s.name, "version": s.version, "ops": s.op_list()}, indent=2))
-        return
-    t = RichTable("key", "block", "k", "e", "g", "cin", "hxw", "cout", "s", "layers", title=f"{s.name} ({s.version})")
-    for o in s.op_list():
-        t.add_row(o["key"], o["block"], str(o["kernel"] or ""), str(o["expansion"] or ""), str(o["groups"] or ""),
-                  str(o["cin"]), f"{o['h']}x{o['w']}", str(o["cout"]), str(o["stride"]),
-                  ",".join(map(str, o["layers"])))
-    console.print(t)
-
-
-@app.command()
-def arch(
-    name_or_arch: str = typer.Argument(..., help="FBNet-A|B|C, 22 comma-separated block names, or 22 op indices"),
-    space: str = SPACE_OPT,
-    fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json"),
-):
-    """Show an architecture: its 22 blocks, parameter count, MFLOPs (multiply-adds) and ops."""
-    s = _space(space)
-    a = _arch(name_or_arch)
-    out = {"arch": list(a.blocks), "params": s.arch_params(a), "mflops": round(s.arch_mflops(a), 3),
-           "ops": [op.key for op in s.arch_ops(a)]}
-    if fmt == Fmt.json:
-        print(json.dumps(out, indent=2))
-        return
-    console.print(f"[bold]{a}[/bold]")
-    console.print(f"space {s.name}: {out['params'] / 1e6:.3f} M params, {out['mflops']:.1f} MFLOPs, "
-                  f"{len(out['ops'])} ops")
-
-
-# ---- latency tables ---------------------------------------------------------------------------
 SERVER_OPT = typer.Option(None, "--server", help="profiler service URL, e.g. http://127.0.0.1:8000")
 DEVICE_OPT = typer.Option(None, "--device", "-d", help="device name on the server (whose table to use)")
 TABLE_OPT = typer.Option(None, "--table", help="a saved table JSON instead of --server (see `fetch`)")
@@ -307,85 +254,6 @@ def sample(
     console.print(rt)
 
 
-@app.command()
-def train(
-    arch: str = typer.Option(None, "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices"),
-    from_file: Path = typer.Option(None, "--from", help="DIR or DIR/arch.json written by `run` (its argmax)"),
-    space: str = typer.Option(None, "--space", "-s", help="(default: arch.json's space, else fbnet-cifar)"),
-    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist, digits, or a folder"),
-    epochs: int = typer.Option(10, "--epochs"),
-    batch_size: int = typer.Option(64, "--batch-size", "-b"),
-    lr: float = typer.Option(None, "--lr", help="SGD lr (default 0.1 * batch / 192)"),
-    subset: int = typer.Option(None, "--subset", help="use N training images"),
-    seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(Path("runs/child"), "--out", "-o", help="writes child.pt and child.json"),
-    cpu: bool = typer.Option(False, "--cpu", help="stay on the CPU even if CUDA is available"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
-):
-    """Train an architecture from scratch (FBNet(space, arch)) and report its test accuracy."""
-    import torch
-
-    from search.child import ChildConfig, train_child
-    from search.config import TrainError
-    from search.data import DataError, load_dataset
-
-    a, doc = _arch_from(arch, from_file)
-    s = _space(space or doc.get("space") or "fbnet-cifar")
-    device = torch.device("cuda") if (torch.cuda.is_available() and not cpu) else torch.device("cpu")
-    try:
-        ds = load_dataset(data, s.resolution, subset=subset, seed=seed, num_classes=s.num_classes)
-        model, report = train_child(s, a, ds, ChildConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
-                                    progress=progress, device=device)
-    except (DataError, TrainError) as e:
-        fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"space": s.name, "arch": list(a.blocks), "state_dict": model.cpu().state_dict()}, out / "child.pt")
-    (out / "child.json").write_text(json.dumps(report, indent=1))
-    console.print(f"[bold]{a}[/bold]\ntest accuracy {report['test_acc']:.4f} on {report['n_test']} {ds.name} "
-                  f"images after {epochs} epochs; wrote {out / 'child.pt'}", highlight=False)
-
-
-class ExportFmt(StrEnum):
-    pte = "pte"
-    mlpackage = "mlpackage"
-
-
-@app.command()
-def export(
-    arch: str = typer.Option(None, "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices"),
-    from_file: Path = typer.Option(None, "--from", help="DIR or DIR/arch.json written by `run`"),
-    weights: Path = typer.Option(None, "--weights", help="child.pt from `train` (else freshly initialised)"),
-    space: str = typer.Option(None, "--space", "-s", help="(default: from arch.json / child.pt, else fbnet-cifar)"),
-    fmt: ExportFmt = typer.Option(ExportFmt.pte, "--format", help="pte (ExecuTorch/XNNPACK) or mlpackage (Core ML)"),
-    out: Path = typer.Option(..., "--out", "-o", help="output file (.pte) or folder (.mlpackage)"),
-):
-    """Export an architecture through the device agents' exporters (.pte or .mlpackage)."""
-    import torch
-
-    state_dict = None
-    doc: dict = {}
-    if weights is not None:
-        try:
-            ck = torch.load(weights, map_location="cpu", weights_only=False)
-            state_dict, doc = ck["state_dict"], {"arch": ck["arch"], "space": ck["space"]}
-        except (OSError, KeyError, RuntimeError) as e:
-            fail(f"cannot read weights {weights}: {e}")
-        if arch is None and from_file is None:
-            arch = ",".join(doc["arch"])
-    a, doc2 = _arch_from(arch, from_file)
-    doc = {**doc, **doc2}
-    if state_dict is not None and list(a.blocks) != list(doc["arch"]):
-        fail(f"--weights {weights} belong to another architecture")
-    s = _space(space or doc.get("space") or "fbnet-cifar")
-    from fbnet.export import ExportError, export_arch
-
-    try:
-        path = export_arch(s, a, fmt.value, out, state_dict=state_dict)
-    except ExportError as e:
-        fail(str(e))
-    console.print(f"exported {a} ({s.name}) to {path or out}", highlight=False)
-
-
 def main() -> None:
     from fbnet.archfile import ArchFileError
     from fbnet.export import ExportError
@@ -395,5 +263,10 @@ def main() -> None:
     run_app(app, [((DataError, ArchFileError), Exit.BAD_INPUT), ((TrainError, ExportError), Exit.FAILED)])
 
 
-if __name__ == "__main__":
-    main()
+# The other commands, registered on ``app`` (at the end: they import this module's helpers).
+from search import cli_child, cli_space  # noqa: E402,F401
+
+if __name__ == "__main__":  # `python -m search.cli` (torchrun): run the imported module's app
+    from search.cli import main as _main
+
+    _main()

@@ -1,5 +1,15 @@
 """The FBNet supernet: every searchable layer holds its 9 candidates, mixed by Gumbel-softmax weights.
 
+Two ways to run it (``single`` of :meth:`Supernet.forward`):
+
+* **all candidates** (the paper): ``sum_i m_i * candidate_i(x)`` with a soft Gumbel-softmax sample
+  m; every candidate runs forward and backward, a step costs ~9 candidates per layer.
+* **single path** (GDAS): m is a hard Gumbel sample with the straight-through estimator (the value
+  is one-hot, the gradient that of the soft sample, :meth:`ArchParams.gumbel_weights` with
+  ``hard=True``); only the sampled candidate runs: ``m_k * candidate_k(x)`` with ``m_k = 1`` in value.
+  ``d m_k / d theta_j`` is non-zero for every j (softmax), so every theta of the layer gets a gradient
+  while a step costs ~one candidate per layer.
+
 The architecture parameters theta live in :class:`ArchParams`, outside the weight module, so that
 under DistributedDataParallel only the weights are wrapped and theta is synchronised by hand (see
 ``search.trainer``). Every candidate is built through :func:`fbnet.blocks.build_op`, the registry
@@ -7,6 +17,8 @@ the agents export from, so the timed op and the trained op are the same module.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +38,10 @@ class MixedLayer(nn.Module):
         self.layer = layer
         self.candidates = nn.ModuleList(build_op(space.layer_op(layer, i)) for i in range(NUM_CANDIDATES))
 
-    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, m: torch.Tensor, single: bool = False) -> torch.Tensor:
+        if single:
+            k = int(m.detach().argmax())
+            return m[k] * self.candidates[k](x)
         out = None
         for i, cand in enumerate(self.candidates):
             y = m[i] * cand(x)
@@ -47,10 +62,11 @@ class Supernet(nn.Module):
         self.fc = build_op(space.fc)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, m: torch.Tensor, single: bool = False) -> torch.Tensor:
+        """``single``: m is a (straight-through) one-hot sample; run only the chosen candidate per layer."""
         x = self.stem(x)
         for layer, ml in zip(self.layers, m, strict=True):
-            x = layer(x, ml)
+            x = layer(x, ml, single)
         return self.fc(self.pool(self.head(x)))
 
 
@@ -69,10 +85,31 @@ class ArchParams(nn.Module):
     def probs(self) -> torch.Tensor:
         return torch.softmax(self.theta, dim=-1)
 
-    def entropy(self) -> float:
-        """Mean per-layer entropy of softmax(theta), in nats (log 9 = 2.197 when uniform)."""
+    def layer_entropy(self) -> torch.Tensor:
+        """Per-layer entropy of softmax(theta), in nats (log 9 = 2.197 when uniform)."""
         p = self.probs().detach()
-        return float(-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean())
+        return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+
+    def entropy(self) -> float:
+        """Mean per-layer entropy of softmax(theta), in nats: ``theta_entropy``."""
+        return float(self.layer_entropy().mean())
+
+    def argmax_prob(self) -> list[float]:
+        """Per layer, the probability of the most likely candidate."""
+        return [float(v) for v in self.probs().detach().max(-1).values]
 
 
-__all__ = ["ArchParams", "MixedLayer", "NUM_CANDIDATES", "Supernet"]
+__all__ = ["ArchParams", "MixedLayer", "NUM_CANDIDATES", "Supernet", "proxy_space"]
+
+
+def proxy_space(space: Space, width: float = 1.0, resolution: int | None = None) -> Space:
+    """The space the supernet trains on when the accuracy side uses a proxy: the same 22 layers and
+    candidates, ``width`` x narrower and/or at a lower input ``resolution``. Latency is never read
+    from the proxy: the search always prices the target space's table."""
+    res = resolution or space.resolution
+    if width == 1.0 and res == space.resolution:
+        return space
+    if not 0 < width <= 1 or res < 8:
+        raise ValueError(f"proxy width must be in (0, 1] and resolution >= 8, got {width}, {res}")
+    return dataclasses.replace(space, name=f"{space.name}~proxy-r{res}-w{width:g}", resolution=res,
+                               width_mult=space.width_mult * width)
