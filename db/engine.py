@@ -7,20 +7,28 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_POOL = 16  # the service passes its worker-thread count
+DEFAULT_WAIT_S = 10.0
 
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str, *, immediate: bool = False) -> Engine:
-    """An engine for ``url``. With SQLite and ``immediate``, every transaction starts with
+def make_engine(url: str, *, immediate: bool = False, pool_size: int = DEFAULT_POOL,
+                wait_s: float = DEFAULT_WAIT_S) -> Engine:
+    """An engine for ``url`` whose pool matches ``pool_size`` worker threads; a request that waits
+    ``wait_s`` for a connection (or, on SQLite, for the write lock) gets an error the service maps
+    to 503 + Retry-After. With SQLite and ``immediate``, every transaction starts with
     ``BEGIN IMMEDIATE`` so that a writer takes the write lock up front (a deferred transaction
     that later upgrades to a writer can fail with SQLITE_BUSY regardless of the busy timeout)."""
+    # A session may hold its connection a moment after its thread is done (closing happens
+    # later), so the pool gets a small overflow above one connection per thread.
+    pool = {"pool_size": pool_size, "max_overflow": max(4, pool_size // 4), "pool_timeout": wait_s}
     if not is_sqlite(url):
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        return create_engine(url, pool_pre_ping=True, **pool)
+    busy_ms = int(wait_s * 1000)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": wait_s}, **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -28,7 +36,7 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -56,9 +64,9 @@ class Database:
             self.write_engine.dispose()
 
 
-def open_database(url: str) -> Database:
-    engine = make_engine(url)
-    write_engine = make_engine(url, immediate=True) if is_sqlite(url) else engine
+def open_database(url: str, pool_size: int = DEFAULT_POOL, wait_s: float = DEFAULT_WAIT_S) -> Database:
+    engine = make_engine(url, pool_size=pool_size, wait_s=wait_s)
+    write_engine = make_engine(url, immediate=True, pool_size=pool_size, wait_s=wait_s) if is_sqlite(url) else engine
     return Database(
         url=url,
         engine=engine,

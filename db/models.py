@@ -109,7 +109,10 @@ class Run(Base):
     """One profiling session of one device over (part of) one space; imports are runs too."""
 
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_device_space", "device_id", "space_id"),)
+    __table_args__ = (
+        Index("ix_runs_device_space", "device_id", "space_id"),
+        UniqueConstraint("device_id", "idempotency_key", name="uq_runs_device_idempotency_key"),
+    )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
@@ -140,6 +143,8 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # client-chosen: a retried POST /runs with the same key finds this run instead of opening another
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
 
     device: Mapped[Device] = relationship()
     space: Mapped[Space] = relationship()

@@ -6,6 +6,7 @@ request or response shape. Only pydantic and the torch-free ``fbnet.space`` are 
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -32,21 +33,36 @@ MAX_INT = 2_000_000_000  # fits a 32-bit INTEGER column on every engine
 MAX_ID = 2**63 - 1
 
 
+MAX_DEPTH = 8  # nesting of any JSON value in a request (free-form dicts included)
+MAX_EXTRA_BYTES = 64 * 1024  # free-form ``extra`` / ``metadata`` as compact JSON
+
+
 def _check_json(x, path: str = "body") -> None:
-    """Reject what no database stores faithfully: NUL characters and non-finite numbers."""
-    if isinstance(x, str):
-        if "\x00" in x:
+    """Reject what no database stores faithfully (NUL characters, non-finite numbers) and nesting
+    deeper than MAX_DEPTH; iterative, so no input can exhaust the stack."""
+    todo = [(x, path, 0)]
+    while todo:
+        x, path, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(x, str) and "\x00" in x:
             raise ValueError(f"{path}: strings must not contain NUL characters")
-    elif isinstance(x, float):
-        if not math.isfinite(x):
+        if isinstance(x, float) and not math.isfinite(x):
             raise ValueError(f"{path}: numbers must be finite, got {x}")
-    elif isinstance(x, dict):
-        for k, v in x.items():
-            _check_json(k, path)
-            _check_json(v, f"{path}.{k}")
-    elif isinstance(x, list | tuple):
-        for i, v in enumerate(x):
-            _check_json(v, f"{path}[{i}]")
+        if isinstance(x, dict):
+            todo += [(k, path, depth + 1) for k in x] + [(v, f"{path}.{k}", depth + 1) for k, v in x.items()]
+        elif isinstance(x, list | tuple):
+            todo += [(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(x)]
+
+
+def _bounded(d: dict) -> dict:
+    if (n := len(json.dumps(d, separators=(",", ":"), default=str))) > MAX_EXTRA_BYTES:
+        raise ValueError(f"{n} bytes of free-form JSON; the limit is {MAX_EXTRA_BYTES}")
+    return d
+
+
+# free-form provenance (``extra``, ``metadata``): at most MAX_DEPTH levels and MAX_EXTRA_BYTES
+FreeForm = Annotated[dict[str, Any], AfterValidator(_bounded)]
 
 
 class _Base(BaseModel):
@@ -71,7 +87,7 @@ class DeviceCreate(_Base):
     model: str | None = Field(default=None, max_length=128)
     soc: str | None = Field(default=None, max_length=128)
     os: str | None = Field(default=None, max_length=128)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: FreeForm = Field(default_factory=dict)
 
 
 class DeviceOut(_Base):
@@ -146,7 +162,7 @@ class RunProvenance(_Base):
     device_model: str | None = Field(default=None, max_length=128)
     soc: str | None = Field(default=None, max_length=128)
     os: str | None = Field(default=None, max_length=128)
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: FreeForm = Field(default_factory=dict)
 
 
 class RunCreate(RunProvenance):
@@ -164,6 +180,8 @@ class RunCreate(RunProvenance):
     temps_before: dict[str, float] = Field(default_factory=dict)
     cpu_freqs_before: dict[str, float] = Field(default_factory=dict)
     started_at: datetime | None = None
+    idempotency_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{8,64}$", description=(
+        "client-chosen; a retried POST with the same key returns the run it opened instead of a new one"))
 
 
 class RunFinish(_Base):
@@ -171,7 +189,7 @@ class RunFinish(_Base):
     cpu_freqs_after: dict[str, float] = Field(default_factory=dict)
     overhead_us: OverheadUs = None
     status: Literal["finished", "failed", "aborted"] = "finished"
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: FreeForm = Field(default_factory=dict)
 
 
 class RunOut(_Base):
@@ -342,7 +360,7 @@ class ValidationCreate(_Base):
     table_version: str | None = Field(default=None, max_length=64)
     run_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     label: str | None = Field(default=None, max_length=128)
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: FreeForm = Field(default_factory=dict)
 
     @field_validator("predicted_us", "measured_us")
     @classmethod

@@ -6,11 +6,12 @@ import logging
 import math
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from db.engine import open_database
 from db.migrate import upgrade_to_head
@@ -19,6 +20,8 @@ from profiler_server import __version__
 from profiler_server.config import Settings
 from profiler_server.domain.tables import TableCache
 from profiler_server.errors import DomainError
+from profiler_server.guard import BUSY, Guard, busy_response_headers
+from profiler_server.plots import PlotCache
 from profiler_server.routes import compare, devices, health, plots, runs, spaces, tables, validations
 
 log = logging.getLogger("profiler_server")
@@ -43,7 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         url = settings.resolved_db_url()
         upgrade_to_head(url)
-        app.state.db = open_database(url)
+        # one thread limit for sync routes and run_in_threadpool; the pools are sized to match
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        app.state.plot_slots = anyio.Semaphore(settings.plot_concurrency)
+        app.state.db = open_database(url, pool_size=settings.threads, wait_s=settings.db_wait_s)
         try:
             yield
         finally:
@@ -51,11 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors = {code: {"model": wire.ErrorOut, "description": what} for code, what in (
         (401, "no or an invalid token"), (403, "the token may not do this"), (404, "unknown device, space or run"),
-        (409, "conflict with stored data"), (422, "invalid input; detail names the problem"))}
+        (409, "conflict with stored data"), (413, "request body too large (FBNET_MAX_BODY_BYTES)"),
+        (422, "invalid input; detail names the problem"),
+        (503, "database busy or unavailable: retry after the Retry-After header's seconds"))}
     app = FastAPI(title="fbnet-lut profiler service", version=__version__, lifespan=lifespan, responses=errors,
                   description="Per-device operator latency tables for hardware-aware NAS (FBNet).")
     app.state.settings = settings
     app.state.table_cache = TableCache()
+    app.state.plot_cache = PlotCache()
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError):
@@ -70,10 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _integrity(_: Request, exc: IntegrityError):
         return JSONResponse({"detail": f"conflict with stored data: {exc.orig}"}, status_code=409)
 
-    @app.exception_handler(OperationalError)
-    async def _db_down(_: Request, exc: OperationalError):
-        log.error("database error: %s", exc)
-        return JSONResponse({"detail": "database unavailable"}, status_code=503)
+    async def _db_busy(_: Request, exc: Exception):
+        log.error("database busy or down: %s", exc)
+        return JSONResponse({"detail": "database busy or unavailable; retry after the Retry-After delay"},
+                            status_code=503, headers=busy_response_headers(settings))
+
+    for exc_type in BUSY:
+        app.add_exception_handler(exc_type, _db_busy)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
@@ -82,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for r in (health, devices, spaces, runs, tables, compare, validations, plots):
         app.include_router(r.router)
+    app.add_middleware(Guard, settings=settings)
     return app

@@ -15,6 +15,8 @@ app = typer.Typer(help="The fbnet-lut profiler service. " + EXIT_CODES_HELP, no_
                   add_completion=False)
 plot_app = typer.Typer(help="Write PNG figures of the stored data.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
+token_app = typer.Typer(help="Rotate or revoke a device's agent token.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (default: FBNET_DB_URL or ./fbnet.db)")]
 
@@ -115,6 +117,49 @@ def import_table(
     typer.echo(json.dumps(result.model_dump(), indent=1))
 
 
+@token_app.command("rotate")
+def token_rotate(device: Annotated[str, typer.Argument(help="registered device name")], db: DbOpt = None):
+    """Replace the device's token by a new one and print it (shown only once); the old one stops working."""
+    from profiler_server.domain import devices
+
+    database = _database(db)
+    try:
+        with database.write_sessions() as s:
+            _, token = devices.rotate_token(s, device)
+            s.commit()
+    finally:
+        database.dispose()
+    typer.echo(token)
+
+
+@token_app.command("revoke")
+def token_revoke(device: Annotated[str, typer.Argument(help="registered device name")], db: DbOpt = None):
+    """Revoke the device's token: nothing writes to the device until `token rotate` gives a new one."""
+    from profiler_server.domain import devices
+
+    database = _database(db)
+    try:
+        with database.write_sessions() as s:
+            devices.revoke_tokens(s, device)
+            s.commit()
+    finally:
+        database.dispose()
+    typer.echo(f"revoked every token of {device}")
+
+
+@app.command()
+def backup(
+    path: Annotated[Path, typer.Argument(dir_okay=False, help="the copy to write (a SQLite file)")],
+    db: DbOpt = None,
+):
+    """Consistent copy of a live SQLite database (SQLite's online backup API; the service keeps
+    serving). PostgreSQL: use pg_dump (see the README)."""
+    from db.backup import backup_sqlite
+
+    n = backup_sqlite(_settings(db).resolved_db_url(), path)
+    typer.echo(f"wrote {path} ({n} bytes)")
+
+
 def _write(out: Path, data: bytes) -> None:
     out.write_bytes(data)
     typer.echo(f"wrote {out}")
@@ -164,11 +209,12 @@ def plot_validations(device: str, space: Annotated[str, typer.Option()],
 
 
 def main() -> None:
+    from db.backup import BackupError
     from fbnet.cli import Exit, run
     from profiler_server.errors import DomainError
 
     # unknown device, space, duplicate name, ... from any command: one line, exit 2 (bad input)
-    run(app, [(DomainError, Exit.BAD_INPUT)])
+    run(app, [(DomainError, Exit.BAD_INPUT), (BackupError, Exit.BAD_INPUT)])
 
 
 if __name__ == "__main__":

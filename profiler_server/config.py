@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
 
 
 def default_db_url() -> str:
@@ -18,6 +20,16 @@ class Settings(BaseSettings):
     db_url: str = ""  # empty: a SQLite file ``fbnet.db`` in the working folder
     admin_token: SecretStr | None = None
     read_token: SecretStr | None = None  # when set, readers need it (or the admin or a device token)
+    # Limits: a request body larger than this is refused (413) before anything parses it.
+    max_body_bytes: int = Field(default=4 * MiB, ge=1024)
+    # Worker threads per process (sync handlers, DB work); the connection pools are sized to match.
+    threads: int = Field(default=16, ge=1, le=256)
+    # How long a request waits for a connection or a SQLite write lock before it answers 503.
+    db_wait_s: float = Field(default=10.0, gt=0)
+    # What a 503 tells the client to wait before it retries (Retry-After, seconds).
+    retry_after_s: int = Field(default=2, ge=1)
+    # Concurrent plot renderings per process (CPU-heavy; the table route must not starve behind them).
+    plot_concurrency: int = Field(default=2, ge=1)
 
     def resolved_db_url(self) -> str:
         return self.db_url or default_db_url()

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from db.engine import Database
-from profiler_server.auth import ANONYMOUS, Caller, identify, require_reader
+from profiler_server.auth import Caller, require_reader
 from profiler_server.config import Settings
 from profiler_server.domain.tables import TableCache
 
@@ -55,19 +56,15 @@ ReadSession = Annotated[Session, Depends(read_session)]
 WriteSession = Annotated[Session, Depends(write_session)]
 
 
+_bearer = HTTPBearer(auto_error=False, description="the admin's, a device's or the read token")
+
+
 async def get_caller(
-    db: DatabaseDep,
-    settings: SettingsDep,
-    authorization: Annotated[str | None, Header(description="Bearer <token>")] = None,
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None
 ) -> Caller:
-    if not authorization:
-        return ANONYMOUS
-
-    def lookup() -> Caller:
-        with db.read_sessions() as s:
-            return identify(s, settings, authorization)
-
-    return await run_in_threadpool(lookup)
+    """Who is calling: identified once per request by :class:`profiler_server.guard.Guard`
+    (before any body is read); the bearer scheme is declared here for the OpenAPI document."""
+    return request.state.caller
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -1,24 +1,56 @@
-"""PNG figures of tables, device comparisons and validations (matplotlib Agg; no torch)."""
+"""PNG figures of tables, device comparisons and validations, and their cache.
+
+Every figure is its own ``matplotlib.figure.Figure`` rendered by the Agg canvas: no pyplot and no
+global figure state, so worker threads may draw at the same time. No torch.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fbnet import wire  # noqa: E402
-from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Space  # noqa: E402
+from fbnet import wire
+from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Space
 
 
-def _png(fig) -> bytes:
+class PlotCache:
+    """Rendered PNGs keyed by what they show (table versions, a content hash): a table that has not
+    changed is drawn once, like its JSON bytes are assembled once."""
+
+    def __init__(self, size: int = 128):
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+
+    def get(self, key: Hashable, draw: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit
+        png = draw()
+        with self._lock:
+            self._items[key] = png
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return png
+
+
+def content_key(model: wire.BaseModel) -> str:
+    return hashlib.sha256(model.model_dump_json().encode()).hexdigest()
+
+
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -31,9 +63,9 @@ def table_heatmap(table: wire.Table, space: Space) -> bytes:
             v = by_key.get(space.layer_op(layer, name).key)
             if v is not None:
                 grid[layer, j] = v / 1000.0
-    fig, ax = plt.subplots(figsize=(9, 12))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    fig = Figure(figsize=(9, 12))
+    ax = fig.subplots()
+    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap)
     for (i, j), v in np.ndenumerate(grid):
         ax.text(j, i, "-" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
@@ -50,9 +82,10 @@ def table_heatmap(table: wire.Table, space: Space) -> bytes:
 def ratio_plot(compare: wire.CompareOut) -> bytes:
     """Per-op latency ratio a / b (log scale), like the FBNet paper's iPhone X vs Samsung S8 figure."""
     pts = [(i, e.ratio, e.block) for i, e in enumerate(compare.entries) if e.ratio is not None]
-    fig, ax = plt.subplots(figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    ax = fig.subplots()
     blocks = sorted({b for _, _, b in pts})
-    colors = {b: plt.get_cmap("tab20")(k % 20) for k, b in enumerate(blocks)}
+    colors = {b: colormaps["tab20"](k % 20) for k, b in enumerate(blocks)}
     for b in blocks:
         xs = [i for i, _, bb in pts if bb == b]
         ys = [r for _, r, bb in pts if bb == b]
@@ -72,7 +105,8 @@ def ratio_plot(compare: wire.CompareOut) -> bytes:
 
 def validation_plot(summary: wire.ValidationSummary) -> bytes:
     """Predicted vs measured whole-model latency (ms) with y = x and the ±10% band."""
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
     meas = [v.measured_us / 1000 for v in summary.validations]
     pred = [v.predicted_us / 1000 for v in summary.validations]
     hi = max(meas + pred + [1.0]) * 1.1

@@ -24,7 +24,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url"), immediate=True)
+    engine = make_engine(config.get_main_option("sqlalchemy.url"), immediate=True, pool_size=1, wait_s=30.0)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

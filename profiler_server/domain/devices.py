@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Device, DeviceToken, Run
@@ -29,6 +29,23 @@ def get_device(session: Session, name: str) -> Device:
     device = session.scalars(select(Device).where(Device.name == name)).first()
     if device is None:
         raise NotFound(f"unknown device {name!r}")
+    return device
+
+
+def rotate_token(session: Session, name: str) -> tuple[Device, str]:
+    """Replace every token of the device by a new one (returned once); old tokens stop working at once."""
+    device = revoke_tokens(session, name)
+    token = new_token()
+    session.add(DeviceToken(device_id=device.id, token_sha256=hash_token(token)))
+    session.flush()
+    return device, token
+
+
+def revoke_tokens(session: Session, name: str) -> Device:
+    """Delete every token of the device: nothing can write to it until the admin rotates a new one."""
+    device = get_device(session, name)
+    session.execute(delete(DeviceToken).where(DeviceToken.device_id == device.id))
+    session.flush()
     return device
 
 

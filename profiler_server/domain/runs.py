@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Device, Measurement, Run
@@ -15,10 +16,13 @@ from fbnet import wire
 from profiler_server.auth import Caller, require_writer
 from profiler_server.domain.devices import get_device, touch
 from profiler_server.domain.spaces import ensure_space, resolve_space
-from profiler_server.errors import Conflict, Invalid, NotFound
+from profiler_server.errors import Conflict, Forbidden, Invalid, NotFound
 
 OPEN, FINISHED = "open", "finished"
 COUNTED_STATUSES = (OPEN, FINISHED)  # failed/aborted runs never reach a table
+# provenance that identifies a unit or a person (serials, UDIDs, host and device names): shown
+# only to the admin and to the device's own token
+PRIVATE_EXTRA = frozenset({"device_name", "serial", "udid", "hostname", "host"})
 
 
 def target_device(session: Session, caller: Caller, named: str | None) -> Device:
@@ -31,15 +35,37 @@ def target_device(session: Session, caller: Caller, named: str | None) -> Device
     return get_device(session, named)
 
 
-def create_run(session: Session, caller: Caller, body: wire.RunCreate) -> Run:
+def _by_key(session: Session, device_id: int, key: str) -> Run | None:
+    return session.scalars(select(Run).where(Run.device_id == device_id, Run.idempotency_key == key)).first()
+
+
+def create_run(session: Session, caller: Caller, body: wire.RunCreate) -> tuple[Run, bool]:
+    """Open a run; returns (run, created). A body with the ``idempotency_key`` of a run this device
+    already opened returns that run (a retried POST never leaves an orphan run behind)."""
     device = target_device(session, caller, body.device)
+    if body.transport == "import" and not caller.is_admin:
+        raise Forbidden("only the admin token may open 'import' runs (use POST /tables/{device}/import)")
     space = resolve_space(body.space)
+    key = body.idempotency_key
+    if key is not None and (found := _by_key(session, device.id, key)) is not None:
+        return _same_run(found, space.name, key), False
     row = ensure_space(session, space)
     fields = body.model_dump(exclude={"device", "space"})
     run = Run(device_id=device.id, space_id=row.id, space_version=space.version, status=OPEN, **fields)
     run.started_at = run.started_at or datetime.now(UTC)
-    session.add(run)
-    session.flush()
+    try:
+        with session.begin_nested():  # a racing retry with the same key: the loser finds the winner's run
+            session.add(run)
+    except IntegrityError:
+        if key is None or (found := _by_key(session, device.id, key)) is None:
+            raise
+        return _same_run(found, space.name, key), False
+    return run, True
+
+
+def _same_run(run: Run, space: str, key: str) -> Run:
+    if run.space.name != space:
+        raise Conflict(f"idempotency key {key!r} already opened run {run.id} of space {run.space.name!r}")
     return run
 
 
@@ -68,23 +94,30 @@ def n_measurements(session: Session, run_ids: list[int]) -> dict[int, int]:
     return dict(session.execute(q).tuples().all())
 
 
-def run_out(run: Run, n: int = 0) -> wire.RunOut:
+def may_see_private(caller: Caller | None, run: Run) -> bool:
+    return caller is not None and (caller.is_admin or (caller.kind == "device" and caller.device_id == run.device_id))
+
+
+def run_out(run: Run, n: int = 0, caller: Caller | None = None) -> wire.RunOut:
+    """The run as the API shows it; serials and host names only to the admin and the device itself."""
+    private = may_see_private(caller, run)
+    extra = run.extra or {}
     return wire.RunOut(
         id=run.id, device=run.device.name, space=run.space.name, space_version=run.space_version,
         transport=run.transport, agent_version=run.agent_version, runtime=run.runtime,
         runtime_version=run.runtime_version, build=run.build, threads=run.threads, cpu_mask=run.cpu_mask,
-        compute_units=run.compute_units, host=run.host, device_model=run.device_model, soc=run.soc, os=run.os,
+        compute_units=run.compute_units, host=run.host if private else None, device_model=run.device_model, soc=run.soc, os=run.os,
         warmup=run.warmup, repeats=run.repeats, rounds=run.rounds, overhead_us=run.overhead_us,
         temps_before=run.temps_before or {}, temps_after=run.temps_after or {},
         cpu_freqs_before=run.cpu_freqs_before or {}, cpu_freqs_after=run.cpu_freqs_after or {},
         status=run.status, started_at=run.started_at, finished_at=run.finished_at, n_measurements=n,
-        extra=run.extra or {},
+        extra=extra if private else {k: v for k, v in extra.items() if k not in PRIVATE_EXTRA},
     )
 
 
-def runs_out(session: Session, runs: list[Run]) -> list[wire.RunOut]:
+def runs_out(session: Session, runs: list[Run], caller: Caller | None = None) -> list[wire.RunOut]:
     counts = n_measurements(session, [r.id for r in runs])
-    return [run_out(r, counts.get(r.id, 0)) for r in runs]
+    return [run_out(r, counts.get(r.id, 0), caller) for r in runs]
 
 
 def _insert(session: Session):

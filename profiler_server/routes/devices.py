@@ -35,3 +35,21 @@ def list_devices(session: ReadSession, cache: CacheDep, _: ReaderDep):
 def get_device(name: str, session: ReadSession, cache: CacheDep, _: ReaderDep):
     d = dom.get_device(session, name)
     return dom.device_out(d, _coverage(session, cache, d.name, d.id))
+
+
+@router.post("/devices/{name}/token", response_model=wire.DeviceCreated)
+def rotate_token(name: str, session: WriteSession, caller: CallerDep):
+    """Replace the device's token (admin token): the old one stops working now; the new one is shown once."""
+    require_admin(caller)
+    device, token = dom.rotate_token(session, name)
+    session.commit()
+    return wire.DeviceCreated(**dom.device_out(device).model_dump(), token=token)
+
+
+@router.delete("/devices/{name}/token", response_model=wire.DeviceOut)
+def revoke_token(name: str, session: WriteSession, caller: CallerDep):
+    """Revoke the device's token (admin token): nothing writes to the device until a rotation."""
+    require_admin(caller)
+    device = dom.revoke_tokens(session, name)
+    session.commit()
+    return dom.device_out(device)

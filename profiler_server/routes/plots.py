@@ -1,4 +1,4 @@
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from profiler_server.deps import CacheDep, ReaderDep, ReadSession
@@ -10,39 +10,50 @@ router = APIRouter(tags=["plots"])
 PNG = {200: {"content": {"image/png": {}}}}
 
 
-def _png(data: bytes) -> Response:
-    return Response(data, media_type="image/png")
+async def _render(request: Request, work) -> Response:
+    """Behind the reader check (the routes' ReaderDep), one of a few rendering slots, off the event
+    loop; ``work`` returns a PNG from the per-content plot cache, drawing it only on a miss."""
+    async with request.app.state.plot_slots:
+        data = await run_in_threadpool(work)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/plots/table/{device}.png", response_class=Response, responses=PNG)
-async def table_plot(device: str, space: str, session: ReadSession, cache: CacheDep, _: ReaderDep):
+async def table_plot(device: str, space: str, request: Request, session: ReadSession, cache: CacheDep,
+                     _: ReaderDep):
     """22 layers x 9 blocks heatmap of the device's table."""
     from profiler_server import plots
 
     def work():
-        return plots.table_heatmap(cache.table(session, device, space), resolve_space(space))
+        table = cache.table(session, device, space)
+        key = ("table", device, table.space, table.version)
+        return request.app.state.plot_cache.get(key, lambda: plots.table_heatmap(table, resolve_space(space)))
 
-    return _png(await run_in_threadpool(work))
+    return await _render(request, work)
 
 
 @router.get("/plots/compare.png", response_class=Response, responses=PNG)
-async def compare_plot(space: str, a: str, b: str, session: ReadSession, cache: CacheDep, _: ReaderDep):
+async def compare_plot(space: str, a: str, b: str, request: Request, session: ReadSession, cache: CacheDep,
+                       _: ReaderDep):
     """Per-op latency ratio of two devices."""
     from profiler_server import plots
 
     def work():
-        out = compare_dom.compare(space, cache.table(session, a, space), cache.table(session, b, space))
-        return plots.ratio_plot(out)
+        ta, tb = cache.table(session, a, space), cache.table(session, b, space)
+        key = ("compare", a, b, ta.space, ta.version, tb.version)
+        return request.app.state.plot_cache.get(key, lambda: plots.ratio_plot(compare_dom.compare(space, ta, tb)))
 
-    return _png(await run_in_threadpool(work))
+    return await _render(request, work)
 
 
 @router.get("/plots/validations/{device}.png", response_class=Response, responses=PNG)
-async def validation_plot(device: str, space: str, session: ReadSession, _: ReaderDep):
+async def validation_plot(device: str, space: str, request: Request, session: ReadSession, _: ReaderDep):
     """Predicted vs measured whole-model latency with y = x and the ±10% band."""
     from profiler_server import plots
 
     def work():
-        return plots.validation_plot(validations_dom.validation_summary(session, device, space))
+        summary = validations_dom.validation_summary(session, device, space)
+        key = ("validations", plots.content_key(summary))
+        return request.app.state.plot_cache.get(key, lambda: plots.validation_plot(summary))
 
-    return _png(await run_in_threadpool(work))
+    return await _render(request, work)

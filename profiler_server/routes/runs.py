@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
 from fbnet import wire
 from profiler_server.deps import CallerDep, ReaderDep, ReadSession, WriteSession
@@ -10,22 +10,27 @@ router = APIRouter(tags=["runs"])
 RunId = Annotated[int, Path(ge=1, le=wire.MAX_ID)]
 
 
-@router.post("/runs", status_code=201, response_model=wire.RunOut)
-def create_run(body: wire.RunCreate, session: WriteSession, caller: CallerDep):
-    """Open a profiling run for the token's device (or ``device``, which the token must be allowed to write)."""
-    run = dom.create_run(session, caller, body)
+@router.post("/runs", status_code=201, response_model=wire.RunOut,
+             responses={200: {"model": wire.RunOut, "description": "the run this idempotency key already opened"}})
+def create_run(body: wire.RunCreate, session: WriteSession, caller: CallerDep, response: Response):
+    """Open a profiling run for the token's device (or ``device``, which the token must be allowed to write).
+    With an ``idempotency_key`` the device already used, the run it opened is returned (200)."""
+    run, created = dom.create_run(session, caller, body)
     session.commit()
-    return dom.run_out(run)
+    if not created:
+        response.status_code = 200
+    return dom.runs_out(session, [run], caller)[0]
 
 
 @router.get("/runs", response_model=list[wire.RunOut])
-def list_runs(session: ReadSession, _: ReaderDep, device: str | None = None, space: str | None = None):
-    return dom.runs_out(session, dom.list_runs(session, device, space))
+def list_runs(session: ReadSession, caller: ReaderDep, device: str | None = None, space: str | None = None):
+    """Runs with provenance; serials and host names only for the admin and the device's own token."""
+    return dom.runs_out(session, dom.list_runs(session, device, space), caller)
 
 
 @router.get("/runs/{run_id}", response_model=wire.RunOut)
-def get_run(run_id: RunId, session: ReadSession, _: ReaderDep):
-    return dom.runs_out(session, [dom.get_run(session, run_id)])[0]
+def get_run(run_id: RunId, session: ReadSession, caller: ReaderDep):
+    return dom.runs_out(session, [dom.get_run(session, run_id)], caller)[0]
 
 
 @router.post("/runs/{run_id}/measurements", response_model=wire.BatchResult)
@@ -46,4 +51,4 @@ def get_measurements(run_id: RunId, session: ReadSession, _: ReaderDep):
 def finish_run(run_id: RunId, body: wire.RunFinish, session: WriteSession, caller: CallerDep):
     run = dom.finish_run(session, caller, run_id, body)
     session.commit()
-    return dom.runs_out(session, [run])[0]
+    return dom.runs_out(session, [run], caller)[0]
