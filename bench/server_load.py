@@ -1,7 +1,14 @@
-"""Load benchmark of the profiler service: GET /tables vs /healthz at concurrency 1/8/32, the 304 path,
-and ingestion rate. Starts its own server (uvicorn subprocess, fresh SQLite file unless --db).
+"""Load benchmark of the profiler service, driven by ``wrk`` (a C load generator: no GIL shared with a
+Python client), pinned to other cores than the server where the machine has them.
 
-    .venv/bin/python bench/server_load.py [--seconds 3] [--db URL] [--json FILE]
+GET /tables (cached JSON), its 304 path (If-None-Match) and /healthz at each concurrency, then the
+ingestion rate of 8 concurrent writers (Python threads; measured separately). Starts its own server
+(uvicorn subprocess; a fresh SQLite file unless --db).
+
+    .venv/bin/python bench/server_load.py [--seconds 10] [--concurrency 1,8,32] [--db URL --workers 4]
+                                          [--server-cpus 0 --client-cpus 1] [--json FILE]
+
+Needs ``wrk`` (Debian: ``apt-get install wrk``).
 """
 
 from __future__ import annotations
@@ -9,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import statistics
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,26 +30,29 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from fbnet.space import get_space  # noqa: E402
+from profiler_server.local import free_port  # noqa: E402
 
 ADMIN = "bench-admin"
 SPACE = "fbnet-cifar"
-PIXEL3 = Path("/work/shared/data/hwnasbench/pixel3_latency.json")
+PIXEL3 = REPO.parent / "shared" / "data" / "hwnasbench" / "pixel3_latency.json"
+if not PIXEL3.exists():
+    PIXEL3 = REPO / "tests" / "data" / "hwnasbench" / "pixel3_latency.json"
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pinned(cpus: str | None, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", cpus, *cmd] if cpus and shutil.which("taskset") else cmd
 
 
-def start(db_url: str, workers: int, cwd: Path):
+def start(db_url: str, workers: int, cwd: Path, cpus: str | None):
     port = free_port()
     env = {**os.environ, "FBNET_ADMIN_TOKEN": ADMIN, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "profiler_server.cli", "serve", "--db", db_url, "--port", str(port),
-                             "--workers", str(workers)], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+    cmd = [sys.executable, "-m", "profiler_server.cli", "serve", "--db", db_url, "--port", str(port),
+           "--workers", str(workers)]
+    proc = subprocess.Popen(pinned(cpus, cmd), cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(1200):
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return proc, url
@@ -52,36 +62,23 @@ def start(db_url: str, workers: int, cwd: Path):
     raise SystemExit("server did not start")
 
 
-def load(url: str, path: str, conc: int, seconds: float, headers: dict | None = None, expect: int = 200) -> dict:
-    lat: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * UNITS[m.group(2)]
 
-    def worker():
-        mine = []
-        with httpx.Client(base_url=url, headers=headers or {}, timeout=30) as c:
-            c.get(path)  # warm the connection
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                r = c.get(path)
-                mine.append(time.perf_counter() - t0)
-                if r.status_code != expect:
-                    errors[0] += 1
-        with lock:
-            lat.extend(mine)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(conc)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    lat.sort()
-    q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0]] * 99
-    return {"requests": len(lat), "rps": len(lat) / wall, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
-            "errors": errors[0]}
+def wrk(url: str, path: str, conc: int, seconds: float, cpus: str | None, headers: dict | None = None) -> dict:
+    """One wrk run: one thread, ``conc`` connections (each one request at a time)."""
+    cmd = ["wrk", "-t1", f"-c{conc}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
+    for k, v in (headers or {}).items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(pinned(cpus, [*cmd, url + path]), capture_output=True, text=True, check=True).stdout
+    pct = {int(float(p)): _ms(v) for p, v in re.findall(r"^\s+([\d.]+)%\s+([\d.]+(?:us|ms|s))\s*$", out, re.M)}
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": pct.get(50), "p99_ms": pct.get(99), "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
 
 
 def ingest(url: str, writers: int = 8, runs: int = 3) -> dict:
@@ -91,7 +88,7 @@ def ingest(url: str, writers: int = 8, runs: int = 3) -> dict:
         r = httpx.post(f"{url}/devices", json={"name": f"ingest-{i}", "platform": "linux", "runtime": "x"},
                        headers={"Authorization": f"Bearer {ADMIN}"})
         tokens.append(r.json()["token"])
-    stored = [0] * writers
+    stored, errors = [0] * writers, [0]
 
     def writer(i):
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens[i]}"}, timeout=60) as c:
@@ -101,7 +98,11 @@ def ingest(url: str, writers: int = 8, runs: int = 3) -> dict:
                 for s in range(0, len(keys), 25):
                     ms = [{"key": k, "n": 50, "median_us": 100.0, "mean_us": 101.0, "std_us": 2.0, "min_us": 95.0,
                            "p10_us": 97.0, "p90_us": 104.0} for k in keys[s:s + 25]]
-                    stored[i] += c.post(f"/runs/{rid}/measurements", json={"measurements": ms}).json()["stored"]
+                    r = c.post(f"/runs/{rid}/measurements", json={"measurements": ms})
+                    if r.status_code != 200:
+                        errors[0] += 1
+                        continue
+                    stored[i] += r.json()["stored"]
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
@@ -112,21 +113,29 @@ def ingest(url: str, writers: int = 8, runs: int = 3) -> dict:
     wall = time.perf_counter() - t0
     total = sum(stored)
     return {"writers": writers, "batch": 25, "measurements": total, "seconds": wall, "per_s": total / wall,
-            "expected": writers * runs * len(keys)}
+            "expected": writers * runs * len(keys), "errors": errors[0]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=3.0, help="duration of each load step")
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each load step")
     ap.add_argument("--db", help="SQLAlchemy URL (default: a fresh SQLite file)")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers")
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--server-cpus", default=None, help="taskset CPU list for the server (default: CPU 0 when "
+                                                        "the machine has 2+ CPUs)")
+    ap.add_argument("--client-cpus", default=None, help="taskset CPU list for wrk (default: the other CPUs)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    n = os.cpu_count() or 1
+    server_cpus = args.server_cpus or ("0" if n >= 2 else None)
+    client_cpus = args.client_cpus or (f"1-{n - 1}" if n >= 2 else None)
 
     tmp = Path(tempfile.mkdtemp(prefix="fbnet-bench-"))
     db_url = args.db or f"sqlite:///{tmp / 'bench.db'}"
-    proc, url = start(db_url, args.workers, tmp)
+    proc, url = start(db_url, args.workers, tmp, server_cpus)
     try:
         hdr = {"Authorization": f"Bearer {ADMIN}"}
         httpx.post(f"{url}/devices", json={"name": "pixel3", "platform": "android", "runtime": "tflite"}, headers=hdr)
@@ -135,20 +144,22 @@ def main() -> None:
         r.raise_for_status()
         table_path = f"/tables/pixel3?space={SPACE}"
         etag = httpx.get(url + table_path).headers["etag"]
+        for _ in range(2 * args.workers):  # every worker has the table cached before timing starts
+            httpx.get(url + table_path)
         rows = []
         for conc in [int(c) for c in args.concurrency.split(",")]:
-            h = load(url, "/healthz", conc, args.seconds)
-            t = load(url, table_path, conc, args.seconds)
-            n = load(url, table_path, conc, args.seconds, {"If-None-Match": etag}, expect=304)
-            rows.append({"concurrency": conc, "healthz": h, "table": t, "table_304": n,
+            h = wrk(url, "/healthz", conc, args.seconds, client_cpus)
+            t = wrk(url, table_path, conc, args.seconds, client_cpus)
+            nm = wrk(url, table_path, conc, args.seconds, client_cpus, {"If-None-Match": etag})
+            rows.append({"concurrency": conc, "healthz": h, "table": t, "table_304": nm,
                          "table_vs_healthz": t["rps"] / h["rps"]})
         ing = ingest(url)
     finally:
         proc.terminate()
         proc.wait(10)
 
-    print(f"server: {db_url.split(':')[0]}, {args.workers} worker(s), {os.cpu_count()} CPUs, "
-          f"{args.seconds:.0f} s per step, client threads on the same machine")
+    print(f"server: {db_url.split(':')[0]}, {args.workers} worker(s) on CPU(s) {server_cpus or 'any'}; load: wrk "
+          f"(1 thread, N connections) on CPU(s) {client_cpus or 'any'}; {n} CPUs; {args.seconds:g} s per step")
     print(f"{'conc':>4} | {'endpoint':<14} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6}")
     print("-" * 62)
     for row in rows:
@@ -157,10 +168,11 @@ def main() -> None:
             print(f"{row['concurrency']:>4} | {name:<14} | {m['rps']:>8.0f} | {m['p50_ms']:>7.2f} | "
                   f"{m['p99_ms']:>7.2f} | {m['errors']:>6}")
         print(f"{'':>4} | table/healthz throughput ratio: {row['table_vs_healthz']:.2f}")
-    print(f"ingestion: {ing['measurements']} measurements ({ing['expected']} expected) by {ing['writers']} writers "
-          f"in batches of {ing['batch']}: {ing['per_s']:.0f} measurements/s")
+    print(f"ingestion: {ing['measurements']} measurements ({ing['expected']} expected, {ing['errors']} errors) by "
+          f"{ing['writers']} writers (Python threads) in batches of {ing['batch']}: {ing['per_s']:.0f} measurements/s")
     if args.json:
-        args.json.write_text(json.dumps({"db": db_url.split(":")[0], "workers": args.workers, "load": rows,
+        args.json.write_text(json.dumps({"db": db_url.split(":")[0], "workers": args.workers, "generator": "wrk",
+                                         "server_cpus": server_cpus, "client_cpus": client_cpus, "load": rows,
                                          "ingestion": ing}, indent=1))
 
 

@@ -26,7 +26,17 @@ def make_engine(url: str, *, immediate: bool = False, pool_size: int = DEFAULT_P
     # later), so the pool gets a small overflow above one connection per thread.
     pool = {"pool_size": pool_size, "max_overflow": max(4, pool_size // 4), "pool_timeout": wait_s}
     if not is_sqlite(url):
-        return create_engine(url, pool_pre_ping=True, **pool)
+        engine = create_engine(url, pool_pre_ping=True, **pool)
+
+        @event.listens_for(engine, "connect")
+        def _pg_on_connect(dbapi_conn, _record):
+            # a statement waiting on a lock gives up after wait_s too (the service answers 503)
+            autocommit = dbapi_conn.autocommit
+            dbapi_conn.autocommit = True
+            dbapi_conn.execute(f"SET lock_timeout = {int(wait_s * 1000)}")
+            dbapi_conn.autocommit = autocommit
+
+        return engine
     busy_ms = int(wait_s * 1000)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": wait_s}, **pool)
 

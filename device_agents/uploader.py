@@ -31,6 +31,16 @@ from fbnet.wire import (
 )
 
 BATCH = 16
+MAX_RETRY_AFTER_S = 60.0  # a Retry-After above this is capped (a misconfigured proxy must not park the agent)
+
+
+def retry_after_s(r: httpx.Response) -> float | None:
+    """Seconds a 503/429 asks the client to wait (``Retry-After`` in seconds), capped; None if absent."""
+    try:
+        v = float(r.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return min(max(v, 0.0), MAX_RETRY_AFTER_S)
 
 
 class UploadError(RuntimeError):
@@ -92,10 +102,14 @@ class Uploader:
 
     # -- HTTP with retries ----------------------------------------------------------------
     def _request(self, method: str, url: str, **kw) -> httpx.Response:
+        """Retries transport errors, 5xx and 429 with exponential backoff; a 503/429 that says
+        ``Retry-After`` (the service's database is busy) is waited out for at least that long."""
         last: Exception | None = None
+        wait_s = 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(max(wait_s, self.backoff_s * 2 ** (attempt - 1)))
+            wait_s = 0.0
             try:
                 r = self.client.request(method, url, **kw)
             except httpx.TransportError as e:
@@ -103,6 +117,7 @@ class Uploader:
                 continue
             if r.status_code >= 500 or r.status_code == 429:
                 last = RuntimeError(f"HTTP {r.status_code}: {detail(r)}")
+                wait_s = retry_after_s(r) or 0.0
                 continue
             if r.status_code >= 400:
                 raise UploadError(f"{method} {url} refused (HTTP {r.status_code}): {detail(r)}")
@@ -134,6 +149,9 @@ class Uploader:
 
     def new_run(self, run: RunCreate) -> RunState:
         lid = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        # the key is spooled with the request: a POST retried after a timeout or a crash (of the
+        # agent or the service) finds the run it opened instead of leaving an empty one behind
+        run = run.model_copy(update={"idempotency_key": run.idempotency_key or uuid.uuid4().hex})
         st = RunState(lid, self.server, self.device, run.space, run.transport,
                       run.model_dump(mode="json"), path=str(self._dir() / f"{lid}.json"))
         st.save()

@@ -160,6 +160,18 @@ def backup(
     typer.echo(f"wrote {path} ({n} bytes)")
 
 
+@app.command()
+def check(db: DbOpt = None):
+    """Consistency of the database (SQLite integrity_check; orphans and duplicates on every engine)."""
+    from db.check import check_database
+    from fbnet.cli import Exit, fail
+
+    problems = check_database(_settings(db).resolved_db_url())
+    if problems:
+        fail("; ".join(problems), Exit.FAILED)
+    typer.echo("ok")
+
+
 def _write(out: Path, data: bytes) -> None:
     out.write_bytes(data)
     typer.echo(f"wrote {out}")

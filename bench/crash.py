@@ -1,0 +1,128 @@
+"""Crash bench: SIGKILL the service (or the agent) at random moments while ``fbnet-agent profile``
+measures and uploads over the host transport, recover (restart the service on the same database,
+then ``fbnet-agent upload``; or ``fbnet-agent profile --resume``), and check that every op is
+stored exactly once in exactly one finished run, and that the database is consistent
+(``fbnet-server check``: SQLite integrity_check, orphans and duplicates on every engine).
+
+    .venv/bin/python bench/crash.py [--iterations 6] [--mode both] [--limit 24] [--db URL] [--json FILE]
+
+The short version of this runs in the test suite (tests/test_server_crash.py). Op exports are
+cached (``--cache-dir``, the agent's default), so re-runs only measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from db.check import check_database  # noqa: E402
+from fbnet.space import get_space  # noqa: E402
+from profiler_server.local import LocalServer, free_port  # noqa: E402
+
+SPACE = "fbnet-cifar"
+
+
+def agent(*argv: str, wait: bool = False):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "device_agents.cli", *argv]
+    if wait:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        return p.returncode, p.stdout + p.stderr
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iterations", type=int, default=6, help="kills per mode")
+    ap.add_argument("--mode", choices=["service", "agent", "both"], default="both", help="what gets SIGKILLed")
+    ap.add_argument("--limit", type=int, default=24, help="ops of the space to profile per iteration")
+    ap.add_argument("--db", help="SQLAlchemy URL (default: a fresh SQLite file)")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="export cache (default: the agent's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="fbnet-crash-"))
+    db_url = args.db or f"sqlite:///{tmp / 'crash.db'}"
+    ops = [op.key for op in get_space(SPACE).ops if not op.is_identity][: args.limit]
+    cache = ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+    port = free_port()
+    server = LocalServer(db_url, tmp / "server", port=port, extra_env={"PYTHONPATH": str(REPO)}).start()
+    common = ["--space", SPACE, "--transport", "host", "--ops", ",".join(ops), "--warmup", "2", "--repeats", "10",
+              "--rounds", "2", "--retries", "1", *cache]
+    # one uncut run: exports the ops once and tells how long a run takes (the window kills land in)
+    token0 = server.create_device("crash-calibrate")
+    t0 = time.monotonic()
+    code, out = agent("profile", "--server", server.url, "--device", "crash-calibrate", "--token", token0,
+                      "--spool-dir", str(tmp / "spool-cal"), *common, wait=True)
+    span = time.monotonic() - t0
+    if code != 0:
+        raise SystemExit(f"calibration run failed ({code}):\n{out[-3000:]}")
+    modes = ["service", "agent"] if args.mode == "both" else [args.mode]
+    rows = []
+    for mode in modes:
+        for i in range(args.iterations):
+            dev = f"crash-{mode}-{i}"
+            token = server.create_device(dev)
+            spool = tmp / f"spool-{dev}"
+            base = ["--server", server.url, "--device", dev, "--token", token, "--spool-dir", str(spool)]
+            kill_at = rng.uniform(0.2, 1.0) * span
+            p = agent("profile", *base, *common)
+            time.sleep(kill_at)
+            victim = server.process if mode == "service" else p
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            if mode == "service":
+                out, _ = p.communicate(timeout=600)
+                agent_rc = p.returncode
+                server = LocalServer(db_url, tmp / "server", port=port, extra_env={"PYTHONPATH": str(REPO)}).start()
+                code, rec = agent("upload", *base, wait=True)
+                how = "upload"
+            else:
+                agent_rc = -9
+                code, rec = agent("profile", *base, *common, "--resume", wait=True)
+                how = "--resume"
+                if code != 0 and "no unfinished" in rec:  # killed before its run was spooled: start over
+                    code, rec = agent("profile", *base, *common, wait=True)
+                    how = "fresh"
+            runs = httpx.get(f"{server.url}/runs", params={"device": dev}, timeout=30).json()
+            keys = []
+            for r in runs:
+                keys += httpx.get(f"{server.url}/runs/{r['id']}/measurements", timeout=30).json()["keys"]
+            ok = (code == 0 and len(runs) == 1 and runs[0]["status"] == "finished" and sorted(keys) == sorted(ops))
+            rows.append({"mode": mode, "i": i, "kill_at_s": round(kill_at, 2), "agent_rc": agent_rc,
+                         "recovery": how, "recovery_rc": code, "runs": len(runs), "stored": len(keys),
+                         "unique": len(set(keys)), "expected": len(ops), "ok": ok,
+                         "log": "" if ok else rec[-2000:]})
+            print(f"{mode:>7} #{i}: killed at {kill_at:5.1f} s, agent rc {agent_rc}, {how} rc {code}, "
+                  f"{len(runs)} run(s), {len(keys)} stored / {len(set(keys))} unique / {len(ops)} expected: "
+                  f"{'ok' if ok else 'FAILED'}", flush=True)
+    server.stop()
+    problems = check_database(db_url)
+    print(f"\nengine {db_url.split(':')[0]}, {len(ops)} ops per run, calibration run {span:.1f} s")
+    print(f"{'mode':>7} | kills | all ops once, one finished run")
+    for mode in modes:
+        mine = [r for r in rows if r["mode"] == mode]
+        print(f"{mode:>7} | {len(mine):>5} | {sum(r['ok'] for r in mine)}/{len(mine)}")
+    print(f"database check: {'ok' if not problems else '; '.join(problems)}")
+    if args.json:
+        args.json.write_text(json.dumps({"db": db_url.split(":")[0], "ops": len(ops), "calibration_s": span,
+                                         "rows": rows, "db_problems": problems}, indent=1))
+    if problems or not all(r["ok"] for r in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
