@@ -21,7 +21,7 @@ from doubles.support import HOST_OPS, SPACE, export_cache, run_agent
 from db.check import check_database
 
 pytestmark = pytest.mark.slow
-SLOW = ["--warmup", "1", "--repeats", "5", "--rounds", "1", "--cooldown", "0.7", "--retries", "1"]
+SLOW = ["--warmup", "1", "--repeats", "5", "--rounds", "1", "--cooldown", "0.4", "--retries", "1"]
 
 
 @pytest.fixture(scope="module")
