@@ -190,8 +190,16 @@ def validate(
     serial: Serial = None, runner: Runner = None, adb: AdbPath = "adb",
     udid: Udid = None, bundle_id: BundleId = "org.fbnetlut.CoreMLBench", compute_units: Units = ComputeUnits.cpu,
     xcrun: Xcrun = "xcrun",
+    per_layer: Annotated[bool, typer.Option(
+        "--per-layer", help="also time every prefix of each model (stem + first k layers) in the same rounds: "
+        "each layer's in-context cost next to its table entry")] = False,
+    per_layer_json: Annotated[Path | None, typer.Option("--per-layer-json", help="write the per-layer rows here")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="per-layer plot (PNG) of table vs in-context")] = None,
 ):
-    """Measure whole architectures with the op protocol and upload measured vs table-predicted latency."""
+    """Measure whole architectures with the op protocol and upload measured vs table-predicted latency.
+
+    With --per-layer, each layer's cost inside the model (prefix-model differences) is shown next to
+    its table entry, so you see which layers make the table's error."""
     from device_agents.protocol import ProtocolConfig
     from device_agents.validate import NothingToValidate, label_archs
     from device_agents.validate import validate as run_validate
@@ -204,8 +212,11 @@ def validate(
         fail("nothing to validate: --archs 0 --no-predefined and no --arch")
     tgt = _target(transport, threads, cpu_mask, serial, runner, adb, udid, bundle_id, compute_units, xcrun)
     cfg = ProtocolConfig(warmup=warmup, repeats=repeats, rounds=rounds, seed=seed, cv_threshold=cv_threshold)
+    if (per_layer_json or plot) and not per_layer:
+        fail("--per-layer-json and --plot need --per-layer")
     rep = run_validate(server, token, device, space, labelled, target=tgt, cfg=cfg, cache_dir=cache_dir, jobs=jobs,
-                       n_reference=reference, overhead_correction=overhead_correction, note=console.print)
+                       n_reference=reference, overhead_correction=overhead_correction, per_layer=per_layer,
+                       note=console.print)
 
     from rich.table import Table
 
@@ -223,9 +234,40 @@ def validate(
                                                       "measured in: errors of this size are drift, not the table[/yellow]")
         console.print(f"drift since the table was measured: {100 * (rep.drift - 1):+.1f}% (median over "
                       f"{len(rep.reference_ops)} reference ops timed in this run){note}")
+    if per_layer:
+        _print_per_layer(console, rep, per_layer_json, plot)
     errs = rep.errors
     console.print(f"{len(errs)} validations uploaded; MAPE {sum(errs) / len(errs):.1f}%, "
                   f"within 10%: {sum(e <= 10 for e in errs)}/{len(errs)}")
+
+
+def _print_per_layer(console, rep, json_path: Path | None, plot_path: Path | None) -> None:
+    import json
+
+    from rich.table import Table
+
+    from device_agents import perlayer
+    from fbnet.io import atomic_write
+
+    for label, rows in rep.per_layer.items():
+        t = Table(title=f"{label}: each layer in context (prefix differences) vs its table entry")
+        for col in ("part", "op", "table us", "in context us", "table - in context us"):
+            t.add_column(col, justify="left" if col in ("part", "op") else "right")
+        for r in rows:
+            t.add_row(r.part, ",".join(r.ops) if len(r.ops) == 1 else f"{len(r.ops)} ops", f"{r.table_us:.1f}",
+                      f"{r.in_context_us:.1f}", f"{r.error_us:+.1f}")
+        console.print(t)
+        s = perlayer.summary(rows)
+        worst = ", ".join(f"{w['part']} ({w['error_us']:+.0f} us)" for w in s["worst"])
+        console.print(f"{label}: table {s['table_us']:.0f} us vs {s['in_context_us']:.0f} us in context; "
+                      f"largest errors: {worst}")
+    if json_path:
+        atomic_write(json_path, json.dumps({label: {"rows": [r.to_dict() for r in rows], "summary": perlayer.summary(rows)}
+                                            for label, rows in rep.per_layer.items()}, indent=1))
+        console.print(f"per-layer rows written to {json_path}")
+    if plot_path:
+        perlayer.plot(rep.per_layer, plot_path, f"{rep.space} on {rep.device} ({rep.transport}): table vs in context")
+        console.print(f"plot written to {plot_path}")
 
 
 def main() -> None:

@@ -77,6 +77,11 @@ def _export_task(job: tuple) -> tuple[str, str]:
         from fbnet.space import get_space
 
         return key, str(export_arch(get_space(space_name), Arch.parse(arch_text), fmt, target))
+    if kind == "prefix":
+        key, space_name, arch_text, k = payload
+        from fbnet.space import get_space
+
+        return key, str(export_prefix(get_space(space_name), Arch.parse(arch_text), k, fmt, target))
     return overhead_key(payload), str(export_overhead(payload, fmt, target))
 
 
@@ -160,7 +165,50 @@ def export_archs(space: Space, archs: dict[str, tuple[Arch, Path]], fmt: str, jo
     return _run_jobs(cold, jobs, done, progress)
 
 
+class Prefix(torch.nn.Module):
+    """The first ``k`` layers of a whole architecture, after its stem (``k = 0``: the stem alone),
+    with the whole model's weights: timing every ``k`` in the same rounds gives each layer's cost
+    inside the network as ``t(k + 1) - t(k)``."""
+
+    def __init__(self, model: blocks.FBNet, k: int):
+        super().__init__()
+        self.stem = model.stem
+        self.layers = torch.nn.Sequential(*list(model.layers)[:k])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x))
+
+
+def export_prefix(space: Space, arch: Arch, k: int, fmt: str, path: str | Path) -> Path:
+    """Stem + the first ``k`` layers of ``arch`` (weights as :func:`fbnet.export.export_arch` makes them)."""
+    from fbnet.export import WEIGHT_SEED, export_module
+
+    with torch.random.fork_rng():
+        torch.manual_seed(WEIGHT_SEED)
+        model = blocks.FBNet(space, arch)
+    try:
+        return export_module(Prefix(model, k).eval(), blocks.example_input(space.input_shape), fmt, path)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"export of the first {k} layers of {arch.to_text()} failed: {type(e).__name__}: {e}") from e
+
+
+def export_prefixes(space: Space, prefixes: dict[str, tuple[Arch, int, Path]], fmt: str, jobs: int = 2,
+                    progress: Callable[[str, Path, bool], None] | None = None) -> dict[str, Path]:
+    """Export prefix models (``key -> (arch, k, path)``) not on disk yet, ``jobs`` at a time."""
+    check_format(fmt)
+    done: dict[str, Path] = {}
+    cold = []
+    for key, (arch, k, path) in prefixes.items():
+        if Path(path).exists():
+            done[key] = Path(path)
+            if progress:
+                progress(key, Path(path), True)
+        else:
+            cold.append(("prefix", (key, space.name, arch.to_text(), k), fmt, str(path)))
+    return _run_jobs(cold, jobs, done, progress)
+
+
 __all__ = [
-    "FORMATS", "CallOverhead", "ExportError", "cache_path", "export_arch", "export_archs", "export_op",
-    "export_overhead", "export_space", "fingerprint", "library_versions", "op_module", "overhead_key",
+    "FORMATS", "CallOverhead", "ExportError", "Prefix", "cache_path", "export_arch", "export_archs", "export_op",
+    "export_overhead", "export_prefix", "export_prefixes", "export_space", "fingerprint", "library_versions", "op_module", "overhead_key",
 ]

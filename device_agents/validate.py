@@ -45,6 +45,7 @@ class ValidationReport:
     rows: list[ArchValidation] = field(default_factory=list)
     drift: float | None = None
     reference_ops: list[str] = field(default_factory=list)
+    per_layer: dict[str, list] = field(default_factory=dict)  # label -> [perlayer.LayerRow] (--per-layer)
 
     @property
     def errors(self) -> list[float]:
@@ -79,8 +80,11 @@ def fetch_table(server: str, token: str, device: str, space: str, cache_dir: Pat
 
 def validate(server: str, token: str, device: str, space: str, labelled, *, target: Target | None = None,
              cfg: ProtocolConfig | None = None, cache_dir: Path | None = None, jobs: int = 2,
-             n_reference: int = 8, overhead_correction: bool = False, show_progress: bool = True,
-             note: Callable[[str], None] = print) -> ValidationReport:
+             n_reference: int = 8, overhead_correction: bool = False, per_layer: bool = False,
+             show_progress: bool = True, note: Callable[[str], None] = print) -> ValidationReport:
+    """Time the architectures (and, with ``per_layer``, their prefix models: see
+    :mod:`device_agents.perlayer`) with the table's reference ops in the same rounds; upload one
+    validation per architecture."""
     from device_agents.exporters import export_archs, export_space, fingerprint
     from device_agents.uploader import Uploader
     from fbnet.cli import progress, ticker
@@ -108,6 +112,15 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
                                 progress=lambda key, path, cached: prog.update(task, advance=1, info=key))
     # Reference ops from the table, timed in the same interleaved rounds as the whole models: how much
     # faster or slower the device is now than when its table was measured (shared hosts, thermal state).
+    if per_layer:
+        from device_agents import perlayer
+        from device_agents.exporters import export_prefixes
+
+        prefixes = perlayer.prefix_programs(sp, labelled, keys, folder, fmt)
+        with progress(enabled=show_progress) as prog:
+            task = prog.add_task("prefixes", total=len(prefixes), info="")
+            programs.update(export_prefixes(sp, prefixes, fmt, jobs=jobs,
+                                            progress=lambda key, path, cached: prog.update(task, advance=1, info=key)))
     refs = reference_ops(sp, [a for _, a in labelled], n_reference)
     arch_shapes = {k: sp.input_shape for k in programs}
     if refs:
@@ -144,6 +157,9 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
             )
             out = up.post_validation(v)
             report.rows.append(ArchValidation(label, a, raw, fixed, r.stats.median_us, out.error_pct))
+            if per_layer:
+                medians = {k: res.stats.median_us for k, res in results.items()}
+                report.per_layer[label] = perlayer.layer_rows(sp, a, table, medians, keys[label])
     finally:
         up.close()
     return report
