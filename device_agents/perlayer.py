@@ -4,7 +4,8 @@ Method: **prefix models**. For an architecture, the stem alone (k = 0), stem + t
 for every k = 1..22, and the whole model are exported with the whole model's weights and timed in
 the same interleaved rounds as everything else; layer k costs ``t(k + 1) - t(k)`` in context, the
 stem ``t(0)``, the tail (head, pool, fc) ``t(whole) - t(22)``. An identity skip adds nothing to the
-program, so its in-context cost is noise around 0.
+program: its prefix is the previous one (exported and timed once), so its in-context cost is 0,
+exactly as the table serves a measured skip.
 
 Why not ETDump: the runner writes one (``fbnet-runner --etdump-dir``) and the devtools Inspector
 parses it, but the XNNPACK delegate of the executorch 1.5.1 wheel reports its events per XNNPACK
@@ -27,12 +28,20 @@ def prefix_key(arch_key: str, k: int) -> str:
     return f"{arch_key}-p{k:02d}"
 
 
+def canonical_k(space, arch, k: int) -> int:
+    """The smallest prefix length with the same program as ``k`` (identity skips add nothing)."""
+    ops = space.arch_ops(arch, with_identity=True)  # stem, the layers, head, pool, fc
+    while k > 0 and ops[k].is_identity:  # ops[k] is layer k - 1
+        k -= 1
+    return k
+
+
 def prefix_programs(space, labelled, keys: dict[str, str], folder: Path, fmt: str) -> dict[str, tuple]:
-    """key -> (arch, k, path) for k = 0..NUM_LAYERS of every architecture (the whole model is the
-    validate flow's own program)."""
+    """key -> (arch, k, path) for every distinct prefix k = 0..NUM_LAYERS of every architecture (the
+    whole model is the validate flow's own program)."""
     out = {}
     for label, arch in labelled:
-        for k in range(NUM_LAYERS + 1):
+        for k in sorted({canonical_k(space, arch, k) for k in range(NUM_LAYERS + 1)}):
             key = prefix_key(keys[label], k)
             digest = hashlib.sha256(f"{arch.to_text()}|{k}".encode()).hexdigest()[:12]
             out[key] = (arch, k, folder / f"prefix-{digest}-{k:02d}.{fmt}")
@@ -62,7 +71,7 @@ def layer_rows(space, arch, table, medians: dict[str, float], arch_key: str) -> 
     per_op = predict(table, arch, space)["per_op"]  # stem, the 22 layers, head, pool, fc
     ops = space.arch_ops(arch, with_identity=True)
     ovh = table.overhead_us or 0.0
-    t = [medians[prefix_key(arch_key, k)] for k in range(NUM_LAYERS + 1)]
+    t = [medians[prefix_key(arch_key, canonical_k(space, arch, k))] for k in range(NUM_LAYERS + 1)]
     rows = [LayerRow("stem", [per_op[0]["key"]], per_op[0]["latency_us"], t[0], ovh)]
     for i in range(NUM_LAYERS):
         op, p = ops[1 + i], per_op[1 + i]

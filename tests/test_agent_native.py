@@ -163,3 +163,48 @@ def test_adb_runs_fbnet_runner_for_real(live_server, runner, cache, tmp_path, mo
     assert any(e.get("temps", {}).get("thermal_zone0 cpu-big") == 41.5 for e in rounds)
     logged = (root / "logcat.txt").read_text()
     assert ("Resetting threadpool" in logged) == (pal == "logcat")
+
+
+@pytest.mark.slow
+def test_validate_per_layer_prefix_models(live_server_sqlite, runner, cache, tmp_path):
+    """validate --per-layer through the native runner: every prefix of the model is timed in the same
+    rounds; the per-layer rows telescope to the whole model and sit next to the served entries."""
+    from fbnet.space import NUM_LAYERS, Arch, get_space
+
+    server = live_server_sqlite
+    token = server.create_device("native-layers")
+    sp = get_space(SPACE)
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+        rid = c.post("/runs", json={"space": SPACE, "agent_version": "test", "runtime": "synthetic",
+                                    "runtime_version": "0", "overhead_us": 2.0}).json()["id"]
+        ms = [{"key": op.key, "n": 1, "median_us": 100.0 + i % 7, "mean_us": 100.0 + i % 7, "std_us": 0.0,
+               "min_us": 100.0 + i % 7, "p10_us": 100.0 + i % 7, "p90_us": 100.0 + i % 7}
+              for i, op in enumerate(op for op in sp.ops if not op.is_identity)]
+        assert c.post(f"/runs/{rid}/measurements", json={"measurements": ms}).status_code == 200
+    rows_json, png = tmp_path / "rows.json", tmp_path / "layers.png"
+    # real ops at 7 layers, identity skips elsewhere: 8 distinct prefixes to export (a skip adds nothing)
+    arch = ",".join(["k3_e3", "k3_e1", *(["skip"] * 3 + ["k3_e1"]) * 5])
+    code, out = run_agent("validate", "--server", server.url, "--device", "native-layers", "--token", token,
+                          "--space", SPACE, "--transport", "native", "--runner", str(runner), "--cache-dir",
+                          str(cache), "--archs", "0", "--arch", arch, "--no-predefined", "--reference-ops", "0",
+                          "--warmup", "1", "--repeats", "5", "--rounds", "2", "--per-layer", "--per-layer-json",
+                          str(rows_json), "--plot", str(png))
+    assert code == 0, out
+    assert "each layer in context" in out and "largest errors" in out
+    (label, got), = json.loads(rows_json.read_text()).items()
+    rows = got["rows"]
+    assert label == "arch-0" and [r["part"] for r in rows] == ["stem", *[f"layer {i}" for i in range(NUM_LAYERS)],
+                                                                   "tail"]
+    served = {m["key"]: m["median_us"] for m in ms}
+    skips = [op.is_identity for op in sp.arch_ops(Arch.parse(arch), with_identity=True)[1:1 + NUM_LAYERS]]
+    assert sum(skips) == 15
+    for r, skip in zip(rows[1:-1], skips, strict=True):
+        assert r["table_us"] == served.get(r["ops"][0], 0.0)  # identity skips are served at 0
+        if skip:  # nothing runs: the prefix is the previous one, timed once
+            assert r["in_context_us"] == 0.0 and r["table_us"] == 0.0
+    (v,) = httpx.get(f"{server.url}/validations/native-layers", params={"space": SPACE}, timeout=30).json()["validations"]
+    # prefix differences telescope: the parts add up to the whole model, timed in the same rounds
+    assert sum(r["in_context_us"] for r in rows) == pytest.approx(v["measured_us"], rel=1e-6)
+    assert got["summary"]["table_us"] == pytest.approx(v["extra"]["raw_sum_us"])
+    assert sum(r["in_context_us"] > 0 for r in rows if r["table_us"] > 0) > 0.7 * sum(r["table_us"] > 0 for r in rows)
+    assert png.read_bytes()[:4] == b"\x89PNG"
