@@ -1,10 +1,14 @@
 """Does the table predict whole networks? Profile fbnet-cifar on the host, then time N random
 architectures whole and compare with the table's prediction (one run, its own server).
 
-    python bench/lut_fidelity.py --archs 50 --seed 0 --json fidelity.json
+    python bench/lut_fidelity.py --archs 50 --seed 0 [--precision int8] --json fidelity.json
 
 Prints predicted vs measured per architecture and the summary (MAPE, share within ±10%, Kendall
-tau); ``--json`` writes ``{"within_10pct", "kendall_tau", "mape", "archs": [...]}``.
+tau) of what `validate` uploaded (the default pricing: corrected entries + the overhead once, scaled
+by the drift of the reference ops timed with the models), and, from the same measurements, every
+variant: corrected vs raw pricing, with and without the drift scaling, and a low-percentile (p10)
+statistic used for ops and models alike. ``--json`` writes ``{"within_10pct", "kendall_tau",
+"mape", "variants", "archs": [...]}``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,41 @@ def run(*args) -> None:
         raise SystemExit(f"{Path(str(args[0])).name} {args[1]} exited with {r.returncode}")
 
 
+def score(pred: list[float], meas: list[float]) -> dict:
+    from scipy.stats import kendalltau
+
+    errs = [100 * (p - m) / m for p, m in zip(pred, meas, strict=True)]
+    return {"within_10pct": sum(abs(e) <= 10 for e in errs) / len(errs), "mape": sum(map(abs, errs)) / len(errs),
+            "kendall_tau": float(kendalltau(pred, meas).statistic)}
+
+
+def score_variants(rows: list[dict], table: dict, space_name: str) -> dict:
+    """Pricing (corrected / raw) x drift scaling (on / off), and the p10 statistic (ops and models)."""
+    from fbnet.space import Arch, get_space
+
+    if not rows:
+        return {}
+    sp = get_space(space_name)
+    by_key = {e["key"]: e for e in table["entries"]}
+    ovh = table.get("overhead_us") or 0.0
+    meas = [v["measured_us"] for v in rows]
+    drift = [v["extra"].get("drift") or 1.0 for v in rows]
+    out = {}
+    for name, key in (("corrected", "table_predicted_us"), ("raw", "raw_sum_us")):
+        base = [v["extra"][key] for v in rows]
+        out[f"{name}, as served"] = score(base, meas)
+        out[f"{name}, drift-scaled"] = score([b * d for b, d in zip(base, drift, strict=True)], meas)
+    p10_pred = []
+    for v in rows:
+        ops = sp.arch_ops(Arch(tuple(v["arch"])), with_identity=True)
+        p10_pred.append(sum(max(0.0, by_key[o.key]["p10_us"] - (by_key[o.key]["latency_us"] -
+                                                               by_key[o.key]["corrected_us"])) for o in ops) + ovh)
+    p10_meas = [v["extra"]["p10_us"] for v in rows]
+    out["p10, corrected, as served"] = score(p10_pred, p10_meas)
+    out["p10, corrected, drift-scaled"] = score([p * d for p, d in zip(p10_pred, drift, strict=True)], p10_meas)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="LUT fidelity on the host: table-predicted vs measured whole models")
     p.add_argument("--archs", type=int, default=50, help="random architectures")
@@ -48,6 +87,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--transport", choices=["host", "native"], default="host",
                    help="host: the Python pybindings transport; native: our C++ fbnet-runner (`make runner`)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    p.add_argument("--reference-ops", type=int, default=None, help="profile: reference ops per round")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-round normalisation by the reference ops (profile and validate)")
+    p.add_argument("--warmup-stable", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache" / "exports")
     p.add_argument("--json", type=Path, help="write the results here")
     a = p.parse_args()
@@ -60,13 +104,19 @@ def main() -> None:
         common = ["--server", server.url, "--device", device, "--token", token, "--space", a.space,
                   "--transport", a.transport, "--warmup", a.warmup, "--repeats", a.repeats, "--rounds", a.rounds,
                   "--threads", a.threads, "--cache-dir", a.cache_dir, "--seed", a.seed]
+        proto = [] if a.normalize is None else ["--normalize" if a.normalize else "--no-normalize"]
+        proto += [] if a.warmup_stable is None else ["--warmup-stable" if a.warmup_stable else "--no-warmup-stable"]
         t_prof = time.monotonic()
-        run(BIN / "fbnet-agent", "profile", *common)
+        run(BIN / "fbnet-agent", "profile", *common, "--precision", a.precision, *proto,
+            *([] if a.reference_ops is None else ["--reference-ops", a.reference_ops]))
         t_val = time.monotonic()
-        run(BIN / "fbnet-agent", "validate", *common, "--archs", a.archs, "--no-predefined")
+        run(BIN / "fbnet-agent", "validate", *common, "--archs", a.archs, "--no-predefined", "--precision",
+            a.precision, *proto)
         t_end = time.monotonic()
         summary = httpx.get(f"{server.url}/validations/{device}", params={"space": a.space}, timeout=60).json()
-        table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space}, timeout=60).json()
+        table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space, "precision": a.precision},
+                          timeout=60).json()
+        run_info = httpx.get(f"{server.url}/runs", params={"device": device}, timeout=60).json()[-1]
 
     rows = sorted(summary["validations"], key=lambda v: v["measured_us"])
     t = Table(title=f"LUT fidelity: {a.space} on the host ({a.transport} transport, {a.threads} thread), "
@@ -82,16 +132,27 @@ def main() -> None:
     s.add_row("within ±10%", f"{100 * summary['within_10pct']:.1f}%  (target ≥ 95%)")
     s.add_row("Kendall tau", f"{summary['kendall_tau']:.3f}  (target ≥ 0.9)")
     s.add_row("table overhead_us", str(table.get("overhead_us")))
+    s.add_row("table configuration", str(table.get("configuration")))
+    prot = run_info.get("extra", {}).get("protocol", {})
+    s.add_row("profile run", f"unstable {run_info.get('unstable')}, round-factor spread {prot.get('spread')}")
     drift = rows[0]["extra"].get("drift") if rows else None
     if drift is not None:
         s.add_row("drift since profiling", f"{100 * (drift - 1):+.1f}%  (reference ops re-timed with the models)")
     s.add_row("wall time", f"profile {t_val - t_prof:.0f} s, validate {t_end - t_val:.0f} s, total {time.monotonic() - t0:.0f} s")
     console.print(s)
+    variants = score_variants(rows, table, a.space)
+    vt = Table(title="the same measurements, priced every way")
+    for col in ("variant", "within ±10%", "Kendall tau", "MAPE %"):
+        vt.add_column(col, justify="left" if col == "variant" else "right")
+    for name, v in variants.items():
+        vt.add_row(name, f"{100 * v['within_10pct']:.1f}%", f"{v['kendall_tau']:.3f}", f"{v['mape']:.2f}")
+    console.print(vt)
     if a.json:
         a.json.write_text(json.dumps({
             "space": a.space, "threads": a.threads, "seed": a.seed, "transport": a.transport,
             "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],
-            "drift": drift,
+            "drift": drift, "precision": a.precision, "variants": variants,
+            "profile_unstable": run_info.get("unstable"), "profile_protocol": prot,
             "archs": [{"label": v["label"], "arch": v["arch"], "predicted_us": v["predicted_us"],
                        "measured_us": v["measured_us"], "error_pct": v["error_pct"], "extra": v.get("extra", {})}
                       for v in rows],

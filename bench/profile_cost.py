@@ -15,6 +15,12 @@ the second table gives each transport's time to measure, the per-op ratio of med
 (median and p10-p90 over ops) and each one's repeatability.
 
     .venv/bin/python bench/profile_cost.py --spaces fbnet-cifar --transports host,native --json FILE
+
+    .venv/bin/python bench/profile_cost.py --spaces fbnet-cifar --precisions fp32,int8 --json FILE
+
+With several precisions (``fp32,int8``: int8 is PT2E with the XNNPACK quantizer, fbnet.export) the
+rows come side by side, plus the per-op latency ratio of each precision to the first (median and
+p10/p90 over the ops, from run 1).
 """
 
 from __future__ import annotations
@@ -94,18 +100,20 @@ def bench_transports(name: str, cache: Path, jobs: int, cfg, threads: int, trans
     return out
 
 
-def bench_space(name: str, cache: Path, jobs: int, cfg, threads: int) -> dict:
+def bench_space(name: str, cache: Path, jobs: int, cfg, threads: int, precision: str = "fp32") -> dict:
     from device_agents.exporters import export_space, overhead_key
     from device_agents.transports.host import HostTransport
+    from fbnet.export import export_format
     from fbnet.space import get_space
 
     sp = get_space(name)
+    fmt = export_format("pte", precision)
     ops = [op for op in sp.ops if not op.is_identity]
     t0 = time.perf_counter()
-    programs = export_space(sp, "pte", cache, ops=ops, jobs=jobs, overheads=True)
+    programs = export_space(sp, fmt, cache, ops=ops, jobs=jobs, overheads=True)
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    programs = export_space(sp, "pte", cache, ops=ops, jobs=jobs, overheads=True)
+    programs = export_space(sp, fmt, cache, ops=ops, jobs=jobs, overheads=True)
     warm = time.perf_counter() - t0
     tr = HostTransport(threads=threads)
     t0 = time.perf_counter()
@@ -121,7 +129,7 @@ def bench_space(name: str, cache: Path, jobs: int, cfg, threads: int) -> dict:
     total1 = sum(r1[k].stats.median_us for k in keys)
     total2 = sum(r2[k].stats.median_us for k in keys)
     return {
-        "space": name, "ops": len(keys), "programs": len(programs), "export_cold_s": round(cold, 1),
+        "space": name, "precision": precision, "medians_us": {k: r1[k].stats.median_us for k in keys}, "ops": len(keys), "programs": len(programs), "export_cold_s": round(cold, 1),
         "export_warm_s": round(warm, 3), "load_s": round(load, 2), "measure_1_s": round(m1, 1),
         "measure_2_s": round(m2, 1), "warm_profile_s": round(warm + load + m1, 1),
         "cold_profile_s": round(cold + load + m1, 1),
@@ -137,6 +145,7 @@ def bench_space(name: str, cache: Path, jobs: int, cfg, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spaces", default="fbnet-cifar,fbnet-224")
+    ap.add_argument("--precisions", default="fp32", help="comma-separated: fp32,int8")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=10)
@@ -185,20 +194,30 @@ def main() -> None:
         return
     try:
         for name in args.spaces.split(","):
-            print(f"[{name}] exporting, loading, measuring twice ...", file=sys.stderr, flush=True)
-            rows.append(bench_space(name, cache, args.jobs, cfg, args.threads))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for prec in args.precisions.split(","):
+                print(f"[{name} {prec}] exporting, loading, measuring twice ...", file=sys.stderr, flush=True)
+                rows.append(bench_space(name, cache, args.jobs, cfg, args.threads, prec))
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "medians_us"}), file=sys.stderr,
+                      flush=True)
+                first = next(r for r in rows if r["space"] == name)
+                if first is not rows[-1]:
+                    ratios = sorted(rows[-1]["medians_us"][k] / first["medians_us"][k] for k in first["medians_us"])
+                    rows[-1]["ratio_to_" + first["precision"]] = {
+                        "median": round(statistics.median(ratios), 3), "p10": round(ratios[len(ratios) // 10], 3),
+                        "p90": round(ratios[int(0.9 * (len(ratios) - 1))], 3)}
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    cols = [("space", "space"), ("ops", "ops"), ("export cold s", "export_cold_s"), ("export warm s", "export_warm_s"),
+    cols = [("space", "space"), ("precision", "precision"), ("ops", "ops"), ("export cold s", "export_cold_s"), ("export warm s", "export_warm_s"),
             ("load s", "load_s"), ("measure s (run 1/2)", None), ("warm profile s", "warm_profile_s"),
             ("cold profile s", "cold_profile_s"), ("repeat median |d| %", "repeat_median_abs_diff_pct"),
-            ("p90 |d| %", "repeat_p90_abs_diff_pct"), ("median CV", "median_cv")]
+            ("p90 |d| %", "repeat_p90_abs_diff_pct"), ("median CV", "median_cv"), ("per-op ratio to first", "ratio")]
     print("| " + " | ".join(c for c, _ in cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
+        ratio = next((v for k, v in r.items() if k.startswith("ratio_to_")), None)
+        r = {**r, "ratio": "-" if ratio is None else f"{ratio['median']} (p10 {ratio['p10']}, p90 {ratio['p90']})"}
         cells = [f"{r['measure_1_s']} / {r['measure_2_s']}" if k is None else str(r[k]) for _, k in cols]
         print("| " + " | ".join(cells) + " |")
     meta = {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg(), "threads": args.threads, "jobs": args.jobs,

@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -122,6 +123,11 @@ class Run(Base):
     agent_version: Mapped[str] = mapped_column(String(64))
     runtime: Mapped[str] = mapped_column(String(64))
     runtime_version: Mapped[str] = mapped_column(String(64))
+    # The configuration a run belongs to: precision, runtime, runtime_version, threads, cpu_mask,
+    # compute_units (and transport 'import'); tables never mix configurations.
+    precision: Mapped[str] = mapped_column(String(16), default="fp32", server_default="fp32")
+    # reference ops drifted more than the agent's threshold: left out of tables unless asked for
+    unstable: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     build: Mapped[str | None] = mapped_column(String(256))
     threads: Mapped[int | None] = mapped_column(Integer)
     cpu_mask: Mapped[str | None] = mapped_column(String(64))
@@ -167,6 +173,8 @@ class Measurement(Base):
     p10_us: Mapped[float] = mapped_column(Float)
     p90_us: Mapped[float] = mapped_column(Float)
     samples_us: Mapped[list[Any] | None] = mapped_column(JSON)
+    # the runtime's per-call overhead for this op's input shape, timed in the same rounds
+    overhead_us: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

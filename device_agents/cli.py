@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from device_agents.targets import Target, TransportName, default_cache_dir, export_ops, select_ops
-from fbnet.cli import EXIT_CODES_HELP, Exit, fail, run
+from fbnet.cli import EXIT_CODES_HELP, Exit, fail, make_selector, run
 
 app = typer.Typer(help="fbnet-lut device agent: profile operators and whole models on a target. " + EXIT_CODES_HELP,
                   no_args_is_help=True, add_completion=False)
@@ -57,6 +57,16 @@ Udid = Annotated[str | None, typer.Option("--udid", help="ios: the iPhone's UDID
 BundleId = Annotated[str, typer.Option("--bundle-id", help="ios: bundle id of the CoreMLBench app")]
 Units = Annotated[ComputeUnits, typer.Option("--compute-units", help="ios: Core ML compute units")]
 Xcrun = Annotated[str, typer.Option("--xcrun", help="ios: the xcrun executable")]
+_P = "Protocol under noise"
+RefOps = Annotated[int, typer.Option("--reference-ops", min=0, rich_help_panel=_P, help=(
+    "reference ops timed in every round: their per-round medians give the round factors (normalisation, "
+    "unstable flag); validate: table ops timed with the models (the device's drift)"))]
+Normalize = Annotated[bool, typer.Option("--normalize/--no-normalize", rich_help_panel=_P,
+                                         help="divide each round's samples by its reference factor")]
+WarmupStable = Annotated[bool, typer.Option("--warmup-stable/--no-warmup-stable", rich_help_panel=_P,
+                                            help="before the rounds, time a reference op until its median settles")]
+UnstableAt = Annotated[float, typer.Option("--unstable-threshold", min=0, rich_help_panel=_P,
+                                           help="mark the run unstable when round factors spread more than this")]
 
 
 
@@ -66,9 +76,21 @@ def _console():
     return Console(stderr=True)
 
 
-def _target(transport, threads, cpu_mask, serial, runner, adb, udid, bundle_id, compute_units, xcrun) -> Target:
+def _target(transport, threads, cpu_mask, serial, runner, adb, udid, bundle_id, compute_units, xcrun,
+            precision: str | None = None) -> Target:
     return Target(transport=transport, threads=threads, cpu_mask=cpu_mask, serial=serial, runner=runner, adb=adb,
-                  udid=udid, bundle_id=bundle_id, compute_units=compute_units.value, xcrun=xcrun)
+                  udid=udid, bundle_id=bundle_id, compute_units=compute_units.value, xcrun=xcrun, precision=precision)
+
+
+class PrecisionOpt(StrEnum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+Precision = Annotated[PrecisionOpt | None, typer.Option(
+    "--precision", help="fp32 or int8 (ExecuTorch: PT2E, XNNPACK quantizer, per-channel weights, static "
+    "activations), fp16 (Core ML) [default: the runtime's own: fp32, Core ML fp16]")]
 
 
 def _summary_table(results, title: str):
@@ -97,16 +119,20 @@ def profile(
     cv_threshold: CvThreshold = 0.25, cooldown: Cooldown = 0.0, retries: Retries = 3,
     serial: Serial = None, runner: Runner = None, adb: AdbPath = "adb",
     udid: Udid = None, bundle_id: BundleId = "org.fbnetlut.CoreMLBench", compute_units: Units = ComputeUnits.cpu,
-    xcrun: Xcrun = "xcrun",
+    xcrun: Xcrun = "xcrun", precision: Precision = None,
+    reference: RefOps = 4, normalize: Normalize = True, warmup_stable: WarmupStable = False,
+    unstable_threshold: UnstableAt = 0.2,
 ):
     """Export every op of SPACE, time it on the target with the shared protocol, upload the statistics."""
     from device_agents.protocol import ProtocolConfig
     from device_agents.session import MeasureFailed, NothingToResume, ProfileSession, SpooledError
 
     console = _console()
-    tgt = _target(transport, threads, cpu_mask, serial, runner, adb, udid, bundle_id, compute_units, xcrun)
+    tgt = _target(transport, threads, cpu_mask, serial, runner, adb, udid, bundle_id, compute_units, xcrun,
+                  precision and precision.value)
     cfg = ProtocolConfig(warmup=warmup, repeats=repeats, rounds=rounds, seed=seed, cv_threshold=cv_threshold,
-                         cooldown_s=cooldown)
+                         cooldown_s=cooldown, reference=reference, normalize=normalize, warmup_stable=warmup_stable,
+                         unstable_threshold=unstable_threshold)
     s = ProfileSession(server, token, device, space, tgt, cfg, cache_dir=cache_dir, spool_dir=spool_dir, jobs=jobs,
                        retries=retries, note=console.print)
     s.select(ops, limit)
@@ -150,15 +176,17 @@ def export(
     out: Annotated[Path | None, typer.Option("--out", help="export cache folder [default: ~/.cache/fbnet-agent/exports]")] = None,
     ops: Annotated[str | None, typer.Option(help="comma-separated op keys or globs")] = None,
     limit: Annotated[int | None, typer.Option(min=1)] = None,
-    jobs: Jobs = 2,
+    jobs: Jobs = 2, precision: Precision = None,
 ):
     """Export the ops of SPACE (and the per-shape overhead programs) into the cache folder OUT."""
+    from fbnet.export import export_format
     from fbnet.space import get_space
 
     sp = get_space(space)
     out = out or default_cache_dir()
     t0 = time.monotonic()
-    programs = export_ops(sp, fmt.value, out, select_ops(sp, ops, limit), jobs)
+    programs = export_ops(sp, export_format(fmt.value, precision and precision.value), out,
+                          select_ops(sp, ops, limit), jobs)
     folder = {p.parent for p in programs.values()}
     _console().print(f"{len(programs)} programs in {', '.join(map(str, folder))} ({time.monotonic() - t0:.1f} s)")
 
@@ -181,12 +209,24 @@ def validate(
     seed: Seed = 0,
     arch: Annotated[list[str] | None, typer.Option("--arch", help="an extra architecture (repeatable)")] = None,
     predefined: Annotated[bool, typer.Option(help="include FBNet-A/B/C")] = True,
-    overhead_correction: Annotated[bool, typer.Option(
-        help="predict sum(ops) - (ops - 1) x the table's per-call overhead instead of the plain sum")] = False,
-    warmup: Warmup = 10, repeats: Repeats = 50, rounds: Rounds = 3, threads: Threads = 1, cpu_mask: CpuMask = None,
+    raw: Annotated[bool, typer.Option("--raw", help="predict with the raw medians (each op with the per-call "
+                                      "overhead it paid alone) instead of fbnet.lut's corrected pricing")] = False,
+    warmup: Warmup = 10, repeats: Repeats = 50, rounds: Rounds = 3,
+    threads: Annotated[int | None, typer.Option(min=1, help="runtime threads; also selects the table "
+                                                "[default: the table's, else 1]")] = None,
+    cpu_mask: Annotated[str | None, typer.Option("--cpu-mask", help="hex CPU mask (taskset); also selects the "
+                                                 "table [default: the table's]")] = None,
+    precision: Annotated[PrecisionOpt | None, typer.Option(
+        help="the table's precision, and the models' (int8: quantized like the ops) [default: the newest "
+        "complete configuration's]")] = None,
+    runtime_version: Annotated[str | None, typer.Option(
+        help="the table's runtime version [default: the newest complete configuration's]")] = None,
+    include_unstable: Annotated[bool, typer.Option("--include-unstable", help="let the table use unstable runs")] = False,
     cache_dir: CacheDir = None, cv_threshold: CvThreshold = 0.25, jobs: Jobs = 2,
-    reference: Annotated[int, typer.Option(
-        "--reference-ops", min=0, help="ops of the table re-timed alongside, to report the device's drift")] = 8,
+    reference: RefOps = 8, normalize: Normalize = True, warmup_stable: WarmupStable = False,
+    drift_adjust: Annotated[bool, typer.Option("--drift-adjust/--no-drift-adjust", rich_help_panel=_P, help=(
+        "scale the table's prediction by the drift the reference ops measured now vs in the table (the "
+        "comparison then measures the table, not the machine's mood)"))] = True,
     serial: Serial = None, runner: Runner = None, adb: AdbPath = "adb",
     udid: Udid = None, bundle_id: BundleId = "org.fbnetlut.CoreMLBench", compute_units: Units = ComputeUnits.cpu,
     xcrun: Xcrun = "xcrun",
@@ -210,28 +250,36 @@ def validate(
         labelled = label_archs(get_space(space), archs, seed, predefined, arch)
     except NothingToValidate:
         fail("nothing to validate: --archs 0 --no-predefined and no --arch")
-    tgt = _target(transport, threads, cpu_mask, serial, runner, adb, udid, bundle_id, compute_units, xcrun)
-    cfg = ProtocolConfig(warmup=warmup, repeats=repeats, rounds=rounds, seed=seed, cv_threshold=cv_threshold)
+    ios = transport is TransportName.ios
+    sel = make_selector(precision and precision.value, threads, cpu_mask, compute_units.value if ios else None,
+                        runtime_version, include_unstable)
+    tgt = _target(transport, threads or 1, cpu_mask, serial, runner, adb, udid, bundle_id, compute_units, xcrun)
+    cfg = ProtocolConfig(warmup=warmup, repeats=repeats, rounds=rounds, seed=seed, cv_threshold=cv_threshold,
+                         normalize=normalize, warmup_stable=warmup_stable)
     if (per_layer_json or plot) and not per_layer:
         fail("--per-layer-json and --plot need --per-layer")
     rep = run_validate(server, token, device, space, labelled, target=tgt, cfg=cfg, cache_dir=cache_dir, jobs=jobs,
-                       n_reference=reference, overhead_correction=overhead_correction, per_layer=per_layer,
-                       note=console.print)
+                       n_reference=reference, pricing="raw" if raw else "corrected", selector=sel,
+                       drift_adjust=drift_adjust, per_layer=per_layer,
+                       note=lambda m: console.print(m, highlight=False, soft_wrap=True))
 
     from rich.table import Table
 
     t = Table(title=f"whole-model validation: {rep.space} on {device} ({transport.value})")
-    for col in ("arch", "sum of ops us", "corrected us", "measured us", "raw error %", "uploaded error %"):
+    for col in ("arch", "raw sum us", "predicted us", "measured us", "raw error %", "uploaded error %"):
         t.add_column(col, justify="left" if col == "arch" else "right")
     for r in rep.rows:
         t.add_row(r.label, f"{r.raw_us:.0f}", f"{r.corrected_us:.0f}", f"{r.measured_us:.0f}",
                   f"{r.raw_error_pct:+.1f}", f"{r.uploaded_error_pct:+.1f}")
     console.print(t)
     ovh = rep.table_overhead_us or 0
-    console.print(f"predicted = {f'sum - (ops - 1) x {ovh:.1f} us overhead' if overhead_correction else 'plain sum'}")
+    basis = "raw medians, plain sum" if raw else f"corrected entries + {ovh:.1f} us overhead once"
+    console.print(f"predicted = {basis}; {rep.configuration}", highlight=False, soft_wrap=True)
     if rep.drift is not None:
         note = "" if abs(rep.drift - 1) <= 0.05 else (" [yellow]- the device is not in the state its table was "
                                                       "measured in: errors of this size are drift, not the table[/yellow]")
+        if rep.drift_adjusted:
+            note = " (predictions scaled by it; --no-drift-adjust to compare with the table as served)"
         console.print(f"drift since the table was measured: {100 * (rep.drift - 1):+.1f}% (median over "
                       f"{len(rep.reference_ops)} reference ops timed in this run){note}")
     if per_layer:

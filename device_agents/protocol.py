@@ -2,8 +2,9 @@
 
 Warm-up and timed iterations run in one process per op (the transport's job); this module decides
 the order (several interleaved rounds, shuffled per round with a seed, so drift spreads over all
-ops), adds an identity-like program per input shape to measure the runtime's per-call overhead,
-re-measures ops whose coefficient of variation is too high, and turns samples into statistics.
+ops and the identity-like overhead program of every input shape), times reference ops in every round
+(per-round factors: normalisation and the unstable flag), re-measures ops whose coefficient of
+variation is too high keeping every sample, and turns samples into statistics.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import statistics
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -47,6 +48,12 @@ class ProtocolConfig:
     cv_threshold: float = 0.25
     max_remeasure: int = 1
     cooldown_s: float = 0.0
+    reference: int = 0  # reference ops among the keys, timed every round (their medians give the round factors)
+    normalize: bool = False  # divide every round's samples by its reference factor
+    unstable_threshold: float = 0.2  # round factors spreading more than this mark the run unstable
+    warmup_stable: bool = False  # before the rounds, time the first reference op until its median settles
+    stable_tol: float = 0.03
+    max_warmup_batches: int = 10
 
 
 class Stats(Measurement):
@@ -86,10 +93,11 @@ def summarize(samples_us: Sequence[float]) -> Stats:
         raise NoTimingsError(f"samples are not timings: {e.errors()[0].get('msg')}") from None
 
 
-def to_measurement(key: str, stats: Stats, samples_us: Sequence[float] | None = None) -> Measurement:
-    """The wire form of ``stats`` for op ``key`` (with its samples when given)."""
-    return Measurement(**stats.model_dump(exclude={"key", "samples_us"}), key=key,
-                       samples_us=list(samples_us) if samples_us is not None else None)
+def to_measurement(key: str, stats: Stats, samples_us: Sequence[float] | None = None,
+                   overhead_us: float | None = None) -> Measurement:
+    """The wire form of ``stats`` for op ``key`` (with its samples and its input shape's overhead when given)."""
+    return Measurement(**stats.model_dump(exclude={"key", "samples_us", "overhead_us"}), key=key,
+                       samples_us=list(samples_us) if samples_us is not None else None, overhead_us=overhead_us)
 
 
 # What a transport tells about the run it makes: the wire schema's provenance part, not a copy of it.
@@ -145,6 +153,42 @@ class OpResult:
     remeasured: bool = False
 
 
+@dataclass
+class ProtocolInfo:
+    """What the protocol did besides the ops' statistics (recorded in the run's ``extra``)."""
+
+    reference_keys: list[str] = field(default_factory=list)
+    round_factors: list[float] = field(default_factory=list)  # per round: reference medians / their baseline
+    spread: float | None = None  # max / min round factor - 1
+    unstable: bool = False
+    warmup_batches: list[float] = field(default_factory=list)  # medians of the stabilising warm-up batches
+
+    def to_dict(self) -> dict:
+        return {"reference_keys": self.reference_keys, "round_factors": [round(f, 5) for f in self.round_factors],
+                "spread": self.spread, "unstable": self.unstable,
+                "warmup_batches_us": [round(x, 2) for x in self.warmup_batches]}
+
+
+def pick_references(keys: Sequence[str], n: int) -> list[str]:
+    """``n`` keys spread evenly over the sorted ``keys`` (deterministic)."""
+    ks = sorted(keys)
+    if n <= 0 or not ks:
+        return []
+    step = max(1, len(ks) // n)
+    return ks[::step][:n]
+
+
+def _warm_until_stable(transport: Transport, key: str, cfg: ProtocolConfig, info: ProtocolInfo) -> None:
+    """Time ``key`` in batches until two consecutive batch medians agree within ``cfg.stable_tol``."""
+    for _ in range(cfg.max_warmup_batches):
+        got: list[list[float]] = []
+        transport.measure([key], cfg.warmup, cfg.repeats, lambda k, xs, got=got: got.append(xs))
+        info.warmup_batches.append(statistics.median(got[0]))
+        a = info.warmup_batches
+        if len(a) >= 2 and abs(a[-1] - a[-2]) <= cfg.stable_tol * a[-2]:
+            return
+
+
 def run_protocol(
     transport: Transport,
     op_keys: Sequence[str],
@@ -152,75 +196,121 @@ def run_protocol(
     overhead_of: dict[str, str] | None = None,
     on_result: Callable[[OpResult], None] | None = None,
     on_sample: Callable[[str], None] | None = None,
+    *,
+    reference_keys: Sequence[str] | None = None,
+    info: ProtocolInfo | None = None,
 ) -> dict[str, OpResult]:
-    """Interleaved rounds over ``op_keys`` (+ the overhead programs named in ``overhead_of``: op key ->
-    overhead program key). ``on_result`` fires when an op is final (after its last round, or after
-    its re-measurement); ``on_sample`` after every single (op, round) measurement (progress)."""
+    """Interleaved rounds over ``op_keys`` and the overhead programs named in ``overhead_of`` (op key ->
+    overhead program key), all shuffled together in every round.
+
+    Reference ops (``reference_keys``, else ``cfg.reference`` of the op keys) are timed in every round
+    like the rest; each round's factor is the median over them of (their median in the round / their
+    median over the first-pass rounds). With ``cfg.normalize`` every sample of a round is divided by
+    that round's factor. A run whose factors spread more than ``cfg.unstable_threshold`` is marked
+    unstable in ``info``. Ops whose CV exceeds ``cfg.cv_threshold`` get ``cfg.rounds`` more rounds
+    (with the references) and keep ALL their samples. ``on_result`` fires once per op when it is final
+    (after the first pass, or after its re-measurement; on a failure, for every op that completed all
+    its rounds); ``on_sample`` after every (op, round) (progress).
+    """
     overhead_of = overhead_of or {}
+    info = info if info is not None else ProtocolInfo()
     ov_keys = list(dict.fromkeys(overhead_of[k] for k in op_keys if k in overhead_of))
-    samples: dict[str, list[float]] = {k: [] for k in [*op_keys, *ov_keys]}
-    results: dict[str, OpResult] = {}
     ov_set = set(ov_keys)
+    refs = list(reference_keys) if reference_keys is not None else pick_references(op_keys, cfg.reference)
+    info.reference_keys = refs
+    per_round: dict[str, list[tuple[int, list[float]]]] = {k: [] for k in [*op_keys, *ov_keys]}
+    ref_meds: list[dict[str, float]] = []  # per global round: reference key -> its median in that round
+    baseline: dict[str, float] = {}
+    results: dict[str, OpResult] = {}
+
+    if cfg.warmup_stable and refs:
+        _warm_until_stable(transport, refs[0], cfg, info)
+
+    def factor(r: int) -> float:
+        ratios = [m / baseline[k] for k, m in ref_meds[r].items() if baseline.get(k)]
+        return statistics.median(ratios) if ratios else 1.0
+
+    def samples(k: str) -> list[float]:
+        if not cfg.normalize:
+            return [x for _, xs in per_round[k] for x in xs]
+        return [x / factor(r) for r, xs in per_round[k] for x in xs]
 
     def ov_value(key: str) -> float | None:
         ok = overhead_of.get(key)
-        if ok is None or len(samples[ok]) < cfg.repeats * cfg.rounds:
+        if ok is None or len(per_round[ok]) < cfg.rounds:
             return None
-        return summarize(samples[ok]).median_us
+        return summarize(samples(ok)).median_us
 
-    def finish(key: str, s: list[float], remeasured: bool = False) -> None:
-        res = OpResult(key, summarize(s), list(s), ov_value(key), remeasured)
-        results[key] = res
+    def finish(k: str, remeasured: bool = False) -> None:
+        xs = samples(k)
+        results[k] = OpResult(k, summarize(xs), xs, ov_value(k), remeasured)
         if on_result:
-            on_result(res)
+            on_result(results[k])
 
-    def rounds_over(keys: list[str], store: dict[str, list[float]], final: Callable[[str], None]) -> None:
+    def set_baseline() -> None:
+        for k in refs:
+            meds = [m[k] for m in ref_meds if k in m]
+            if meds:
+                baseline[k] = statistics.median(meds)
+
+    def rounds_over(keys: list[str], n_rounds: int, seed_base: int) -> None:
         orders = []
-        for r in range(cfg.rounds):
-            rng = random.Random(cfg.seed * 1000 + r)
-            # overhead programs first, so an op's overhead is known the moment its last round ends
-            ovs = [k for k in keys if k in ov_set]
-            ops_ = [k for k in keys if k not in ov_set]
-            rng.shuffle(ovs)
-            rng.shuffle(ops_)
-            orders.append([*ovs, *ops_])
+        for r in range(n_rounds):
+            order = list(keys)
+            random.Random(cfg.seed * 1000 + seed_base + r).shuffle(order)
+            orders.append(order)
+        g0 = len(ref_meds)
+        ref_meds.extend({} for _ in orders)
 
         def done(r: int, k: str, xs: list[float]) -> None:
             if len(xs) != cfg.repeats:
                 raise NoTimingsError(f"{k}: expected {cfg.repeats} timed iterations, got {len(xs)}")
-            store[k].extend(xs)
+            per_round[k].append((g0 + r, list(xs)))
+            if k in refs:
+                ref_meds[g0 + r][k] = statistics.median(xs)
             if on_sample and k not in ov_set:
                 on_sample(k)
-            if r == cfg.rounds - 1:
-                final(k)
 
         transport.measure_rounds(orders, cfg.warmup, cfg.repeats, done, cfg.cooldown_s)
 
+    def finish_complete() -> None:  # after a failure: keep every op that has all its rounds
+        set_baseline()
+        for k in op_keys:
+            if k not in results and len(per_round[k]) >= cfg.rounds:
+                finish(k)
+
     high_cv: list[str] = []
-
-    def first_pass_final(k: str) -> None:
-        if k in ov_set:
-            return
-        if summarize(samples[k]).cv > cfg.cv_threshold and cfg.max_remeasure > 0:
-            high_cv.append(k)
-        else:
-            finish(k, samples[k])
-
-    rounds_over([*op_keys, *ov_keys], samples, first_pass_final)
-
-    for _ in range(cfg.max_remeasure):
-        if not high_cv:
-            break
-        again: dict[str, list[float]] = {k: [] for k in high_cv}
-        todo, high_cv = high_cv, []
-        rounds_over(todo, again, lambda k: None)
-        for k in todo:
-            old, new = summarize(samples[k]), summarize(again[k])
-            if new.cv < old.cv:
-                samples[k] = again[k]
-        for k in todo:
-            finish(k, samples[k], remeasured=True)
-
+    try:
+        rounds_over([*op_keys, *ov_keys], cfg.rounds, 0)
+        set_baseline()
+        for k in op_keys:
+            if cfg.max_remeasure > 0 and summarize(samples(k)).cv > cfg.cv_threshold:
+                high_cv.append(k)
+            else:
+                finish(k)
+        for i in range(cfg.max_remeasure):
+            if not high_cv:
+                break
+            again = list(dict.fromkeys([*high_cv, *(refs if cfg.normalize else [])]))
+            rounds_over(again, cfg.rounds, 100 * (i + 1))
+            todo, high_cv = high_cv, []
+            for k in todo:  # all samples kept: a quieter second set never replaces the first
+                if i + 1 < cfg.max_remeasure and summarize(samples(k)).cv > cfg.cv_threshold:
+                    high_cv.append(k)
+                else:
+                    finish(k, remeasured=True)
+        for k in high_cv:
+            finish(k, remeasured=True)
+    except AgentError:
+        finish_complete()
+        raise
+    finally:
+        info.round_factors = [factor(r) for r in range(len(ref_meds))] if refs and baseline else []
+        fs = [f for f in info.round_factors if f > 0]
+        info.spread = (max(fs) / min(fs) - 1) if len(fs) >= 2 else None
+        # a verdict needs enough evidence: two reference ops over three rounds at least
+        info.unstable = (info.spread is not None and len(refs) >= 2 and len(fs) >= 3
+                         and info.spread > cfg.unstable_threshold)
     return results
 
 

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from device_agents.protocol import AgentError, OpResult, ProtocolConfig, overhead_summary, run_protocol, to_measurement
+from device_agents.protocol import (
+    AgentError,
+    OpResult,
+    ProtocolConfig,
+    ProtocolInfo,
+    overhead_summary,
+    run_protocol,
+    to_measurement,
+)
 from device_agents.targets import Target, default_cache_dir, export_ops, select_ops
 from device_agents.uploader import RunState, ServiceDown, Uploader, UploadError
 
@@ -61,6 +69,7 @@ class ProfileSession:
         self.programs: dict[str, Path] = {}
         self.results: dict[str, OpResult] = {}
         self.overhead_us: float | None = None
+        self.info = ProtocolInfo()
         self.measure_s = 0.0
         self.sensors_before: tuple[dict, dict] = ({}, {})
         self.sensors_after: tuple[dict, dict] = ({}, {})
@@ -87,7 +96,7 @@ class ProfileSession:
 
     def resume(self) -> RunState:
         """Continue the last unfinished run of this space and transport: its measured ops are skipped."""
-        state = self.up.resumable(self.sp.name, self.target.transport.value)
+        state = self.up.resumable(self.sp.name, self.target.transport.value, self.target.run_precision)
         if state is None:
             raise NothingToResume(f"no unfinished {self.target.transport.value} run of {self.sp.name} for "
                                   f"{self.device} in {self.up.spool_dir}")
@@ -110,11 +119,12 @@ class ProfileSession:
         prov = tr.provenance()
         cfg = self.cfg
         return RunCreate(
-            **prov.model_dump(exclude={"extra"}),
+            **prov.model_dump(exclude={"extra", "precision"}), precision=self.target.run_precision,
             space=self.sp.name, transport=self.target.transport.value, agent_version=__version__,
             warmup=cfg.warmup, repeats=cfg.repeats, rounds=cfg.rounds, temps_before=self.sensors_before[0],
             cpu_freqs_before=self.sensors_before[1], started_at=datetime.now(UTC),
-            extra={**prov.extra, "exporter": library_versions(), "seed": cfg.seed, "cv_threshold": cfg.cv_threshold,
+            extra={**prov.extra, "exporter": library_versions(), "protocol_config": asdict(cfg),
+                   "seed": cfg.seed, "cv_threshold": cfg.cv_threshold,
                    "cooldown_s": cfg.cooldown_s, "space_version": self.sp.version},
         )
 
@@ -140,10 +150,10 @@ class ProfileSession:
 
                 def on_result(r: OpResult) -> None:
                     self.results[r.key] = r
-                    up.add(state, [to_measurement(r.key, r.stats, r.samples_us)])
+                    up.add(state, [to_measurement(r.key, r.stats, r.samples_us, r.overhead_us)])
 
                 run_protocol(tr, [op.key for op in self.selected], self.cfg, overhead_of, on_result=on_result,
-                             on_sample=ticker(prog, task))
+                             on_sample=ticker(prog, task), info=self.info)
             self.measure_s = time.monotonic() - t0
             self.sensors_after = tr.sensors()
         except AgentError as e:
@@ -167,11 +177,13 @@ class ProfileSession:
         """Close the run on the service (RunOut). Raises :class:`SpooledError` when the service is down."""
         from fbnet.wire import RunFinish
 
+        # the overheads travel with each op (measurements.overhead_us): the service derives the run's from
+        # ALL its ops, so a resumed session's subset does not overwrite the first session's
         fin = RunFinish(temps_after=self.sensors_after[0], cpu_freqs_after=self.sensors_after[1],
-                        overhead_us=self.overhead_us,
-                        extra={"overhead_us_by_key": {k: r.overhead_us for k, r in self.results.items()},
-                               "remeasured": [k for k, r in self.results.items() if r.remeasured],
-                               "measure_s": round(self.measure_s, 2),
+                        overhead_us=self.overhead_us, unstable=self.info.unstable,
+                        extra={"remeasured": [k for k, r in self.results.items() if r.remeasured],
+                               "measure_s": round(self.measure_s, 2), "protocol": self.info.to_dict(),
+                               "normalize": self.cfg.normalize, "unstable_threshold": self.cfg.unstable_threshold,
                                **({"runner_rounds": self.runner_events} if self.runner_events else {})})
         try:
             return self.up.finish(self.state, fin)

@@ -38,14 +38,26 @@ class Target:
     bundle_id: str = "org.fbnetlut.CoreMLBench"
     compute_units: str = "cpu"
     xcrun: str = "xcrun"
+    precision: str | None = None  # None: the runtime's own (ExecuTorch fp32, Core ML fp16)
 
     @property
     def fmt(self) -> str:
-        return "mlpackage" if self.transport is TransportName.ios else "pte"
+        """The export format: ``pte`` / ``pte-int8`` (ExecuTorch) or ``mlpackage`` (Core ML, fp16)."""
+        from fbnet.export import export_format
+
+        return export_format("mlpackage" if self.transport is TransportName.ios else "pte", self.precision)
+
+    @property
+    def run_precision(self) -> str:
+        """The precision the programs of this target run in (what the run records)."""
+        from fbnet.export import PRECISION
+
+        return PRECISION[self.fmt]
 
     @property
     def setting(self) -> str:
-        return f"{self.compute_units} compute units" if self.transport is TransportName.ios else f"{self.threads} thread(s)"
+        where = f"{self.compute_units} compute units" if self.transport is TransportName.ios else f"{self.threads} thread(s)"
+        return f"{self.run_precision}, {where}"
 
     def open(self, work_dir: Path):
         """A fresh transport for this target (raises ValueError / AgentError when it cannot run)."""

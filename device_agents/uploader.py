@@ -143,8 +143,10 @@ class Uploader:
                 out.append(st)
         return out
 
-    def resumable(self, space: str, transport: str) -> RunState | None:
-        cands = [s for s in self.states() if s.space == space and s.transport == transport and s.finish is None]
+    def resumable(self, space: str, transport: str, precision: str | None = None) -> RunState | None:
+        """The newest unfinished run of ``space`` on ``transport`` (and in ``precision``, when given)."""
+        cands = [s for s in self.states() if s.space == space and s.transport == transport and s.finish is None
+                 and (precision is None or (s.run_create.get("precision") or "fp32") == precision)]
         return cands[-1] if cands else None
 
     def new_run(self, run: RunCreate) -> RunState:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from device_agents.protocol import ProtocolConfig, run_protocol
+from device_agents.protocol import ProtocolConfig, ProtocolInfo, run_protocol
 from device_agents.targets import Target, default_cache_dir, random_archs, reference_ops
 
 
@@ -41,9 +41,12 @@ class ValidationReport:
     device: str
     transport: str
     table_overhead_us: float | None
-    overhead_correction: bool
+    pricing: str
+    configuration: str = ""
     rows: list[ArchValidation] = field(default_factory=list)
     drift: float | None = None
+    drift_adjusted: bool = False
+    protocol: dict = field(default_factory=dict)
     reference_ops: list[str] = field(default_factory=list)
     per_layer: dict[str, list] = field(default_factory=dict)  # label -> [perlayer.LayerRow] (--per-layer)
 
@@ -70,25 +73,30 @@ def arch_key(arch) -> str:
 
 
 def fetch_table(server: str, token: str, device: str, space: str, cache_dir: Path,
-                on_warning: Callable[[str], None] | None = None):
-    """The device's served table (the one table fetcher, with its ETag cache beside the export cache)."""
+                on_warning: Callable[[str], None] | None = None, selector=None):
+    """The device's served table in the configuration ``selector`` picks (the one table fetcher, with its
+    ETag cache beside the export cache)."""
     from fbnet.client import TableClient
 
     with TableClient(server, Path(cache_dir).parent / "tables", token=token, on_warning=on_warning) as c:
-        return c.fetch(device, space).table
+        return c.fetch(device, space, selector).table
 
 
 def validate(server: str, token: str, device: str, space: str, labelled, *, target: Target | None = None,
              cfg: ProtocolConfig | None = None, cache_dir: Path | None = None, jobs: int = 2,
-             n_reference: int = 8, overhead_correction: bool = False, per_layer: bool = False,
-             show_progress: bool = True, note: Callable[[str], None] = print) -> ValidationReport:
+             n_reference: int = 8, pricing: str = "corrected", selector=None, drift_adjust: bool = True,
+             per_layer: bool = False, show_progress: bool = True,
+             note: Callable[[str], None] = print) -> ValidationReport:
     """Time the architectures (and, with ``per_layer``, their prefix models: see
     :mod:`device_agents.perlayer`) with the table's reference ops in the same rounds; upload one
-    validation per architecture."""
+    validation per architecture, against the table of the configuration ``selector`` picks. Threads
+    and CPU mask the selector leaves open follow that table's configuration, so the models run as its
+    ops were timed. With ``drift_adjust`` the prediction is scaled by the reference ops' drift (now /
+    in the table), so the comparison measures the table rather than the machine's mood."""
     from device_agents.exporters import export_archs, export_space, fingerprint
     from device_agents.uploader import Uploader
     from fbnet.cli import progress, ticker
-    from fbnet.lut import TableError, latencies, predict
+    from fbnet.lut import TableError, describe, latencies, predict
     from fbnet.space import get_space
     from fbnet.wire import ValidationCreate
 
@@ -96,13 +104,20 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     cfg = cfg or ProtocolConfig()
     sp = get_space(space)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    fmt = target.fmt
-    table = fetch_table(server, token, device, sp.name, cache_dir, on_warning=lambda m: note(f"warning: {m}"))
+    table = fetch_table(server, token, device, sp.name, cache_dir, on_warning=lambda m: note(f"warning: {m}"),
+                        selector=selector)
+    note(describe(table))
+    tc = table.configuration
+    if tc is not None and target.transport.value != "ios":
+        target = replace(target, threads=(selector and selector.threads) or tc.threads or target.threads,
+                         cpu_mask=(selector and selector.cpu_mask) or tc.cpu_mask or target.cpu_mask,
+                         precision=tc.precision)  # int8 table: the models are quantized the same way
     _, missing = latencies(table, [op.key for _, a in labelled for op in sp.arch_ops(a, with_identity=True)])
     if missing:
         raise TableError(f"the table of {device} for {sp.name} lacks {len(missing)} op(s) these architectures use: "
                          f"{', '.join(sorted(missing))}; run `fbnet-agent profile` for them first")
 
+    fmt = target.fmt
     folder = cache_dir / f"arch-{fmt}-{fingerprint(fmt)}" / sp.name
     keys = {label: arch_key(a) for label, a in labelled}
     todo = {keys[label]: (a, folder / f"{keys[label]}.{fmt}") for label, a in labelled}
@@ -126,37 +141,43 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     if refs:
         programs.update(export_space(sp, fmt, cache_dir, ops=refs, jobs=jobs))
     tr = target.open(cache_dir / "ios-work")
+    info = ProtocolInfo()
     if hasattr(tr, "input_shapes"):
         tr.input_shapes.update(arch_shapes)
     try:
         tr.prepare(programs)
         with progress(enabled=show_progress) as prog:
             task = prog.add_task("measure", total=len(programs) * cfg.rounds, info="")
-            results = run_protocol(tr, list(programs), cfg, on_sample=ticker(prog, task))
+            results = run_protocol(tr, list(programs), cfg, on_sample=ticker(prog, task),
+                                   reference_keys=[op.key for op in refs], info=info)
     finally:
         tr.close()
 
     table_us = {e.key: e.latency_us for e in table.entries}
     drift = statistics.median(results[op.key].stats.median_us / table_us[op.key] for op in refs) if refs else None
-    report = ValidationReport(sp.name, device, target.transport.value, table.overhead_us, overhead_correction,
-                              drift=drift, reference_ops=[op.key for op in refs])
+    report = ValidationReport(sp.name, device, target.transport.value, table.overhead_us, pricing,
+                              describe(table), drift=drift, reference_ops=[op.key for op in refs],
+                              drift_adjusted=bool(drift_adjust and drift), protocol=info.to_dict())
+    scale = drift if drift_adjust and drift else 1.0
     up = Uploader(server, token, device)
     try:
         for label, a in labelled:
             r = results[keys[label]]
-            pred = predict(table, a, sp, overhead_us=table.overhead_us or 0.0)  # one lookup: both sums
+            pred = predict(table, a, sp, pricing=pricing)  # the one pricing rule; raw_sum_us beside it
             raw, fixed = pred["raw_sum_us"], pred["latency_us"]
             v = ValidationCreate(
-                space=sp.name, arch=list(a.blocks), predicted_us=fixed if overhead_correction else raw,
+                space=sp.name, arch=list(a.blocks), predicted_us=fixed * scale,
                 measured_us=r.stats.median_us, n=r.stats.n, std_us=r.stats.std_us, table_version=table.version,
                 label=label,
-                extra={"raw_sum_us": raw, "overhead_corrected_us": fixed, "overhead_correction": overhead_correction,
+                extra={"raw_sum_us": raw, "pricing": pricing, "table_predicted_us": fixed, "drift_scale": scale,
+                       "protocol": report.protocol,
+                       "configuration": tc.model_dump() if tc is not None else None,
                        "table_overhead_us": table.overhead_us, "n_ops": len(sp.arch_ops(a)),
                        "threads": target.threads, "transport": target.transport.value, "p10_us": r.stats.p10_us,
                        "p90_us": r.stats.p90_us, "drift": drift, "reference_ops": report.reference_ops},
             )
             out = up.post_validation(v)
-            report.rows.append(ArchValidation(label, a, raw, fixed, r.stats.median_us, out.error_pct))
+            report.rows.append(ArchValidation(label, a, raw, fixed * scale, r.stats.median_us, out.error_pct))
             if per_layer:
                 medians = {k: res.stats.median_us for k, res in results.items()}
                 report.per_layer[label] = perlayer.layer_rows(sp, a, table, medians, keys[label])

@@ -42,6 +42,23 @@ def fail(msg: str, code: int = Exit.BAD_INPUT) -> None:
     raise typer.Exit(int(code))
 
 
+def make_selector(precision: str | None = None, threads: int | None = None, cpu_mask: str | None = None,
+                  compute_units: str | None = None, runtime_version: str | None = None,
+                  include_unstable: bool = False):
+    """The table configuration a command line asked for (``--precision``, ``--threads``, ...);
+    bad values end the command with one line (exit 2)."""
+    from pydantic import ValidationError
+
+    from fbnet.configuration import Selector
+
+    try:
+        return Selector(precision=precision, threads=threads, cpu_mask=cpu_mask, compute_units=compute_units,
+                        runtime_version=runtime_version, include_unstable=include_unstable)
+    except ValidationError as e:
+        first = e.errors()[0]
+        fail(f"table configuration: --{'-'.join(str(x) for x in first['loc']).replace('_', '-')}: {first['msg']}")
+
+
 def run(app, errors: Iterable[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = ()) -> None:
     """Run a typer ``app``; an exception of a listed class ends the process with one line and its
     code. The core's torch-free errors (bad space, architecture, table) are always listed; a command

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
+from fbnet.configuration import Selector
 from fbnet.io import atomic_write
 from fbnet.lut import TableError, load_table_file, parse_table
 from fbnet.wire import Table
@@ -62,7 +63,8 @@ def _slug(text: str) -> str:
 
 
 class TableClient:
-    """GET /tables/{device}?space=... with an on-disk cache revalidated by ETag."""
+    """GET /tables/{device}?space=...[&precision=&threads=...] with an on-disk cache (one file per
+    device, space and selector) revalidated by ETag."""
 
     def __init__(self, server: str, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, *, timeout: float = 15.0,
                  token: str | None = None, on_warning: Callable[[str], None] | None = None,
@@ -85,11 +87,13 @@ class TableClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def cache_path(self, device: str, space: str) -> Path:
-        return self.cache_dir / "tables" / _slug(self.server) / _slug(device) / f"{_slug(space)}.json"
+    def cache_path(self, device: str, space: str, selector: Selector | None = None) -> Path:
+        sel = selector or Selector()
+        tag = "" if sel.is_default else f".{sel.slug()}"
+        return self.cache_dir / "tables" / _slug(self.server) / _slug(device) / f"{_slug(space)}{tag}.json"
 
-    def _read_cache(self, device: str, space: str) -> tuple[Table, str | None, str] | None:
-        p = self.cache_path(device, space)
+    def _read_cache(self, device: str, space: str, sel: Selector) -> tuple[Table, str | None, str] | None:
+        p = self.cache_path(device, space, sel)
         if not p.is_file():
             return None
         try:
@@ -99,13 +103,16 @@ class TableClient:
             # A corrupt cache file is not a measurement; it is ignored (and overwritten on success).
             return None
 
-    def fetch(self, device: str, space: str) -> Fetched:
-        """The table of ``device`` for ``space``; see the module docstring for the offline rule."""
-        cached = self._read_cache(device, space)
+    def fetch(self, device: str, space: str, selector: Selector | None = None) -> Fetched:
+        """The table of ``device`` for ``space`` in the configuration ``selector`` picks (default: the
+        server's rule, the newest complete one); see the module docstring for the offline rule."""
+        sel = selector or Selector()
+        cached = self._read_cache(device, space, sel)
         headers = {"If-None-Match": cached[1]} if cached and cached[1] else {}
         url = f"/tables/{quote(device, safe='')}"
+        params = {"space": space, **sel.params()}
         try:
-            r = self._http.get(url, params={"space": space}, headers=headers)
+            r = self._http.get(url, params=params, headers=headers)
         except httpx.TransportError as e:
             return self._offline(device, space, cached, f"cannot reach {self.server} ({type(e).__name__}: {e})")
         if r.status_code == 304 and cached:
@@ -113,12 +120,12 @@ class TableClient:
         if r.status_code >= 500:
             return self._offline(device, space, cached, f"{self.server} answered {r.status_code}")
         if r.status_code != 200:
-            raise TableError(f"GET {self.server}{url}?space={space}: {r.status_code} {detail(r, 200)}")
+            raise TableError(f"GET {r.request.url}: {r.status_code} {detail(r, 300)}")
         table = parse_table(r.content, f"the response of {self.server}{url}")
         etag = r.headers.get("ETag")
-        atomic_write(self.cache_path(device, space), json.dumps({
+        atomic_write(self.cache_path(device, space, sel), json.dumps({
             "etag": etag, "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "url": f"{self.server}{url}?space={space}", "table": table.model_dump(mode="json"),
+            "url": str(r.request.url), "selector": sel.params(), "table": table.model_dump(mode="json"),
         }))
         return Fetched(table, "server", etag)
 
@@ -132,19 +139,25 @@ class TableClient:
 
 def get_table(*, space: str, server: str | None = None, device: str | None = None,
               table_file: str | os.PathLike | None = None, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
-              token: str | None = None, on_warning: Callable[[str], None] | None = None) -> Table:
-    """The table a user named: a saved file, or a server and a device (``space`` is its name)."""
+              token: str | None = None, on_warning: Callable[[str], None] | None = None,
+              selector: Selector | None = None) -> Table:
+    """The table a user named: a saved file, or a server and a device (``space`` is its name), in the
+    configuration ``selector`` picks (a saved file must be of a configuration the selector matches)."""
+    sel = selector or Selector()
     if table_file is not None:
         if server is not None:
             raise TableError("give either a table file or a server, not both")
         table = load_table_file(table_file)
         if device is not None and device != table.device:
             raise TableError(f"device {device!r} was asked for, but the table file is of device {table.device!r}")
+        if not sel.is_default and (table.configuration is None or not sel.matches(table.configuration)):
+            have = table.configuration.describe() if table.configuration else "no configuration"
+            raise TableError(f"{sel.describe()} was asked for, but the table file is of {have}")
         return table
     if server is None or device is None:
         raise TableError("a latency table is needed: a server and a device, or a saved table file")
     with TableClient(server, cache_dir, token=token, on_warning=on_warning) as client:
-        return client.fetch(device, space).table
+        return client.fetch(device, space, sel).table
 
 
 __all__ = ["DEFAULT_CACHE_DIR", "Fetched", "StaleTableWarning", "TableClient", "detail", "get_table", "save_table"]

@@ -1,4 +1,10 @@
-"""A module -> an ExecuTorch program (.pte, XNNPACK, fp32) or a Core ML package (.mlpackage, fp16).
+"""A module -> an ExecuTorch program (.pte, XNNPACK, fp32 or int8) or a Core ML package (.mlpackage, fp16).
+
+Formats: ``pte`` (fp32), ``pte-int8`` (PT2E with the XNNPACK quantizer: symmetric per-channel int8
+weights, static int8 activations calibrated on :data:`CALIBRATION_INPUTS` seeded random inputs of
+the module's input shape; a ``.pte`` file like fp32) and ``mlpackage`` (fp16). :func:`export_format`
+maps (runtime format, precision) to one of them; the cache fingerprint includes the format, so
+precisions never share a cache folder.
 
 Modules come only from :mod:`fbnet.blocks` (the registry the supernet trains), in eval mode, so
 the agents time and the search exports exactly what the supernet trains. The agents' export
@@ -32,8 +38,11 @@ for _noisy in ("torchao", "torch.utils._pytree"):
 
 # Bump whenever what an export produces changes in a way the library versions do not capture.
 EXPORTER_VERSION = "1"
-FORMATS = ("pte", "mlpackage")
-SUFFIX = {"pte": ".pte", "mlpackage": ".mlpackage"}
+FORMATS = ("pte", "pte-int8", "mlpackage")
+SUFFIX = {"pte": ".pte", "pte-int8": ".pte", "mlpackage": ".mlpackage"}
+PRECISION = {"pte": "fp32", "pte-int8": "int8", "mlpackage": "fp16"}
+CALIBRATION_INPUTS = 4
+CALIBRATION_SEED = 0
 WEIGHT_SEED = 0
 
 
@@ -46,6 +55,19 @@ def check_format(fmt: str) -> None:
         raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 
+def export_format(base: str, precision: str | None) -> str:
+    """The export format of a runtime format (``pte``: ExecuTorch, ``mlpackage``: Core ML) in ``precision``
+    (None: the runtime's default, fp32 for ExecuTorch, fp16 for Core ML)."""
+    check_format(base)
+    base = "pte" if base == "pte-int8" else base
+    want = precision or PRECISION[base]
+    for fmt, prec in PRECISION.items():
+        if prec == want and (fmt == base or fmt.startswith(base + "-")):
+            return fmt
+    have = ", ".join(p for f, p in PRECISION.items() if f.startswith(base))
+    raise ExportError(f"{base} programs come in {have}, not {want!r}")
+
+
 @cache
 def library_versions() -> dict[str, str]:
     return {"torch": version("torch"), "executorch": version("executorch"), "coremltools": version("coremltools")}
@@ -55,22 +77,49 @@ def library_versions() -> dict[str, str]:
 def fingerprint(fmt: str) -> str:
     """Short hash of everything besides the op key that decides the exported file."""
     check_format(fmt)
-    lib = "executorch" if fmt == "pte" else "coremltools"
+    lib = "coremltools" if fmt == "mlpackage" else "executorch"
     v = library_versions()
-    blob = "|".join([fmt, EXPORTER_VERSION, v["torch"], v[lib], inspect.getsource(blocks)])
+    parts = [fmt, EXPORTER_VERSION, v["torch"], v[lib], inspect.getsource(blocks)]
+    if fmt == "pte-int8":  # the quantization recipe decides the program too
+        parts += [inspect.getsource(quantize_int8), str(CALIBRATION_INPUTS), str(CALIBRATION_SEED)]
+    blob = "|".join(parts)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def export_pte(module: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
-    """torch.export + XNNPACK lowering (fp32) to an ExecuTorch program at ``path``."""
+def quantize_int8(module: nn.Module, example: torch.Tensor) -> nn.Module:
+    """PT2E int8 with the XNNPACK quantizer: symmetric per-channel weights, static activations calibrated
+    on :data:`CALIBRATION_INPUTS` seeded random inputs of ``example``'s shape."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                is_dynamic=False))
+    graph = torch.export.export(module.eval(), (example,), strict=False).module()
+    graph = prepare_pt2e(graph, quantizer)
+    gen = torch.Generator().manual_seed(CALIBRATION_SEED)
+    for _ in range(CALIBRATION_INPUTS):
+        graph(torch.randn(example.shape, generator=gen, dtype=example.dtype))
+    return convert_pt2e(graph)
+
+
+def export_pte(module: nn.Module, example: torch.Tensor, path: str | Path, precision: str = "fp32") -> Path:
+    """torch.export + XNNPACK lowering (fp32, or int8 through :func:`quantize_int8`) to an ExecuTorch
+    program at ``path``."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    if precision not in ("fp32", "int8"):
+        raise ExportError(f"ExecuTorch programs are exported in fp32 or int8, not {precision!r}")
     path = Path(path)
     module = module.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # torch 2.13's own pytree deprecation, raised inside executorch's lowering: not ours to fix
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        if precision == "int8":
+            module = quantize_int8(module, example)
         ep = torch.export.export(module, (example,), strict=False)
         prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
     tmp = atomic_target(path)
@@ -112,8 +161,9 @@ def export_mlpackage(module: nn.Module, example: torch.Tensor, path: str | Path)
 
 def export_module(module: nn.Module, example: torch.Tensor, fmt: str, path: str | Path) -> Path:
     check_format(fmt)
-    fn = export_pte if fmt == "pte" else export_mlpackage
-    return fn(module, example, path)
+    if fmt == "mlpackage":
+        return export_mlpackage(module, example, path)
+    return export_pte(module, example, path, precision=PRECISION[fmt])
 
 
 def op_module(op: Op) -> nn.Module:
@@ -149,6 +199,7 @@ def export_arch(space: Space, arch: Arch, fmt: str, path: str | Path, state_dict
 
 
 __all__ = [
-    "EXPORTER_VERSION", "FORMATS", "SUFFIX", "CallOverhead", "ExportError", "check_format", "export_arch",
-    "export_mlpackage", "export_module", "export_pte", "fingerprint", "library_versions", "op_module",
+    "CALIBRATION_INPUTS", "EXPORTER_VERSION", "FORMATS", "PRECISION", "SUFFIX", "CallOverhead", "ExportError",
+    "check_format", "export_arch", "export_format", "export_mlpackage", "export_module", "export_pte", "fingerprint",
+    "library_versions", "op_module", "quantize_int8",
 ]

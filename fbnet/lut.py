@@ -2,8 +2,12 @@
 
 **The one rule.** A client prices every op of an architecture with the value the table serves for
 it, identity skips included (a measured table serves them at 0.0, an imported one may give them a
-cost), and re-derives nothing. The search's latency matrix, ``fbnet-search predict`` and
-``fbnet-agent validate`` all go through this module, so they cannot disagree with the table.
+cost), and re-derives nothing. By default that value is the entry's ``corrected_us`` (the op's
+median less the runtime's per-call overhead it paid when timed alone), and the table's
+``overhead_us`` is added once per model: a whole model pays the call overhead once, not once per
+op. ``pricing="raw"`` prices the raw medians (``latency_us``) and adds nothing. The search's latency
+matrix, ``fbnet-search predict`` and ``fbnet-agent validate`` all go through this module, so they
+cannot disagree with the table or with each other.
 
 No torch here (the search turns ``LatencyLUT.matrix`` into a tensor). A table with missing ops is refused with
 the list of them: no number is ever made up.
@@ -15,11 +19,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
 from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Arch, Space
-from fbnet.wire import Table
+from fbnet.wire import Table, TableEntry
+
+Pricing = Literal["corrected", "raw"]
+PRICINGS = ("corrected", "raw")
 
 
 class TableError(RuntimeError):
@@ -67,24 +75,58 @@ def check_table(table: Table, space: Space, *, require_complete: bool = True) ->
                          f"op(s) have no latency: {fmt_missing(sorted(table.missing))}")
 
 
-def latencies(table: Table, keys) -> tuple[dict[str, float], list[str]]:
-    """The served latency of each key (identity skips too). Returns (found, missing keys)."""
+def _check_pricing(pricing: str) -> None:
+    if pricing not in PRICINGS:
+        raise TableError(f"pricing {pricing!r}: use one of {', '.join(PRICINGS)}")
+
+
+def entry_us(e: TableEntry, table: Table, pricing: Pricing = "corrected") -> float | None:
+    """The value an entry is priced at: ``corrected_us`` (or the raw ``latency_us`` with ``pricing='raw'``).
+    A table saved before entries carried ``corrected_us`` is corrected with its table-wide overhead."""
+    if e.latency_us is None:
+        return None
+    if pricing == "raw":
+        return e.latency_us
+    if e.corrected_us is not None:
+        return e.corrected_us
+    if table.overhead_us and e.source == "measured":
+        return max(0.0, e.latency_us - table.overhead_us)
+    return e.latency_us
+
+
+def model_overhead_us(table: Table, pricing: Pricing = "corrected") -> float:
+    """What a whole model pays once on top of its priced ops: the per-call overhead (corrected pricing)."""
+    return float(table.overhead_us or 0.0) if pricing == "corrected" else 0.0
+
+
+def latencies(table: Table, keys, pricing: Pricing = "corrected") -> tuple[dict[str, float], list[str]]:
+    """The priced latency of each key (identity skips too). Returns (found, missing keys)."""
+    _check_pricing(pricing)
     by_key = {e.key: e for e in table.entries}
     found: dict[str, float] = {}
     missing: list[str] = []
     for key in dict.fromkeys(keys):
         e = by_key.get(key)
-        if e is None or e.latency_us is None or not math.isfinite(e.latency_us) or e.latency_us < 0:
+        v = None if e is None else entry_us(e, table, pricing)
+        if v is None or not math.isfinite(v) or v < 0:
             missing.append(key)
         else:
-            found[key] = float(e.latency_us)
+            found[key] = float(v)
     return found, missing
+
+
+def describe(table: Table) -> str:
+    """One line naming the table and the configuration it was measured in (what the CLIs print)."""
+    cfg = table.configuration.describe() if table.configuration else "no configuration (no finished run)"
+    return f"table {table.version} of {table.device}/{table.space}: {cfg}"
 
 
 # ---- the supernet's matrix ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class LatencyLUT:
-    """A device's table aligned with the supernet: ``matrix[l][i]`` is candidate i at layer l (us)."""
+    """A device's table aligned with the supernet: ``matrix[l][i]`` is candidate i at layer l (us),
+    priced by the one rule; ``fixed_us`` holds the fixed ops and the per-model overhead, so
+    ``sum(matrix[l][arch[l]]) + fixed_us`` is :func:`predict`'s latency."""
 
     space: Space
     device: str
@@ -92,11 +134,13 @@ class LatencyLUT:
     keys: tuple[tuple[str, ...], ...]
     matrix: tuple[tuple[float, ...], ...]
     fixed: tuple[tuple[str, float], ...]
-    overhead_us: float | None = None
+    overhead_us: float = 0.0  # added once per model (corrected pricing)
+    pricing: Pricing = "corrected"
+    raw: tuple[tuple[str, float], ...] = ()  # every key's raw median, for predict's raw_sum_us
 
     @property
     def fixed_us(self) -> float:
-        return sum(v for _, v in self.fixed)
+        return sum(v for _, v in self.fixed) + self.overhead_us
 
     def lookup(self) -> dict[str, float]:
         out = {k: v for row_k, row_v in zip(self.keys, self.matrix, strict=True)
@@ -109,56 +153,63 @@ class LatencyLUT:
         return predict(self, arch)["latency_us"]
 
 
-def build_lut(table: Table, space: Space) -> LatencyLUT:
+def build_lut(table: Table, space: Space, pricing: Pricing = "corrected") -> LatencyLUT:
     """Check the table (space, version, completeness) and align it with the supernet."""
     check_table(table, space)
     keys = [[space.layer_op(layer, i).key for i in range(len(CANDIDATE_NAMES))] for layer in range(NUM_LAYERS)]
     fixed_keys = [op.key for op in space.fixed_ops]
-    found, missing = latencies(table, [k for row in keys for k in row] + fixed_keys)
+    all_keys = [k for row in keys for k in row] + fixed_keys
+    found, missing = latencies(table, all_keys, pricing)
     if missing:
         raise TableError(f"the table of {table.device!r}/{space.name} lacks {len(missing)} op(s) the supernet "
                          f"needs: {fmt_missing(missing)}")
+    raw, _ = latencies(table, all_keys, "raw")
     return LatencyLUT(
         space=space, device=table.device, table_version=table.version,
         keys=tuple(tuple(r) for r in keys),
         matrix=tuple(tuple(found[k] for k in r) for r in keys),
         fixed=tuple((k, found[k]) for k in fixed_keys),
-        overhead_us=table.overhead_us,
+        overhead_us=model_overhead_us(table, pricing), pricing=pricing, raw=tuple(raw.items()),
     )
 
 
 # ---- prediction ---------------------------------------------------------------------------------
 def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, *,
-            overhead_us: float | None = None) -> dict:
-    """``{"latency_us", "per_op": [{"key", "latency_us"}], "raw_sum_us", "ops_run"}``.
+            pricing: Pricing | None = None) -> dict:
+    """``{"latency_us", "per_op": [{"key", "latency_us", "raw_us"}], "raw_sum_us", "overhead_us", "pricing",
+    "ops_run"}``.
 
     Every op of the architecture in execution order (stem, the 22 layers, head, pool, fc), each at
-    the value the table serves, identity skips included. A table need not be complete, but every op
-    of this architecture must have a latency. The plain sum is the prediction; with ``overhead_us``
-    (the runtime's per-call overhead, the table's ``overhead_us``) it is corrected for paying that
-    overhead once per isolated op instead of once per model: ``sum - (ops_run - 1) * overhead_us``,
-    where ``ops_run`` counts the ops that execute (identity skips run nothing).
+    the value the one rule prices it at (module docstring), identity skips included, plus the
+    per-model overhead once: ``latency_us = sum(per_op) + overhead_us``. ``raw_sum_us`` is the plain
+    sum of the raw medians (what the table would predict without the correction). A table need not
+    be complete, but every op of this architecture must have a latency. With a LatencyLUT the
+    pricing is the one it was built with.
     """
+    ops = space.arch_ops(arch, with_identity=True) if space is not None else None
     if isinstance(source, LatencyLUT):
-        space = source.space
-        lookup = source.lookup()
+        if pricing is not None and pricing != source.pricing:
+            raise TableError(f"this LatencyLUT was built with pricing {source.pricing!r}, not {pricing!r}")
+        space, pricing = source.space, source.pricing
+        ops = space.arch_ops(arch, with_identity=True)
+        lookup, raw, overhead = source.lookup(), dict(source.raw), source.overhead_us
     else:
         if space is None:
             raise TypeError("predict(table, arch, space): the space is needed with a Table")
+        pricing = pricing or "corrected"
         check_table(source, space, require_complete=False)
-        lookup, missing = latencies(source, [op.key for op in space.arch_ops(arch, with_identity=True)])
+        keys = [op.key for op in ops]
+        lookup, missing = latencies(source, keys, pricing)
         if missing:
             raise TableError(f"the table of {source.device!r}/{space.name} has no latency for "
                              f"{len(missing)} op(s) of this architecture: {fmt_missing(missing)}")
-    ops = space.arch_ops(arch, with_identity=True)
-    per_op = [{"key": op.key, "latency_us": lookup[op.key]} for op in ops]
-    raw = math.fsum(p["latency_us"] for p in per_op)
-    if overhead_us is not None and (not math.isfinite(overhead_us) or overhead_us < 0):
-        raise TableError(f"overhead_us must be a finite number >= 0, got {overhead_us}")
-    ops_run = sum(not op.is_identity for op in ops)
-    latency = raw - (ops_run - 1) * overhead_us if overhead_us else raw
-    return {"latency_us": latency, "per_op": per_op, "raw_sum_us": raw, "ops_run": ops_run}
+        raw, _ = latencies(source, keys, "raw")
+        overhead = model_overhead_us(source, pricing)
+    per_op = [{"key": op.key, "latency_us": lookup[op.key], "raw_us": raw[op.key]} for op in ops]
+    latency = math.fsum(p["latency_us"] for p in per_op) + overhead
+    return {"latency_us": latency, "per_op": per_op, "raw_sum_us": math.fsum(p["raw_us"] for p in per_op),
+            "overhead_us": overhead, "pricing": pricing, "ops_run": sum(not op.is_identity for op in ops)}
 
 
-__all__ = ["LatencyLUT", "TableError", "build_lut", "check_table", "fmt_missing", "latencies", "load_table_file",
-           "parse_table", "predict"]
+__all__ = ["PRICINGS", "LatencyLUT", "Pricing", "TableError", "build_lut", "check_table", "describe", "entry_us",
+           "fmt_missing", "latencies", "load_table_file", "model_overhead_us", "parse_table", "predict"]

@@ -1,8 +1,7 @@
 """Wire schemas: the one definition of every request and response body of the HTTP API.
 
 The server, the device agents and the search client all import these; no other module declares a
-request or response shape. Only pydantic and the torch-free ``fbnet.space`` are imported here.
-"""
+request or response shape. Only pydantic and the torch-free ``fbnet`` modules are imported here."""
 
 from __future__ import annotations
 
@@ -13,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fbnet.configuration import Configuration, ConfigurationOut, Precision, Selector  # noqa: F401 (the contract)
+
 DEVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_BATCH = 1000
 MAX_SAMPLES = 10_000
@@ -22,9 +23,7 @@ Platform = Literal["android", "ios", "linux", "macos", "windows", "other"]
 
 
 def _finite_positive(v: float | None, what: str) -> float | None:
-    if v is None:
-        return v
-    if not math.isfinite(v) or v <= 0:
+    if v is not None and (not math.isfinite(v) or v <= 0):
         raise ValueError(f"{what} must be a finite positive number of microseconds, got {v}")
     return v
 
@@ -83,7 +82,7 @@ class DeviceCreate(_Base):
     name: DeviceName
     platform: Platform
     runtime: str = Field(min_length=1, max_length=64, description="e.g. executorch-xnnpack, coreml")
-    precision: str = Field(default="fp32", max_length=16)
+    precision: Precision = Field(default="fp32", description="the default precision of its runs")
     model: str | None = Field(default=None, max_length=128)
     soc: str | None = Field(default=None, max_length=128)
     os: str | None = Field(default=None, max_length=128)
@@ -100,9 +99,7 @@ class DeviceOut(_Base):
     os: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
-    coverage: dict[str, dict[str, int]] = Field(
-        default_factory=dict, description="space -> {'ops': total, 'covered': with a latency}"
-    )
+    coverage: dict[str, dict[str, int]] = Field(default_factory=dict, description="space -> {'ops', 'covered'}")
 
 
 class DeviceCreated(DeviceOut):
@@ -154,6 +151,7 @@ class RunProvenance(_Base):
 
     runtime: str = Field(max_length=64, description="executorch, coreml, ...")
     runtime_version: str = Field(max_length=64)
+    precision: Precision | None = Field(default=None, description="fp32/fp16/int8; default: the device's")
     build: str | None = Field(default=None, max_length=256, description="runner build / app version")
     threads: int | None = Field(default=None, ge=1, le=256)
     cpu_mask: str | None = Field(default=None, max_length=64)
@@ -167,10 +165,7 @@ class RunProvenance(_Base):
 
 class RunCreate(RunProvenance):
     space: str
-    device: DeviceName | None = Field(
-        default=None,
-        description="the device the run belongs to; defaults to the token's device, required with the admin token",
-    )
+    device: DeviceName | None = Field(default=None, description="default: the token's device (required with admin's)")
     transport: Literal["host", "native", "adb", "ios", "import", "other"] = "host"
     agent_version: str = Field(max_length=64)
     warmup: int | None = Field(default=None, ge=0, le=MAX_INT)
@@ -189,6 +184,7 @@ class RunFinish(_Base):
     cpu_freqs_after: dict[str, float] = Field(default_factory=dict)
     overhead_us: OverheadUs = None
     status: Literal["finished", "failed", "aborted"] = "finished"
+    unstable: bool = Field(False, description="reference ops drifted: left out of tables unless asked for")
     extra: FreeForm = Field(default_factory=dict)
 
 
@@ -201,6 +197,8 @@ class RunOut(_Base):
     agent_version: str
     runtime: str
     runtime_version: str
+    precision: str = "fp32"
+    unstable: bool = False
     build: str | None = None
     threads: int | None = None
     cpu_mask: str | None = None
@@ -236,6 +234,7 @@ class Measurement(_Base):
     p10_us: float
     p90_us: float
     samples_us: list[float] | None = Field(default=None, max_length=MAX_SAMPLES)
+    overhead_us: OverheadUs = Field(None, description="per-call overhead of the op's input shape, same rounds")
 
     @field_validator("median_us", "mean_us", "min_us", "p10_us", "p90_us")
     @classmethod
@@ -279,6 +278,7 @@ class StoredMeasurement(_Base):
     p10_us: float
     p90_us: float
     samples_us: list[float] | None = None
+    overhead_us: float | None = None
 
 
 class RunMeasurements(_Base):
@@ -304,7 +304,9 @@ class TableEntry(OpFields):
     std_us: float | None = None
     p10_us: float | None = None
     p90_us: float | None = None
+    corrected_us: float | None = Field(None, description="latency_us less the per-call overhead (what clients price)")
     runs: int = Field(0, description="how many runs/imports contributed")
+    run_ids: list[int] = Field(default_factory=list, description="the runs that contributed")
     source: Literal["measured", "imported", "identity", "missing"]
     layers: list[int] = Field(default_factory=list)
 
@@ -318,6 +320,7 @@ class Table(_Base):
     complete: bool
     missing: list[str]
     overhead_us: float | None = Field(None, description="per-call runtime overhead recorded by the agents")
+    configuration: Configuration | None = Field(None, description="what every contributing run shares")
     rule: str = Field(description="how entries were assembled from measurements")
     entries: list[TableEntry]
 
@@ -342,6 +345,8 @@ class CompareOut(_Base):
     space: str
     a: str
     b: str
+    a_configuration: Configuration | None = None
+    b_configuration: Configuration | None = None
     entries: list[CompareEntry]
     geomean_ratio: float | None
 
@@ -349,9 +354,7 @@ class CompareOut(_Base):
 # ---- validations -------------------------------------------------------------------------
 class ValidationCreate(_Base):
     space: str
-    device: DeviceName | None = Field(
-        default=None, description="defaults to the token's device; required with the admin token"
-    )
+    device: DeviceName | None = Field(default=None, description="default: the token's device (required with admin's)")
     arch: list[str] = Field(min_length=22, max_length=22, description="22 block names")
     predicted_us: float
     measured_us: float

@@ -97,8 +97,11 @@ def ratio_plot(compare: wire.CompareOut) -> bytes:
     if pts:
         ax.set_yscale("log")
     ax.set_xlabel("op index in the space's op list")
-    ax.set_ylabel(f"latency {compare.a} / {compare.b}")
-    ax.set_title(f"{compare.space}: per-op latency ratio {compare.a} vs {compare.b}")
+    na, nb = compare.a, compare.b
+    if compare.a == compare.b and compare.a_configuration and compare.b_configuration:
+        na, nb = f"{na} [{compare.a_configuration.describe()}]", f"{nb} [{compare.b_configuration.describe()}]"
+    ax.set_ylabel("latency a / b" if na != compare.a else f"latency {na} / {nb}")
+    ax.set_title(f"{compare.space}: per-op latency ratio {na} vs {nb}", fontsize=9)
     ax.legend(fontsize=7, ncol=4, loc="upper left")
     return _png(fig)
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from fbnet.cli import EXIT_CODES_HELP, Exit, fail
+from fbnet.cli import EXIT_CODES_HELP, Exit, fail, make_selector
 from fbnet.cli import run as run_app
 from fbnet.space import Arch, ArchError, SpaceError, get_space
 
@@ -51,21 +51,31 @@ DEVICE_OPT = typer.Option(None, "--device", "-d", help="device name on the serve
 TABLE_OPT = typer.Option(None, "--table", help="a saved table JSON instead of --server (see `fetch`)")
 CACHE_OPT = typer.Option(Path(".fbnet-cache"), "--cache-dir", help="where fetched tables are cached (ETag)")
 TOKEN_OPT = typer.Option(None, "--token", envvar="FBNET_TOKEN", help="reader token, if the server requires one")
+# The table's configuration (GET /tables selectors); unset: the device's newest complete configuration.
+_CFG = "Table configuration"
+PRECISION_OPT = typer.Option(None, "--precision", help="fp32, fp16 or int8", rich_help_panel=_CFG)
+THREADS_OPT = typer.Option(None, "--threads", help="threads the table was measured with", rich_help_panel=_CFG)
+CPU_MASK_OPT = typer.Option(None, "--cpu-mask", help="CPU mask the table was measured with", rich_help_panel=_CFG)
+UNITS_OPT = typer.Option(None, "--compute-units", help="Core ML: cpu, gpu, ane or all", rich_help_panel=_CFG)
+RTV_OPT = typer.Option(None, "--runtime-version", help="the runtime version measured", rich_help_panel=_CFG)
+UNSTABLE_OPT = typer.Option(False, "--include-unstable", help="also use runs marked unstable", rich_help_panel=_CFG)
 
 
 def _warn(msg: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
 
 
-def _table(space, server, device, table_file, cache_dir, token):
+def _table(space, server, device, table_file, cache_dir, token, selector=None):
     from fbnet.client import get_table
-    from fbnet.lut import TableError
+    from fbnet.lut import TableError, describe
 
     try:
-        return get_table(space=space.name, server=server, device=device, table_file=table_file, cache_dir=cache_dir,
-                         token=token, on_warning=_warn)
+        t = get_table(space=space.name, server=server, device=device, table_file=table_file, cache_dir=cache_dir,
+                      token=token, on_warning=_warn, selector=selector)
     except TableError as e:
         fail(str(e))
+    err.print(describe(t), highlight=False, soft_wrap=True)
+    return t
 
 
 def _lut(space, table):
@@ -103,18 +113,22 @@ def fetch(
     out: Path = typer.Option(None, "--out", "-o", help="also save the table here (for --table FILE)"),
     cache_dir: Path = CACHE_OPT,
     token: str = TOKEN_OPT,
+    precision: str = PRECISION_OPT, threads: int = THREADS_OPT, cpu_mask: str = CPU_MASK_OPT,
+    compute_units: str = UNITS_OPT, runtime_version: str = RTV_OPT, include_unstable: bool = UNSTABLE_OPT,
 ):
-    """Fetch a device's latency table (cached, ETag-revalidated) and optionally save it to a file."""
+    """Fetch a device's latency table of one configuration (cached, ETag-revalidated) and optionally save it."""
     from fbnet.client import TableClient, save_table
-    from fbnet.lut import TableError
+    from fbnet.lut import TableError, describe
 
     s = _space(space)
+    sel = make_selector(precision, threads, cpu_mask, compute_units, runtime_version, include_unstable)
     try:
         with TableClient(server, cache_dir, token=token, on_warning=_warn) as client:
-            got = client.fetch(device, s.name)
+            got = client.fetch(device, s.name, sel)
     except TableError as e:
         fail(str(e))
     t = got.table
+    console.print(describe(t), highlight=False, soft_wrap=True)
     console.print(f"{t.device}/{t.space}: version {t.version}, {len(t.entries)} entries, "
                   f"{'complete' if t.complete else f'{len(t.missing)} missing'} (from {got.source})", highlight=False)
     if out is not None:
@@ -132,31 +146,36 @@ def predict(
     cache_dir: Path = CACHE_OPT,
     token: str = TOKEN_OPT,
     fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json"),
-    overhead_correction: bool = typer.Option(
-        False, "--overhead-correction",
-        help="subtract (ops - 1) x the table's recorded per-call runtime overhead from the plain sum"),
+    raw: bool = typer.Option(
+        False, "--raw", help="price the raw medians (each op with the per-call overhead it paid alone) instead "
+        "of the overhead-corrected values + the overhead once"),
+    precision: str = PRECISION_OPT, threads: int = THREADS_OPT, cpu_mask: str = CPU_MASK_OPT,
+    compute_units: str = UNITS_OPT, runtime_version: str = RTV_OPT, include_unstable: bool = UNSTABLE_OPT,
 ):
-    """An architecture's latency on a device: the sum of its ops' table entries (identity skips are 0)."""
+    """An architecture's latency on a device: its ops' corrected table entries (identity skips as served)
+    plus the per-call overhead once (fbnet.lut's one pricing rule)."""
     from fbnet.lut import TableError
     from fbnet.lut import predict as _predict
 
     s = _space(space)
     a = _arch(arch)
-    t = _table(s, server, device, table, cache_dir, token)
+    sel = make_selector(precision, threads, cpu_mask, compute_units, runtime_version, include_unstable)
+    t = _table(s, server, device, table, cache_dir, token, sel)
     try:
-        if overhead_correction and t.overhead_us is None:
-            raise TableError(f"the table of {t.device!r} records no per-call overhead to correct with")
-        out = _predict(t, a, s, overhead_us=t.overhead_us if overhead_correction else None)
+        out = _predict(t, a, s, pricing="raw" if raw else "corrected")
     except TableError as e:
         fail(str(e))
     if fmt == Fmt.json:
-        print(json.dumps({**out, "device": t.device, "space": s.name, "table_version": t.version}, indent=2))
+        cfg = t.configuration.model_dump() if t.configuration else None
+        print(json.dumps({**out, "device": t.device, "space": s.name, "table_version": t.version,
+                          "configuration": cfg}, indent=2))
         return
     rt = RichTable("op", "latency (us)", title=f"{a} on {t.device}")
     for p in out["per_op"]:
         rt.add_row(p["key"], f"{p['latency_us']:.2f}")
     console.print(rt)
-    console.print(f"[bold]{out['latency_us']:.1f} us[/bold] ({out['latency_us'] / 1000:.3f} ms)")
+    console.print(f"[bold]{out['latency_us']:.1f} us[/bold] ({out['latency_us'] / 1000:.3f} ms; {out['pricing']} "
+                  f"pricing, overhead {out['overhead_us']:.1f} us once; raw sum {out['raw_sum_us']:.1f} us)")
 
 
 @app.command()
@@ -184,6 +203,8 @@ def run(
     cpu: bool = typer.Option(False, "--cpu", help="stay on the CPU even if CUDA is available"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars (one plain line per epoch when no terminal is attached)"),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="write DIR/tb"),
+    precision: str = PRECISION_OPT, threads: int = THREADS_OPT, cpu_mask: str = CPU_MASK_OPT,
+    compute_units: str = UNITS_OPT, runtime_version: str = RTV_OPT, include_unstable: bool = UNSTABLE_OPT,
 ):
     """FBNet DNAS on a device's latency table; writes DIR/arch.json. Runs under torchrun as well."""
     from search.config import SearchConfig, TrainError
@@ -192,9 +213,10 @@ def run(
     from search.trainer import run_search
 
     s = _space(space)
+    sel = make_selector(precision, threads, cpu_mask, compute_units, runtime_version, include_unstable)
     env = setup_distributed(prefer_cuda=not cpu)
     try:
-        t = _table(s, server, device, table, cache_dir, token)
+        t = _table(s, server, device, table, cache_dir, token, sel)
         lut = _lut(s, t)
         cfg = SearchConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, alpha=alpha,
                            beta=beta, w_lr=lr, theta_lr=theta_lr, seed=seed)

@@ -63,6 +63,8 @@ def export(
     space: str = typer.Option(None, "--space", "-s", help="(default: from arch.json / child.pt, else fbnet-cifar)"),
     fmt: ExportFmt = typer.Option(ExportFmt.pte, "--format", help="pte (ExecuTorch/XNNPACK) or mlpackage (Core ML)"),
     out: Path = typer.Option(..., "--out", "-o", help="output file (.pte) or folder (.mlpackage)"),
+    precision: str = typer.Option(None, "--precision", help="pte: fp32 or int8 (PT2E, XNNPACK quantizer, as the "
+                                  "agents' int8 ops); mlpackage: fp16 [default: fp32 / fp16]"),
 ):
     """Export an architecture through the device agents' exporters (.pte or .mlpackage)."""
     import torch
@@ -82,10 +84,10 @@ def export(
     if state_dict is not None and list(a.blocks) != list(doc["arch"]):
         fail(f"--weights {weights} belong to another architecture")
     s = _space(space or doc.get("space") or "fbnet-cifar")
-    from fbnet.export import ExportError, export_arch
+    from fbnet.export import ExportError, export_arch, export_format
 
     try:
-        path = export_arch(s, a, fmt.value, out, state_dict=state_dict)
+        path = export_arch(s, a, export_format(fmt.value, precision), out, state_dict=state_dict)
     except ExportError as e:
         fail(str(e))
     console.print(f"exported {a} ({s.name}) to {path or out}", highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from doubles.support import ADB_OPS, DOUBLES, SPACE, export_cache, measured, run_agent, runs, table, use_doubles
 
@@ -50,6 +51,12 @@ def test_adb_profile(live_server, cache, phone, tmp_path, monkeypatch, pal):
     assert run["device_model"] == "samsung SM-G950F" and run["soc"] == "Exynos 8895" and run["os"].startswith("Android 9")
     assert run["temps_before"]["thermal_zone0:cpu-big"] == 41.5 and run["cpu_freqs_before"]["cpu7"] == 2314.0
     assert run["build"].startswith("executor_runner") and run["overhead_us"] > 0
+    # the runner binary's own version and sha256 name the configuration, not the host's executorch wheel
+    import hashlib
+
+    digest = hashlib.sha256((DOUBLES / "executor_runner").read_bytes()).hexdigest()[:12]
+    assert run["runtime_version"] == f"executorch v1.5.1 (fbnet test double) sha256:{digest}"
+    assert table(live_server, "s8")["configuration"]["runtime_version"] == run["runtime_version"]
     # cleaned up on the phone
     assert not (phone / "data/local/tmp/fbnet").exists()
 
@@ -62,10 +69,11 @@ def test_adb_device_lost_then_resume(live_server, cache, phone, tmp_path, monkey
     code, out = run_agent(*adb_args(live_server, "s8-lost", token, cache, spool))
     assert code == 1, out
     assert "lost" in out and "R58M00TEST" in out and "--resume" in out and "Traceback" not in out
-    first = measured(table(live_server, "s8-lost"))
-    assert len(first) == 1 and all(e["n"] == 5 for e in first.values())  # the finished op is on the service
     (run,) = runs(live_server, "s8-lost")
     assert run["status"] == "open"
+    first = httpx.get(f"{live_server.url}/runs/{run['id']}/measurements", timeout=30).json()["measurements"]
+    assert len(first) == 1 and all(m["n"] == 5 for m in first)  # the finished op is on the service
+    assert not measured(table(live_server, "s8-lost"))  # but an open run feeds no table
 
     (phone / ".lost").unlink()  # plugged back in
     monkeypatch.delenv("FAKE_ADB_LOSE_AFTER")
@@ -73,9 +81,14 @@ def test_adb_device_lost_then_resume(live_server, cache, phone, tmp_path, monkey
     assert code == 0, out
     assert f"resuming run {run['id']}: 1 ops already measured, 1 to go" in out
     got = measured(table(live_server, "s8-lost"))
-    assert sorted(got) == sorted(ADB_OPS) and got[next(iter(first))] == first[next(iter(first))]
+    assert sorted(got) == sorted(ADB_OPS) and got[first[0]["key"]]["latency_us"] == first[0]["median_us"]
     (run,) = runs(live_server, "s8-lost")
     assert run["status"] == "finished" and run["n_measurements"] == 2
+    # every op keeps the overhead of its own session; the run's is derived from all of them, not the
+    # resumed subset's alone
+    both = httpx.get(f"{live_server.url}/runs/{run['id']}/measurements", timeout=30).json()["measurements"]
+    ovh = sorted(m["overhead_us"] for m in both)
+    assert all(o and o > 0 for o in ovh) and run["overhead_us"] == pytest.approx((ovh[0] + ovh[1]) / 2)
 
 
 def test_adb_runner_crash_and_no_timings(live_server, cache, phone, tmp_path, monkeypatch):

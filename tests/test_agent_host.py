@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import httpx
 import pytest
@@ -28,8 +29,9 @@ def test_host_profile_fills_table(live_server, cache, tmp_path):
     tab = table(live_server, "host-cpu")
     got = measured(tab)
     assert sorted(got) == sorted(HOST_OPS)
-    for e in got.values():
-        assert e["n"] == 5 * 2  # repeats x rounds
+    (run,) = runs(live_server, "host-cpu")
+    for k, e in got.items():  # repeats x rounds, twice that when re-measured (every sample is kept)
+        assert e["n"] == 5 * 2 * (2 if k in run["extra"]["remeasured"] else 1)
         assert e["latency_us"] > 0 and e["p10_us"] <= e["latency_us"] <= e["p90_us"]
     assert not tab["complete"] and len(tab["missing"]) == 112 - 6 - 4  # identities are filled as 0
     assert tab["overhead_us"] and tab["overhead_us"] > 0
@@ -38,8 +40,11 @@ def test_host_profile_fills_table(live_server, cache, tmp_path):
     assert run["runtime"] == "executorch-xnnpack" and run["runtime_version"] and run["agent_version"]
     assert (run["warmup"], run["repeats"], run["rounds"]) == (2, 5, 2)
     assert run["cpu_freqs_before"] and run["cpu_mask"]
-    by_key = run["extra"]["overhead_us_by_key"]
+    ms = httpx.get(f"{live_server.url}/runs/{run['id']}/measurements", timeout=30).json()["measurements"]
+    by_key = {m["key"]: m["overhead_us"] for m in ms}  # each op carries its input shape's overhead
     assert set(by_key) == set(HOST_OPS) and all(v > 0 for v in by_key.values())
+    assert run["overhead_us"] == pytest.approx(statistics.median(by_key.values()))
+    assert run["extra"]["protocol"]["reference_keys"] and len(run["extra"]["protocol"]["round_factors"]) >= 2
     # the spool holds nothing once the run is closed
     assert not list((tmp_path / "spool").rglob("*.json"))
 
@@ -62,15 +67,16 @@ def test_wrong_token_is_one_clear_line(live_server, cache, tmp_path):
     assert code == 4 and "refused (HTTP 401" in out and "Traceback" not in out, out
 
 
-def test_remeasure_high_cv_keeps_n(live_server, cache, tmp_path):
+def test_remeasure_high_cv_keeps_every_sample(live_server, cache, tmp_path):
     token = live_server.create_device("host-cv")
-    # CV threshold 0: every op is re-measured once; n stays repeats x rounds
+    # CV threshold 0: every op is re-measured once and keeps ALL its samples (a quieter second set
+    # never replaces the first: that would bias exactly the noisy ops low)
     code, out = run_agent(*profile_args(live_server, "host-cv", token, cache, tmp_path / "spool",
                                         "--cv-threshold", "0"))
     assert code == 0, out
     (run,) = runs(live_server, "host-cv")
     assert sorted(run["extra"]["remeasured"]) == sorted(HOST_OPS)
-    assert all(e["n"] == 10 for e in measured(table(live_server, "host-cv")).values())
+    assert all(e["n"] == 2 * 10 for e in measured(table(live_server, "host-cv")).values())
 
 
 def test_service_down_then_up_loses_nothing(tmp_path, cache, monkeypatch):
@@ -121,9 +127,13 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
         ms = [{"key": op.key, "n": 1, "median_us": 100.0, "mean_us": 100.0, "std_us": 0.0, "min_us": 100.0,
                "p10_us": 100.0, "p90_us": 100.0} for op in sp.ops if not op.is_identity]
         assert c.post(f"/runs/{rid}/measurements", json={"measurements": ms}).status_code == 200
+        code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined")
+        assert code == 2 and "lacks" in out, out  # an open run never feeds a table
+        assert c.post(f"/runs/{rid}/finish", json={}).status_code == 200
     code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined",
-                          "--overhead-correction", "--reference-ops", "2")
+                          "--reference-ops", "2")
     assert code == 0, out
+    assert "fp32, synthetic 0" in out  # the configuration it validated against
     assert "drift since the table was measured" in out
     r = httpx.get(f"{live_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
     assert r["count"] == 1
@@ -133,10 +143,13 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     arch = random_archs(1, 3)[0]
     assert v["arch"] == list(arch.blocks) and v["label"] == "random-3-0"
     n_ops = len(sp.arch_ops(arch))
-    # the sum pays the per-call overhead once per op, the whole model once
-    assert v["predicted_us"] == pytest.approx(100.0 * n_ops - 2.0 * (n_ops - 1))
+    # corrected pricing (the default): each op without its per-call overhead, the whole model pays it once
+    assert v["extra"]["table_predicted_us"] == pytest.approx(100.0 * n_ops - 2.0 * (n_ops - 1))
+    # ... scaled by the drift its reference ops measured (real ops are far from the synthetic 100 us)
+    assert v["predicted_us"] == pytest.approx(v["extra"]["table_predicted_us"] * v["extra"]["drift"])
+    assert v["extra"]["pricing"] == "corrected" and v["extra"]["configuration"]["runtime"] == "synthetic"
     assert v["extra"]["raw_sum_us"] == pytest.approx(100.0 * n_ops) and v["extra"]["table_overhead_us"] == 2.0
-    assert v["measured_us"] > 0 and v["n"] == 10
+    assert v["measured_us"] > 0 and v["n"] in (10, 20)  # 20: re-measured (high CV) keeps all samples
     # two ops of the table were re-timed in the same rounds: real ops cost far from the synthetic 100 us
     refs = v["extra"]["reference_ops"]
     assert len(refs) == 2 and set(refs) <= {op.key for op in sp.arch_ops(arch)}

@@ -54,7 +54,7 @@ def test_mlpackage_is_fp16_ios17(ml_cache):
 
 
 def test_ios_profile(live_server, ml_cache, iphone, tmp_path):
-    token = live_server.create_device("iphone13-ane", platform="ios", runtime="coreml", precision="fp16")
+    token = live_server.create_device("iphone13-ane", platform="ios", runtime="coreml")  # device default fp32
     code, out = run_agent(*ios_args(live_server, "iphone13-ane", token, ml_cache, tmp_path))
     assert code == 0, out
     got = measured(table(live_server, "iphone13-ane"))
@@ -63,6 +63,9 @@ def test_ios_profile(live_server, ml_cache, iphone, tmp_path):
     assert got["fc-1504-10"]["latency_us"] > got["skip-16x32x32-24-s1"]["latency_us"]
     (run,) = runs(live_server, "iphone13-ane")
     assert run["transport"] == "ios" and run["runtime"] == "coreml" and run["compute_units"] == "ane"
+    # Core ML programs are fp16: the run says so, and the compute units name the configuration
+    cfg = table(live_server, "iphone13-ane")["configuration"]
+    assert run["precision"] == "fp16" and (cfg["precision"], cfg["compute_units"]) == ("fp16", "ane")
     assert run["device_model"] == "iPhone 13" and run["os"] == "iOS 17.5.1"
     assert run["temps_after"] == {"thermal_state": 0.0}
     docs = iphone / "containers/org.fbnetlut.CoreMLBench/Documents"

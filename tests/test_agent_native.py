@@ -153,7 +153,7 @@ def test_adb_runs_fbnet_runner_for_real(live_server, runner, cache, tmp_path, mo
     got = measured(table(live_server, "s8-ours"))
     assert sorted(got) == sorted(ADB_OPS) and all(e["n"] == 10 for e in got.values())
     (run,) = runs(live_server, "s8-ours")
-    assert run["build"].startswith("fbnet-runner 1.0.0") and run["runtime_version"] == "1.5.1"
+    assert run["build"].startswith("fbnet-runner 1.0.0") and run["runtime_version"].startswith("1.5.1 sha256:")
     assert run["soc"] == "Exynos 8895" and run["cpu_mask"] == "1"
     # one runner process loads the programs, one runs both rounds: not one per op
     assert json.loads((root / ".phone").read_text())["runner_launches"] == 2

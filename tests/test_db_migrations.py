@@ -33,3 +33,29 @@ def test_migrations_match_models(fresh_url):
     engine.dispose()
     assert diff == [], f"models and migrations differ: {diff}"
     assert set(Base.metadata.tables) <= tables and "alembic_version" in tables
+
+
+def test_0004_backfills_run_precision_from_the_device(fresh_url):
+    """Runs made before configurations take their device's precision and are not unstable."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from db.migrate import alembic_config
+
+    command.upgrade(alembic_config(fresh_url), "0001")
+    engine = create_engine(fresh_url)
+    now = "2026-01-01 00:00:00+00:00"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO devices (id, name, platform, runtime, precision, metadata, table_gen, "
+                          "created_at) VALUES (1, 'old-phone', 'android', 'x', 'fp16', '{}', 0, :t)"), {"t": now})
+        conn.execute(text("INSERT INTO spaces (id, name, version, n_ops, registered_at) "
+                          "VALUES (1, 'fbnet-cifar', 'v', 1, :t)"), {"t": now})
+        conn.execute(text("INSERT INTO runs (id, device_id, space_id, space_version, transport, agent_version, "
+                          "runtime, runtime_version, temps_before, temps_after, cpu_freqs_before, cpu_freqs_after, "
+                          "status, created_at, extra) VALUES (7, 1, 1, 'v', 'adb', '0.1', 'et', '1', '{}', '{}', "
+                          "'{}', '{}', 'finished', :t, '{}')"), {"t": now})
+    upgrade_to_head(fresh_url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT precision, unstable FROM runs WHERE id = 7")).one()
+    engine.dispose()
+    assert row[0] == "fp16" and not row[1]

@@ -132,25 +132,37 @@ def test_predict_on_a_partial_table_needs_only_the_arch_ops(tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
 
 
-def test_overhead_correction_pays_the_call_overhead_once_per_model(tmp_path):
+def _with_overhead(t, ovh: float, corrected: bool = True):
+    """The table with a per-call overhead; ``corrected`` also serves each measured entry's corrected_us."""
+    entries = [e.model_copy(update={"corrected_us": max(0.0, e.latency_us - ovh) if e.source == "measured"
+                                    else e.latency_us}) if corrected else e for e in t.entries]
+    return t.model_copy(update={"overhead_us": ovh, "entries": entries})
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["corrected_us-served", "legacy-table"])
+def test_corrected_pricing_pays_the_call_overhead_once_per_model(tmp_path, served):
     arch = Arch.parse("FBNet-B")
-    t = macs_table(SPACE).model_copy(update={"overhead_us": 4.0})
-    raw = predict(t, arch, SPACE)
-    fixed = predict(t, arch, SPACE, overhead_us=t.overhead_us)
+    t = _with_overhead(macs_table(SPACE), 4.0, corrected=served)
+    corrected, raw = predict(t, arch, SPACE), predict(t, arch, SPACE, pricing="raw")
     n_ops = len(SPACE.arch_ops(arch))
-    assert fixed["raw_sum_us"] == raw["latency_us"] == sum(p["latency_us"] for p in raw["per_op"])
-    assert fixed["latency_us"] == pytest.approx(raw["latency_us"] - (n_ops - 1) * 4.0)
-    with pytest.raises(TableError, match="overhead_us"):
-        predict(t, arch, SPACE, overhead_us=float("nan"))
+    assert raw["latency_us"] == raw["raw_sum_us"] == corrected["raw_sum_us"] == sum(p["raw_us"] for p in raw["per_op"])
+    assert corrected["pricing"] == "corrected" and corrected["overhead_us"] == 4.0 and raw["overhead_us"] == 0.0
+    assert corrected["latency_us"] == pytest.approx(raw["latency_us"] - (n_ops - 1) * 4.0)
+    # the supernet's matrix prices the same way (the overhead rides in fixed_us)
+    lut = build_lut(t, SPACE)
+    onehot = math.fsum(lut.matrix[i][b] for i, b in enumerate(arch.indices)) + lut.fixed_us
+    assert onehot == pytest.approx(corrected["latency_us"]) and lut.arch_latency(arch) == pytest.approx(onehot)
+    with pytest.raises(TableError, match="pricing"):
+        predict(t, arch, SPACE, pricing="cheap")
     save_table(t, tmp_path / "t.json")
-    r = CliRunner().invoke(app, ["predict", "--table", str(tmp_path / "t.json"), "--arch", "FBNet-B", "--format",
-                                 "json", "--overhead-correction"])
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["latency_us"] == pytest.approx(fixed["latency_us"])
-    save_table(macs_table(SPACE), tmp_path / "none.json")  # no recorded overhead: refuse, don't guess
-    r = CliRunner().invoke(app, ["predict", "--table", str(tmp_path / "none.json"), "--arch", "FBNet-B",
-                                 "--overhead-correction"])
-    assert r.exit_code == 2 and "overhead" in r.output
+    for flags, want in (([], corrected), (["--raw"], raw)):
+        r = CliRunner().invoke(app, ["predict", "--table", str(tmp_path / "t.json"), "--arch", "FBNet-B",
+                                     "--format", "json", *flags])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["latency_us"] == pytest.approx(want["latency_us"])
+    # a table without a recorded overhead: both pricings agree (nothing to correct)
+    bare = macs_table(SPACE)
+    assert predict(bare, arch, SPACE)["latency_us"] == predict(bare, arch, SPACE, pricing="raw")["latency_us"]
 
 
 # Identity skips: the one pricing rule (fbnet.lut) uses the value the table serves. Measured

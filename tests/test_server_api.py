@@ -199,31 +199,32 @@ def test_table_rule(module_server, dev):
     a, b = REAL_OPS[0].key, REAL_OPS[1].key
     t = _table(module_server, name).json()
     assert not t["complete"] and len(t["missing"]) == len(REAL_OPS) and t["overhead_us"] is None
+    assert t["configuration"] is None
     assert all(e["source"] == "identity" and e["latency_us"] == 0.0 for e in t["entries"] if e["key"] in
                {op.key for op in IDENTITY_OPS})
+    rids = []
     with module_server.client(token) as c:
-        for med, ovh in ((100.0, 10.0), (110.0, 20.0), (200.0, 60.0)):  # three runs, runtime 1.0
+        for med, ovh in ((100.0, 10.0), (110.0, 20.0), (200.0, 60.0)):  # three runs, one configuration
             rid = open_run(module_server, token, overhead_us=ovh)
             c.post(f"/runs/{rid}/measurements", json={"measurements": [meas(a, med), meas(b, med / 2)]})
             c.post(f"/runs/{rid}/finish", json={})
+            rids.append(rid)
         failed = open_run(module_server, token)
         c.post(f"/runs/{failed}/measurements", json={"measurements": [meas(a, 9999.0)]})
         c.post(f"/runs/{failed}/finish", json={"status": "failed"})
+        still_open = open_run(module_server, token)
+        c.post(f"/runs/{still_open}/measurements", json={"measurements": [meas(a, 1.0)]})
     t = _table(module_server, name).json()
     ea = next(e for e in t["entries"] if e["key"] == a)
     assert ea["latency_us"] == 110.0 and ea["runs"] == 3 and ea["n"] == 30 and ea["source"] == "measured"
+    assert ea["run_ids"] == rids  # provenance: the failed and the open run are not among them
+    assert ea["corrected_us"] == statistics.median([100.0 - 10, 110.0 - 20, 200.0 - 60])
     assert t["overhead_us"] == 20.0
-    # a newer runtime version replaces the older one for the ops it measured
-    rid = open_run(module_server, token, runtime_version="2.0", overhead_us=30.0)
-    with module_server.client(token) as c:
-        c.post(f"/runs/{rid}/measurements", json={"measurements": [meas(a, 70.0)]})
-    t = _table(module_server, name).json()
+    assert t["configuration"] == {"precision": "fp32", "runtime": "executorch", "runtime_version": "1.0",
+                                  "threads": None, "cpu_mask": None, "compute_units": None, "imported": False}
     by = {e["key"]: e for e in t["entries"]}
-    assert by[a]["latency_us"] == 70.0 and by[a]["runs"] == 1
-    assert by[b]["latency_us"] == 55.0
-    assert t["overhead_us"] == statistics.median([10.0, 20.0, 60.0, 30.0])
     assert a not in t["missing"] and by[REAL_OPS[2].key]["source"] == "missing"
-    assert by[REAL_OPS[2].key]["latency_us"] is None
+    assert by[REAL_OPS[2].key]["latency_us"] is None and by[REAL_OPS[2].key]["corrected_us"] is None
     cov = module_server.client().get(f"/devices/{name}").json()["coverage"][SPACE]
     assert cov == {"ops": len(SP.ops), "covered": len(IDENTITY_OPS) + 2}
 
@@ -239,6 +240,10 @@ def test_etag_304_and_csv(module_server, dev):
     rid = open_run(module_server, token)
     with module_server.client(token) as c:
         c.post(f"/runs/{rid}/measurements", json={"measurements": [meas(REAL_OPS[0].key, 10.0)]})
+    with module_server.client() as c:  # an open run does not change the table
+        assert c.get(f"/tables/{name}", params={"space": SPACE}, headers={"If-None-Match": etag}).status_code == 304
+    with module_server.client(token) as c:
+        c.post(f"/runs/{rid}/finish", json={})
     with module_server.client() as c:
         r2 = c.get(f"/tables/{name}", params={"space": SPACE}, headers={"If-None-Match": etag})
         assert r2.status_code == 200 and r2.headers["etag"] != etag

@@ -63,3 +63,8 @@ cp "$BUILD-fbnet-runner/fbnet-runner" "$OUT/fbnet-runner"
 if [ "${UPSTREAM:-0}" = 1 ]; then cp "$BUILD/executor_runner" "$OUT/executor_runner"; fi
 echo "built $OUT/fbnet-runner"
 echo "profile with: fbnet-agent profile --transport adb --runner $OUT/fbnet-runner --cpu-mask 80 --threads 1 ..."
+# upstream's runner does not print its version: it goes beside the binary (the agent records it, with
+# the binary's sha256, as the run's runtime version)
+if [ "${UPSTREAM:-0}" = 1 ]; then
+  echo "executorch $(git -C "$SRC" describe --tags --always 2>/dev/null || echo unknown)" > "$OUT/executor_runner.version"
+fi

@@ -192,21 +192,32 @@ class AdbTransport(Transport):
         p = self.props()
         soc = p.get("ro.soc.model") or p.get("ro.board.platform") or p.get("ro.product.board")
         os_ = f"Android {p.get('ro.build.version.release', '?')} (API {p.get('ro.build.version.sdk', '?')})"
-        digest = hashlib.sha256(self.runner.read_bytes()).hexdigest()[:12]
+        digest = hashlib.sha256(self.runner.read_bytes()).hexdigest()
         if self.ours and self.runner_info:
             info = self.runner_info
             rt_version = str(info.get("executorch", "?")).split("+")[0]
             build = f"fbnet-runner {info.get('version')} ({info.get('build')}) sha256:{digest}"
-        else:  # upstream's runner does not say its version: the host's wheel is the best guess
-            rt_version, build = version("executorch"), f"executor_runner {self.runner.name} sha256:{digest}"
+        else:  # upstream's runner does not say its version: build_runner.sh writes it beside the binary
+            rt_version = self.runner_version()
+            build = f"executor_runner {self.runner.name} sha256:{digest}; host executorch {version('executorch')}"
+        # the configuration names the binary: its version and sha256 (two builds never share a table)
         return Provenance(
-            runtime="executorch-xnnpack", runtime_version=rt_version, build=build, threads=self.threads,
+            runtime="executorch-xnnpack", runtime_version=f"{rt_version[:40]} sha256:{digest[:12]}", build=build,
+            threads=self.threads,
             cpu_mask=self.cpu_mask, host=self.serial or p.get("ro.serialno"),
             device_model=" ".join(x for x in (p.get("ro.product.manufacturer"), p.get("ro.product.model")) if x)
             or None, soc=soc, os=os_,
             extra={"runner": self.runner_info or {"runner": "executor_runner"}, "board": p.get("ro.product.board"), "abi": p.get("ro.product.cpu.abi"),
                    "fingerprint": p.get("ro.build.fingerprint"), "max_freqs_mhz": self._max_freqs()},
         )
+
+    def runner_version(self) -> str:
+        """The runner binary's ExecuTorch version: ``<runner>.version`` beside it (build_runner.sh writes
+        it), else 'unknown'; the run's runtime_version adds the binary's sha256 either way, so two
+        different binaries never share a configuration."""
+        side = self.runner.with_name(self.runner.name + ".version")
+        text = side.read_text().strip().splitlines()[0].strip() if side.is_file() else ""
+        return text or "unknown"
 
     def _max_freqs(self) -> dict[str, float]:
         return self._sysfs_freqs("cpuinfo_max_freq")

@@ -1,4 +1,4 @@
-"""Per-op latency ratio of two devices over one space."""
+"""Per-op latency ratio of two tables over one space: two devices, or two configurations of one."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from profiler_server.errors import Invalid
 
 
 def compare(space: str, a: wire.Table, b: wire.Table) -> wire.CompareOut:
-    if a.device == b.device:
-        raise Invalid("compare needs two different devices")
+    if a.device == b.device and a.configuration == b.configuration:
+        raise Invalid("compare needs two different devices, or two configurations of one device "
+                      "(a_precision=..., b_precision=..., a_threads=..., ...)")
     b_by_key = {e.key: e for e in b.entries}
     entries, logs = [], []
     for ea in a.entries:
@@ -22,4 +23,5 @@ def compare(space: str, a: wire.Table, b: wire.Table) -> wire.CompareOut:
         fields = ea.model_dump(include=set(wire.OpFields.model_fields))
         entries.append(wire.CompareEntry(**fields, a_us=ea.latency_us, b_us=eb.latency_us, ratio=ratio))
     geomean = math.exp(sum(logs) / len(logs)) if logs else None
-    return wire.CompareOut(space=space, a=a.device, b=b.device, entries=entries, geomean_ratio=geomean)
+    return wire.CompareOut(space=space, a=a.device, b=b.device, a_configuration=a.configuration,
+                           b_configuration=b.configuration, entries=entries, geomean_ratio=geomean)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, ImportedTable, Run
 from fbnet import wire
+from fbnet.configuration import Selector
 from fbnet.space import BY_NAME, Op, Space
 from profiler_server.domain.devices import touch
 from profiler_server.domain.runs import FINISHED, store_rows
@@ -174,8 +175,11 @@ def parse(doc: dict, fmt: str, space: Space) -> Parsed:
 
 
 def import_table(session: Session, device: Device, space: Space, fmt: str, doc: dict,
-                 source: str | None = None) -> wire.ImportResult:
-    """Store ``doc`` as one finished run (transport 'import') of ``device`` and report the mapping."""
+                 source: str | None = None, precision: str | None = None) -> wire.ImportResult:
+    """Store ``doc`` as one finished run (transport 'import') of ``device`` and report the mapping.
+
+    The import is a configuration of its own (runtime ``fmt``, runtime_version ``import-<fmt>``, the
+    given precision, else the device's): it never blends with measured runs."""
     parsed = parse(doc, fmt, space)
     if not parsed.values:
         raise Invalid(f"no entry of the {fmt} table belongs to space {space.name!r}; nothing was stored")
@@ -183,6 +187,7 @@ def import_table(session: Session, device: Device, space: Space, fmt: str, doc: 
     now = datetime.now(UTC)
     run = Run(device_id=device.id, space_id=row.id, space_version=space.version, transport=IMPORT,
               agent_version=f"import-{fmt}", runtime=fmt, runtime_version=f"import-{fmt}", status=FINISHED,
+              precision=precision or device.precision,
               started_at=now, finished_at=now, extra={"source": source} if source else {})
     session.add(run)
     session.flush()
@@ -192,7 +197,8 @@ def import_table(session: Session, device: Device, space: Space, fmt: str, doc: 
                               unmapped=parsed.unmapped))
     touch(session, device.id)
     session.flush()
-    missing = assemble(session, device, space).missing
+    sel = Selector(precision=precision or device.precision, runtime_version=f"import-{fmt}")
+    missing = assemble(session, device, space, sel).missing
     return wire.ImportResult(device=device.name, space=space.name, format=fmt,
                                 entries_in_file=parsed.entries_in_file, mapped=len(parsed.values),
                                 unmapped=parsed.unmapped, missing=missing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -19,7 +20,7 @@ from profiler_server.domain.spaces import ensure_space, resolve_space
 from profiler_server.errors import Conflict, Forbidden, Invalid, NotFound
 
 OPEN, FINISHED = "open", "finished"
-COUNTED_STATUSES = (OPEN, FINISHED)  # failed/aborted runs never reach a table
+COUNTED_STATUSES = (FINISHED,)  # open, failed and aborted runs never reach a table
 # provenance that identifies a unit or a person (serials, UDIDs, host and device names): shown
 # only to the admin and to the device's own token
 PRIVATE_EXTRA = frozenset({"device_name", "serial", "udid", "hostname", "host"})
@@ -51,6 +52,7 @@ def create_run(session: Session, caller: Caller, body: wire.RunCreate) -> tuple[
         return _same_run(found, space.name, key), False
     row = ensure_space(session, space)
     fields = body.model_dump(exclude={"device", "space"})
+    fields["precision"] = body.precision or device.precision  # a run says its precision, else its device's
     run = Run(device_id=device.id, space_id=row.id, space_version=space.version, status=OPEN, **fields)
     run.started_at = run.started_at or datetime.now(UTC)
     try:
@@ -105,8 +107,9 @@ def run_out(run: Run, n: int = 0, caller: Caller | None = None) -> wire.RunOut:
     return wire.RunOut(
         id=run.id, device=run.device.name, space=run.space.name, space_version=run.space_version,
         transport=run.transport, agent_version=run.agent_version, runtime=run.runtime,
-        runtime_version=run.runtime_version, build=run.build, threads=run.threads, cpu_mask=run.cpu_mask,
-        compute_units=run.compute_units, host=run.host if private else None, device_model=run.device_model, soc=run.soc, os=run.os,
+        runtime_version=run.runtime_version, precision=run.precision, unstable=bool(run.unstable), build=run.build,
+        threads=run.threads, cpu_mask=run.cpu_mask, compute_units=run.compute_units,
+        host=run.host if private else None, device_model=run.device_model, soc=run.soc, os=run.os,
         warmup=run.warmup, repeats=run.repeats, rounds=run.rounds, overhead_us=run.overhead_us,
         temps_before=run.temps_before or {}, temps_after=run.temps_after or {},
         cpu_freqs_before=run.cpu_freqs_before or {}, cpu_freqs_after=run.cpu_freqs_after or {},
@@ -161,7 +164,7 @@ def run_measurements(session: Session, run_id: int) -> wire.RunMeasurements:
     ms = [
         wire.StoredMeasurement(
             key=m.key, n=m.n, median_us=m.median_us, mean_us=m.mean_us, std_us=m.std_us, min_us=m.min_us,
-            p10_us=m.p10_us, p90_us=m.p90_us, samples_us=m.samples_us,
+            p10_us=m.p10_us, p90_us=m.p90_us, samples_us=m.samples_us, overhead_us=m.overhead_us,
         )
         for m in rows
     ]
@@ -180,8 +183,14 @@ def finish_run(session: Session, caller: Caller, run_id: int, body: wire.RunFini
     run.finished_at = datetime.now(UTC)
     run.temps_after = body.temps_after
     run.cpu_freqs_after = body.cpu_freqs_after
+    run.unstable = body.unstable
     if body.overhead_us is not None:
         run.overhead_us = body.overhead_us
+    # The run's overhead from ALL its stored ops (a resumed run's finish only saw the resumed subset).
+    ovh = session.scalars(select(Measurement.overhead_us).where(Measurement.run_id == run.id,
+                                                                Measurement.overhead_us.is_not(None))).all()
+    if ovh:
+        run.overhead_us = float(statistics.median(ovh))
     if body.extra:
         run.extra = {**(run.extra or {}), **body.extra}
     touch(session, run.device_id)

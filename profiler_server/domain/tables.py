@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from db.models import Device, Measurement, Run
 from db.models import Space as SpaceRow
 from fbnet import wire
+from fbnet.configuration import SELECTOR_FIELDS, Configuration, Selector
 from fbnet.space import Space
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.runs import COUNTED_STATUSES
@@ -26,86 +27,171 @@ from profiler_server.errors import NotFound
 IMPORT = "import"
 
 RULE = (
-    "latency_us of an op = median of the per-run medians of this device's open or finished runs of the "
-    "space, taken from the newest runtime_version that measured the op (newest = that of the most recent "
-    "such run); an imported table is one run (transport 'import'). Identity skips (skip with cin == cout, "
-    "stride 1) cost 0.0 by construction (source 'identity') unless an imported value exists. Ops without a "
-    "value have latency_us null, source 'missing' and are listed in 'missing'. n = total samples, std_us / "
-    "p10_us / p90_us = medians over the contributing runs. overhead_us = median of the contributing runs' "
-    "recorded per-call overhead. version = content hash of the entries (the ETag)."
+    "A table is built from the FINISHED runs of ONE configuration of the device (precision, runtime, "
+    "runtime_version, threads, cpu_mask, compute_units; an imported table is a configuration of its own); "
+    "open, failed and aborted runs never count, runs marked unstable only with include_unstable. "
+    "Selectors left unspecified pick the device's newest complete configuration (newest = highest run id), "
+    "else its newest. latency_us of an op = median of the per-run medians (raw, as measured alone); "
+    "corrected_us = median over the runs of (run median - that run's per-call overhead for the op's input "
+    "shape), at least 0; it equals latency_us when no overhead was recorded (imports). Clients price "
+    "corrected_us and add the table's overhead_us once per model (fbnet.lut). Identity skips (skip with "
+    "cin == cout, stride 1) cost 0.0 by construction (source 'identity') unless an imported value exists. "
+    "Ops without a value have latency_us null, source 'missing' and are listed in 'missing'. n = total "
+    "samples, std_us / p10_us / p90_us = medians over the contributing runs, run_ids = those runs. "
+    "overhead_us = median of the contributing runs' recorded per-call overhead. version = content hash of "
+    "the configuration and the entries (the ETag)."
 )
 
 CSV_COLUMNS = ("key", "block", "kernel", "expansion", "groups", "cin", "h", "w", "cout", "stride",
-               "latency_us", "n", "std_us", "p10_us", "p90_us", "runs", "source")
+               "latency_us", "corrected_us", "n", "std_us", "p10_us", "p90_us", "runs", "source")
+
+
+@dataclass
+class RunInfo:
+    id: int
+    config: Configuration
+    unstable: bool
+    overhead_us: float | None
+    overhead_by_key: dict
 
 
 @dataclass
 class _Row:
-    run_id: int
-    runtime_version: str
-    transport: str
-    overhead_us: float | None
+    key: str
+    run: RunInfo
     n: int
     median_us: float
     std_us: float
     p10_us: float
     p90_us: float
+    overhead_us: float | None = None
+
+    @property
+    def corrected_us(self) -> float | None:
+        """The run's median less the per-call overhead for this op's input shape, as stored with the op,
+        else as the run recorded it (None if unknown)."""
+        ovh = self.overhead_us
+        if ovh is None:
+            ovh = self.run.overhead_by_key.get(self.key, self.run.overhead_us)
+        return None if ovh is None else max(0.0, self.median_us - ovh)
 
 
-def _entry(op, layers, rows: list[_Row]) -> tuple[dict, set[int]]:
+def finished_runs(session: Session, device: Device, space: Space) -> list[RunInfo]:
+    q = (
+        select(Run.id, Run.precision, Run.runtime, Run.runtime_version, Run.threads, Run.cpu_mask,
+               Run.compute_units, Run.transport, Run.unstable, Run.overhead_us, Run.extra)
+        .join(SpaceRow, SpaceRow.id == Run.space_id)
+        .where(Run.device_id == device.id, SpaceRow.name == space.name, Run.status.in_(COUNTED_STATUSES))
+        .order_by(Run.id)
+    )
+    out = []
+    for rid, prec, rt, rtv, thr, mask, units, transport, unstable, ovh, extra in session.execute(q).tuples():
+        cfg = Configuration(precision=prec, runtime=rt, runtime_version=rtv, threads=thr, cpu_mask=mask,
+                            compute_units=units, imported=transport == IMPORT)
+        by_key = (extra or {}).get("overhead_us_by_key") or {}
+        by_key = {k: float(v) for k, v in by_key.items() if isinstance(v, int | float) and v >= 0}
+        out.append(RunInfo(rid, cfg, bool(unstable), ovh, by_key))
+    return out
+
+
+def configurations(session: Session, device: Device, space: Space, *, include_unstable: bool = False,
+                   runs: list[RunInfo] | None = None) -> list[wire.ConfigurationOut]:
+    """Every configuration of the device's finished runs of ``space``, oldest first, with coverage."""
+    runs = finished_runs(session, device, space) if runs is None else runs
+    keys: dict[int, set[str]] = defaultdict(set)
+    if runs:
+        q = select(Measurement.run_id, Measurement.key).where(Measurement.run_id.in_([r.id for r in runs]))
+        for rid, key in session.execute(q).tuples():
+            keys[rid].add(key)
+    groups: dict[Configuration, list[RunInfo]] = {}
+    for r in runs:
+        groups.setdefault(r.config, []).append(r)
+    ops = set(space.op_by_key)
+    identity = {op.key for op in space.ops if op.is_identity}
+    out = []
+    for cfg, rs in groups.items():
+        used = [r for r in rs if include_unstable or not r.unstable]
+        got = set().union(*(keys[r.id] for r in used)) & ops if used else set()
+        if used and not cfg.imported:
+            got |= identity
+        out.append(wire.ConfigurationOut(
+            **cfg.model_dump(), id=cfg.config_id, runs=[r.id for r in used],
+            unstable_runs=[r.id for r in rs if r.unstable], ops=len(ops), covered=len(got),
+            complete=bool(used) and len(got) == len(ops), newest_run=max(r.id for r in rs), default=False))
+    default = pick(out, Selector(include_unstable=include_unstable), device.name, space.name)
+    return [c.model_copy(update={"default": True}) if default is not None and c.id == default.id else c for c in out]
+
+
+def pick(configs: list[wire.ConfigurationOut], selector: Selector, device: str,
+         space: str) -> wire.ConfigurationOut | None:
+    """The configuration ``selector`` names: the newest complete match, else the newest match."""
+    usable = [c for c in configs if c.runs]
+    cand = [c for c in usable if selector.matches(c)]
+    if not cand:
+        if not usable and not any(getattr(selector, k) is not None for k in SELECTOR_FIELDS):
+            return None
+        have = "; ".join(Configuration(**c.model_dump(include=set(Configuration.model_fields))).describe()
+                         for c in usable) or "none (no finished run)"
+        shaky = sum(len(c.unstable_runs) for c in configs if selector.matches(c))
+        hint = (f"; {shaky} matching run(s) are marked unstable (include_unstable=true uses them)"
+                if shaky and not selector.include_unstable else "")
+        raise NotFound(f"device {device!r} has no configuration of {space} with {selector.describe()}; "
+                       f"configurations with finished runs: {have}{hint}")
+    complete = [c for c in cand if c.complete]
+    return max(complete or cand, key=lambda c: c.newest_run)
+
+
+def _entry(op, layers, rows: list[_Row], imported: bool) -> dict:
     base = {**op.fields(), "layers": list(layers)}
-    if rows:
-        newest = max(rows, key=lambda r: r.run_id).runtime_version
-        rows = [r for r in rows if r.runtime_version == newest]
-    imported = [r for r in rows if r.transport == IMPORT]
-    if op.is_identity:
-        if not imported:
-            return {**base, "latency_us": 0.0, "n": 0, "std_us": 0.0, "p10_us": 0.0, "p90_us": 0.0,
-                    "runs": 0, "source": "identity"}, set()
-        rows = imported
+    if op.is_identity and not (imported and rows):
+        return {**base, "latency_us": 0.0, "corrected_us": 0.0, "n": 0, "std_us": 0.0, "p10_us": 0.0,
+                "p90_us": 0.0, "runs": 0, "run_ids": [], "source": "identity"}
     if not rows:
-        return {**base, "latency_us": None, "n": 0, "std_us": None, "p10_us": None, "p90_us": None,
-                "runs": 0, "source": "missing"}, set()
+        return {**base, "latency_us": None, "corrected_us": None, "n": 0, "std_us": None, "p10_us": None,
+                "p90_us": None, "runs": 0, "run_ids": [], "source": "missing"}
+    latency = float(median(r.median_us for r in rows))
+    corrected = [c for r in rows if (c := r.corrected_us) is not None]
     return {
         **base,
-        "latency_us": float(median(r.median_us for r in rows)),
+        "latency_us": latency,
+        "corrected_us": float(median(corrected)) if corrected and not imported else latency,
         "n": sum(r.n for r in rows),
         "std_us": float(median(r.std_us for r in rows)),
         "p10_us": float(median(r.p10_us for r in rows)),
         "p90_us": float(median(r.p90_us for r in rows)),
         "runs": len(rows),
-        "source": "imported" if all(r.transport == IMPORT for r in rows) else "measured",
-    }, {r.run_id for r in rows}
+        "run_ids": sorted(r.run.id for r in rows),
+        "source": "imported" if imported else "measured",
+    }
 
 
-def assemble(session: Session, device: Device, space: Space) -> wire.Table:
-    """The table of ``device`` for ``space`` by the rule in :data:`RULE`."""
-    q = (
-        select(Measurement.key, Run.id, Run.runtime_version, Run.transport, Run.overhead_us, Measurement.n,
-               Measurement.median_us, Measurement.std_us, Measurement.p10_us, Measurement.p90_us)
-        .join(Run, Run.id == Measurement.run_id)
-        .join(SpaceRow, SpaceRow.id == Run.space_id)
-        .where(Run.device_id == device.id, SpaceRow.name == space.name, Run.status.in_(COUNTED_STATUSES))
-    )
+def assemble(session: Session, device: Device, space: Space, selector: Selector | None = None) -> wire.Table:
+    """The table of ``device`` for ``space`` in the configuration ``selector`` picks (rule: :data:`RULE`)."""
+    selector = selector or Selector()
+    runs = finished_runs(session, device, space)
+    configs = configurations(session, device, space, include_unstable=selector.include_unstable, runs=runs)
+    chosen = pick(configs, selector, device.name, space.name)
     by_key: dict[str, list[_Row]] = defaultdict(list)
-    for key, *rest in session.execute(q).tuples():
-        by_key[key].append(_Row(*rest))
-    entries, contributing, overheads = [], set(), {}
-    for op in space.ops:
-        rows = by_key.get(op.key, [])
-        for r in rows:
-            overheads[r.run_id] = r.overhead_us
-        e, used = _entry(op, space.op_layers[op.key], rows)
-        entries.append(e)
-        contributing |= used
-    ovh = [overheads[i] for i in contributing if overheads.get(i) is not None]
-    overhead = float(median(ovh)) if ovh else None
+    cfg = None
+    if chosen is not None:
+        cfg = Configuration(**chosen.model_dump(include=set(Configuration.model_fields)))
+        infos = {r.id: r for r in runs if r.id in set(chosen.runs)}
+        q = (select(Measurement.key, Measurement.run_id, Measurement.n, Measurement.median_us, Measurement.std_us,
+                    Measurement.p10_us, Measurement.p90_us, Measurement.overhead_us).where(Measurement.run_id.in_(list(infos))))
+        for key, rid, *vals in session.execute(q).tuples():
+            by_key[key].append(_Row(key, infos[rid], *vals))
+    imported = bool(cfg and cfg.imported)
+    entries = [_entry(op, space.op_layers[op.key], by_key.get(op.key, []), imported) for op in space.ops]
+    contributing = {r.run.id: r.run.overhead_us for rows in by_key.values() for r in rows}
+    ovh = [v for v in contributing.values() if v is not None]
+    overhead = float(median(ovh)) if ovh and not imported else None
     missing = [e["key"] for e in entries if e["source"] == "missing"]
-    blob = json.dumps({"entries": entries, "overhead_us": overhead}, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps({"entries": entries, "overhead_us": overhead, "configuration": cfg and cfg.model_dump(),
+                       "include_unstable": selector.include_unstable}, sort_keys=True, separators=(",", ":"))
     version = hashlib.sha256(blob.encode()).hexdigest()[:20]
     return wire.Table(
         device=device.name, space=space.name, space_version=space.version, version=version,
-        complete=not missing, missing=missing, overhead_us=overhead, rule=RULE,
+        complete=not missing, missing=missing, overhead_us=overhead, configuration=cfg, rule=RULE,
         entries=[wire.TableEntry(**e) for e in entries],
     )
 
@@ -143,19 +229,21 @@ class TableCache:
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple, CachedTable] = OrderedDict()
 
-    def get(self, session: Session, device_name: str, space_name: str) -> CachedTable:
+    def get(self, session: Session, device_name: str, space_name: str,
+            selector: Selector | None = None) -> CachedTable:
+        selector = selector or Selector()
         space = resolve_space(space_name)
         # the hot path: one narrow query, no ORM object
         row = session.execute(select(Device.id, Device.table_gen).where(Device.name == device_name)).first()
         if row is None:
             raise NotFound(f"unknown device {device_name!r}")
-        key = (row[0], space.name, space.version, row[1])
+        key = (row[0], space.name, space.version, row[1], selector)
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit
-        table = assemble(session, get_device(session, device_name), space)
+        table = assemble(session, get_device(session, device_name), space, selector)
         item = CachedTable(table, table.model_dump_json().encode(), f'"{table.version}"')
         with self._lock:
             self._items[key] = item
@@ -163,8 +251,9 @@ class TableCache:
                 self._items.popitem(last=False)
         return item
 
-    def table(self, session: Session, device_name: str, space_name: str) -> wire.Table:
-        return self.get(session, device_name, space_name).table
+    def table(self, session: Session, device_name: str, space_name: str,
+              selector: Selector | None = None) -> wire.Table:
+        return self.get(session, device_name, space_name, selector).table
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

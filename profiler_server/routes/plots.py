@@ -5,6 +5,8 @@ from profiler_server.deps import CacheDep, ReaderDep, ReadSession
 from profiler_server.domain import compare as compare_dom
 from profiler_server.domain import validations as validations_dom
 from profiler_server.domain.spaces import resolve_space
+from profiler_server.routes.compare import SelA, SelB
+from profiler_server.routes.tables import SelectorDep
 
 router = APIRouter(tags=["plots"])
 PNG = {200: {"content": {"image/png": {}}}}
@@ -20,13 +22,13 @@ async def _render(request: Request, work) -> Response:
 
 @router.get("/plots/table/{device}.png", response_class=Response, responses=PNG)
 async def table_plot(device: str, space: str, request: Request, session: ReadSession, cache: CacheDep,
-                     _: ReaderDep):
-    """22 layers x 9 blocks heatmap of the device's table."""
+                     _: ReaderDep, sel: SelectorDep):
+    """22 layers x 9 blocks heatmap of the device's table (in the configuration the selectors pick)."""
     from profiler_server import plots
 
     def work():
-        table = cache.table(session, device, space)
-        key = ("table", device, table.space, table.version)
+        table = cache.table(session, device, space, sel)
+        key = ("table", device, table.space, table.version)  # the version covers the configuration
         return request.app.state.plot_cache.get(key, lambda: plots.table_heatmap(table, resolve_space(space)))
 
     return await _render(request, work)
@@ -34,12 +36,12 @@ async def table_plot(device: str, space: str, request: Request, session: ReadSes
 
 @router.get("/plots/compare.png", response_class=Response, responses=PNG)
 async def compare_plot(space: str, a: str, b: str, request: Request, session: ReadSession, cache: CacheDep,
-                       _: ReaderDep):
-    """Per-op latency ratio of two devices."""
+                       _: ReaderDep, sel_a: SelA, sel_b: SelB):
+    """Per-op latency ratio of two devices, or of two configurations of one device (like /compare)."""
     from profiler_server import plots
 
     def work():
-        ta, tb = cache.table(session, a, space), cache.table(session, b, space)
+        ta, tb = cache.table(session, a, space, sel_a), cache.table(session, b, space, sel_b)
         key = ("compare", a, b, ta.space, ta.version, tb.version)
         return request.app.state.plot_cache.get(key, lambda: plots.ratio_plot(compare_dom.compare(space, ta, tb)))
 

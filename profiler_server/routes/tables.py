@@ -1,19 +1,49 @@
+import inspect
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from fbnet import wire
+from fbnet.configuration import Precision, Selector
 from profiler_server.auth import require_admin
 from profiler_server.deps import CacheDep, CallerDep, ReaderDep, ReadSession, WriteSession
 from profiler_server.domain import importers
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.spaces import resolve_space
-from profiler_server.domain.tables import etag_matches
+from profiler_server.domain.tables import configurations, etag_matches
 
 router = APIRouter(tags=["tables"])
 
 SpaceQuery = Annotated[str, Query(description="space name, e.g. fbnet-224 or fbnet-cifar")]
+
+
+def selector(
+    precision: Annotated[Precision | None, Query(description="fp32, fp16 or int8")] = None,
+    threads: Annotated[int | None, Query(ge=1, le=256)] = None,
+    cpu_mask: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
+    compute_units: Annotated[str | None, Query(max_length=32, pattern=r"^[^\x00]*$")] = None,
+    runtime_version: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
+    include_unstable: Annotated[bool, Query(description="also use runs marked unstable")] = False,
+) -> Selector:
+    """The configuration a reader asks for; what is left out picks the newest complete one."""
+    return Selector(precision=precision, threads=threads, cpu_mask=cpu_mask, compute_units=compute_units,
+                    runtime_version=runtime_version, include_unstable=include_unstable)
+
+
+SelectorDep = Annotated[Selector, Depends(selector)]
+
+
+def prefixed_selector(prefix: str):
+    """The same selector under prefixed query names (``a_precision``, ...), for routes that take two."""
+    params = [p.replace(name=prefix + p.name, kind=inspect.Parameter.KEYWORD_ONLY)
+              for p in inspect.signature(selector).parameters.values()]
+
+    def dep(**kw) -> Selector:
+        return selector(**{k.removeprefix(prefix): v for k, v in kw.items()})
+
+    dep.__signature__ = inspect.Signature(params, return_annotation=Selector)
+    return dep
 
 
 @router.get(
@@ -27,11 +57,14 @@ def get_table(
     session: ReadSession,
     cache: CacheDep,
     _: ReaderDep,
+    sel: SelectorDep,
     format: Literal["json", "csv"] = "json",
     if_none_match: Annotated[str | None, Header()] = None,
 ):
-    """The device's latency table of ``space`` (µs). ``ETag`` is the table's version."""
-    item = cache.get(session, device, space)
+    """The device's latency table of ``space`` (µs) in ONE configuration (finished runs only); the
+    selectors pick it, unspecified ones the newest complete configuration. ``ETag`` is the table's
+    version (it covers the configuration)."""
+    item = cache.get(session, device, space, sel)
     etag = item.etag if format == "json" else f'"{item.table.version}-csv"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(if_none_match, etag):
@@ -39,6 +72,15 @@ def get_table(
     if format == "csv":
         return Response(item.csv_bytes, media_type="text/csv", headers=headers)
     return Response(item.json_bytes, media_type="application/json", headers=headers)
+
+
+@router.get("/tables/{device}/configurations", response_model=list[wire.ConfigurationOut])
+def list_configurations(device: str, space: SpaceQuery, session: ReadSession, _: ReaderDep,
+                        include_unstable: bool = False):
+    """The device's configurations of ``space`` (finished runs), oldest first, with coverage; ``default``
+    marks the one ``GET /tables/{device}`` serves without selectors."""
+    return configurations(session, get_device(session, device), resolve_space(space),
+                          include_unstable=include_unstable)
 
 
 _IMPORT_BODY = {
@@ -61,6 +103,7 @@ async def import_table(
     caller: CallerDep,
     format: Literal["hwnasbench", "proxylessnas", "ofa"] = "hwnasbench",
     source: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")] = None,
+    precision: Annotated[Precision | None, Query(description="the table's precision [default: the device's]")] = None,
 ):
     """Load an external table (admin token) as one source of the device's table, mapped onto our op keys."""
     require_admin(caller)
@@ -70,7 +113,7 @@ async def import_table(
         sp = resolve_space(space)
         dev = get_device(session, device)
         doc = importers.load_document(body, format)
-        result = importers.import_table(session, dev, sp, format, doc, source)
+        result = importers.import_table(session, dev, sp, format, doc, source, precision)
         session.commit()
         return result
 

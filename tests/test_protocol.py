@@ -1,0 +1,87 @@
+"""The measurement protocol under noise, on a device double whose speed changes from round to round
+(what a shared host or a throttling phone does): normalisation, the unstable flag, honest re-measures,
+overhead programs shuffled into the rounds, and failures that keep the finished ops."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from device_agents.protocol import (
+    NoTimingsError,
+    ProtocolConfig,
+    ProtocolInfo,
+    Provenance,
+    Transport,
+    run_protocol,
+)
+
+BASE = {"a": 100.0, "b": 200.0, "c": 400.0, "d": 800.0, "ov": 10.0}
+
+
+class DriftingDevice(Transport):
+    """Every key costs BASE[key] x the speed of the current call batch; ``noisy`` keys alternate +-50%."""
+
+    name, fmt = "double", "pte"
+
+    def __init__(self, speeds, noisy=(), fail_at: int | None = None):
+        self.speeds, self.noisy, self.fail_at = list(speeds), set(noisy), fail_at
+        self.calls, self.orders, self.n = 0, [], 0
+
+    def prepare(self, programs):
+        pass
+
+    def provenance(self):
+        return Provenance(runtime="double", runtime_version="0")
+
+    def measure(self, keys, warmup, repeats, on_done):
+        speed = self.speeds[min(self.calls, len(self.speeds) - 1)]
+        self.calls += 1
+        self.orders.append(list(keys))
+        for k in keys:
+            self.n += 1
+            if self.fail_at is not None and self.n > self.fail_at:
+                raise NoTimingsError(f"device gone at {k}")
+            xs = [BASE[k] * speed * ((1.5 if i % 2 else 0.5) if k in self.noisy else 1.0) for i in range(repeats)]
+            on_done(k, xs)
+
+
+CFG = ProtocolConfig(warmup=0, repeats=4, rounds=3, cv_threshold=10.0, reference=2)
+
+
+def test_round_factors_normalise_a_drifting_device():
+    ops = ["a", "b", "c", "d"]
+    raw = run_protocol(DriftingDevice([1.0, 1.5, 1.0]), ops, CFG)
+    info = ProtocolInfo()
+    norm = run_protocol(DriftingDevice([1.0, 1.5, 1.0]), ops, ProtocolConfig(**{**CFG.__dict__, "normalize": True}),
+                        info=info)
+    assert info.reference_keys == ["a", "c"] and info.round_factors == pytest.approx([1.0, 1.5, 1.0])
+    assert info.spread == pytest.approx(0.5) and info.unstable
+    for k in ops:  # the slow round is folded back: every sample equals the op's real cost
+        assert norm[k].samples_us == pytest.approx([BASE[k]] * 12)
+        assert raw[k].stats.mean_us == pytest.approx(BASE[k] * 3.5 / 3)  # without: the slow round stays in
+    quiet = ProtocolInfo()
+    run_protocol(DriftingDevice([1.0, 1.05, 1.0]), ops, CFG, info=quiet)
+    assert quiet.spread == pytest.approx(0.05) and not quiet.unstable
+
+
+def test_remeasure_keeps_all_samples_and_overheads_are_shuffled_in():
+    dev = DriftingDevice([1.0], noisy={"b"})
+    cfg = ProtocolConfig(warmup=0, repeats=4, rounds=3, cv_threshold=0.25, seed=3)
+    res = run_protocol(dev, ["a", "b", "c"], cfg, overhead_of={"a": "ov", "b": "ov", "c": "ov"})
+    assert res["b"].remeasured and res["b"].stats.n == 2 * 12 and not res["a"].remeasured
+    assert res["b"].stats.median_us == pytest.approx(statistics.median([100.0, 300.0] * 12))
+    assert res["a"].overhead_us == pytest.approx(10.0)
+    first_pass = dev.orders[:3]
+    assert all(sorted(o) == ["a", "b", "c", "ov"] for o in first_pass)
+    assert {o.index("ov") for o in first_pass} != {0}  # not always first: shuffled like the ops
+
+
+def test_a_failure_keeps_ops_that_finished_all_rounds():
+    got = []
+    dev = DriftingDevice([1.0], fail_at=2 * 3 + 1)  # dies in the first key of the third round... of 3 keys
+    with pytest.raises(NoTimingsError):
+        run_protocol(dev, ["a", "b", "c"], ProtocolConfig(warmup=0, repeats=2, rounds=3, cv_threshold=10.0),
+                     on_result=got.append)
+    assert len(got) == 1 and got[0].stats.n == 6
