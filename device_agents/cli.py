@@ -121,7 +121,7 @@ def profile(
     udid: Udid = None, bundle_id: BundleId = "org.fbnetlut.CoreMLBench", compute_units: Units = ComputeUnits.cpu,
     xcrun: Xcrun = "xcrun", precision: Precision = None,
     reference: RefOps = 4, normalize: Normalize = True, warmup_stable: WarmupStable = False,
-    unstable_threshold: UnstableAt = 0.2,
+    unstable_threshold: UnstableAt = 0.5,
 ):
     """Export every op of SPACE, time it on the target with the shared protocol, upload the statistics."""
     from device_agents.protocol import ProtocolConfig

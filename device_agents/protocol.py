@@ -50,7 +50,7 @@ class ProtocolConfig:
     cooldown_s: float = 0.0
     reference: int = 0  # reference ops among the keys, timed every round (their medians give the round factors)
     normalize: bool = False  # divide every round's samples by its reference factor
-    unstable_threshold: float = 0.2  # round factors spreading more than this mark the run unstable
+    unstable_threshold: float = 0.5  # round factors spreading more than this mark the run unstable
     warmup_stable: bool = False  # before the rounds, time the first reference op until its median settles
     stable_tol: float = 0.03
     max_warmup_batches: int = 10

@@ -99,9 +99,10 @@ def import_table(
     device: Annotated[str, typer.Option(help="registered device name")],
     space: Annotated[str, typer.Option(help="space, e.g. fbnet-cifar")],
     format: Annotated[str, typer.Option(help="hwnasbench, proxylessnas or ofa")] = "hwnasbench",
+    precision: Annotated[str | None, typer.Option(help="the table's precision [default: the device's]")] = None,
     db: DbOpt = None,
 ):
-    """Load an external table as one source of the device's table; prints the mapping report."""
+    """Load an external table as a configuration of its own of the device; prints the mapping report."""
     from profiler_server.domain import devices, importers
     from profiler_server.domain.spaces import resolve_space
 
@@ -110,7 +111,7 @@ def import_table(
         with database.write_sessions() as s:
             doc = importers.load_document(file.read_bytes(), format)
             result = importers.import_table(s, devices.get_device(s, device), resolve_space(space), format, doc,
-                                            source=file.name)
+                                            source=file.name, precision=precision)
             s.commit()
     finally:
         database.dispose()
@@ -194,8 +195,11 @@ def plot_table(device: str, space: Annotated[str, typer.Option()], out: Annotate
 @plot_app.command("compare")
 def plot_compare(space: Annotated[str, typer.Option()], a: Annotated[str, typer.Option()],
                  b: Annotated[str, typer.Option()], out: Annotated[Path, typer.Option("-o", "--out")],
+                 a_precision: Annotated[str | None, typer.Option(help="a's configuration: its precision")] = None,
+                 b_precision: Annotated[str | None, typer.Option(help="b's configuration: its precision")] = None,
                  db: DbOpt = None):
-    """Per-op latency ratio of devices a and b."""
+    """Per-op latency ratio of devices a and b, or of two precisions of one device (a = b)."""
+    from fbnet.configuration import Selector
     from profiler_server import plots
     from profiler_server.domain.compare import compare
     from profiler_server.domain.tables import TableCache
@@ -203,7 +207,8 @@ def plot_compare(space: Annotated[str, typer.Option()], a: Annotated[str, typer.
     database = _database(db)
     with database.read_sessions() as s:
         c = TableCache()
-        _write(out, plots.ratio_plot(compare(space, c.table(s, a, space), c.table(s, b, space))))
+        ta = c.table(s, a, space, Selector(precision=a_precision))
+        _write(out, plots.ratio_plot(compare(space, ta, c.table(s, b, space, Selector(precision=b_precision)))))
     database.dispose()
 
 
