@@ -32,7 +32,15 @@ test: $(STAMP) $(RUNNER)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Debian's Fashion-MNIST when we can install it (root with apt); otherwise demo.py says so and uses
+# scikit-learn's digits.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
 demo: $(STAMP)
+	@if [ ! -d $(FASHION_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's dataset-fashion-mnist (apt-get)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "could not install dataset-fashion-mnist"; fi
 	$(PY) bench/demo.py $(DEMO_ARGS)
 
 lint: $(STAMP)

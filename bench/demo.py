@@ -1,9 +1,12 @@
 """`make demo`: the whole loop on this machine, from an empty service to a validated architecture.
 
 Starts the profiler service on a SQLite file, registers the host CPU, profiles every op of
-fbnet-cifar with ExecuTorch, runs a short FBNet search on Fashion-MNIST against that table, trains
-the found architecture briefly, exports it, measures it whole, uploads the validation and prints
-predicted vs measured latency. Every step is the command a user would type; a second run reuses the
+fbnet-cifar with ExecuTorch, searches on Fashion-MNIST against that table for a latency target (the
+single-path sampler on a proxy supernet, a schedule that converges in its time), trains the found
+architecture and random architectures of the same predicted latency with the same budget, exports
+the found one, measures it whole, uploads the validation and prints predicted vs measured latency
+and the final theta entropy. Without Debian's dataset-fashion-mnist (``make demo`` installs it when
+it runs as root with apt) it says so and uses scikit-learn's digits. Every step is the command a user would type; a second run reuses the
 export cache and is much faster.
 """
 
@@ -27,7 +30,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fbnet.archfile import read_arch_file  # noqa: E402
+from fbnet.client import get_table  # noqa: E402
+from fbnet.lut import build_lut, predict  # noqa: E402
+from fbnet.space import get_space  # noqa: E402
 from profiler_server.local import LocalServer  # noqa: E402
+from search.data import FASHION_DIR, FASHION_PACKAGE  # noqa: E402
+from search.select import latency_range, random_within  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PIXEL3 = REPO / "tests" / "data" / "hwnasbench" / "pixel3_latency.json"  # HW-NAS-Bench, MIT
@@ -42,7 +50,8 @@ def sh(*args: str | Path, env: dict | None = None) -> None:
     """Run one of the project's commands in the foreground (its own progress bars show)."""
     cmd = [str(a) for a in args]
     console.print(f"[dim]$ {' '.join(cmd[:1] and [Path(cmd[0]).name] + cmd[1:])}[/dim]", highlight=False)
-    r = subprocess.run(cmd, env={**os.environ, **(env or {})})
+    # TQDM_DISABLE: coremltools' MIL pipeline progress bars stay out of the demo's log
+    r = subprocess.run(cmd, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
     if r.returncode != 0:
         console.print(f"[red]demo stopped: `{Path(cmd[0]).name} {cmd[1]}` exited with {r.returncode}[/red]")
         raise SystemExit(r.returncode)
@@ -54,16 +63,19 @@ def main() -> None:
     p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache", help="export cache (kept between runs)")
     p.add_argument("--space", default="fbnet-cifar")
     p.add_argument("--subset", type=int, default=1000, help="Fashion-MNIST training images for the search")
-    p.add_argument("--epochs", type=int, default=4, help="search epochs (the first --warmup-epochs train weights only)")
-    p.add_argument("--warmup-epochs", type=int, default=1)
-    p.add_argument("--child-epochs", type=int, default=3)
-    p.add_argument("--child-subset", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--alpha", type=float, default=0.2)
-    p.add_argument("--beta", type=float, default=0.6)
+    p.add_argument("--epochs", type=int, default=10, help="search epochs (tau anneals 5 -> 0.087 over them)")
+    p.add_argument("--target", type=float, default=0.35,
+                   help="latency target as a fraction of the host table's range (fastest .. slowest arch)")
+    p.add_argument("--randoms", type=int, default=2, help="random archs of the found one's latency to train too")
+    p.add_argument("--child-epochs", type=int, default=2)
+    p.add_argument("--child-subset", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="fashion-mnist")
     a = p.parse_args()
+    if a.data == "fashion-mnist" and not FASHION_DIR.is_dir():
+        console.print(f"[yellow]Fashion-MNIST is not installed ({FASHION_DIR}; `apt-get install {FASHION_PACKAGE}` "
+                      f"as root, or `make demo` does it): this demo uses scikit-learn's digits instead[/yellow]")
+        a.data = "digits"
 
     t0 = time.monotonic()
     out = a.out.resolve()
@@ -98,22 +110,34 @@ def main() -> None:
         timed("profile", lambda: sh(BIN / "fbnet-agent", "profile", "--server", server.url, "--token", token,
                                     "--transport", "host", *common, env=agent_env))
 
-        step(4, total, f"FBNet search on {a.data} with the host table (alpha {a.alpha}, beta {a.beta})")
+        space = get_space(a.space)
+        lut = build_lut(get_table(space=a.space, server=server.url, device=device, cache_dir=cache / "tables"), space)
+        lo, hi = latency_range(lut)
+        target_ms = (lo + a.target * (hi - lo)) / 1000
+        step(4, total, f"FBNet search on {a.data} with the host table, target {target_ms:.3f} ms "
+                       f"({100 * a.target:.0f} % of the range {lo / 1000:.3f}..{hi / 1000:.3f} ms)")
         search_dir = out / "search"
         timed("search", lambda: sh(
             BIN / "fbnet-search", "run", "--server", server.url, "--device", device, "--space", a.space,
-            "--data", a.data, "--epochs", a.epochs, "--warmup-epochs", a.warmup_epochs, "--batch-size", a.batch_size,
-            "--alpha", a.alpha, "--beta", a.beta, "--subset", a.subset, "--seed", a.seed, "--out", search_dir,
-            "--cache-dir", cache / "tables"))
+            "--data", a.data, "--epochs", a.epochs, "--target-ms", f"{target_ms:.4f}", "--subset", a.subset,
+            "--seed", a.seed, "--out", search_dir, "--cache-dir", cache / "tables"))
         found = read_arch_file(search_dir)
         arch_text = ",".join(found.arch)
 
-        step(5, total, "train the found architecture from scratch (briefly)")
+        step(5, total, f"train the found architecture and {a.randoms} random ones of the same latency (+-5 %), "
+                       f"same budget")
+        pred = predict(lut, found.architecture)["latency_us"]
+        randoms = random_within(lut, 0.95 * pred, 1.05 * pred, a.randoms, seed=a.seed)
+        trained = []
+        for i, arch in enumerate([found.architecture, *randoms]):
+            child_dir = out / ("child" if i == 0 else f"random-{i}")
+            timed(f"train {i}", lambda arch=arch, child_dir=child_dir: sh(
+                BIN / "fbnet-search", "train", "--arch", ",".join(arch.blocks), "--space", a.space, "--data", a.data,
+                "--epochs", a.child_epochs, "--subset", a.child_subset, "--seed", a.seed, "--out", child_dir))
+            trained.append((arch, predict(lut, arch)["latency_us"],
+                            json.loads((child_dir / "child.json").read_text())["test_acc"]))
+        child = json.loads((out / "child" / "child.json").read_text())
         child_dir = out / "child"
-        timed("train", lambda: sh(BIN / "fbnet-search", "train", "--from", search_dir, "--space", a.space,
-                                  "--data", a.data, "--epochs", a.child_epochs, "--subset", a.child_subset,
-                                  "--seed", a.seed, "--out", child_dir))
-        child = json.loads((child_dir / "child.json").read_text())
 
         step(6, total, "export the trained architecture (.pte for ExecuTorch, .mlpackage for Core ML)")
         timed("export", lambda: (
@@ -155,8 +179,14 @@ def main() -> None:
     t.add_column()
     t.add_row("device / space", f"{device} / {a.space}  (table {found.table_version})")
     t.add_row("found architecture", arch_text)
+    t.add_row("search", f"target {1000 * found.target_ms:.0f} us, predicted {found.predicted_latency_us:.0f} us "
+                        f"({100 * (found.predicted_latency_us / (1000 * found.target_ms) - 1):+.1f} %); final theta "
+                        f"entropy {found.theta_entropy:.2f} nats (uniform 2.20) after {found.theta_steps} theta steps")
     t.add_row("child accuracy", f"{100 * child['test_acc']:.1f}% on {a.data} test "
                                 f"({a.child_epochs} epochs, {a.child_subset} images)")
+    t.add_row("found vs random\n(same latency, same budget)", "\n".join(
+        f"{'found ' if i == 0 else 'random'} {lat:7.0f} us  acc {100 * acc:5.1f}%  {','.join(arch.blocks)}"
+        for i, (arch, lat, acc) in enumerate(trained)))
     t.add_row("predicted latency", f"{mine['predicted_us']:.0f} us  (sum of the table's ops)")
     t.add_row("measured latency", f"{mine['measured_us']:.0f} us  (whole .pte, median of {mine['n']})")
     drift = mine["extra"].get("drift")

@@ -39,7 +39,7 @@ from search.config import SearchConfig  # noqa: E402
 from search.data import load_dataset  # noqa: E402
 from search.dist import DistEnv  # noqa: E402
 from search.supernet import ArchParams, Supernet  # noqa: E402
-from search.trainer import run_search  # noqa: E402
+from search.trainer import run_search, search_resolution  # noqa: E402
 
 
 def peak_mb(device: torch.device) -> float:
@@ -146,13 +146,15 @@ def main() -> None:
 
     res["overhead"] = overhead(space, a.batch, device, a.repeats)
 
-    data = load_dataset("fashion-mnist", space.resolution, subset=a.subset, seed=0, num_classes=space.num_classes)
     cfg = SearchConfig(epochs=a.epochs, warmup_epochs=a.warmup_epochs, batch_size=a.batch, seed=0)
+    data = load_dataset("fashion-mnist", search_resolution(cfg, space), subset=a.subset, seed=0,
+                        num_classes=space.num_classes)
     t = time.perf_counter()
     sr = run_search(cfg, space, lut, data, a.out, progress=False, tensorboard=False, env=DistEnv(device=device))
     search_s = time.perf_counter() - t
     images = len(data.train_y) * a.epochs  # every image passes once per epoch (80% weights + 20% theta)
     t = time.perf_counter()
+    data = load_dataset("fashion-mnist", space.resolution, subset=a.subset, seed=0, num_classes=space.num_classes)
     _, child = train_child(space, sr.arch, data, ChildConfig(epochs=a.child_epochs, batch_size=a.batch, seed=0),
                            progress=False, device=device)
     child_s = time.perf_counter() - t

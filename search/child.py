@@ -78,8 +78,8 @@ def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, pr
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
     history = []
     t0 = time.perf_counter()
-    with progress_bar(enabled=progress, every=steps) as prog:
-        task = prog.add_task("child", total=cfg.epochs * steps, info="")
+    with progress_bar(enabled=progress, every=1) as prog:  # one line per epoch without a terminal
+        task = prog.add_task("child", total=cfg.epochs, info="")
         for epoch in range(cfg.epochs):
             model.train()
             ce_sum = correct = 0.0
@@ -93,8 +93,10 @@ def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, pr
                 sched.step()
                 ce_sum += ce.item() * len(y)
                 correct += float((logits.argmax(1) == y).sum())
-                prog.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} ce {ce.item():.3f}")
+                prog.update(task, info=f"epoch {epoch + 1}/{cfg.epochs} ce {ce.item():.3f}")
             history.append({"epoch": epoch, "ce": ce_sum / len(ds), "train_acc": correct / len(ds)})
+            prog.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} ce {history[-1]['ce']:.3f} "
+                                              f"train acc {history[-1]['train_acc']:.3f}")
     recalibrate_bn(model, data.train_x, device=device)
     test_acc = evaluate(model, data.test_x, data.test_y, device=device)
     return model, {"arch": list(arch.blocks), "space": space.name, "data": data.name, "test_acc": test_acc,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 
@@ -186,13 +187,25 @@ def run(
     space: str = SPACE_OPT,
     data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist, digits, or a folder (CIFAR-10 "
                              "python format or ImageFolder)"),
-    epochs: int = typer.Option(90, "--epochs", help="total epochs, warm-up included"),
-    warmup_epochs: int = typer.Option(10, "--warmup-epochs", help="first epochs train only the weights"),
+    target_ms: float = typer.Option(None, "--target-ms", help="latency target: end on the most likely "
+                                    "architecture within +-5 % of it (theta: CE + a two-sided hinge on "
+                                    "E[latency]/T). Without it: the paper's alpha/beta loss"),
+    epochs: int = typer.Option(None, "--epochs", help="total epochs, warm-up included [default 10; paper 90]"),
+    warmup_epochs: int = typer.Option(None, "--warmup-epochs", help="first epochs train only the weights "
+                                      "[default epochs/9, the paper's 10 of 90]"),
+    sampler: str = typer.Option(None, "--sampler", help="single: hard Gumbel, straight-through, only the "
+                                "sampled candidate runs (GDAS) [default]; gumbel: all 9 candidates mixed (paper)"),
+    proxy_width: float = typer.Option(None, "--proxy-width", help="supernet width multiplier (accuracy proxy; "
+                                      "latency is always the target table's) [default 0.5; paper 1]"),
+    proxy_resolution: int = typer.Option(None, "--proxy-resolution", help="search input resolution, 0 = the "
+                                         "space's [default 16; paper 0]"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's setting: gumbel, no proxy, 90 epochs (10 "
+                               "warm-up), theta lr 0.01 (explicit options still win)"),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="per process (torchrun: per rank)"),
     alpha: float = typer.Option(0.2, "--alpha", help="loss = CE * alpha * log(LAT_us)^beta; 0 = plain CE"),
     beta: float = typer.Option(0.6, "--beta", help="latency exponent (sets the latency pressure)"),
     lr: float = typer.Option(None, "--lr", help="weight SGD lr (default 0.1 * global batch / 192)"),
-    theta_lr: float = typer.Option(0.01, "--theta-lr", help="Adam lr of theta"),
+    theta_lr: float = typer.Option(None, "--theta-lr", help="Adam lr of theta [default 0.3; paper 0.01]"),
     subset: int = typer.Option(None, "--subset", help="use N training images (and N/5, >= 200, test images)"),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="output folder (arch.json, history.csv, "
@@ -201,16 +214,20 @@ def run(
     cache_dir: Path = CACHE_OPT,
     token: str = TOKEN_OPT,
     cpu: bool = typer.Option(False, "--cpu", help="stay on the CPU even if CUDA is available"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars (one plain line per epoch when no terminal is attached)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar (one plain line per "
+                                  "epoch when no terminal is attached)"),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="write DIR/tb"),
     precision: str = PRECISION_OPT, threads: int = THREADS_OPT, cpu_mask: str = CPU_MASK_OPT,
     compute_units: str = UNITS_OPT, runtime_version: str = RTV_OPT, include_unstable: bool = UNSTABLE_OPT,
 ):
-    """FBNet DNAS on a device's latency table; writes DIR/arch.json. Runs under torchrun as well."""
-    from search.config import SearchConfig, TrainError
+    """FBNet DNAS on a device's latency table; writes DIR/arch.json. Runs under torchrun as well.
+
+    tau anneals from 5 to 0.087 over the run whatever its length; theta_entropy (mean per-layer
+    entropy of softmax(theta), nats; 2.197 = uniform) and the theta steps are in history.csv."""
+    from search.config import PAPER, SearchConfig, TrainError
     from search.data import DataError, load_dataset
     from search.dist import cleanup_distributed, setup_distributed
-    from search.trainer import run_search
+    from search.trainer import run_search, search_resolution
 
     s = _space(space)
     sel = make_selector(precision, threads, cpu_mask, compute_units, runtime_version, include_unstable)
@@ -218,13 +235,19 @@ def run(
     try:
         t = _table(s, server, device, table, cache_dir, token, sel)
         lut = _lut(s, t)
-        cfg = SearchConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, alpha=alpha,
-                           beta=beta, w_lr=lr, theta_lr=theta_lr, seed=seed)
+        given = dict(epochs=epochs, warmup_epochs=warmup_epochs, sampler=sampler, proxy_width=proxy_width,
+                     proxy_resolution=proxy_resolution, theta_lr=theta_lr)
+        opts = {**(PAPER if paper else {}), **{k: v for k, v in given.items() if v is not None}}
+        if opts.get("proxy_resolution") == 0:
+            opts["proxy_resolution"] = None
+        cfg = SearchConfig(**opts, batch_size=batch_size, alpha=alpha, beta=beta, w_lr=lr, seed=seed,
+                           target_us=None if target_ms is None else target_ms * 1000)
+        conf = getattr(t, "configuration", None)
         try:
             cfg.validate()
-            ds = load_dataset(data, s.resolution, subset=subset, seed=seed, num_classes=s.num_classes)
+            ds = load_dataset(data, search_resolution(cfg, s), subset=subset, seed=seed, num_classes=s.num_classes)
             res = run_search(cfg, s, lut, ds, out, resume=resume, progress=progress, tensorboard=tensorboard,
-                             env=env)
+                             env=env, table_configuration=conf.model_dump() if hasattr(conf, "model_dump") else conf)
         except (DataError, TrainError) as e:
             fail(str(e))
     finally:
@@ -232,10 +255,11 @@ def run(
     if env.main:
         last = res.history[-1] if res.history else {}
         console.print(f"[bold]{res.arch}[/bold]", highlight=False)
-        console.print(f"predicted {res.predicted_latency_us:.1f} us on {lut.device} (table {lut.table_version}); "
+        aim = "" if target_ms is None else f" (target {target_ms:g} ms: {res.predicted_latency_us / 10 / target_ms - 100:+.1f} %)"
+        console.print(f"predicted {res.predicted_latency_us:.1f} us on {lut.device}{aim} (table {lut.table_version}); "
                       f"expected {last.get('expected_latency_us', float('nan')):.1f} us under softmax(theta), "
-                      f"theta entropy {last.get('theta_entropy', float('nan')):.3f}; wrote {out / 'arch.json'}",
-                      highlight=False)
+                      f"theta entropy {last.get('theta_entropy', float('nan')):.3f} after "
+                      f"{last.get('theta_steps', 0)} theta steps; wrote {out / 'arch.json'}", highlight=False)
 
 
 @app.command()
@@ -277,6 +301,9 @@ def sample(
 
 
 def main() -> None:
+    # Third-party progress bars (coremltools' MIL pipeline, via tqdm) stay out of the user's log; our own
+    # progress is fbnet.cli's. Set before torch (which imports tqdm); TQDM_DISABLE=0 brings them back.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     from fbnet.archfile import ArchFileError
     from fbnet.export import ExportError
     from search.config import TrainError

@@ -49,4 +49,16 @@ def fbnet_loss(logits: torch.Tensor, target: torch.Tensor, lat_us: torch.Tensor,
     return ce * latency_factor(lat_us, alpha, beta), ce
 
 
-__all__ = ["LAT_FLOOR_US", "expected_latency", "fbnet_loss", "latency_factor"]
+def target_loss(logits: torch.Tensor, target: torch.Tensor, lat_us: torch.Tensor, target_us: float,
+                weight: float = 2.0, band: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, ce) of the latency-target mode: ``CE + weight * max(0, |log(LAT / T)| - band)``.
+
+    A two-sided hinge on the relative error: it pulls LAT to T from above and from below and is
+    flat (only accuracy counts) within +-band; relative, so the weight means the same on a 200 us
+    and on a 20 ms table."""
+    ce = F.cross_entropy(logits, target)
+    gap = torch.log(lat_us.clamp_min(1e-9) / target_us).abs()
+    return ce + weight * torch.relu(gap - band), ce
+
+
+__all__ = ["LAT_FLOOR_US", "expected_latency", "fbnet_loss", "latency_factor", "target_loss"]

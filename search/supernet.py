@@ -38,9 +38,10 @@ class MixedLayer(nn.Module):
         self.layer = layer
         self.candidates = nn.ModuleList(build_op(space.layer_op(layer, i)) for i in range(NUM_CANDIDATES))
 
-    def forward(self, x: torch.Tensor, m: torch.Tensor, single: bool = False) -> torch.Tensor:
-        if single:
-            k = int(m.detach().argmax())
+    def forward(self, x: torch.Tensor, m: torch.Tensor, single: bool | int = False) -> torch.Tensor:
+        """``single``: True (or the chosen index) runs only candidate argmax(m)."""
+        if single is not False:
+            k = int(m.detach().argmax()) if single is True else int(single)
             return m[k] * self.candidates[k](x)
         out = None
         for i, cand in enumerate(self.candidates):
@@ -65,8 +66,10 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor, m: torch.Tensor, single: bool = False) -> torch.Tensor:
         """``single``: m is a (straight-through) one-hot sample; run only the chosen candidate per layer."""
         x = self.stem(x)
-        for layer, ml in zip(self.layers, m, strict=True):
-            x = layer(x, ml, single)
+        # one device-to-host read for the 22 choices (not one per layer: matters on a GPU)
+        ks = m.detach().argmax(-1).tolist() if single else [False] * len(self.layers)
+        for layer, ml, k in zip(self.layers, m, ks, strict=True):
+            x = layer(x, ml, k)
         return self.fc(self.pool(self.head(x)))
 
 

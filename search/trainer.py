@@ -4,8 +4,19 @@ latency table and checkpoint/resume. Distributed helpers live in ``search.dist``
 
 Per epoch: one pass over 80% of the training set updates the supernet weights (SGD, momentum 0.9,
 cosine schedule, weight decay), then -- after the warm-up epochs -- one pass over the other 20%
-updates theta (Adam, lr 0.01, weight decay 5e-4). tau = tau0 * exp(-0.045)^epoch, epoch counted
-from the first (warm-up) epoch, so 90 epochs end at tau ~ 0.087 as in the reimplementations.
+updates theta (Adam, weight decay 5e-4). tau anneals from 5 to 0.087 over the run, whatever its
+length (``search.config.tau_at``). The sampler is the paper's all-candidates Gumbel-softmax or the
+single path (``search.supernet``); the supernet may be a narrower / lower-resolution proxy of the
+space, but latency is always the target space's table.
+
+The theta loss. Without a target, the paper's ``CE * alpha * log(LAT)^beta`` with LAT the latency of
+the Gumbel sample m (``search.loss``). With a target T (``target_us``): ``CE + lambda *
+max(0, |log(E[LAT] / T)| - band)``, a two-sided hinge on the expected latency under softmax(theta)
+(deterministic: it prices the distribution the result is drawn from, not one noisy sample): outside
++-band (2 %) it pulls the distribution to T from either side, inside only accuracy counts. The
+result is then the most likely architecture under softmax(theta) whose table latency is within
++-``select_band`` (5 %) of T (``search.select.most_likely_within``, exact); ``argmax_arch`` in
+arch.json is the plain per-layer argmax for comparison.
 
 The weight step minimises cross-entropy. The paper's loss is CE times alpha * log(LAT)^beta, a
 positive factor that does not depend on the weights; multiplying by it would only rescale the SGD
@@ -38,9 +49,10 @@ from search.config import SearchConfig, TrainError, scaled_lr, tau_at
 from search.data import Dataset
 from search.dist import DistEnv, all_sum, average_grad, broadcast_, loader, same_on_all_ranks
 from search.history import EpochLog
-from search.loss import expected_latency, fbnet_loss
+from search.loss import expected_latency, fbnet_loss, target_loss
 from search.sampling import argmax_arch
-from search.supernet import ArchParams, Supernet
+from search.select import latency_range, most_likely_within
+from search.supernet import ArchParams, Supernet, proxy_space
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -51,6 +63,11 @@ class SearchResult:
     history: list[dict]
     arch: Arch
     predicted_latency_us: float
+
+
+def search_resolution(cfg: SearchConfig, space: Space) -> int:
+    """The input resolution the search trains at (load the data at this size)."""
+    return cfg.proxy_resolution or space.resolution
 
 
 def split_indices(n: int, w_share: float, seed: int) -> tuple[list[int], list[int]]:
@@ -65,9 +82,20 @@ class Searcher:
     tb/ and checkpoint.pt and returns a :class:`SearchResult`."""
 
     def __init__(self, cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, out: str | os.PathLike, *,
-                 env: DistEnv | None = None, progress: bool = True, tensorboard: bool = True):
+                 env: DistEnv | None = None, progress: bool = True, tensorboard: bool = True,
+                 table_configuration: dict | None = None):
         cfg.validate()
         self.cfg, self.space, self.lut, self.data = cfg, space, lut, data
+        self.table_configuration = table_configuration
+        self.train_space = proxy_space(space, cfg.proxy_width, search_resolution(cfg, space))
+        if data.train_x.shape[-1] != self.train_space.resolution:
+            raise TrainError(f"the data is {data.train_x.shape[-1]} px but the search trains at "
+                             f"{self.train_space.resolution} px: load it at search_resolution(cfg, space)")
+        if cfg.target_us is not None:
+            lo, hi = latency_range(lut)
+            if not lo * (1 + cfg.select_band) <= cfg.target_us <= hi * (1 - cfg.select_band):
+                raise TrainError(f"target {cfg.target_us / 1000:.4g} ms is outside what {lut.device}'s table allows "
+                                 f"with a +-{100 * cfg.select_band:.0f} % band: {lo / 1000:.4g} to {hi / 1000:.4g} ms")
         self.env = env or DistEnv()
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -75,20 +103,21 @@ class Searcher:
         dev = self.env.device
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-        self.net = Supernet(space).to(dev)
+        self.net = Supernet(self.train_space).to(dev)
         self.arch = ArchParams().to(dev)
         self.lat = torch.tensor(lut.matrix, dtype=torch.float32, device=dev)
         self.fixed = lut.fixed_us
         if not same_on_all_ranks(self.lat, self.env):  # every rank fetched its own copy
             raise TrainError(f"rank {self.env.rank} holds a different latency table than rank 0")
         self.model: nn.Module = nn.parallel.DistributedDataParallel(
-            self.net, device_ids=[dev.index] if dev.type == "cuda" else None) if self.env.distributed else self.net
+            self.net, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=cfg.single) if self.env.distributed else self.net
 
         w_idx, t_idx = split_indices(len(data.train_y), cfg.w_share, cfg.seed)
         full = TensorDataset(data.train_x, data.train_y)
         self.w_ds, self.t_ds = Subset(full, w_idx), Subset(full, t_idx)
         self.w_steps = math.ceil(len(self.w_ds) / self.env.world / cfg.batch_size)
-        self.t_steps = math.ceil(len(self.t_ds) / self.env.world / cfg.batch_size)
+        self.t_batch = cfg.theta_batch_size or cfg.batch_size
 
         w_lr = cfg.w_lr if cfg.w_lr is not None else scaled_lr(cfg.batch_size * self.env.world)
         self.w_opt = torch.optim.SGD(self.net.parameters(), lr=w_lr, momentum=cfg.w_momentum,
@@ -97,6 +126,7 @@ class Searcher:
         self.t_opt = torch.optim.Adam(self.arch.parameters(), lr=cfg.theta_lr, weight_decay=cfg.theta_weight_decay)
         self.history: list[dict] = []
         self.start_epoch = 0
+        self.theta_steps = 0
 
     # ---- checkpoint / resume -------------------------------------------------------------------
     @property
@@ -111,7 +141,8 @@ class Searcher:
     def save_checkpoint(self, epoch: int) -> None:
         state = {"epoch": epoch, "fingerprint": self.fingerprint(), "net": self.net.state_dict(),
                  "arch": self.arch.state_dict(), "w_opt": self.w_opt.state_dict(),
-                 "w_sched": self.w_sched.state_dict(), "t_opt": self.t_opt.state_dict(), "history": self.history}
+                 "w_sched": self.w_sched.state_dict(), "t_opt": self.t_opt.state_dict(), "history": self.history,
+                 "theta_steps": self.theta_steps}
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)
@@ -133,6 +164,7 @@ class Searcher:
         self.w_sched.load_state_dict(state["w_sched"])
         self.t_opt.load_state_dict(state["t_opt"])
         self.history = state["history"]
+        self.theta_steps = state.get("theta_steps", 0)
         self.start_epoch = state["epoch"] + 1
         return True
 
@@ -140,8 +172,8 @@ class Searcher:
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, int]:
         """One SGD step of the weights on one Gumbel sample (no gradient to theta): (ce, correct)."""
         with torch.no_grad():
-            m = self.arch.gumbel_weights(tau)
-        logits = self.model(x, m)
+            m = self.arch.gumbel_weights(tau, hard=self.cfg.single)
+        logits = self.model(x, m, self.cfg.single)
         ce = F.cross_entropy(logits, y)
         self.w_opt.zero_grad(set_to_none=True)
         ce.backward()
@@ -151,22 +183,28 @@ class Searcher:
 
     def theta_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, float, int]:
         """One Adam step of theta on the latency-aware loss: (loss, ce, correct)."""
-        m = self.arch.gumbel_weights(tau)
-        logits = self.net(x, m)  # the bare module: no weight-gradient all-reduce for a theta step
-        loss, ce = fbnet_loss(logits, y, expected_latency(m, self.lat, self.fixed), self.cfg.alpha, self.cfg.beta)
+        cfg = self.cfg
+        m = self.arch.gumbel_weights(tau, hard=cfg.single)
+        logits = self.net(x, m, cfg.single)  # the bare module: no weight-gradient all-reduce for a theta step
+        if cfg.target_us is None:
+            loss, ce = fbnet_loss(logits, y, expected_latency(m, self.lat, self.fixed), cfg.alpha, cfg.beta)
+        else:
+            lat = expected_latency(self.arch.probs(), self.lat, self.fixed)
+            loss, ce = target_loss(logits, y, lat, cfg.target_us, cfg.target_weight, cfg.target_band)
         (g,) = torch.autograd.grad(loss, [self.arch.theta])
         self.arch.theta.grad = average_grad(g, self.env)
         self.t_opt.step()
         self.t_opt.zero_grad(set_to_none=True)
         broadcast_(self.arch.theta.data, self.env)  # all_reduce gave every rank the same; make it certain
+        self.theta_steps += 1
         return loss.item(), ce.item(), int((logits.argmax(1) == y).sum())
 
-    def train_epoch(self, epoch: int, tick=lambda info: None) -> dict:
+    def train_epoch(self, epoch: int, tick=lambda info, advance: None) -> dict:
         cfg, env, dev = self.cfg, self.env, self.env.device
         # Gumbel noise: seeded per (epoch, rank) so a resumed run draws what the uninterrupted one did.
         torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + env.rank)
-        tau = tau_at(epoch, cfg.tau0, cfg.tau_decay)
-        search_epoch = epoch >= cfg.warmup_epochs
+        tau = tau_at(epoch, cfg.epochs, cfg.tau0, cfg.tau_end)
+        search_epoch = epoch >= cfg.warmup
         t0 = time.perf_counter()
         self.net.train()
 
@@ -175,19 +213,19 @@ class Searcher:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             ce, ok = self.weight_step(x, y, tau)
             ce_sum, correct, seen = ce_sum + ce * len(y), correct + ok, seen + len(y)
-            tick(f"epoch {epoch + 1}/{cfg.epochs} weights ce {ce:.3f}")
+            tick(f"epoch {epoch + 1}/{cfg.epochs} weights ce {ce:.3f}", 0)
         ce_sum, correct, seen = all_sum([ce_sum, correct, seen], env)
         row = {"epoch": epoch, "phase": "search" if search_epoch else "warmup", "tau": tau,
                "lr": self.w_opt.param_groups[0]["lr"], "w_ce": ce_sum / seen, "w_acc": correct / seen}
 
         if search_epoch:
             t_loss = t_ce = t_correct = t_seen = 0.0
-            for x, y in loader(self.t_ds, cfg.batch_size, env, cfg.seed + 1, epoch):
+            for x, y in loader(self.t_ds, self.t_batch, env, cfg.seed + 1, epoch):
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 loss, ce, ok = self.theta_step(x, y, tau)
                 t_loss, t_ce = t_loss + loss * len(y), t_ce + ce * len(y)
                 t_correct, t_seen = t_correct + ok, t_seen + len(y)
-                tick(f"epoch {epoch + 1}/{cfg.epochs} theta loss {loss:.3f}")
+                tick(f"epoch {epoch + 1}/{cfg.epochs} theta loss {loss:.3f}", 0)
             t_loss, t_ce, t_correct, t_seen = all_sum([t_loss, t_ce, t_correct, t_seen], env)
             row.update(theta_loss=t_loss / t_seen, theta_ce=t_ce / t_seen, theta_acc=t_correct / t_seen)
         else:
@@ -198,7 +236,11 @@ class Searcher:
             row["expected_latency_us"] = float(expected_latency(p, self.lat, self.fixed))
             row["argmax_latency_us"] = float(self.lat.gather(1, p.argmax(1, keepdim=True)).sum() + self.fixed)
         row["theta_entropy"] = self.arch.entropy()
+        row["argmax_prob"] = self.arch.argmax_prob()
+        row["theta_steps"] = self.theta_steps
         row["time_s"] = time.perf_counter() - t0
+        tick(f"epoch {epoch + 1}/{cfg.epochs} tau {tau:.3f} entropy {row['theta_entropy']:.3f} "
+             f"E[lat] {row['expected_latency_us']:.0f} us, {self.theta_steps} theta steps", 1)
         return row
 
     # ---- the whole run ---------------------------------------------------------------------------
@@ -208,12 +250,12 @@ class Searcher:
         cfg, env = self.cfg, self.env
         end = cfg.epochs if stop_after is None else min(cfg.epochs, self.start_epoch + stop_after)
         log = EpochLog(self.out, self.tensorboard) if env.main else None
-        per_epoch = self.w_steps + self.t_steps
         try:
-            with progress_bar(enabled=self.progress and env.main, every=per_epoch) as prog:
-                task = prog.add_task("search", total=per_epoch * (end - self.start_epoch), info="")
+            # one step of the bar per epoch (one plain line per epoch without a terminal)
+            with progress_bar(enabled=self.progress and env.main, every=1) as prog:
+                task = prog.add_task("search", total=end - self.start_epoch, info="")
                 for epoch in range(self.start_epoch, end):
-                    row = self.train_epoch(epoch, lambda info: prog.update(task, advance=1, info=info))
+                    row = self.train_epoch(epoch, lambda info, adv: prog.update(task, advance=adv, info=info))
                     self.history.append(row)
                     if env.main:
                         log.write(self.history)
@@ -224,8 +266,17 @@ class Searcher:
         return self.finish()
 
     def finish(self) -> SearchResult:
+        cfg = self.cfg
         theta = self.arch.theta.detach().cpu()
-        best = argmax_arch(theta)
+        plain = argmax_arch(theta)
+        best, selection = plain, "argmax"
+        if cfg.target_us is not None:
+            band = (cfg.target_us * (1 - cfg.select_band), cfg.target_us * (1 + cfg.select_band))
+            best = most_likely_within(theta, self.lut, *band)
+            if best is None:  # cannot happen for a target checked against the range; said, not hidden
+                raise TrainError(f"no architecture of {self.lut.device}'s table within +-{100 * cfg.select_band:.0f} % "
+                                 f"of {cfg.target_us:.0f} us")
+            selection = f"most likely within +-{100 * cfg.select_band:g} % of the target"
         pred = predict(self.lut, best)["latency_us"]
         if self.env.distributed:
             (self.out / f"theta.rank{self.env.rank}.json").write_text(json.dumps(theta.double().tolist()))
@@ -233,21 +284,28 @@ class Searcher:
             write_arch_file(ArchFile(
                 arch=list(best.blocks), predicted_latency_us=pred, space=self.space.name,
                 space_version=self.space.version, device=self.lut.device, table_version=self.lut.table_version,
-                theta=theta.double().tolist(), theta_entropy=self.arch.entropy(), history=self.history,
-                data=self.data.name, world_size=self.env.world, config=asdict(self.cfg),
-                finished=len(self.history) == self.cfg.epochs), self.out)
+                table_configuration=self.table_configuration, theta=theta.double().tolist(),
+                theta_entropy=self.arch.entropy(), argmax_prob=self.arch.argmax_prob(), theta_steps=self.theta_steps,
+                target_ms=None if cfg.target_us is None else cfg.target_us / 1000, selection=selection,
+                argmax_arch=list(plain.blocks), argmax_latency_us=predict(self.lut, plain)["latency_us"],
+                history=self.history, data=self.data.name, world_size=self.env.world,
+                config={**asdict(cfg), "search_space": self.train_space.name},
+                finished=len(self.history) == cfg.epochs), self.out)
         return SearchResult(theta, self.history, best, pred)
 
 
 def run_search(cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, out: str | os.PathLike, *,
                resume: bool = False, progress: bool = True, tensorboard: bool = True,
-               env: DistEnv | None = None, stop_after: int | None = None) -> SearchResult:
+               env: DistEnv | None = None, stop_after: int | None = None,
+               table_configuration: dict | None = None) -> SearchResult:
     """Search; writes out/arch.json, history.csv, tb/, checkpoint.pt. ``resume`` continues from the
     checkpoint (a note is printed when there is none)."""
-    s = Searcher(cfg, space, lut, data, out, env=env, progress=progress, tensorboard=tensorboard)
+    s = Searcher(cfg, space, lut, data, out, env=env, progress=progress, tensorboard=tensorboard,
+                 table_configuration=table_configuration)
     if resume and not s.resume() and s.env.main:
         print(f"note: no checkpoint in {s.out}; starting from epoch 0")
     return s.run(stop_after=stop_after)
 
 
-__all__ = ["CHECKPOINT", "SearchConfig", "SearchResult", "Searcher", "TrainError", "run_search", "split_indices"]
+__all__ = ["CHECKPOINT", "SearchConfig", "SearchResult", "Searcher", "TrainError", "run_search", "search_resolution",
+           "split_indices"]

@@ -1,5 +1,5 @@
-"""End-to-end searches (small, seeded): device tables served by a real server, the latency pressure,
-resume, and a 2-process torchrun run on CPU (gloo)."""
+"""End-to-end searches (small, seeded): device tables served by a real server, the latency target,
+the latency pressure, resume, and a 2-process torchrun run on CPU (gloo)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from fbnet.client import TableClient, save_table
 from fbnet.lut import build_lut
 from fbnet.space import get_space
 from search.cli import app
+from search.config import SearchConfig
 from search.data import load_dataset
-from search.trainer import SearchConfig, run_search
+from search.select import latency_range
+from search.trainer import run_search, search_resolution
 
 SPACE = get_space("fbnet-cifar")
-# Tiny on purpose (2-core CI): 48 digits -> 38 weight / 10 theta images.
-SMALL = ["--data", "digits", "--subset", "48", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "16",
+# Tiny on purpose (2-core CI): 64 digits -> 51 weight / 13 theta images, the default proxy supernet.
+SMALL = ["--data", "digits", "--subset", "64", "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "16",
          "--seed", "0", "--no-progress", "--no-tensorboard"]
 
 
@@ -33,20 +35,27 @@ def devices(module_server):
     return module_server
 
 
-def test_two_device_tables_give_different_architectures(devices, tmp_path):
+def test_each_device_table_gets_an_architecture_at_its_target(devices, tmp_path):
     runner = CliRunner()
     docs = {}
     for dev in ("pixel3", "edgegpu"):
         out = tmp_path / dev
+        with TableClient(devices.url, tmp_path / "cache") as c:
+            lo, hi = latency_range(build_lut(c.fetch(dev, "fbnet-cifar").table, SPACE))
+        target_ms = (lo + 0.3 * (hi - lo)) / 1000
         r = runner.invoke(app, ["run", "--server", devices.url, "--device", dev, "--space", "fbnet-cifar",
-                                "--alpha", "0.2", "--beta", "0.6", "--out", str(out),
+                                "--target-ms", str(target_ms), "--out", str(out),
                                 "--cache-dir", str(tmp_path / "cache"), *SMALL])
         assert r.exit_code == 0, r.output
         doc = json.loads((out / "arch.json").read_text())
         assert len(doc["arch"]) == 22 and len(doc["theta"]) == 22 and all(len(t) == 9 for t in doc["theta"])
         assert doc["space"] == "fbnet-cifar" and doc["device"] == dev and doc["table_version"]
-        assert len(doc["history"]) == 1 and {"expected_latency_us", "theta_entropy", "tau", "w_acc"} <= set(
-            doc["history"][0])
+        assert len(doc["history"]) == 2 and {"expected_latency_us", "theta_entropy", "argmax_prob", "tau", "w_acc",
+                                             "theta_steps"} <= set(doc["history"][0])
+        assert doc["target_ms"] == pytest.approx(target_ms) and doc["selection"].startswith("most likely within")
+        assert abs(doc["predicted_latency_us"] / 1000 / target_ms - 1) <= 0.10
+        assert doc["theta_entropy"] == pytest.approx(doc["history"][-1]["theta_entropy"])
+        assert (out / "history.csv").read_text().splitlines()[0].count("theta_entropy") == 1
         assert (out / "history.csv").is_file() and (out / "checkpoint.pt").is_file()
         # the reported latency is what `predict` says for that architecture on that device
         p = runner.invoke(app, ["predict", "--server", devices.url, "--device", dev, "--space", "fbnet-cifar",
@@ -56,22 +65,21 @@ def test_two_device_tables_give_different_architectures(devices, tmp_path):
         assert json.loads(p.stdout)["latency_us"] == pytest.approx(doc["predicted_latency_us"], rel=1e-9)
         docs[dev] = doc
     assert docs["pixel3"]["arch"] != docs["edgegpu"]["arch"]
-    assert docs["pixel3"]["predicted_latency_us"] != docs["edgegpu"]["predicted_latency_us"]
 
     s = runner.invoke(app, ["sample", "--from", str(tmp_path / "pixel3"), "-k", "3", "--server", devices.url,
                             "--format", "json", "--cache-dir", str(tmp_path / "cache")])
     assert s.exit_code == 0, s.output
     sampled = json.loads(s.stdout)
-    assert sampled["argmax"]["arch"] == docs["pixel3"]["arch"]
-    assert sampled["argmax"]["latency_us"] == pytest.approx(docs["pixel3"]["predicted_latency_us"])
+    assert sampled["argmax"]["arch"] == docs["pixel3"]["argmax_arch"]
+    assert sampled["argmax"]["latency_us"] == pytest.approx(docs["pixel3"]["argmax_latency_us"])
     assert len(sampled["samples"]) == 3
 
 
 def test_latency_term_lowers_expected_latency_and_resume_continues(devices, tmp_path):
     with TableClient(devices.url, tmp_path / "cache") as c:
         lut = build_lut(c.fetch("pixel3", "fbnet-cifar").table, SPACE)
-    data = load_dataset("digits", SPACE.resolution, subset=48, seed=0)
     common = dict(epochs=2, warmup_epochs=0, batch_size=16, seed=0, theta_lr=0.05)
+    data = load_dataset("digits", search_resolution(SearchConfig(**common), SPACE), subset=64, seed=0)
     plain = run_search(SearchConfig(alpha=0.0, **common), SPACE, lut, data, tmp_path / "a0",
                        progress=False, tensorboard=False)
     # the latency-aware run is interrupted after one epoch and resumed from its checkpoint

@@ -1,0 +1,138 @@
+"""The single-path sampler (GDAS-style straight-through), the latency pressure on theta, the target
+mode and its exact selection. Small and seeded; proxies keep every step cheap."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from search_helpers import macs_table
+from torch import nn
+
+from fbnet.lut import build_lut, predict
+from fbnet.space import get_space
+from search.config import SearchConfig, tau_at
+from search.data import load_dataset
+from search.select import latency_range, most_likely_within, random_within
+from search.supernet import ArchParams, Supernet, proxy_space
+from search.trainer import Searcher, run_search, search_resolution
+
+SPACE = get_space("fbnet-cifar")
+LUT = build_lut(macs_table(SPACE), SPACE)
+
+
+def _data(cfg, n=64):
+    return load_dataset("digits", search_resolution(cfg, SPACE), subset=n, seed=0)
+
+
+def _count_calls(net: Supernet) -> list[list[int]]:
+    calls = [[0] * len(layer.candidates) for layer in net.layers]
+    for li, layer in enumerate(net.layers):
+        for ci, cand in enumerate(layer.candidates):
+            cand.register_forward_hook(lambda *_, li=li, ci=ci: calls[li].__setitem__(ci, calls[li][ci] + 1))
+    return calls
+
+
+@pytest.mark.parametrize(("sampler", "per_layer"), [("single", 1), ("gumbel", 9)])
+def test_steps_run_one_candidate_per_layer_on_the_single_path(tmp_path, sampler, per_layer):
+    cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=8, sampler=sampler)
+    s = Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, progress=False, tensorboard=False)
+    calls = _count_calls(s.net)
+    x, y = s.data.train_x[:8], s.data.train_y[:8]
+    s.weight_step(x, y, tau=1.0)
+    assert [sum(c) for c in calls] == [per_layer] * 22
+    before = s.arch.theta.detach().clone()
+    s.theta_step(x, y, tau=1.0)
+    assert [sum(c) for c in calls] == [2 * per_layer] * 22
+    # every theta of every layer got a gradient (softmax couples them through the straight-through m_k)
+    moved = (s.arch.theta.detach() - before).abs() > 0
+    assert bool(moved.all()), f"{int((~moved).sum())} theta entries did not move"
+
+
+def test_single_path_gradient_reaches_every_theta_of_a_layer():
+    torch.manual_seed(0)
+    net = Supernet(proxy_space(SPACE, 0.25, 8)).eval()
+    arch = ArchParams()
+    m = arch.gumbel_weights(1.0, hard=True)
+    assert torch.equal(m.detach().sum(-1), torch.ones(22)) and set(m.detach().flatten().tolist()) <= {0.0, 1.0}
+    net(torch.randn(2, 3, 8, 8), m, single=True).square().sum().backward()
+    assert bool((arch.theta.grad != 0).all())
+
+
+@pytest.mark.parametrize("sampler", ["single", "gumbel"])
+@pytest.mark.parametrize("mode", ["target", "paper"])
+def test_theta_moves_to_the_cheaper_of_two_candidates_that_differ_only_in_latency(tmp_path, sampler, mode):
+    cheap, dear = 3, 5
+    rows = [[100.0] * 9 for _ in range(22)]
+    for r in rows:  # a latency difference that matters next to the whole network's
+        r[cheap], r[dear] = 10.0, 10_000.0
+    lut = dataclasses.replace(LUT, matrix=tuple(tuple(r) for r in rows))
+    lo = sum(min(r) for r in rows) + LUT.fixed_us
+    extra = dict(target_us=1.1 * lo) if mode == "target" else dict(alpha=1.0, beta=2.0)
+    cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=16, sampler=sampler, **extra)
+    s = Searcher(cfg, SPACE, lut, _data(cfg), tmp_path, progress=False, tensorboard=False)
+    for layer in s.net.layers:  # the two candidates compute the same function: only latency tells them apart
+        layer.candidates[dear] = layer.candidates[cheap]
+    x, y = s.data.train_x[:16], s.data.train_y[:16]
+    torch.manual_seed(0)
+    for _ in range(12):
+        s.theta_step(x, y, tau=1.0)
+    gap = (s.arch.theta[:, cheap] - s.arch.theta[:, dear]).detach()
+    if mode == "target":  # the target term prices softmax(theta): a deterministic push in every layer
+        assert bool((gap > 0).all()), gap
+    else:  # the paper's term prices the (straight-through) sample: a push plus the sample's noise
+        assert int((gap > 0).sum()) >= 18 and float(gap.mean()) > 0.5, gap
+
+
+def test_tau_schedule_scales_to_the_run():
+    assert tau_at(0, 10) == pytest.approx(5.0)
+    assert tau_at(9, 10) == pytest.approx(tau_at(89, 90)) == pytest.approx(5 * 2.718281828 ** (-0.045 * 90), rel=1e-6)
+    assert tau_at(45, 90) == pytest.approx(5.0 * 2.718281828 ** (-0.045 * 45), rel=0.03)  # the paper's curve
+
+
+def test_selection_is_the_most_likely_in_the_band():
+    torch.manual_seed(1)
+    theta = torch.randn(22, 9) * 2
+    lo, hi = latency_range(LUT)
+    t = lo + 0.4 * (hi - lo)
+    band = (0.95 * t, 1.05 * t)
+    best = most_likely_within(theta, LUT, *band)
+    assert band[0] <= predict(LUT, best)["latency_us"] <= band[1]
+    lp = torch.log_softmax(theta.double(), -1)
+    score = lambda a: float(sum(lp[i, k] for i, k in enumerate(a.indices)))  # noqa: E731
+    others = random_within(LUT, *band, k=30, seed=0)
+    assert len(others) == 30 and all(band[0] <= predict(LUT, a)["latency_us"] <= band[1] for a in others)
+    assert all(score(best) >= score(a) - 1e-9 for a in others)
+    assert most_likely_within(theta, LUT, 0.5 * lo, 0.9 * lo) is None
+
+
+def test_target_mode_lands_within_ten_percent_and_pulls_theta(tmp_path):
+    lo, hi = latency_range(LUT)
+    target = lo + 0.25 * (hi - lo)  # well below the uniform distribution's expectation
+    cfg = SearchConfig(epochs=3, warmup_epochs=0, batch_size=16, theta_batch_size=8, target_us=target, seed=0)
+    r = run_search(cfg, SPACE, LUT, _data(cfg, 96), tmp_path, progress=False, tensorboard=False)
+    assert abs(r.predicted_latency_us / target - 1) <= 0.10
+    first, last = r.history[0], r.history[-1]
+    uniform = float(torch.tensor(LUT.matrix).mean(1).sum()) + LUT.fixed_us
+    # theta itself moved the distribution towards the target (not only the final selection)
+    assert abs(last["expected_latency_us"] - target) < abs(uniform - target)
+    assert last["theta_steps"] == 3 * 3 and last["theta_entropy"] < first["theta_entropy"] <= 2.1973
+    assert len(last["argmax_prob"]) == 22
+
+
+def test_a_target_outside_the_table_is_refused(tmp_path):
+    from search.config import TrainError
+
+    lo, _ = latency_range(LUT)
+    cfg = SearchConfig(epochs=2, target_us=0.5 * lo)
+    with pytest.raises(TrainError, match="outside"):
+        Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, progress=False, tensorboard=False)
+
+
+def test_proxy_keeps_the_layers_and_the_table(tmp_path):
+    p = proxy_space(SPACE, 0.5, 16)
+    assert len(p.layers) == len(SPACE.layers) and p.resolution == 16
+    assert p.layers[-1].cout < SPACE.layers[-1].cout
+    net = Supernet(p)
+    assert isinstance(net.layers[0].candidates, nn.ModuleList)
