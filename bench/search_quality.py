@@ -172,6 +172,7 @@ def main() -> None:
                  random_median=statistics.median(accs), random_mean=statistics.fmean(accs),
                  random_sd=statistics.stdev(accs) if len(accs) > 1 else 0.0, random_max=max(accs), n_random=len(accs))
         res["targets"].append(s)
+        _save(a, res)
         print(f"target {frac:.2f} ({target / 1000:.2f} ms): found {s['predicted_us'] / 1000:.2f} ms "
               f"({s['error_pct']:+.1f} %), entropy {s['theta_entropy']:.2f}, acc {s['found_acc']:.3f} vs random "
               f"median {s['random_median']:.3f} (mean {s['random_mean']:.3f} +- {s['random_sd']:.3f}, "
@@ -192,11 +193,17 @@ def main() -> None:
         cross["speedup_on_a"] = cross["b_arch_on_a_us"] / cross["a_arch_on_a_us"]
         cross["speedup_on_b"] = cross["a_arch_on_b_us"] / cross["b_arch_on_b_us"]
         res["specialisation"].append(cross)
+        _save(a, res)
         print(f"specialisation {main_lut.device} vs {v.device}: own arch faster on {main_lut.device} by "
               f"{cross['speedup_on_a']:.2f}x, on {v.device} by {cross['speedup_on_b']:.2f}x", flush=True)
 
     if a.png and res["targets"]:
         _plot(res, a.png, main_lut.device)
+    _save(a, res)
+
+
+def _save(a, res: dict) -> None:
+    """Written after every part, so a run cut short keeps what it measured."""
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
 
