@@ -189,23 +189,23 @@ def run(
                              "python format or ImageFolder)"),
     target_ms: float = typer.Option(None, "--target-ms", help="latency target: end on the most likely "
                                     "architecture within +-5 % of it (theta: CE + a two-sided hinge on "
-                                    "E[latency]/T). Without it: the paper's alpha/beta loss"),
-    epochs: int = typer.Option(None, "--epochs", help="total epochs, warm-up included [default 10; paper 90]"),
+                                    "E(latency)/T). Without it: the paper's alpha/beta loss"),
+    epochs: int = typer.Option(None, "--epochs", help="total epochs, warm-up included (default 10; paper 90)"),
     warmup_epochs: int = typer.Option(None, "--warmup-epochs", help="first epochs train only the weights "
-                                      "[default epochs/9, the paper's 10 of 90]"),
+                                      "(default epochs/9, the paper's 10 of 90)"),
     sampler: str = typer.Option(None, "--sampler", help="single: hard Gumbel, straight-through, only the "
-                                "sampled candidate runs (GDAS) [default]; gumbel: all 9 candidates mixed (paper)"),
+                                "sampled candidate runs (GDAS, the default); gumbel: all 9 candidates mixed (paper)"),
     proxy_width: float = typer.Option(None, "--proxy-width", help="supernet width multiplier (accuracy proxy; "
-                                      "latency is always the target table's) [default 0.5; paper 1]"),
+                                      "latency is always the target table's) (default 0.5; paper 1)"),
     proxy_resolution: int = typer.Option(None, "--proxy-resolution", help="search input resolution, 0 = the "
-                                         "space's [default 16; paper 0]"),
+                                         "space's (default 16; paper 0)"),
     paper: bool = typer.Option(False, "--paper", help="the paper's setting: gumbel, no proxy, 90 epochs (10 "
                                "warm-up), theta lr 0.01 (explicit options still win)"),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="per process (torchrun: per rank)"),
     alpha: float = typer.Option(0.2, "--alpha", help="loss = CE * alpha * log(LAT_us)^beta; 0 = plain CE"),
     beta: float = typer.Option(0.6, "--beta", help="latency exponent (sets the latency pressure)"),
     lr: float = typer.Option(None, "--lr", help="weight SGD lr (default 0.1 * global batch / 192)"),
-    theta_lr: float = typer.Option(None, "--theta-lr", help="Adam lr of theta [default 0.3; paper 0.01]"),
+    theta_lr: float = typer.Option(None, "--theta-lr", help="Adam lr of theta (default 0.3; paper 0.01)"),
     subset: int = typer.Option(None, "--subset", help="use N training images (and N/5, >= 200, test images)"),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="output folder (arch.json, history.csv, "
