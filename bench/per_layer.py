@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache" / "exports")
+    p.add_argument("--archs", default="FBNet-A,FBNet-B,FBNet-C", help="predefined architectures by name, comma-separated")
     p.add_argument("--plot", type=Path, help="write the per-layer plot (PNG) here")
     p.add_argument("--json", type=Path, help="write the per-layer rows and summary here")
     a = p.parse_args()
@@ -61,7 +62,9 @@ def main() -> None:
         agent("profile", *common)
         rows_path = Path(tmp) / "rows.json"
         extra = ["--plot", a.plot] if a.plot else []
-        agent("validate", *common, "--archs", 0, "--per-layer", "--per-layer-json", rows_path, *extra)
+        archs = [x for n in a.archs.split(",") if n.strip() for x in ("--arch", n.strip())]
+        agent("validate", *common, "--archs", 0, "--no-predefined", *archs, "--per-layer", "--per-layer-json",
+              rows_path, *extra)
         got = json.loads(rows_path.read_text())
 
     by_kind: dict[str, list[float]] = defaultdict(list)

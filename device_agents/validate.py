@@ -62,7 +62,7 @@ def label_archs(space, archs: int, seed: int, predefined: bool, extra: list[str]
     labelled = [(f"random-{seed}-{i}", a) for i, a in enumerate(random_archs(archs, seed))]
     if predefined:
         labelled += [(name, Arch.from_indices(idx)) for name, idx in PREDEFINED.items()]
-    labelled += [(f"arch-{i}", Arch.parse(a)) for i, a in enumerate(extra or [])]
+    labelled += [(a if a in PREDEFINED else f"arch-{i}", Arch.parse(a)) for i, a in enumerate(extra or [])]
     if not labelled:
         raise NothingToValidate("nothing to validate: no random, predefined or given architecture")
     return labelled
