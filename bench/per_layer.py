@@ -77,7 +77,7 @@ def main() -> None:
         print(f"| {label} | {s['table_us']:.0f} | {s['in_context_us']:.0f} | {s['error_us']:+.0f} | {worst} |")
         for r in g["rows"]:
             by_kind[kind(r["part"], r["ops"])].append(r["error_us"])
-    print("\nerror by kind of op, over the three models (table - in context, us):")
+    print("\nerror by kind of op, over the models (table - in context, us):")
     print("| kind | parts | sum | mean |")
     print("|---|---|---|---|")
     split = {k: {"n": len(v), "sum_us": round(sum(v), 1), "mean_us": round(sum(v) / len(v), 1)}
