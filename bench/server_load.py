@@ -81,6 +81,18 @@ def wrk(url: str, path: str, conc: int, seconds: float, cpus: str | None, header
             "p50_ms": pct.get(50), "p99_ms": pct.get(99), "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
 
 
+def profile_summary(raw: Path, top: int = 12) -> list[tuple[str, float]]:
+    """Share of samples per frame (inclusive) from py-spy's collapsed-stack output."""
+    total, incl = 0, {}
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        total += int(n)
+        for frame in set(stack.split(";")):
+            incl[frame] = incl.get(frame, 0) + int(n)
+    rows = sorted(((f, c / total) for f, c in incl.items()), key=lambda x: -x[1])
+    return [(f, share) for f, share in rows if share < 0.999][:top]
+
+
 def ingest(url: str, writers: int = 8, runs: int = 3) -> dict:
     keys = [op.key for op in get_space(SPACE).ops if not op.is_identity][:100]
     tokens = []
@@ -125,6 +137,8 @@ def main() -> None:
     ap.add_argument("--server-cpus", default=None, help="taskset CPU list for the server (default: CPU 0 when "
                                                         "the machine has 2+ CPUs)")
     ap.add_argument("--client-cpus", default=None, help="taskset CPU list for wrk (default: the other CPUs)")
+    ap.add_argument("--profile", type=Path, help="py-spy the server (collapsed stacks to this file) during the "
+                                                 "table step at concurrency 8")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -149,7 +163,15 @@ def main() -> None:
         rows = []
         for conc in [int(c) for c in args.concurrency.split(",")]:
             h = wrk(url, "/healthz", conc, args.seconds, client_cpus)
+            spy = None
+            if args.profile and conc == 8:
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--subprocesses", "--rate", "200",
+                                        "--duration", f"{max(1, int(args.seconds) - 1)}", "--format", "raw",
+                                        "--output", str(args.profile), "--nonblocking"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t = wrk(url, table_path, conc, args.seconds, client_cpus)
+            if spy is not None:
+                spy.wait(60)
             nm = wrk(url, table_path, conc, args.seconds, client_cpus, {"If-None-Match": etag})
             rows.append({"concurrency": conc, "healthz": h, "table": t, "table_304": nm,
                          "table_vs_healthz": t["rps"] / h["rps"]})
@@ -170,8 +192,14 @@ def main() -> None:
         print(f"{'':>4} | table/healthz throughput ratio: {row['table_vs_healthz']:.2f}")
     print(f"ingestion: {ing['measurements']} measurements ({ing['expected']} expected, {ing['errors']} errors) by "
           f"{ing['writers']} writers (Python threads) in batches of {ing['batch']}: {ing['per_s']:.0f} measurements/s")
+    profile = profile_summary(args.profile) if args.profile and args.profile.exists() else []
+    if profile:
+        print("py-spy, table route at concurrency 8: share of server samples in each frame (inclusive)")
+        for frame, share in profile:
+            print(f"  {share:6.1%}  {frame[:150]}")
     if args.json:
-        args.json.write_text(json.dumps({"db": db_url.split(":")[0], "workers": args.workers, "generator": "wrk",
+        args.json.write_text(json.dumps({"profile": profile, "db": db_url.split(":")[0], "workers": args.workers,
+                                         "generator": "wrk",
                                          "server_cpus": server_cpus, "client_cpus": client_cpus, "load": rows,
                                          "ingestion": ing}, indent=1))
 

@@ -246,6 +246,10 @@ class TableCache:
         table = assemble(session, get_device(session, device_name), space, selector)
         item = CachedTable(table, table.model_dump_json().encode(), f'"{table.version}"')
         with self._lock:
+            # older generations of this table can never be asked for again: drop them (flat memory
+            # under steady uploads, instead of a cache full of superseded tables)
+            for stale in [k for k in self._items if k[:-1] == key[:-1] and k[-1] < key[-1]]:
+                del self._items[stale]
             self._items[key] = item
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
