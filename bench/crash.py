@@ -107,9 +107,15 @@ def main() -> None:
                 how = "upload"
             else:
                 agent_rc = -9
-                code, rec = agent("profile", *base, *common, "--resume", wait=True)
-                how = "--resume"
-                if code != 0 and "no unfinished" in rec:  # killed before its run was spooled: start over
+                # what is spooled goes first (a finish whose answer the agent never saw included), then
+                # an open run is resumed; a run never spooled is profiled afresh
+                code, rec = agent("upload", *base, wait=True)
+                how = "upload"
+                states = httpx.get(f"{server.url}/runs", params={"device": dev}, timeout=30).json()
+                if code == 0 and any(r["status"] == "open" for r in states):
+                    code, rec = agent("profile", *base, *common, "--resume", wait=True)
+                    how = "upload, --resume"
+                elif code == 0 and not states and not list(spool.rglob("*.json")):
                     code, rec = agent("profile", *base, *common, wait=True)
                     how = "fresh"
             runs = httpx.get(f"{server.url}/runs", params={"device": dev}, timeout=30).json()

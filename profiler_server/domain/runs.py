@@ -177,6 +177,8 @@ def run_measurements(session: Session, run_id: int) -> wire.RunMeasurements:
 def finish_run(session: Session, caller: Caller, run_id: int, body: wire.RunFinish) -> Run:
     run = get_run(session, run_id)
     require_writer(caller, run.device.name)
+    if run.status == body.status:  # a retried finish whose answer was lost (timeout, crash): same result
+        return run
     if run.status != OPEN:
         raise Conflict(f"run {run_id} is already {run.status}")
     run.status = body.status
