@@ -248,7 +248,7 @@ class TableCache:
         with self._lock:
             # older generations of this table can never be asked for again: drop them (flat memory
             # under steady uploads, instead of a cache full of superseded tables)
-            for stale in [k for k in self._items if k[:-1] == key[:-1] and k[-1] < key[-1]]:
+            for stale in [k for k in self._items if k[:3] == key[:3] and k[3] < key[3]]:  # (device, space, version, gen, ...)
                 del self._items[stale]
             self._items[key] = item
             while len(self._items) > self._size:
