@@ -20,6 +20,7 @@ from search.trainer import Searcher, run_search, search_resolution
 
 SPACE = get_space("fbnet-cifar")
 LUT = build_lut(macs_table(SPACE), SPACE)
+TINY = dict(proxy_width=0.25, proxy_resolution=8)  # the step logic at a fraction of the cost
 
 
 def _data(cfg, n=64):
@@ -36,7 +37,7 @@ def _count_calls(net: Supernet) -> list[list[int]]:
 
 @pytest.mark.parametrize(("sampler", "per_layer"), [("single", 1), ("gumbel", 9)])
 def test_steps_run_one_candidate_per_layer_on_the_single_path(tmp_path, sampler, per_layer):
-    cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=8, sampler=sampler)
+    cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=8, sampler=sampler, **TINY)
     s = Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, progress=False, tensorboard=False)
     calls = _count_calls(s.net)
     x, y = s.data.train_x[:8], s.data.train_y[:8]
