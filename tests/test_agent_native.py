@@ -181,6 +181,7 @@ def test_validate_per_layer_prefix_models(live_server_sqlite, runner, cache, tmp
                "min_us": 100.0 + i % 7, "p10_us": 100.0 + i % 7, "p90_us": 100.0 + i % 7}
               for i, op in enumerate(op for op in sp.ops if not op.is_identity)]
         assert c.post(f"/runs/{rid}/measurements", json={"measurements": ms}).status_code == 200
+        assert c.post(f"/runs/{rid}/finish", json={}).status_code == 200  # only finished runs feed a table
     rows_json, png = tmp_path / "rows.json", tmp_path / "layers.png"
     # real ops at 7 layers, identity skips elsewhere: 8 distinct prefixes to export (a skip adds nothing)
     arch = ",".join(["k3_e3", "k3_e1", *(["skip"] * 3 + ["k3_e1"]) * 5])
