@@ -196,16 +196,21 @@ def test_validate_per_layer_prefix_models(live_server_sqlite, runner, cache, tmp
     rows = got["rows"]
     assert label == "arch-0" and [r["part"] for r in rows] == ["stem", *[f"layer {i}" for i in range(NUM_LAYERS)],
                                                                    "tail"]
-    served = {m["key"]: m["median_us"] for m in ms}
+    # each part at the value the table serves, priced by the one rule (fbnet.lut.predict)
+    from fbnet.lut import predict
+    from fbnet.wire import Table
+
+    tab = Table.model_validate(table(server, "native-layers"))
+    priced = [p["latency_us"] for p in predict(tab, Arch.parse(arch), sp)["per_op"]]
     skips = [op.is_identity for op in sp.arch_ops(Arch.parse(arch), with_identity=True)[1:1 + NUM_LAYERS]]
-    assert sum(skips) == 15
-    for r, skip in zip(rows[1:-1], skips, strict=True):
-        assert r["table_us"] == served.get(r["ops"][0], 0.0)  # identity skips are served at 0
+    assert sum(skips) == 15 and rows[0]["table_us"] == pytest.approx(priced[0])
+    for r, skip, want in zip(rows[1:-1], skips, priced[1:1 + NUM_LAYERS], strict=True):
+        assert r["table_us"] == pytest.approx(want) and (want > 0) != skip  # identity skips are served at 0
         if skip:  # nothing runs: the prefix is the previous one, timed once
             assert r["in_context_us"] == 0.0 and r["table_us"] == 0.0
     (v,) = httpx.get(f"{server.url}/validations/native-layers", params={"space": SPACE}, timeout=30).json()["validations"]
     # prefix differences telescope: the parts add up to the whole model, timed in the same rounds
     assert sum(r["in_context_us"] for r in rows) == pytest.approx(v["measured_us"], rel=1e-6)
-    assert got["summary"]["table_us"] == pytest.approx(v["extra"]["raw_sum_us"])
+    assert got["summary"]["table_us"] == pytest.approx(sum(priced))
     assert sum(r["in_context_us"] > 0 for r in rows if r["table_us"] > 0) > 0.7 * sum(r["table_us"] > 0 for r in rows)
     assert png.read_bytes()[:4] == b"\x89PNG"
