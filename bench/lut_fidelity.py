@@ -7,7 +7,7 @@ Prints predicted vs measured per architecture and the summary (MAPE, share withi
 tau) of what `validate` uploaded (the default pricing: corrected entries + the overhead once, scaled
 by the drift of the reference ops timed with the models), and, from the same measurements, every
 variant: corrected vs raw pricing, with and without the drift scaling, and a low-percentile (p10)
-statistic used for ops and models alike. ``--json`` writes ``{"within_10pct", "kendall_tau",
+statistic used for ops and models alike (``--statistic``). ``--json`` writes ``{"within_10pct", "kendall_tau",
 "mape", "variants", "archs": [...]}``.
 """
 
@@ -49,30 +49,27 @@ def score(pred: list[float], meas: list[float]) -> dict:
             "kendall_tau": float(kendalltau(pred, meas).statistic)}
 
 
-def score_variants(rows: list[dict], table: dict, space_name: str) -> dict:
-    """Pricing (corrected / raw) x drift scaling (on / off), and the p10 statistic (ops and models)."""
+def score_variants(rows: list[dict], table: dict, space_name: str, statistic: str) -> dict:
+    """Pricing (corrected / raw) x drift scaling (on / off) for the statistic validate compared, and
+    the other statistic (median or p10, ops and models alike) as served, all through fbnet.lut."""
+    from fbnet.lut import parse_table, predict
     from fbnet.space import Arch, get_space
 
     if not rows:
         return {}
     sp = get_space(space_name)
-    by_key = {e["key"]: e for e in table["entries"]}
-    ovh = table.get("overhead_us") or 0.0
+    tab = parse_table(table, "the served table")
     meas = [v["measured_us"] for v in rows]
     drift = [v["extra"].get("drift") or 1.0 for v in rows]
     out = {}
     for name, key in (("corrected", "table_predicted_us"), ("raw", "raw_sum_us")):
         base = [v["extra"][key] for v in rows]
-        out[f"{name}, as served"] = score(base, meas)
-        out[f"{name}, drift-scaled"] = score([b * d for b, d in zip(base, drift, strict=True)], meas)
-    p10_pred = []
-    for v in rows:
-        ops = sp.arch_ops(Arch(tuple(v["arch"])), with_identity=True)
-        p10_pred.append(sum(max(0.0, by_key[o.key]["p10_us"] - (by_key[o.key]["latency_us"] -
-                                                               by_key[o.key]["corrected_us"])) for o in ops) + ovh)
-    p10_meas = [v["extra"]["p10_us"] for v in rows]
-    out["p10, corrected, as served"] = score(p10_pred, p10_meas)
-    out["p10, corrected, drift-scaled"] = score([p * d for p, d in zip(p10_pred, drift, strict=True)], p10_meas)
+        out[f"{statistic}, {name}, as served"] = score(base, meas)
+        out[f"{statistic}, {name}, drift-scaled"] = score([b * d for b, d in zip(base, drift, strict=True)], meas)
+    other = "median" if statistic == "p10" else "p10"
+    pred = [predict(tab, Arch(tuple(v["arch"])), sp, statistic=other)["latency_us"] for v in rows]
+    other_meas = [v["extra"]["median_us" if other == "median" else "p10_us"] for v in rows]
+    out[f"{other}, corrected, as served (no drift scaling)"] = score(pred, other_meas)
     return out
 
 
@@ -88,6 +85,8 @@ def main() -> None:
     p.add_argument("--transport", choices=["host", "native"], default="host",
                    help="host: the Python pybindings transport; native: our C++ fbnet-runner (`make runner`)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    p.add_argument("--statistic", default="median", choices=["median", "p10"],
+                   help="what validate compares, for the table's ops and the whole models alike")
     p.add_argument("--reference-ops", type=int, default=None, help="profile: reference ops per round")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="per-round normalisation by the reference ops (profile and validate)")
@@ -112,7 +111,7 @@ def main() -> None:
         t_val = time.monotonic()
         # an unstable profile run is still validated (and reported as such): the bench measures what it gives
         run(BIN / "fbnet-agent", "validate", *common, "--archs", a.archs, "--no-predefined", "--precision",
-            a.precision, "--include-unstable", *proto)
+            a.precision, "--include-unstable", "--statistic", a.statistic, *proto)
         t_end = time.monotonic()
         summary = httpx.get(f"{server.url}/validations/{device}", params={"space": a.space}, timeout=60).json()
         table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space, "precision": a.precision,
@@ -141,7 +140,7 @@ def main() -> None:
         s.add_row("drift since profiling", f"{100 * (drift - 1):+.1f}%  (reference ops re-timed with the models)")
     s.add_row("wall time", f"profile {t_val - t_prof:.0f} s, validate {t_end - t_val:.0f} s, total {time.monotonic() - t0:.0f} s")
     console.print(s)
-    variants = score_variants(rows, table, a.space)
+    variants = score_variants(rows, table, a.space, a.statistic)
     vt = Table(title="the same measurements, priced every way")
     for col in ("variant", "within ±10%", "Kendall tau", "MAPE %"):
         vt.add_column(col, justify="left" if col == "variant" else "right")
@@ -152,7 +151,7 @@ def main() -> None:
         a.json.write_text(json.dumps({
             "space": a.space, "threads": a.threads, "seed": a.seed, "transport": a.transport,
             "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],
-            "drift": drift, "precision": a.precision, "variants": variants,
+            "drift": drift, "precision": a.precision, "statistic": a.statistic, "variants": variants,
             "profile_unstable": run_info.get("unstable"), "profile_protocol": prot,
             "archs": [{"label": v["label"], "arch": v["arch"], "predicted_us": v["predicted_us"],
                        "measured_us": v["measured_us"], "error_pct": v["error_pct"], "extra": v.get("extra", {})}

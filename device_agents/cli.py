@@ -88,6 +88,11 @@ class PrecisionOpt(StrEnum):
     int8 = "int8"
 
 
+class StatisticOpt(StrEnum):
+    median = "median"
+    p10 = "p10"
+
+
 Precision = Annotated[PrecisionOpt | None, typer.Option(
     "--precision", help="fp32 or int8 (ExecuTorch: PT2E, XNNPACK quantizer, per-channel weights, static "
     "activations), fp16 (Core ML) [default: the runtime's own: fp32, Core ML fp16]")]
@@ -211,6 +216,9 @@ def validate(
     predefined: Annotated[bool, typer.Option(help="include FBNet-A/B/C")] = True,
     raw: Annotated[bool, typer.Option("--raw", help="predict with the raw medians (each op with the per-call "
                                       "overhead it paid alone) instead of fbnet.lut's corrected pricing")] = False,
+    statistic: Annotated[StatisticOpt, typer.Option(
+        help="what is compared, for the table's ops and the whole models alike: the median, or the 10th "
+        "percentile (p10), which a busy device inflates least")] = StatisticOpt.median,
     warmup: Warmup = 10, repeats: Repeats = 50, rounds: Rounds = 3,
     threads: Annotated[int | None, typer.Option(min=1, help="runtime threads; also selects the table "
                                                 "[default: the table's, else 1]")] = None,
@@ -259,7 +267,8 @@ def validate(
     if (per_layer_json or plot) and not per_layer:
         fail("--per-layer-json and --plot need --per-layer")
     rep = run_validate(server, token, device, space, labelled, target=tgt, cfg=cfg, cache_dir=cache_dir, jobs=jobs,
-                       n_reference=reference, pricing="raw" if raw else "corrected", selector=sel,
+                       n_reference=reference, pricing="raw" if raw else "corrected",
+                       statistic=statistic.value, selector=sel,
                        drift_adjust=drift_adjust, per_layer=per_layer,
                        note=lambda m: console.print(m, highlight=False, soft_wrap=True))
 
@@ -273,7 +282,8 @@ def validate(
                   f"{r.raw_error_pct:+.1f}", f"{r.uploaded_error_pct:+.1f}")
     console.print(t)
     ovh = rep.table_overhead_us or 0
-    basis = "raw medians, plain sum" if raw else f"corrected entries + {ovh:.1f} us overhead once"
+    stat = "p10s" if statistic.value == "p10" else "medians"
+    basis = f"raw {stat}, plain sum" if raw else f"corrected {stat} + {ovh:.1f} us overhead once"
     console.print(f"predicted = {basis}; {rep.configuration}", highlight=False, soft_wrap=True)
     if rep.drift is not None:
         note = "" if abs(rep.drift - 1) <= 0.05 else (" [yellow]- the device is not in the state its table was "

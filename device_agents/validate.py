@@ -84,7 +84,8 @@ def fetch_table(server: str, token: str, device: str, space: str, cache_dir: Pat
 
 def validate(server: str, token: str, device: str, space: str, labelled, *, target: Target | None = None,
              cfg: ProtocolConfig | None = None, cache_dir: Path | None = None, jobs: int = 2,
-             n_reference: int = 8, pricing: str = "corrected", selector=None, drift_adjust: bool = True,
+             n_reference: int = 8, pricing: str = "corrected", statistic: str = "median", selector=None,
+             drift_adjust: bool = True,
              per_layer: bool = False, show_progress: bool = True,
              note: Callable[[str], None] = print) -> ValidationReport:
     """Time the architectures (and, with ``per_layer``, their prefix models: see
@@ -92,7 +93,9 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     validation per architecture, against the table of the configuration ``selector`` picks. Threads
     and CPU mask the selector leaves open follow that table's configuration, so the models run as its
     ops were timed. With ``drift_adjust`` the prediction is scaled by the reference ops' drift (now /
-    in the table), so the comparison measures the table rather than the machine's mood."""
+    in the table), so the comparison measures the table rather than the machine's mood. ``statistic``
+    picks what is compared, for ops and models alike: the median, or the 10th percentile (``p10``),
+    which a busy device inflates least."""
     from device_agents.exporters import export_archs, export_space, fingerprint
     from device_agents.uploader import Uploader
     from fbnet.cli import progress, ticker
@@ -153,8 +156,12 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     finally:
         tr.close()
 
-    table_us = {e.key: e.latency_us for e in table.entries}
-    drift = statistics.median(results[op.key].stats.median_us / table_us[op.key] for op in refs) if refs else None
+    def stat(r):  # the statistic compared, for ops and whole models alike
+        return r.stats.p10_us if statistic == "p10" else r.stats.median_us
+
+    table_us = {e.key: (e.p10_us if statistic == "p10" else e.latency_us) for e in table.entries}
+    drift = statistics.median(stat(results[op.key]) / table_us[op.key] for op in refs
+                              if table_us[op.key]) if refs else None
     report = ValidationReport(sp.name, device, target.transport.value, table.overhead_us, pricing,
                               describe(table), drift=drift, reference_ops=[op.key for op in refs],
                               drift_adjusted=bool(drift_adjust and drift), protocol=info.to_dict())
@@ -163,13 +170,14 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     try:
         for label, a in labelled:
             r = results[keys[label]]
-            pred = predict(table, a, sp, pricing=pricing)  # the one pricing rule; raw_sum_us beside it
+            pred = predict(table, a, sp, pricing=pricing, statistic=statistic)  # the one rule; raw_sum_us beside it
             raw, fixed = pred["raw_sum_us"], pred["latency_us"]
             v = ValidationCreate(
                 space=sp.name, arch=list(a.blocks), predicted_us=fixed * scale,
-                measured_us=r.stats.median_us, n=r.stats.n, std_us=r.stats.std_us, table_version=table.version,
+                measured_us=stat(r), n=r.stats.n, std_us=r.stats.std_us, table_version=table.version,
                 label=label,
-                extra={"raw_sum_us": raw, "pricing": pricing, "table_predicted_us": fixed, "drift_scale": scale,
+                extra={"raw_sum_us": raw, "pricing": pricing, "statistic": statistic, "median_us": r.stats.median_us,
+                       "table_predicted_us": fixed, "drift_scale": scale,
                        "protocol": report.protocol,
                        "configuration": tc.model_dump() if tc is not None else None,
                        "table_overhead_us": table.overhead_us, "n_ops": len(sp.arch_ops(a)),
@@ -177,7 +185,7 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
                        "p90_us": r.stats.p90_us, "drift": drift, "reference_ops": report.reference_ops},
             )
             out = up.post_validation(v)
-            report.rows.append(ArchValidation(label, a, raw, fixed * scale, r.stats.median_us, out.error_pct))
+            report.rows.append(ArchValidation(label, a, raw, fixed * scale, stat(r), out.error_pct))
             if per_layer:
                 medians = {k: res.stats.median_us for k, res in results.items()}
                 report.per_layer[label] = perlayer.layer_rows(sp, a, table, medians, keys[label])

@@ -5,7 +5,10 @@ it, identity skips included (a measured table serves them at 0.0, an imported on
 cost), and re-derives nothing. By default that value is the entry's ``corrected_us`` (the op's
 median less the runtime's per-call overhead it paid when timed alone), and the table's
 ``overhead_us`` is added once per model: a whole model pays the call overhead once, not once per
-op. ``pricing="raw"`` prices the raw medians (``latency_us``) and adds nothing. The search's latency
+op. ``pricing="raw"`` prices the raw medians (``latency_us``) and adds nothing. ``statistic="p10"``
+prices each entry's 10th percentile instead of its median (corrected by the same per-op overhead):
+the low percentile of a time is what a busy device cannot inflate, so a whole model's p10 is
+compared with it (``fbnet-agent validate --statistic p10``). The search's latency
 matrix, ``fbnet-search predict`` and ``fbnet-agent validate`` all go through this module, so they
 cannot disagree with the table or with each other.
 
@@ -28,6 +31,8 @@ from fbnet.wire import Table, TableEntry
 
 Pricing = Literal["corrected", "raw"]
 PRICINGS = ("corrected", "raw")
+Statistic = Literal["median", "p10"]
+STATISTICS = ("median", "p10")
 
 
 class TableError(RuntimeError):
@@ -75,16 +80,26 @@ def check_table(table: Table, space: Space, *, require_complete: bool = True) ->
                          f"op(s) have no latency: {fmt_missing(sorted(table.missing))}")
 
 
-def _check_pricing(pricing: str) -> None:
+def _check_pricing(pricing: str, statistic: str = "median") -> None:
     if pricing not in PRICINGS:
         raise TableError(f"pricing {pricing!r}: use one of {', '.join(PRICINGS)}")
+    if statistic not in STATISTICS:
+        raise TableError(f"statistic {statistic!r}: use one of {', '.join(STATISTICS)}")
 
 
-def entry_us(e: TableEntry, table: Table, pricing: Pricing = "corrected") -> float | None:
+def entry_us(e: TableEntry, table: Table, pricing: Pricing = "corrected",
+             statistic: Statistic = "median") -> float | None:
     """The value an entry is priced at: ``corrected_us`` (or the raw ``latency_us`` with ``pricing='raw'``).
-    A table saved before entries carried ``corrected_us`` is corrected with its table-wide overhead."""
+    A table saved before entries carried ``corrected_us`` is corrected with its table-wide overhead.
+    With ``statistic='p10'`` the entry's ``p10_us`` less the same correction (None when the entry has
+    no p10: an imported table gives one number per op, and no number is made up)."""
     if e.latency_us is None:
         return None
+    if statistic == "p10":
+        median = entry_us(e, table, pricing)
+        if e.p10_us is None:  # an identity skip is its one value; any other entry without a p10 is missing
+            return median if e.source == "identity" else None
+        return max(0.0, e.p10_us - (e.latency_us - median)) if median is not None else None
     if pricing == "raw":
         return e.latency_us
     if e.corrected_us is not None:
@@ -99,15 +114,16 @@ def model_overhead_us(table: Table, pricing: Pricing = "corrected") -> float:
     return float(table.overhead_us or 0.0) if pricing == "corrected" else 0.0
 
 
-def latencies(table: Table, keys, pricing: Pricing = "corrected") -> tuple[dict[str, float], list[str]]:
+def latencies(table: Table, keys, pricing: Pricing = "corrected",
+              statistic: Statistic = "median") -> tuple[dict[str, float], list[str]]:
     """The priced latency of each key (identity skips too). Returns (found, missing keys)."""
-    _check_pricing(pricing)
+    _check_pricing(pricing, statistic)
     by_key = {e.key: e for e in table.entries}
     found: dict[str, float] = {}
     missing: list[str] = []
     for key in dict.fromkeys(keys):
         e = by_key.get(key)
-        v = None if e is None else entry_us(e, table, pricing)
+        v = None if e is None else entry_us(e, table, pricing, statistic)
         if v is None or not math.isfinite(v) or v < 0:
             missing.append(key)
         else:
@@ -136,7 +152,8 @@ class LatencyLUT:
     fixed: tuple[tuple[str, float], ...]
     overhead_us: float = 0.0  # added once per model (corrected pricing)
     pricing: Pricing = "corrected"
-    raw: tuple[tuple[str, float], ...] = ()  # every key's raw median, for predict's raw_sum_us
+    raw: tuple[tuple[str, float], ...] = ()  # every key's raw value (same statistic), for predict's raw_sum_us
+    statistic: Statistic = "median"
 
     @property
     def fixed_us(self) -> float:
@@ -153,63 +170,70 @@ class LatencyLUT:
         return predict(self, arch)["latency_us"]
 
 
-def build_lut(table: Table, space: Space, pricing: Pricing = "corrected") -> LatencyLUT:
+def build_lut(table: Table, space: Space, pricing: Pricing = "corrected",
+              statistic: Statistic = "median") -> LatencyLUT:
     """Check the table (space, version, completeness) and align it with the supernet."""
     check_table(table, space)
     keys = [[space.layer_op(layer, i).key for i in range(len(CANDIDATE_NAMES))] for layer in range(NUM_LAYERS)]
     fixed_keys = [op.key for op in space.fixed_ops]
     all_keys = [k for row in keys for k in row] + fixed_keys
-    found, missing = latencies(table, all_keys, pricing)
+    found, missing = latencies(table, all_keys, pricing, statistic)
     if missing:
-        raise TableError(f"the table of {table.device!r}/{space.name} lacks {len(missing)} op(s) the supernet "
-                         f"needs: {fmt_missing(missing)}")
-    raw, _ = latencies(table, all_keys, "raw")
+        what = "a p10 latency for " if statistic == "p10" else ""
+        raise TableError(f"the table of {table.device!r}/{space.name} lacks {what}{len(missing)} op(s) the "
+                         f"supernet needs: {fmt_missing(missing)}")
+    raw, _ = latencies(table, all_keys, "raw", statistic)
     return LatencyLUT(
         space=space, device=table.device, table_version=table.version,
         keys=tuple(tuple(r) for r in keys),
         matrix=tuple(tuple(found[k] for k in r) for r in keys),
         fixed=tuple((k, found[k]) for k in fixed_keys),
         overhead_us=model_overhead_us(table, pricing), pricing=pricing, raw=tuple(raw.items()),
+        statistic=statistic,
     )
 
 
 # ---- prediction ---------------------------------------------------------------------------------
 def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, *,
-            pricing: Pricing | None = None) -> dict:
+            pricing: Pricing | None = None, statistic: Statistic | None = None) -> dict:
     """``{"latency_us", "per_op": [{"key", "latency_us", "raw_us"}], "raw_sum_us", "overhead_us", "pricing",
-    "ops_run"}``.
+    "statistic", "ops_run"}``.
 
     Every op of the architecture in execution order (stem, the 22 layers, head, pool, fc), each at
     the value the one rule prices it at (module docstring), identity skips included, plus the
     per-model overhead once: ``latency_us = sum(per_op) + overhead_us``. ``raw_sum_us`` is the plain
-    sum of the raw medians (what the table would predict without the correction). A table need not
+    sum of the raw medians (raw p10s with ``statistic="p10"``) (what the table would predict without the correction). A table need not
     be complete, but every op of this architecture must have a latency. With a LatencyLUT the
-    pricing is the one it was built with.
+    pricing and statistic are the ones it was built with.
     """
     ops = space.arch_ops(arch, with_identity=True) if space is not None else None
     if isinstance(source, LatencyLUT):
         if pricing is not None and pricing != source.pricing:
             raise TableError(f"this LatencyLUT was built with pricing {source.pricing!r}, not {pricing!r}")
-        space, pricing = source.space, source.pricing
+        if statistic is not None and statistic != source.statistic:
+            raise TableError(f"this LatencyLUT was built with statistic {source.statistic!r}, not {statistic!r}")
+        space, pricing, statistic = source.space, source.pricing, source.statistic
         ops = space.arch_ops(arch, with_identity=True)
         lookup, raw, overhead = source.lookup(), dict(source.raw), source.overhead_us
     else:
         if space is None:
             raise TypeError("predict(table, arch, space): the space is needed with a Table")
-        pricing = pricing or "corrected"
+        pricing, statistic = pricing or "corrected", statistic or "median"
         check_table(source, space, require_complete=False)
         keys = [op.key for op in ops]
-        lookup, missing = latencies(source, keys, pricing)
+        lookup, missing = latencies(source, keys, pricing, statistic)
         if missing:
-            raise TableError(f"the table of {source.device!r}/{space.name} has no latency for "
+            what = "p10 latency" if statistic == "p10" else "latency"
+            raise TableError(f"the table of {source.device!r}/{space.name} has no {what} for "
                              f"{len(missing)} op(s) of this architecture: {fmt_missing(missing)}")
-        raw, _ = latencies(source, keys, "raw")
+        raw, _ = latencies(source, keys, "raw", statistic)
         overhead = model_overhead_us(source, pricing)
     per_op = [{"key": op.key, "latency_us": lookup[op.key], "raw_us": raw[op.key]} for op in ops]
     latency = math.fsum(p["latency_us"] for p in per_op) + overhead
     return {"latency_us": latency, "per_op": per_op, "raw_sum_us": math.fsum(p["raw_us"] for p in per_op),
-            "overhead_us": overhead, "pricing": pricing, "ops_run": sum(not op.is_identity for op in ops)}
+            "overhead_us": overhead, "pricing": pricing, "statistic": statistic,
+            "ops_run": sum(not op.is_identity for op in ops)}
 
 
-__all__ = ["PRICINGS", "LatencyLUT", "Pricing", "TableError", "build_lut", "check_table", "describe", "entry_us",
+__all__ = ["PRICINGS", "STATISTICS", "LatencyLUT", "Pricing", "Statistic", "TableError", "build_lut", "check_table", "describe", "entry_us",
            "fmt_missing", "latencies", "load_table_file", "model_overhead_us", "parse_table", "predict"]
