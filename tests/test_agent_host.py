@@ -124,8 +124,8 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
         rid = c.post("/runs", json={"space": SPACE, "agent_version": "test", "runtime": "synthetic",
                                     "runtime_version": "0", "overhead_us": 2.0}).json()["id"]
-        ms = [{"key": op.key, "n": 1, "median_us": 100.0, "mean_us": 100.0, "std_us": 0.0, "min_us": 100.0,
-               "p10_us": 100.0, "p90_us": 100.0} for op in sp.ops if not op.is_identity]
+        ms = [{"key": op.key, "n": 1, "median_us": 100.0, "mean_us": 100.0, "std_us": 0.0, "min_us": 80.0,
+               "p10_us": 80.0, "p90_us": 100.0} for op in sp.ops if not op.is_identity]
         assert c.post(f"/runs/{rid}/measurements", json={"measurements": ms}).status_code == 200
         code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined")
         assert code == 2 and "lacks" in out, out  # an open run never feeds a table
@@ -154,3 +154,14 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     refs = v["extra"]["reference_ops"]
     assert len(refs) == 2 and set(refs) <= {op.key for op in sp.arch_ops(arch)}
     assert v["extra"]["drift"] > 0 and v["extra"]["drift"] != 1.0
+    assert v["extra"]["statistic"] == "median" and v["measured_us"] == v["extra"]["median_us"]
+
+    # --statistic p10: the table's p10s (less the same correction) against the model's own p10
+    code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined",
+                          "--reference-ops", "2", "--statistic", "p10", "--no-drift-adjust")
+    assert code == 0 and "corrected p10s" in out, out
+    r = httpx.get(f"{live_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
+    p10 = next(x for x in r["validations"] if x["extra"]["statistic"] == "p10")
+    assert p10["extra"]["table_predicted_us"] == pytest.approx(80.0 * n_ops - 2.0 * (n_ops - 1))
+    assert p10["predicted_us"] == p10["extra"]["table_predicted_us"]  # --no-drift-adjust
+    assert p10["measured_us"] == p10["extra"]["p10_us"] <= p10["extra"]["median_us"]

@@ -165,6 +165,35 @@ def test_corrected_pricing_pays_the_call_overhead_once_per_model(tmp_path, serve
     assert predict(bare, arch, SPACE)["latency_us"] == predict(bare, arch, SPACE, pricing="raw")["latency_us"]
 
 
+def test_p10_statistic_prices_each_entrys_p10_less_the_same_correction():
+    """statistic="p10": every op at its p10 less its own overhead correction, the overhead once; a
+    measured entry without a p10 is missing (named), never priced at its median; skips stay 0."""
+    arch = Arch.parse(",".join("skip" if i in SKIP_LAYERS else "k3_e1" for i in range(22)))
+    base = _with_overhead(macs_table(SPACE), 4.0)
+    entries = [e.model_copy(update={"p10_us": None if e.source == "identity" else 0.7 * e.latency_us})
+               for e in base.entries]
+    t = base.model_copy(update={"entries": entries})
+    by_key = {e.key: e for e in t.entries}
+    ops = SPACE.arch_ops(arch, with_identity=True)
+    want = math.fsum(0.0 if op.is_identity else max(0.0, 0.7 * by_key[op.key].latency_us - 4.0) for op in ops) + 4.0
+    p10 = predict(t, arch, SPACE, statistic="p10")
+    assert p10["statistic"] == "p10" and p10["latency_us"] == pytest.approx(want)
+    assert p10["latency_us"] < predict(t, arch, SPACE)["latency_us"]
+    assert p10["raw_sum_us"] == pytest.approx(math.fsum(0.7 * by_key[op.key].latency_us for op in ops))
+    lut = build_lut(t, SPACE, statistic="p10")
+    assert lut.arch_latency(arch) == pytest.approx(want)
+    with pytest.raises(TableError, match="statistic"):
+        predict(lut, arch, statistic="median")  # a LatencyLUT keeps the statistic it was built with
+    with pytest.raises(TableError, match="statistic"):
+        predict(t, arch, SPACE, statistic="p50")
+    gone = SPACE.layer_op(0, "k3_e1").key
+    holed = t.model_copy(update={"entries": [e.model_copy(update={"p10_us": None}) if e.key == gone else e
+                                             for e in t.entries]})
+    with pytest.raises(TableError, match=f"no p10 latency for 1 op.*{gone}"):
+        predict(holed, arch, SPACE, statistic="p10")
+    assert predict(holed, arch, SPACE)["latency_us"] == predict(t, arch, SPACE)["latency_us"]
+
+
 # Identity skips: the one pricing rule (fbnet.lut) uses the value the table serves. Measured
 # tables serve 0.0, HW-NAS-Bench gives them small costs; a client that re-derived 0 would
 # disagree with the imported table (it did: 21,790.5 vs 21,901.2 us on Pixel 3 / fbnet-224).
