@@ -19,6 +19,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import httpx
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -63,9 +65,11 @@ def main() -> None:
         rows_path = Path(tmp) / "rows.json"
         extra = ["--plot", a.plot] if a.plot else []
         archs = [x for n in a.archs.split(",") if n.strip() for x in ("--arch", n.strip())]
+        # a profile run marked unstable (its reference ops moved) is still measured, and reported as such
         agent("validate", *common, "--archs", 0, "--no-predefined", *archs, "--per-layer", "--per-layer-json",
-              rows_path, *extra)
+              rows_path, "--include-unstable", *extra)
         got = json.loads(rows_path.read_text())
+        run_info = httpx.get(f"{server.url}/runs", params={"device": device}, timeout=60).json()[-1]
 
     by_kind: dict[str, list[float]] = defaultdict(list)
     print("| arch | table sum us | in context us | table - in context us | largest per-layer errors |")
@@ -85,6 +89,8 @@ def main() -> None:
     for k, v in split.items():
         print(f"| {k} | {v['n']} | {v['sum_us']:+.1f} | {v['mean_us']:+.1f} |")
     meta = {"transport": a.transport, "threads": a.threads, "loadavg_end": os.getloadavg(),
+            "profile_unstable": run_info.get("unstable"),
+            "profile_round_spread": (run_info.get("extra") or {}).get("protocol", {}).get("spread"),
             "protocol": {"warmup": a.warmup, "repeats": a.repeats, "rounds": a.rounds}}
     print(json.dumps(meta))
     if a.json:
