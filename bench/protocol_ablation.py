@@ -2,7 +2,9 @@
 setting (each a fresh profile + validate against its own server, the same random architectures),
 and reports, from each run's own measurements, whole-model fidelity priced every way: the median or
 the p10 statistic (ops and models alike), with or without scaling by the drift of the reference ops
-timed in the same rounds as the models.
+timed in the same rounds as the models, and with every op of the table re-timed in the same rounds
+as the models (validate with ``--reference-ops 1000``: the rule, isolated ops summed, measured with
+the machine's mood common to both sides).
 
     python bench/protocol_ablation.py --archs 20 --json ablation.json
 
@@ -41,6 +43,7 @@ COLUMNS = (
     ("median", "median, corrected, as served"),
     ("median, drift-scaled", "median, corrected, drift-scaled"),
     ("p10", "p10, corrected, as served (no drift scaling)"),
+    ("median, ops re-timed in the same rounds", "median, corrected, ops re-timed in the same rounds"),
 )
 
 
@@ -64,6 +67,7 @@ def main() -> None:
             out = Path(tmp) / f"{name}.json"
             cmd = [sys.executable, str(REPO / "bench" / "lut_fidelity.py"), "--archs", str(a.archs), "--seed",
                    str(a.seed), "--transport", a.transport, "--cache-dir", str(a.cache_dir), "--json", str(out),
+                   "--validate-reference-ops", "1000",
                    *SETTINGS[name]]
             print(f"== {name}: {' '.join(SETTINGS[name])}", flush=True)
             r = subprocess.run(cmd, stdout=subprocess.DEVNULL)
@@ -82,7 +86,10 @@ def main() -> None:
     for name, res in results.items():
         cells, row = [], {}
         for col, variant in COLUMNS:
-            v = res["variants"][variant]
+            v = res["variants"].get(variant)
+            if v is None:
+                cells.append("-")
+                continue
             row[col] = v
             cells.append(f"{100 * v['within_10pct']:.0f}% / {v['kendall_tau']:.3f} / {v['mape']:.1f}")
         spread = (res.get("profile_protocol") or {}).get("spread")

@@ -8,6 +8,7 @@ The table comes through :class:`fbnet.client.TableClient` (ETag cache) and every
 from __future__ import annotations
 
 import hashlib
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -99,7 +100,7 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     from device_agents.exporters import export_archs, export_space, fingerprint
     from device_agents.uploader import Uploader
     from fbnet.cli import progress, ticker
-    from fbnet.lut import TableError, describe, latencies, predict
+    from fbnet.lut import TableError, describe, entry_us, latencies, model_overhead_us, predict
     from fbnet.space import get_space
     from fbnet.wire import ValidationCreate
 
@@ -166,6 +167,21 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
                               describe(table), drift=drift, reference_ops=[op.key for op in refs],
                               drift_adjusted=bool(drift_adjust and drift), protocol=info.to_dict())
     scale = drift if drift_adjust and drift else 1.0
+    # The table's rule applied to ops timed in the same rounds as the models (every op of an
+    # architecture among the reference ops: --reference-ops at least the ops they use): each op at
+    # its in-round statistic less the same per-op correction, the overhead once. It measures the rule
+    # (isolated ops sum to the model), with the machine's mood common to both sides.
+    correction = {e.key: e.latency_us - (entry_us(e, table, pricing) or 0.0) for e in table.entries
+                  if e.latency_us is not None}
+
+    def in_round(a, pred: dict) -> float | None:
+        ops = list(zip(sp.arch_ops(a, with_identity=True), pred["per_op"], strict=True))
+        if not all(op.is_identity or op.key in ref_keys for op, _ in ops):
+            return None  # an op of this architecture was not timed with it
+        return math.fsum(p["latency_us"] if op.is_identity else max(0.0, stat(results[op.key]) - correction[op.key])
+                         for op, p in ops) + model_overhead_us(table, pricing)
+
+    ref_keys = {op.key for op in refs}
     up = Uploader(server, token, device)
     try:
         for label, a in labelled:
@@ -182,7 +198,8 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
                        "configuration": tc.model_dump() if tc is not None else None,
                        "table_overhead_us": table.overhead_us, "n_ops": len(sp.arch_ops(a)),
                        "threads": target.threads, "transport": target.transport.value, "p10_us": r.stats.p10_us,
-                       "p90_us": r.stats.p90_us, "drift": drift, "reference_ops": report.reference_ops},
+                       "p90_us": r.stats.p90_us, "drift": drift, "reference_ops": report.reference_ops,
+                       "inround_predicted_us": in_round(a, pred)},
             )
             out = up.post_validation(v)
             report.rows.append(ArchValidation(label, a, raw, fixed * scale, stat(r), out.error_pct))

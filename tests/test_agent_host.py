@@ -156,12 +156,18 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     assert v["extra"]["drift"] > 0 and v["extra"]["drift"] != 1.0
     assert v["extra"]["statistic"] == "median" and v["measured_us"] == v["extra"]["median_us"]
 
-    # --statistic p10: the table's p10s (less the same correction) against the model's own p10
+    assert v["extra"]["inround_predicted_us"] is None  # 2 reference ops: not every op was timed with the model
+
+    # --statistic p10: the table's p10s (less the same correction) against the model's own p10; with
+    # every op of the model among the reference ops, the rule is also priced from the same rounds
     code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined",
-                          "--reference-ops", "2", "--statistic", "p10", "--no-drift-adjust")
+                          "--reference-ops", "1000", "--statistic", "p10", "--no-drift-adjust")
     assert code == 0 and "corrected p10s" in out, out
     r = httpx.get(f"{live_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
     p10 = next(x for x in r["validations"] if x["extra"]["statistic"] == "p10")
     assert p10["extra"]["table_predicted_us"] == pytest.approx(80.0 * n_ops - 2.0 * (n_ops - 1))
     assert p10["predicted_us"] == p10["extra"]["table_predicted_us"]  # --no-drift-adjust
     assert p10["measured_us"] == p10["extra"]["p10_us"] <= p10["extra"]["median_us"]
+    assert set(p10["extra"]["reference_ops"]) == {op.key for op in sp.arch_ops(arch)}
+    inround = p10["extra"]["inround_predicted_us"]  # real ops' p10s, not the synthetic table's 80 us
+    assert inround > 0 and abs(inround - p10["extra"]["table_predicted_us"]) > 1.0
