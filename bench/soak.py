@@ -8,6 +8,10 @@ at the end that every uploaded measurement is stored (exactly the keys sent, in 
 sent to). Starts its own server (fresh SQLite file unless --db).
 
     .venv/bin/python bench/soak.py [--minutes 10] [--db URL] [--workers 1] [--json FILE]
+
+Finding memory growth: ``--tracemalloc DIR`` makes the server take a tracemalloc snapshot every
+--window seconds into DIR (a ``sitecustomize`` hook; it slows the server) and prints the largest
+growth between the first and the last snapshot.
 """
 
 from __future__ import annotations
@@ -35,6 +39,42 @@ SPACE = "fbnet-cifar"
 DATA = REPO.parent / "shared" / "data" / "hwnasbench"
 if not DATA.exists():
     DATA = REPO / "tests" / "data" / "hwnasbench"
+
+
+# imported by the server process (PYTHONPATH) when --tracemalloc is given
+_SITECUSTOMIZE = """
+import os, threading, time, tracemalloc
+_d = os.environ.get("FBNET_SOAK_TRACEMALLOC")
+if _d:
+    def _loop():  # tracing starts after one period (startup under tracemalloc is very slow)
+        every = float(os.environ["FBNET_SOAK_TRACEMALLOC_EVERY"])
+        time.sleep(every)
+        tracemalloc.start(5)
+        i = 0
+        while True:
+            time.sleep(every)
+            tracemalloc.take_snapshot().dump(f"{_d}/snap-{os.getpid()}-{i:04d}.pickle")
+            i += 1
+    threading.Thread(target=_loop, daemon=True).start()
+"""
+
+
+def tracemalloc_growth(snap_dir: Path, top: int = 15) -> list[str]:
+    """The largest allocation growth (by traceback) from the second snapshot (after warm-up) to the last."""
+    import tracemalloc
+
+    snaps = sorted(snap_dir.glob("snap-*.pickle"))
+    if len(snaps) < 2:
+        return [f"tracemalloc: {len(snaps)} snapshot(s) in {snap_dir}, need 2"]
+    snaps = snaps[1:] if len(snaps) > 2 else snaps
+    first, last = (tracemalloc.Snapshot.load(str(p)) for p in (snaps[0], snaps[-1]))
+    out = [f"tracemalloc: {snaps[0].name} -> {snaps[-1].name}; traced "
+           f"{sum(s.size for s in first.statistics('filename')) / 2**20:.1f} -> "
+           f"{sum(s.size for s in last.statistics('filename')) / 2**20:.1f} MiB"]
+    for st in last.compare_to(first, "traceback")[:top]:
+        out.append(f"{st.size_diff / 1024:+9.0f} KiB {st.count_diff:+7d} blocks  "
+                   + " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in st.traceback[:4]))
+    return out
 
 
 class Recorder:
@@ -103,11 +143,24 @@ def main() -> None:
     ap.add_argument("--db", help="SQLAlchemy URL (default: a fresh SQLite file)")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment of the server (repeatable), e.g. FBNET_SQLITE_CACHE_KIB=2000")
+    ap.add_argument("--tracemalloc", type=Path, metavar="DIR",
+                    help="server takes tracemalloc snapshots into DIR every --window s (slow; finds memory growth)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="fbnet-soak-"))
     db_url = args.db or f"sqlite:///{tmp / 'soak.db'}"
-    server = LocalServer(db_url, tmp, workers=args.workers, extra_env={"PYTHONPATH": str(REPO)}).start()
+    env = {"PYTHONPATH": str(REPO)}
+    if args.tracemalloc:
+        args.tracemalloc.mkdir(parents=True, exist_ok=True)
+        hook = tmp / "hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+        env = {"PYTHONPATH": f"{hook}:{REPO}", "FBNET_SOAK_TRACEMALLOC": str(args.tracemalloc.resolve()),
+               "FBNET_SOAK_TRACEMALLOC_EVERY": str(args.window)}
+    env.update(kv.split("=", 1) for kv in args.env)
+    server = LocalServer(db_url, tmp, workers=args.workers, extra_env=env).start()
     admin = {"Authorization": f"Bearer {server.admin_token}"}
     keys = [op.key for op in get_space(SPACE).ops if not op.is_identity]
     tokens = [server.create_device(f"soak-{i}") for i in range(args.writers)]
@@ -214,6 +267,12 @@ def main() -> None:
     print(f"errors: {n_err} {dict((k, v[:3]) for k, v in rec.errors.items()) if n_err else ''}")
     print(f"503 + Retry-After (retried): {dict(rec.busy) or 0}")
     print(f"measurements acknowledged: {stored} in {len(sent)} runs; lost: {lost}; unexpected: {extra}")
+    if args.tracemalloc:
+        print("\n".join(tracemalloc_growth(args.tracemalloc)))
+    by_window = {}
+    for t, kib in rss_trace:
+        by_window.setdefault(int(t // args.window), kib)
+    print("server RSS by window (MiB): " + ", ".join(f"{k / 1024:.0f}" for k in by_window.values()))
     print(f"server RSS: start {rss0 / 1024:.1f} MiB, end {rss1 / 1024:.1f} MiB; "
           f"database: {'n/a' if size is None else f'{size / 2**20:.1f} MiB'}")
     if args.json:

@@ -2,7 +2,8 @@
 
 SQLite: ``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check``. Every engine: no measurement,
 import or validation pointing at a missing run, device or space; no op stored twice in one run;
-every run at its device's space; the schema at the newest migration.
+every run at its device's space; the table summaries agree with the measurements; the schema at
+the newest migration.
 """
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ ORPHANS = {
                                    "GROUP BY run_id, key HAVING count(*) > 1) AS dup",
     "runs of an unknown status": "SELECT count(*) FROM runs WHERE status NOT IN "
                                  "('open', 'finished', 'failed', 'aborted')",
+    # the summaries tables are assembled from (db/summaries.py) agree with the measurements
+    "measurements of finished runs without a summary": (
+        "SELECT count(*) FROM measurements m JOIN runs r ON r.id = m.run_id LEFT JOIN op_stats o "
+        "ON o.run_id = m.run_id AND o.key = m.key WHERE r.status = 'finished' AND o.run_id IS NULL"),
+    "summaries of no measurement of a finished run, or with another median": (
+        "SELECT count(*) FROM op_stats o JOIN runs r ON r.id = o.run_id LEFT JOIN measurements m "
+        "ON m.run_id = o.run_id AND m.key = o.key WHERE r.status <> 'finished' OR m.id IS NULL "
+        "OR m.median_us <> o.median_us"),
+    "coverage counters that disagree with the summaries": (
+        "SELECT count(*) FROM (SELECT device_id, space_id, config_id, key, "
+        "sum(CASE WHEN unstable THEN 0 ELSE 1 END) AS s, sum(CASE WHEN unstable THEN 1 ELSE 0 END) AS u "
+        "FROM op_stats GROUP BY device_id, space_id, config_id, key) g LEFT JOIN config_ops c "
+        "ON c.device_id = g.device_id AND c.space_id = g.space_id AND c.config_id = g.config_id AND c.key = g.key "
+        "WHERE c.key IS NULL OR c.n_stable <> g.s OR c.n_unstable <> g.u"),
+    "coverage counters without a summary": (
+        "SELECT count(*) FROM config_ops c WHERE NOT EXISTS (SELECT 1 FROM op_stats o WHERE o.device_id = "
+        "c.device_id AND o.space_id = c.space_id AND o.config_id = c.config_id AND o.key = c.key)"),
 }
 
 

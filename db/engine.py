@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_POOL = 16  # the service passes its worker-thread count
 DEFAULT_WAIT_S = 10.0
+DEFAULT_SQLITE_CACHE_KIB = 256  # per connection (SQLite's own default: 2000)
 
 
 def is_sqlite(url: str) -> bool:
@@ -16,12 +17,14 @@ def is_sqlite(url: str) -> bool:
 
 
 def make_engine(url: str, *, immediate: bool = False, pool_size: int = DEFAULT_POOL,
-                wait_s: float = DEFAULT_WAIT_S) -> Engine:
+                wait_s: float = DEFAULT_WAIT_S, sqlite_cache_kib: int = DEFAULT_SQLITE_CACHE_KIB) -> Engine:
     """An engine for ``url`` whose pool matches ``pool_size`` worker threads; a request that waits
     ``wait_s`` for a connection (or, on SQLite, for the write lock) gets an error the service maps
     to 503 + Retry-After. With SQLite and ``immediate``, every transaction starts with
     ``BEGIN IMMEDIATE`` so that a writer takes the write lock up front (a deferred transaction
-    that later upgrades to a writer can fail with SQLITE_BUSY regardless of the busy timeout)."""
+    that later upgrades to a writer can fail with SQLITE_BUSY regardless of the busy timeout).
+    Each SQLite connection's page cache is bounded to ``sqlite_cache_kib``: the pools hold up to
+    2 x (pool_size + overflow) connections, and their caches are most of what the process holds."""
     # A session may hold its connection a moment after its thread is done (closing happens
     # later), so the pool gets a small overflow above one connection per thread.
     pool = {"pool_size": pool_size, "max_overflow": max(4, pool_size // 4), "pool_timeout": wait_s}
@@ -49,6 +52,7 @@ def make_engine(url: str, *, immediate: bool = False, pool_size: int = DEFAULT_P
         cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA cache_size=-{int(sqlite_cache_kib)}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -74,9 +78,11 @@ class Database:
             self.write_engine.dispose()
 
 
-def open_database(url: str, pool_size: int = DEFAULT_POOL, wait_s: float = DEFAULT_WAIT_S) -> Database:
-    engine = make_engine(url, pool_size=pool_size, wait_s=wait_s)
-    write_engine = make_engine(url, immediate=True, pool_size=pool_size, wait_s=wait_s) if is_sqlite(url) else engine
+def open_database(url: str, pool_size: int = DEFAULT_POOL, wait_s: float = DEFAULT_WAIT_S,
+                  sqlite_cache_kib: int = DEFAULT_SQLITE_CACHE_KIB) -> Database:
+    kw = {"pool_size": pool_size, "wait_s": wait_s, "sqlite_cache_kib": sqlite_cache_kib}
+    engine = make_engine(url, **kw)
+    write_engine = make_engine(url, immediate=True, **kw) if is_sqlite(url) else engine
     return Database(
         url=url,
         engine=engine,

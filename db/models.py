@@ -178,6 +178,41 @@ class Measurement(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class OpStat(Base):
+    """The summary of one op in one FINISHED run, written when the run finishes (or is imported): what
+    table assembly reads, so that a table never reads samples nor other configurations' runs."""
+
+    __tablename__ = "op_stats"
+    __table_args__ = (Index("ix_op_stats_config", "device_id", "space_id", "config_id"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id"))
+    config_id: Mapped[str] = mapped_column(String(32))  # fbnet.configuration.Configuration.config_id
+    unstable: Mapped[bool] = mapped_column(Boolean)
+    n: Mapped[int] = mapped_column(Integer)
+    median_us: Mapped[float] = mapped_column(Float)
+    # the run's median less the per-call overhead for this op's input shape (None: no overhead known)
+    corrected_us: Mapped[float | None] = mapped_column(Float)
+    std_us: Mapped[float] = mapped_column(Float)
+    p10_us: Mapped[float] = mapped_column(Float)
+    p90_us: Mapped[float] = mapped_column(Float)
+
+
+class ConfigOp(Base):
+    """How many finished stable / unstable runs of one configuration measured one op (coverage)."""
+
+    __tablename__ = "config_ops"
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id"), primary_key=True)
+    config_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    n_stable: Mapped[int] = mapped_column(Integer)
+    n_unstable: Mapped[int] = mapped_column(Integer)
+
+
 class ImportedTable(Base):
     """Provenance of an external table; its values are the measurements of ``run_id``."""
 

@@ -20,6 +20,7 @@ from profiler_server import __version__
 from profiler_server.config import Settings
 from profiler_server.domain.tables import TableCache
 from profiler_server.errors import DomainError
+from profiler_server.generations import GenerationProbe
 from profiler_server.guard import BUSY, Guard, busy_response_headers
 from profiler_server.plots import PlotCache
 from profiler_server.routes import compare, devices, health, plots, runs, spaces, tables, validations
@@ -49,10 +50,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # one thread limit for sync routes and run_in_threadpool; the pools are sized to match
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         app.state.plot_slots = anyio.Semaphore(settings.plot_concurrency)
-        app.state.db = open_database(url, pool_size=settings.threads, wait_s=settings.db_wait_s)
+        app.state.db = open_database(url, pool_size=settings.threads, wait_s=settings.db_wait_s,
+                                     sqlite_cache_kib=settings.sqlite_cache_kib)
+        app.state.generations = GenerationProbe.open(url)
         try:
             yield
         finally:
+            if app.state.generations is not None:
+                app.state.generations.close()
             app.state.db.dispose()
 
     errors = {code: {"model": wire.ErrorOut, "description": what} for code, what in (

@@ -39,6 +39,19 @@ def _database(db: str | None):
     return open_database(url)
 
 
+def _committed(db: str | None, work):
+    """``work(session)`` in one write transaction on the database (migrated to head first), committed;
+    the engine is disposed whatever happens. Returns what ``work`` returned."""
+    database = _database(db)
+    try:
+        with database.write_sessions() as s:
+            out = work(s)
+            s.commit()
+            return out
+    finally:
+        database.dispose()
+
+
 @app.command()
 def serve(
     db: DbOpt = None,
@@ -83,13 +96,7 @@ def create_device(
                                     model=model, soc=soc, os=os_)
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None
-    database = _database(db)
-    try:
-        with database.write_sessions() as s:
-            _, token = devices.create_device(s, body)
-            s.commit()
-    finally:
-        database.dispose()
+    _, token = _committed(db, lambda s: devices.create_device(s, body))
     typer.echo(token)
 
 
@@ -106,15 +113,9 @@ def import_table(
     from profiler_server.domain import devices, importers
     from profiler_server.domain.spaces import resolve_space
 
-    database = _database(db)
-    try:
-        with database.write_sessions() as s:
-            doc = importers.load_document(file.read_bytes(), format)
-            result = importers.import_table(s, devices.get_device(s, device), resolve_space(space), format, doc,
-                                            source=file.name, precision=precision)
-            s.commit()
-    finally:
-        database.dispose()
+    doc = importers.load_document(file.read_bytes(), format)
+    result = _committed(db, lambda s: importers.import_table(s, devices.get_device(s, device), resolve_space(space),
+                                                             format, doc, source=file.name, precision=precision))
     typer.echo(json.dumps(result.model_dump(), indent=1))
 
 
@@ -123,13 +124,7 @@ def token_rotate(device: Annotated[str, typer.Argument(help="registered device n
     """Replace the device's token by a new one and print it (shown only once); the old one stops working."""
     from profiler_server.domain import devices
 
-    database = _database(db)
-    try:
-        with database.write_sessions() as s:
-            _, token = devices.rotate_token(s, device)
-            s.commit()
-    finally:
-        database.dispose()
+    _, token = _committed(db, lambda s: devices.rotate_token(s, device))
     typer.echo(token)
 
 
@@ -138,13 +133,7 @@ def token_revoke(device: Annotated[str, typer.Argument(help="registered device n
     """Revoke the device's token: nothing writes to the device until `token rotate` gives a new one."""
     from profiler_server.domain import devices
 
-    database = _database(db)
-    try:
-        with database.write_sessions() as s:
-            devices.revoke_tokens(s, device)
-            s.commit()
-    finally:
-        database.dispose()
+    _committed(db, lambda s: devices.revoke_tokens(s, device))
     typer.echo(f"revoked every token of {device}")
 
 

@@ -34,7 +34,7 @@ class LocalServer:
         self.log_path = self.workdir / "server.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> LocalServer:
+    def start(self, timeout: float = 120) -> LocalServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FBNET_")}
         env.update({"FBNET_ADMIN_TOKEN": self.admin_token}, **self.extra_env)

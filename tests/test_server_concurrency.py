@@ -1,6 +1,11 @@
 """Concurrent writers lose nothing and never duplicate (SQLite WAL + busy timeout; PostgreSQL)."""
 
+import statistics
 from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from conftest import ENGINES, start_server
 
 from fbnet.space import get_space
 
@@ -67,3 +72,37 @@ def test_racing_resends_into_one_run_store_each_op_once(live_server):
     assert sum(r["duplicates"] for r in results) == (WRITERS - 1) * len(KEYS)
     with live_server.client() as c:
         assert len(c.get(f"/runs/{rid}/measurements").json()["keys"]) == len(KEYS)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_finish_through_one_worker_is_never_served_stale_by_another(engine, tmp_path):
+    """Two worker processes, each with its own table cache (answered on the event loop when current):
+    after a run finishes through either, every read through either serves the new table, and the old
+    ETag no longer gets a 304."""
+    server, cleanup = start_server(engine, tmp_path / "server", workers=2)
+    try:
+        token = server.create_device("two-workers")
+
+        def read(etag=None):  # a new connection each time: the kernel spreads them over both workers
+            h = {"If-None-Match": etag} if etag else {}
+            return httpx.get(f"{server.url}/tables/two-workers", params={"space": SPACE}, headers=h, timeout=60)
+
+        etag, values = None, []
+        for value in (100.0, 300.0, 200.0, 50.0):
+            with server.client(token, timeout=60) as c:
+                rid = _run(c)
+                assert c.post(f"/runs/{rid}/measurements",
+                              json={"measurements": [_m(k, value) for k in KEYS]}).status_code == 200
+                assert c.post(f"/runs/{rid}/finish", json={}).status_code == 200
+            values.append(value)
+            want = statistics.median(values)
+            for _ in range(12):
+                r = read(etag)
+                assert r.status_code == 200, f"stale: a 304 for the table before run {rid} finished"
+                got = {e["latency_us"] for e in r.json()["entries"] if e["key"] in KEYS}
+                assert got == {want}, f"after {values}: served {got}"
+            new = r.headers["etag"]
+            assert all(read(new).status_code == 304 for _ in range(6))
+            etag = new
+    finally:
+        cleanup()

@@ -17,13 +17,14 @@ import yaml
 from sqlalchemy.orm import Session
 
 from db.models import Device, ImportedTable, Run
+from db.summaries import IMPORT, summarize_run
 from fbnet import wire
 from fbnet.configuration import Selector
 from fbnet.space import BY_NAME, Op, Space
 from profiler_server.domain.devices import touch
 from profiler_server.domain.runs import FINISHED, store_rows
 from profiler_server.domain.spaces import ensure_space
-from profiler_server.domain.tables import IMPORT, assemble
+from profiler_server.domain.tables import assemble
 from profiler_server.errors import Invalid
 
 FORMATS = ("hwnasbench", "proxylessnas", "ofa")
@@ -197,6 +198,7 @@ def import_table(session: Session, device: Device, space: Space, fmt: str, doc: 
                               unmapped=parsed.unmapped))
     touch(session, device.id)
     session.flush()
+    summarize_run(session, run.id)
     sel = Selector(precision=precision or device.precision, runtime_version=f"import-{fmt}")
     missing = assemble(session, device, space, sel).missing
     return wire.ImportResult(device=device.name, space=space.name, format=fmt,

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, Measurement, Run
 from db.models import Space as SpaceRow
+from db.summaries import summarize_run
 from fbnet import wire
 from profiler_server.auth import Caller, require_writer
 from profiler_server.domain.devices import get_device, touch
@@ -71,8 +72,10 @@ def _same_run(run: Run, space: str, key: str) -> Run:
     return run
 
 
-def get_run(session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
+def get_run(session: Session, run_id: int, *, lock: bool = False) -> Run:
+    """The run; ``lock``: hold its row until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite's
+    write transactions are serialized anyway), so that storing a batch and finishing exclude each other."""
+    run = session.get(Run, run_id, with_for_update=lock or None)
     if run is None:
         raise NotFound(f"unknown run {run_id}")
     return run
@@ -138,8 +141,10 @@ def store_rows(session: Session, run_id: int, rows: list[dict]) -> int:
 
 
 def add_measurements(session: Session, caller: Caller, run_id: int, batch: wire.MeasurementBatch) -> wire.BatchResult:
-    """Store one batch, all or nothing: every key must belong to the run's space."""
-    run = get_run(session, run_id)
+    """Store one batch, all or nothing: every key must belong to the run's space. An open run never
+    feeds a table, so a batch does not change the device's tables (no new cache generation); the
+    run's row is locked so that a finish cannot slip in between the status check and the insert."""
+    run = get_run(session, run_id, lock=True)
     require_writer(caller, run.device.name)
     if run.status != OPEN:
         raise Conflict(f"run {run_id} is {run.status}; open a new run to add measurements")
@@ -152,8 +157,6 @@ def add_measurements(session: Session, caller: Caller, run_id: int, batch: wire.
     for m in batch.measurements:
         unique.setdefault(m.key, m.model_dump())
     stored = store_rows(session, run.id, list(unique.values()))
-    if stored:
-        touch(session, run.device_id)
     received = len(batch.measurements)
     return wire.BatchResult(run_id=run.id, received=received, stored=stored, duplicates=received - stored)
 
@@ -175,7 +178,8 @@ def run_measurements(session: Session, run_id: int) -> wire.RunMeasurements:
 
 
 def finish_run(session: Session, caller: Caller, run_id: int, body: wire.RunFinish) -> Run:
-    run = get_run(session, run_id)
+    """Close an open run; a finished run's ops are summarized for table assembly in the same transaction."""
+    run = get_run(session, run_id, lock=True)
     require_writer(caller, run.device.name)
     if run.status == body.status:  # a retried finish whose answer was lost (timeout, crash): same result
         return run
@@ -197,4 +201,6 @@ def finish_run(session: Session, caller: Caller, run_id: int, body: wire.RunFini
         run.extra = {**(run.extra or {}), **body.extra}
     touch(session, run.device_id)
     session.flush()
+    if run.status == FINISHED:
+        summarize_run(session, run.id)
     return run

@@ -14,8 +14,9 @@ from statistics import median
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Device, Measurement, Run
+from db.models import ConfigOp, Device, OpStat, Run
 from db.models import Space as SpaceRow
+from db.summaries import run_configuration
 from fbnet import wire
 from fbnet.configuration import SELECTOR_FIELDS, Configuration, Selector
 from fbnet.space import Space
@@ -23,8 +24,6 @@ from profiler_server.domain.devices import get_device
 from profiler_server.domain.runs import COUNTED_STATUSES
 from profiler_server.domain.spaces import resolve_space
 from profiler_server.errors import NotFound
-
-IMPORT = "import"
 
 RULE = (
     "A table is built from the FINISHED runs of ONE configuration of the device (precision, runtime, "
@@ -52,57 +51,51 @@ class RunInfo:
     config: Configuration
     unstable: bool
     overhead_us: float | None
-    overhead_by_key: dict
 
 
 @dataclass
 class _Row:
-    key: str
-    run: RunInfo
+    """One finished run's summary of one op (``op_stats``)."""
+
+    run_id: int
     n: int
     median_us: float
+    corrected_us: float | None
     std_us: float
     p10_us: float
     p90_us: float
-    overhead_us: float | None = None
 
-    @property
-    def corrected_us(self) -> float | None:
-        """The run's median less the per-call overhead for this op's input shape, as stored with the op,
-        else as the run recorded it (None if unknown)."""
-        ovh = self.overhead_us
-        if ovh is None:
-            ovh = self.run.overhead_by_key.get(self.key, self.run.overhead_us)
-        return None if ovh is None else max(0.0, self.median_us - ovh)
+
+def space_id(session: Session, space: Space) -> int | None:
+    return session.execute(select(SpaceRow.id).where(SpaceRow.name == space.name)).scalar()
 
 
 def finished_runs(session: Session, device: Device, space: Space) -> list[RunInfo]:
     q = (
         select(Run.id, Run.precision, Run.runtime, Run.runtime_version, Run.threads, Run.cpu_mask,
-               Run.compute_units, Run.transport, Run.unstable, Run.overhead_us, Run.extra)
+               Run.compute_units, Run.transport, Run.unstable, Run.overhead_us)
         .join(SpaceRow, SpaceRow.id == Run.space_id)
         .where(Run.device_id == device.id, SpaceRow.name == space.name, Run.status.in_(COUNTED_STATUSES))
         .order_by(Run.id)
     )
-    out = []
-    for rid, prec, rt, rtv, thr, mask, units, transport, unstable, ovh, extra in session.execute(q).tuples():
-        cfg = Configuration(precision=prec, runtime=rt, runtime_version=rtv, threads=thr, cpu_mask=mask,
-                            compute_units=units, imported=transport == IMPORT)
-        by_key = (extra or {}).get("overhead_us_by_key") or {}
-        by_key = {k: float(v) for k, v in by_key.items() if isinstance(v, int | float) and v >= 0}
-        out.append(RunInfo(rid, cfg, bool(unstable), ovh, by_key))
-    return out
+    return [RunInfo(rid, run_configuration(*cfg), bool(unstable), ovh)
+            for rid, *cfg, unstable, ovh in session.execute(q).tuples()]
 
 
 def configurations(session: Session, device: Device, space: Space, *, include_unstable: bool = False,
                    runs: list[RunInfo] | None = None) -> list[wire.ConfigurationOut]:
     """Every configuration of the device's finished runs of ``space``, oldest first, with coverage."""
     runs = finished_runs(session, device, space) if runs is None else runs
-    keys: dict[int, set[str]] = defaultdict(set)
+    # coverage from the per-configuration counters: one row per (configuration, op), not per measurement
+    stable: dict[str, set[str]] = defaultdict(set)
+    every: dict[str, set[str]] = defaultdict(set)
     if runs:
-        q = select(Measurement.run_id, Measurement.key).where(Measurement.run_id.in_([r.id for r in runs]))
-        for rid, key in session.execute(q).tuples():
-            keys[rid].add(key)
+        q = select(ConfigOp.config_id, ConfigOp.key, ConfigOp.n_stable).where(
+            ConfigOp.device_id == device.id, ConfigOp.space_id == space_id(session, space))
+        for cid, key, n_stable in session.execute(q).tuples():
+            every[cid].add(key)
+            if n_stable:
+                stable[cid].add(key)
     groups: dict[Configuration, list[RunInfo]] = {}
     for r in runs:
         groups.setdefault(r.config, []).append(r)
@@ -111,7 +104,7 @@ def configurations(session: Session, device: Device, space: Space, *, include_un
     out = []
     for cfg, rs in groups.items():
         used = [r for r in rs if include_unstable or not r.unstable]
-        got = set().union(*(keys[r.id] for r in used)) & ops if used else set()
+        got = (every if include_unstable else stable)[cfg.config_id] & ops if used else set()
         if used and not cfg.imported:
             got |= identity
         out.append(wire.ConfigurationOut(
@@ -160,7 +153,7 @@ def _entry(op, layers, rows: list[_Row], imported: bool) -> dict:
         "p10_us": float(median(r.p10_us for r in rows)),
         "p90_us": float(median(r.p90_us for r in rows)),
         "runs": len(rows),
-        "run_ids": sorted(r.run.id for r in rows),
+        "run_ids": sorted(r.run_id for r in rows),
         "source": "imported" if imported else "measured",
     }
 
@@ -175,24 +168,33 @@ def assemble(session: Session, device: Device, space: Space, selector: Selector 
     cfg = None
     if chosen is not None:
         cfg = Configuration(**chosen.model_dump(include=set(Configuration.model_fields)))
-        infos = {r.id: r for r in runs if r.id in set(chosen.runs)}
-        q = (select(Measurement.key, Measurement.run_id, Measurement.n, Measurement.median_us, Measurement.std_us,
-                    Measurement.p10_us, Measurement.p90_us, Measurement.overhead_us).where(Measurement.run_id.in_(list(infos))))
+        used = set(chosen.runs)
+        # the summaries of the chosen configuration's runs only (op_stats), never the measurements
+        q = (select(OpStat.key, OpStat.run_id, OpStat.n, OpStat.median_us, OpStat.corrected_us, OpStat.std_us,
+                    OpStat.p10_us, OpStat.p90_us)
+             .where(OpStat.device_id == device.id, OpStat.space_id == space_id(session, space),
+                    OpStat.config_id == chosen.id))
+        if not selector.include_unstable:
+            q = q.where(OpStat.unstable.is_(False))
         for key, rid, *vals in session.execute(q).tuples():
-            by_key[key].append(_Row(key, infos[rid], *vals))
+            if rid in used:
+                by_key[key].append(_Row(rid, *vals))
     imported = bool(cfg and cfg.imported)
     entries = [_entry(op, space.op_layers[op.key], by_key.get(op.key, []), imported) for op in space.ops]
-    contributing = {r.run.id: r.run.overhead_us for rows in by_key.values() for r in rows}
-    ovh = [v for v in contributing.values() if v is not None]
+    run_overhead = {r.id: r.overhead_us for r in runs}
+    contributing = {r.run_id for rows in by_key.values() for r in rows}
+    ovh = [v for rid in contributing if (v := run_overhead[rid]) is not None]
     overhead = float(median(ovh)) if ovh and not imported else None
     missing = [e["key"] for e in entries if e["source"] == "missing"]
     blob = json.dumps({"entries": entries, "overhead_us": overhead, "configuration": cfg and cfg.model_dump(),
                        "include_unstable": selector.include_unstable}, sort_keys=True, separators=(",", ":"))
     version = hashlib.sha256(blob.encode()).hexdigest()[:20]
-    return wire.Table(
-        device=device.name, space=space.name, space_version=space.version, version=version,
+    # built from stored, already validated values: constructed without re-validating every entry (the
+    # wire models' request checks walk each value; that was most of an assembly's time)
+    return wire.Table.model_construct(
+        device=device.name, space=space.name, space_version=space.version, version=version, unit="us",
         complete=not missing, missing=missing, overhead_us=overhead, configuration=cfg, rule=RULE,
-        entries=[wire.TableEntry(**e) for e in entries],
+        entries=[wire.TableEntry.model_construct(**e) for e in entries],
     )
 
 
@@ -229,6 +231,16 @@ class TableCache:
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple, CachedTable] = OrderedDict()
 
+    def peek(self, device_id: int, gen: int, space_name: str, selector: Selector | None = None) -> CachedTable | None:
+        """The cached table of generation ``gen`` of the device, if there is one (no database access)."""
+        space = resolve_space(space_name)
+        key = (device_id, space.name, space.version, gen, selector or Selector())
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
     def get(self, session: Session, device_name: str, space_name: str,
             selector: Selector | None = None) -> CachedTable:
         selector = selector or Selector()
@@ -237,12 +249,9 @@ class TableCache:
         row = session.execute(select(Device.id, Device.table_gen).where(Device.name == device_name)).first()
         if row is None:
             raise NotFound(f"unknown device {device_name!r}")
+        if (hit := self.peek(row[0], row[1], space_name, selector)) is not None:
+            return hit
         key = (row[0], space.name, space.version, row[1], selector)
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-                return hit
         table = assemble(session, get_device(session, device_name), space, selector)
         item = CachedTable(table, table.model_dump_json().encode(), f'"{table.version}"')
         with self._lock:
