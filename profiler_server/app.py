@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
+import os
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
@@ -39,12 +41,31 @@ def _json_safe(x):
     return x
 
 
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def bound_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
+    """Let the worker threads share ``n`` glibc malloc arenas (as ``MALLOC_ARENA_MAX=n`` would) unless the
+    environment already says how many. glibc gives each thread that allocates concurrently an arena of
+    its own, up to 8 per core, and keeps their fragmented pages: with 16 worker threads that was a slow,
+    steady growth of the resident memory under a long mixed load. Called before any worker thread
+    exists; a no-op where the C library is not glibc. Returns whether the bound was set."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, n))
+    except (OSError, AttributeError):
+        return False
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service; the database is migrated to head and opened when the app starts."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        bound_malloc_arenas()
         url = settings.resolved_db_url()
         upgrade_to_head(url)
         # one thread limit for sync routes and run_in_threadpool; the pools are sized to match

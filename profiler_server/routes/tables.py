@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fbnet import wire
 from fbnet.configuration import Precision, Selector
 from profiler_server.auth import require_admin
-from profiler_server.deps import CacheDep, CallerDep, DatabaseDep, ReaderDep, ReadSession, WriteSession
+from profiler_server.deps import CallerDep, ReaderDep, ReadSession, WriteSession
 from profiler_server.domain import importers
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.spaces import resolve_space
@@ -55,8 +55,6 @@ async def get_table(
     device: str,
     space: SpaceQuery,
     request: Request,
-    db: DatabaseDep,
-    cache: CacheDep,
     _: ReaderDep,
     sel: SelectorDep,
     format: Literal["json", "csv"] = "json",
@@ -66,8 +64,10 @@ async def get_table(
     selectors pick it, unspecified ones the newest complete configuration. ``ETag`` is the table's
     version (it covers the configuration)."""
     item = None
-    # the hot path, on the event loop: the device's current generation (SQLite), then the cache
-    probe = request.app.state.generations
+    # the hot path, on the event loop: the device's current generation (SQLite), then the cache (app
+    # state read directly: every injected dependency costs the hot path measurably)
+    state = request.app.state
+    db, cache, probe = state.db, state.table_cache, state.generations
     if probe is not None and (gen := probe.generation(device)) is not None:
         item = cache.peek(gen[0], gen[1], space, sel)
     if item is None:  # a miss, or PostgreSQL: one thread hop, in which the session opens, checks and closes
