@@ -88,7 +88,7 @@ def test_a_finish_through_one_worker_is_never_served_stale_by_another(engine, tm
             return httpx.get(f"{server.url}/tables/two-workers", params={"space": SPACE}, headers=h, timeout=60)
 
         etag, values = None, []
-        for value in (100.0, 300.0, 200.0, 50.0):
+        for value in (100.0, 300.0, 50.0):
             with server.client(token, timeout=60) as c:
                 rid = _run(c)
                 assert c.post(f"/runs/{rid}/measurements",
@@ -96,13 +96,13 @@ def test_a_finish_through_one_worker_is_never_served_stale_by_another(engine, tm
                 assert c.post(f"/runs/{rid}/finish", json={}).status_code == 200
             values.append(value)
             want = statistics.median(values)
-            for _ in range(12):
+            for _ in range(8):
                 r = read(etag)
                 assert r.status_code == 200, f"stale: a 304 for the table before run {rid} finished"
                 got = {e["latency_us"] for e in r.json()["entries"] if e["key"] in KEYS}
                 assert got == {want}, f"after {values}: served {got}"
             new = r.headers["etag"]
-            assert all(read(new).status_code == 304 for _ in range(6))
+            assert all(read(new).status_code == 304 for _ in range(4))
             etag = new
     finally:
         cleanup()
