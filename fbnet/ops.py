@@ -67,6 +67,23 @@ _POOL_KEY = re.compile(r"^pool-(?P<cin>\d+)x(?P<h>\d+)x(?P<w>\d+)$")
 _FC_KEY = re.compile(r"^fc-(?P<cin>\d+)-(?P<cout>\d+)$")
 
 
+# The structured fields of an op, in the order the HTTP API lists them, with their types: declared
+# here once. Op.fields() returns them and fbnet.wire.OpFields (every table, space and compare entry)
+# is built from them; the fields typed ``| None`` are optional (blocks without a kernel, ...).
+OP_FIELDS: dict[str, object] = {
+    "key": str,
+    "block": str,
+    "kernel": int | None,
+    "expansion": int | None,
+    "groups": int | None,
+    "cin": int,
+    "h": int,
+    "w": int,
+    "cout": int,
+    "stride": int,
+}
+
+
 class KeyError_(ValueError):
     """An op key that does not parse."""
 
@@ -116,19 +133,8 @@ class Op:
         return (1, self.cin, self.h, self.w)
 
     def fields(self) -> dict:
-        """Structured fields, the same names the HTTP table uses."""
-        return {
-            "key": self.key,
-            "block": self.block,
-            "kernel": self.kernel,
-            "expansion": self.expansion,
-            "groups": self.groups,
-            "cin": self.cin,
-            "h": self.h,
-            "w": self.w,
-            "cout": self.cout,
-            "stride": self.stride,
-        }
+        """Structured fields (:data:`OP_FIELDS`), the same names the HTTP table uses."""
+        return {name: getattr(self, name) for name in OP_FIELDS}
 
     @property
     def macs(self) -> int:

@@ -1,84 +1,50 @@
 """Wire schemas: the one definition of every request and response body of the HTTP API.
 
 The server, the device agents and the search client all import these; no other module declares a
-request or response shape. Only pydantic and the torch-free ``fbnet`` modules are imported here."""
+request or response shape. The runs and measurements live in :mod:`fbnet.wire_runs`, the shared base
+and limits in :mod:`fbnet.wire_base`; both are re-exported here, so ``from fbnet.wire import X`` is
+the one import for every model. Only pydantic and the torch-free ``fbnet`` modules are imported."""
 
 from __future__ import annotations
 
-import json
-import math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator
 
 from fbnet.configuration import Configuration, ConfigurationOut, Precision, Selector  # noqa: F401 (the contract)
-
-DEVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-MAX_BATCH = 1000
-MAX_SAMPLES = 10_000
-
-DeviceName = Annotated[str, Field(pattern=DEVICE_NAME_PATTERN, description="slug: a-z, 0-9 and '-'")]
-Platform = Literal["android", "ios", "linux", "macos", "windows", "other"]
-
-
-def _finite_positive(v: float | None, what: str) -> float | None:
-    if v is not None and (not math.isfinite(v) or v <= 0):
-        raise ValueError(f"{what} must be a finite positive number of microseconds, got {v}")
-    return v
-
-
-MAX_INT = 2_000_000_000  # fits a 32-bit INTEGER column on every engine
-MAX_ID = 2**63 - 1
-
-
-MAX_DEPTH = 8  # nesting of any JSON value in a request (free-form dicts included)
-MAX_EXTRA_BYTES = 64 * 1024  # free-form ``extra`` / ``metadata`` as compact JSON
-
-
-def _check_json(x, path: str = "body") -> None:
-    """Reject what no database stores faithfully (NUL characters, non-finite numbers) and nesting
-    deeper than MAX_DEPTH; iterative, so no input can exhaust the stack."""
-    todo = [(x, path, 0)]
-    while todo:
-        x, path, depth = todo.pop()
-        if depth > MAX_DEPTH:
-            raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels")
-        if isinstance(x, str) and "\x00" in x:
-            raise ValueError(f"{path}: strings must not contain NUL characters")
-        if isinstance(x, float) and not math.isfinite(x):
-            raise ValueError(f"{path}: numbers must be finite, got {x}")
-        if isinstance(x, dict):
-            todo += [(k, path, depth + 1) for k in x] + [(v, f"{path}.{k}", depth + 1) for k, v in x.items()]
-        elif isinstance(x, list | tuple):
-            todo += [(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(x)]
-
-
-def _bounded(d: dict) -> dict:
-    if (n := len(json.dumps(d, separators=(",", ":"), default=str))) > MAX_EXTRA_BYTES:
-        raise ValueError(f"{n} bytes of free-form JSON; the limit is {MAX_EXTRA_BYTES}")
-    return d
-
-
-# free-form provenance (``extra``, ``metadata``): at most MAX_DEPTH levels and MAX_EXTRA_BYTES
-FreeForm = Annotated[dict[str, Any], AfterValidator(_bounded)]
-
-
-class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable(cls, data):
-        if isinstance(data, dict):
-            for k, v in data.items():
-                if not isinstance(v, float):  # floats get their own, field-specific messages
-                    _check_json(v, str(k))
-        return data
+from fbnet.ops import OP_FIELDS
+from fbnet.wire_base import (  # noqa: F401 (re-exported: the contract)
+    DEVICE_NAME_PATTERN,
+    MAX_BATCH,
+    MAX_DEPTH,
+    MAX_EXTRA_BYTES,
+    MAX_ID,
+    MAX_INT,
+    MAX_SAMPLES,
+    DeviceName,
+    FreeForm,
+    Platform,
+    WireModel,
+    check_json,
+    finite_positive,
+)
+from fbnet.wire_runs import (  # noqa: F401 (re-exported: the contract)
+    BatchResult,
+    Measurement,
+    MeasurementBatch,
+    OverheadUs,
+    RunCreate,
+    RunFinish,
+    RunMeasurements,
+    RunOut,
+    RunProvenance,
+    StoredMeasurement,
+)
 
 
 # ---- devices -----------------------------------------------------------------------------
-class DeviceCreate(_Base):
+class DeviceCreate(WireModel):
     name: DeviceName
     platform: Platform
     runtime: str = Field(min_length=1, max_length=64, description="e.g. executorch-xnnpack, coreml")
@@ -89,7 +55,7 @@ class DeviceCreate(_Base):
     metadata: FreeForm = Field(default_factory=dict)
 
 
-class DeviceOut(_Base):
+class DeviceOut(WireModel):
     name: str
     platform: str
     runtime: str
@@ -107,194 +73,30 @@ class DeviceCreated(DeviceOut):
 
 
 # ---- spaces ------------------------------------------------------------------------------
-class OpFields(_Base):
-    key: str
-    block: str
-    kernel: int | None = None
-    expansion: int | None = None
-    groups: int | None = None
-    cin: int
-    h: int
-    w: int
-    cout: int
-    stride: int
+def _op_field(t) -> tuple:
+    return (t, None) if type(None) in get_args(t) else (t, ...)
+
+
+# The structured fields of an op: declared once, by fbnet.ops.OP_FIELDS (what Op.fields() returns).
+OpFields = create_model("OpFields", __base__=WireModel, __module__=__name__,
+                        __doc__="The structured fields of an op (fbnet.ops.OP_FIELDS, as Op.fields() gives them).",
+                        **{name: _op_field(t) for name, t in OP_FIELDS.items()})
 
 
 class SpaceOp(OpFields):
     layers: list[int] = Field(default_factory=list)
 
 
-class SpaceSummary(_Base):
+class SpaceSummary(WireModel):
     space: str
     version: str
     n_ops: int
 
 
-class SpaceOut(_Base):
+class SpaceOut(WireModel):
     space: str
     version: str
     ops: list[SpaceOp]
-
-
-# ---- runs and measurements ---------------------------------------------------------------
-def _overhead(v: float | None) -> float | None:
-    if v is not None and (not math.isfinite(v) or v < 0):
-        raise ValueError(f"overhead_us must be finite and >= 0, got {v}")
-    return v
-
-
-OverheadUs = Annotated[float | None, AfterValidator(_overhead)]
-
-
-class RunProvenance(_Base):
-    """What a run ran on, as the transport that ran it can tell; every field but the runtime optional."""
-
-    runtime: str = Field(max_length=64, description="executorch, coreml, ...")
-    runtime_version: str = Field(max_length=64)
-    precision: Precision | None = Field(default=None, description="fp32/fp16/int8; default: the device's")
-    build: str | None = Field(default=None, max_length=256, description="runner build / app version")
-    threads: int | None = Field(default=None, ge=1, le=256)
-    cpu_mask: str | None = Field(default=None, max_length=64)
-    compute_units: str | None = Field(default=None, max_length=32)
-    host: str | None = Field(default=None, max_length=256)
-    device_model: str | None = Field(default=None, max_length=128)
-    soc: str | None = Field(default=None, max_length=128)
-    os: str | None = Field(default=None, max_length=128)
-    extra: FreeForm = Field(default_factory=dict)
-
-
-class RunCreate(RunProvenance):
-    space: str
-    device: DeviceName | None = Field(default=None, description="default: the token's device (required with admin's)")
-    transport: Literal["host", "native", "adb", "ios", "import", "other"] = "host"
-    agent_version: str = Field(max_length=64)
-    warmup: int | None = Field(default=None, ge=0, le=MAX_INT)
-    repeats: int | None = Field(default=None, ge=1, le=MAX_INT)
-    rounds: int | None = Field(default=None, ge=1, le=MAX_INT)
-    overhead_us: OverheadUs = Field(default=None, description="runtime per-call overhead (identity program)")
-    temps_before: dict[str, float] = Field(default_factory=dict)
-    cpu_freqs_before: dict[str, float] = Field(default_factory=dict)
-    started_at: datetime | None = None
-    idempotency_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{8,64}$", description=(
-        "client-chosen; a retried POST with the same key returns the run it opened instead of a new one"))
-
-
-class RunFinish(_Base):
-    temps_after: dict[str, float] = Field(default_factory=dict)
-    cpu_freqs_after: dict[str, float] = Field(default_factory=dict)
-    overhead_us: OverheadUs = None
-    status: Literal["finished", "failed", "aborted"] = "finished"
-    unstable: bool = Field(False, description="reference ops drifted: left out of tables unless asked for")
-    extra: FreeForm = Field(default_factory=dict)
-
-
-class RunOut(_Base):
-    id: int
-    device: str
-    space: str
-    space_version: str
-    transport: str
-    agent_version: str
-    runtime: str
-    runtime_version: str
-    precision: str = "fp32"
-    unstable: bool = False
-    build: str | None = None
-    threads: int | None = None
-    cpu_mask: str | None = None
-    compute_units: str | None = None
-    host: str | None = None
-    device_model: str | None = None
-    soc: str | None = None
-    os: str | None = None
-    warmup: int | None = None
-    repeats: int | None = None
-    rounds: int | None = None
-    overhead_us: float | None = None
-    temps_before: dict[str, float] = Field(default_factory=dict)
-    temps_after: dict[str, float] = Field(default_factory=dict)
-    cpu_freqs_before: dict[str, float] = Field(default_factory=dict)
-    cpu_freqs_after: dict[str, float] = Field(default_factory=dict)
-    status: str
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    n_measurements: int = 0
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-
-class Measurement(_Base):
-    """Robust statistics of one op in one run, in microseconds."""
-
-    key: str = Field(max_length=128)
-    n: int = Field(ge=1, le=MAX_INT)
-    median_us: float
-    mean_us: float
-    std_us: float = Field(ge=0)
-    min_us: float
-    p10_us: float
-    p90_us: float
-    samples_us: list[float] | None = Field(default=None, max_length=MAX_SAMPLES)
-    overhead_us: OverheadUs = Field(None, description="per-call overhead of the op's input shape, same rounds")
-
-    @field_validator("median_us", "mean_us", "min_us", "p10_us", "p90_us")
-    @classmethod
-    def _pos(cls, v, info):
-        return _finite_positive(v, info.field_name)
-
-    @field_validator("std_us")
-    @classmethod
-    def _std(cls, v):
-        if not math.isfinite(v):
-            raise ValueError("std_us must be finite")
-        return v
-
-    @field_validator("samples_us")
-    @classmethod
-    def _samples(cls, v):
-        for s in v or []:
-            _finite_positive(s, "every sample")
-        return v
-
-    @model_validator(mode="after")
-    def _order(self):
-        if not (self.min_us <= self.p10_us <= self.median_us <= self.p90_us):
-            raise ValueError(f"{self.key}: statistics out of order (need min <= p10 <= median <= p90)")
-        return self
-
-
-class MeasurementBatch(_Base):
-    measurements: list[Measurement] = Field(min_length=1, max_length=MAX_BATCH)
-
-
-class StoredMeasurement(_Base):
-    """A measurement as stored (imports may hold exact zeros, so no positivity check here)."""
-
-    key: str
-    n: int
-    median_us: float
-    mean_us: float
-    std_us: float
-    min_us: float
-    p10_us: float
-    p90_us: float
-    samples_us: list[float] | None = None
-    overhead_us: float | None = None
-
-
-class RunMeasurements(_Base):
-    run_id: int
-    device: str
-    space: str
-    status: str
-    keys: list[str] = Field(description="op keys this run already has (what --resume skips)")
-    measurements: list[StoredMeasurement]
-
-
-class BatchResult(_Base):
-    run_id: int
-    received: int
-    stored: int = Field(description="new rows; re-sent ops of the same run are not stored twice")
-    duplicates: int
 
 
 # ---- tables ------------------------------------------------------------------------------
@@ -311,7 +113,7 @@ class TableEntry(OpFields):
     layers: list[int] = Field(default_factory=list)
 
 
-class Table(_Base):
+class Table(WireModel):
     device: str
     space: str
     space_version: str
@@ -325,7 +127,7 @@ class Table(_Base):
     entries: list[TableEntry]
 
 
-class ImportResult(_Base):
+class ImportResult(WireModel):
     device: str
     space: str
     format: str
@@ -341,7 +143,7 @@ class CompareEntry(OpFields):
     ratio: float | None = Field(description="a / b")
 
 
-class CompareOut(_Base):
+class CompareOut(WireModel):
     space: str
     a: str
     b: str
@@ -352,7 +154,7 @@ class CompareOut(_Base):
 
 
 # ---- validations -------------------------------------------------------------------------
-class ValidationCreate(_Base):
+class ValidationCreate(WireModel):
     space: str
     device: DeviceName | None = Field(default=None, description="default: the token's device (required with admin's)")
     arch: list[str] = Field(min_length=22, max_length=22, description="22 block names")
@@ -368,7 +170,7 @@ class ValidationCreate(_Base):
     @field_validator("predicted_us", "measured_us")
     @classmethod
     def _pos(cls, v, info):
-        return _finite_positive(v, info.field_name)
+        return finite_positive(v, info.field_name)
 
 
 class ValidationOut(ValidationCreate):
@@ -378,7 +180,7 @@ class ValidationOut(ValidationCreate):
     created_at: datetime | None = None
 
 
-class ValidationSummary(_Base):
+class ValidationSummary(WireModel):
     device: str
     space: str
     count: int
@@ -390,11 +192,11 @@ class ValidationSummary(_Base):
 
 
 # ---- misc --------------------------------------------------------------------------------
-class Health(_Base):
+class Health(WireModel):
     status: Literal["ok", "degraded"]
     db: bool
     version: str
 
 
-class ErrorOut(_Base):
+class ErrorOut(WireModel):
     detail: Any

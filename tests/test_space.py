@@ -182,3 +182,21 @@ def test_space_is_declared_once():
     for name, rows in PREDEFINED_NAMES.items():
         assert [len(r) for r in rows] == [n for _, n in STAGES]
         assert list(PREDEFINED[name]) == published[name]
+
+
+def test_op_fields_are_declared_once():
+    """fbnet.ops.OP_FIELDS is the one list of an op's structured fields: Op.fields() returns exactly
+    those, and the wire model of every space/table/compare entry is built from them (same names, same
+    order, optional where the type allows None), so the two can no longer drift apart."""
+    from fbnet.ops import OP_FIELDS
+    from fbnet.wire import CompareEntry, OpFields, SpaceOp, TableEntry
+
+    assert list(OpFields.model_fields) == list(OP_FIELDS)
+    for model in (SpaceOp, TableEntry, CompareEntry):
+        assert list(model.model_fields)[:len(OP_FIELDS)] == list(OP_FIELDS)
+    required = {n for n, f in OpFields.model_fields.items() if f.is_required()}
+    assert required == {"key", "block", "cin", "h", "w", "cout", "stride"}
+    for name in SPACES:
+        for op in get_space(name).ops:
+            assert list(op.fields()) == list(OP_FIELDS)
+            assert OpFields(**op.fields()).model_dump() == op.fields()  # every field validates, none dropped
