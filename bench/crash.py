@@ -50,6 +50,19 @@ def wait_for_spool(spool: Path, p: subprocess.Popen) -> float:
     return time.monotonic()
 
 
+def wait_for_finish(url: str, device: str, p: subprocess.Popen) -> float:
+    """When the agent's run was finished on the service (its last upload), or it exited."""
+    while p.poll() is None:
+        try:
+            runs = httpx.get(f"{url}/runs", params={"device": device}, timeout=10).json()
+        except httpx.HTTPError:
+            runs = []
+        if any(r["status"] == "finished" for r in runs):
+            break
+        time.sleep(0.02)
+    return time.monotonic()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=6, help="kills per mode")
@@ -77,13 +90,16 @@ def main() -> None:
         p = agent("profile", "--server", server.url, "--device", f"crash-calibrate-{k}", "--token", token0,
                   "--spool-dir", str(tmp / f"spool-cal-{k}"), *common)
         t_open = wait_for_spool(tmp / f"spool-cal-{k}", p) - t0
+        t_finish = wait_for_finish(server.url, f"crash-calibrate-{k}", p) - t0
         out, _ = p.communicate(timeout=1200)
         span = time.monotonic() - t0
         if p.returncode != 0:
             raise SystemExit(f"calibration run failed ({p.returncode}):\n{out[-3000:]}")
-    window = max(1.0, span - t_open)
-    print(f"a run takes {span:.1f} s with a warm export cache; its run is open (spooled) for the last "
-          f"{window:.1f} s: the kills land there", flush=True)
+    # the kills land between the run's opening and its finish on the service (the uploads): a kill
+    # after the finish, while the agent process winds down, tests nothing
+    window = max(0.2, t_finish - t_open)
+    print(f"a run takes {span:.1f} s with a warm export cache; its run is open (spooled) {window:.1f} s "
+          f"before the service has it finished: the kills land there", flush=True)
     modes = ["service", "agent"] if args.mode == "both" else [args.mode]
     rows = []
     for mode in modes:
