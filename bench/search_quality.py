@@ -8,8 +8,11 @@ specialisation with cross-evaluation, and the search's cost per sampler.
 targets spread over the table's range it searches with ``--target-ms``, then trains the found
 architecture and ``--randoms`` random architectures whose predicted latency is within +-5 % of it,
 all with the same child-training budget, and reports accuracy against latency (and a Pareto PNG).
-For each ``--versus`` table it searches at the same relative target and cross-evaluates each
-device's architecture on the other's table. Every budget (images, epochs) is printed with the
+For each ``--versus`` table it measures specialisation at an equivalent budget: a reference
+architecture R (``--reference``, FBNet-B by default) sets each device's target to R's latency on
+that device's own table, each device searches at its target, and each device's architecture is
+cross-evaluated on the other's table (``--relative F`` instead uses the old protocol, the same share
+F of each table's range, which mixes budget with specialisation). Every budget (images, epochs) is printed with the
 results: on a shared 2-core CPU this is a small-budget measurement, not a converged one.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -36,7 +40,7 @@ from search.data import DataError, load_dataset  # noqa: E402
 from search.dist import DistEnv  # noqa: E402
 from search.select import latency_range, random_within  # noqa: E402
 from search.supernet import ArchParams, Supernet, proxy_space  # noqa: E402
-from search.trainer import run_search, search_resolution  # noqa: E402
+from search.trainer import LARGEST, run_search, search_resolution  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -53,11 +57,13 @@ def lut_of(a, spec: str | None, space):
 def step_cost(space, batch: int, repeats: int) -> list[dict]:
     """Seconds per search step (weight step + theta step) for each sampler, at equal batch."""
     rows = []
-    for sampler, width, res in (("gumbel", 1.0, None), ("single", 1.0, None), ("gumbel", 0.5, 16),
-                                ("single", 0.5, 16)):
+    largest = torch.nn.functional.one_hot(torch.full((22,), LARGEST), 9).float().to(DEVICE)
+    for sampler, width, res, shared in (("gumbel", 1.0, None, False), ("single", 1.0, None, False),
+                                        ("gumbel", 0.5, 16, False), ("single", 0.5, 16, False),
+                                        ("single", 0.5, 16, True)):  # the last: the default (shared + anchor)
         ps = proxy_space(space, width, res)
         torch.manual_seed(0)
-        net, arch = Supernet(ps).to(DEVICE).train(), ArchParams().to(DEVICE)
+        net, arch = Supernet(ps, shared=shared).to(DEVICE).train(), ArchParams().to(DEVICE)
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
         t_opt = torch.optim.Adam(arch.parameters(), lr=0.01)
         x = torch.randn(batch, 3, ps.resolution, ps.resolution, device=DEVICE)
@@ -69,6 +75,8 @@ def step_cost(space, batch: int, repeats: int) -> list[dict]:
             with torch.no_grad():
                 m = arch.gumbel_weights(1.0, hard=single)
             opt.zero_grad()
+            if shared:  # the default weight step: the sandwich rule's largest path too
+                F.cross_entropy(net(x, largest, True), y).backward()
             F.cross_entropy(net(x, m, single), y).backward()
             opt.step()
             m = arch.gumbel_weights(1.0, hard=single)
@@ -78,7 +86,8 @@ def step_cost(space, batch: int, repeats: int) -> list[dict]:
             if DEVICE.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        rows.append({"sampler": sampler, "proxy": ps.name, "batch": batch, "step_s": min(times[1:])})
+        rows.append({"sampler": sampler, "weights": "shared+anchor" if shared else "independent", "proxy": ps.name,
+                     "batch": batch, "step_s": min(times[1:])})
     return rows
 
 
@@ -96,7 +105,8 @@ def search(a, space, lut, data, target_us: float, out: Path) -> dict:
     return {"device": lut.device, "target_us": target_us, "arch": list(r.arch.blocks),
             "predicted_us": r.predicted_latency_us, "error_pct": 100 * (r.predicted_latency_us / target_us - 1),
             "theta_entropy": last["theta_entropy"], "theta_steps": last["theta_steps"], "wall_s": wall,
-            "time_to_entropy_1_s": conv, "expected_latency_us": last["expected_latency_us"]}
+            "time_to_entropy_1_s": conv, "expected_latency_us": last["expected_latency_us"],
+            "w_acc": last["w_acc"], "w_acc_per_epoch": [h["w_acc"] for h in r.history]}
 
 
 def main() -> None:
@@ -108,7 +118,12 @@ def main() -> None:
     p.add_argument("--space", default="fbnet-cifar")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--targets", default="0.2,0.35,0.5", help="targets as fractions of the table's range")
-    p.add_argument("--relative", type=float, default=0.35, help="the relative target of the specialisation")
+    p.add_argument("--reference", default="FBNet-B",
+                   help="specialisation budget: each device's target is this architecture's latency on its own "
+                        "table (FBNet-A/B/C or 22 block names / indices)")
+    p.add_argument("--relative", type=float, default=None,
+                   help="old protocol: the same share of each table's range as the target (mixes budget and "
+                        "specialisation)")
     p.add_argument("--subset", type=int, default=1000, help="training images of every search")
     p.add_argument("--epochs", type=int, default=6, help="search epochs")
     p.add_argument("--batch", type=int, default=64)
@@ -121,8 +136,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/search-quality"))
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--png", type=Path, help="the Pareto plot (accuracy vs predicted latency)")
-    p.add_argument("--only", choices=["cost", "random", "specialisation"], action="append",
-                   help="run only these parts (repeatable; default all)")
+    p.add_argument("--only", choices=["cost", "random", "specialisation", "table"], action="append",
+                   help="run only these parts (repeatable; default all). table: specialisation without training, "
+                        "each device's architecture is the fastest on its own table with at least the reference's "
+                        "MACs (exact DP), cross-evaluated")
     a = p.parse_args()
     if (a.table is None) == (a.device is None):
         p.error("give --table FILE or --server URL --device NAME")
@@ -145,11 +162,11 @@ def main() -> None:
     child_cfg = ChildConfig(epochs=a.child_epochs, batch_size=a.child_batch, seed=a.seed)
     res["torch_device"] = str(DEVICE) + (f" ({torch.cuda.get_device_name()})" if DEVICE.type == "cuda" else "")
 
-    parts = set(a.only or ["cost", "random", "specialisation"])
+    parts = set(a.only or ["cost", "random", "specialisation", "table"])
     if "cost" in parts:
         res["cost"] = step_cost(space, a.cost_batch, repeats=2)
         for r in res["cost"]:
-            print(f"cost: {r['sampler']:6s} {r['proxy']:32s} batch {r['batch']}: {r['step_s']:.3f} s/step", flush=True)
+            print(f"cost: {r['sampler']:6s} {r['weights']:13s} {r['proxy']:32s} batch {r['batch']}: {r['step_s']:.3f} s/step", flush=True)
 
     lo, hi = latency_range(main_lut)
     res["range_us"] = [lo, hi]
@@ -179,27 +196,121 @@ def main() -> None:
               f"max {s['random_max']:.3f}, n={len(accs)})", flush=True)
 
     res["specialisation"] = []
-    own = next((t for t in res["targets"] if abs(t["frac"] - a.relative) < 1e-9), None)
-    if own is None and versus and "specialisation" in parts:
-        own = search(a, space, main_lut, sdata, lo + a.relative * (hi - lo), a.out / f"{main_lut.device}-rel")
-    for v in versus if "specialisation" in parts else []:
-        vlo, vhi = latency_range(v)
-        other = search(a, space, v, sdata, vlo + a.relative * (vhi - vlo), a.out / f"{v.device}-rel")
-        am, av = _arch(own["arch"]), _arch(other["arch"])
-        cross = {"a": main_lut.device, "b": v.device, "relative_target": a.relative,
-                 "a_arch_on_a_us": predict(main_lut, am)["latency_us"], "b_arch_on_a_us": predict(main_lut, av)["latency_us"],
-                 "b_arch_on_b_us": predict(v, av)["latency_us"], "a_arch_on_b_us": predict(v, am)["latency_us"],
-                 "a_search": own, "b_search": other}
-        cross["speedup_on_a"] = cross["b_arch_on_a_us"] / cross["a_arch_on_a_us"]
-        cross["speedup_on_b"] = cross["a_arch_on_b_us"] / cross["b_arch_on_b_us"]
-        res["specialisation"].append(cross)
+    if versus and "specialisation" in parts:
+        res["specialisation"] = specialisation(a, space, main_lut, versus, sdata, res["targets"])
         _save(a, res)
-        print(f"specialisation {main_lut.device} vs {v.device}: own arch faster on {main_lut.device} by "
-              f"{cross['speedup_on_a']:.2f}x, on {v.device} by {cross['speedup_on_b']:.2f}x", flush=True)
+    if versus and "table" in parts:
+        res["specialisation_table_only"] = table_only_specialisation(space, main_lut, versus, _ref(a.reference),
+                                                                     a.reference)
+        _save(a, res)
 
     if a.png and res["targets"]:
         _plot(res, a.png, main_lut.device)
     _save(a, res)
+
+
+def specialisation(a, space, main_lut, versus, sdata, done: list[dict]) -> list[dict]:
+    """Each device's own architecture against the other's, on each table, at an equivalent budget."""
+    ref = None if a.relative is not None else _ref(a.reference)
+
+    def target(lut):
+        if ref is not None:
+            return predict(lut, ref)["latency_us"]
+        lo, hi = latency_range(lut)
+        return lo + a.relative * (hi - lo)
+
+    def own_search(lut, name):
+        t = target(lut)
+        hit = next((d for d in done if d["device"] == lut.device and abs(d["target_us"] / t - 1) < 1e-9), None)
+        return hit or search(a, space, lut, sdata, t, a.out / f"{lut.device}-{name}")
+
+    name = "rel" if ref is None else "ref"
+    own = own_search(main_lut, name)
+    out = []
+    for v in versus:
+        other = own_search(v, name)
+        am, av = _arch(own["arch"]), _arch(other["arch"])
+        cross = {"a": main_lut.device, "b": v.device,
+                 "protocol": f"relative {a.relative}" if ref is None else f"reference {a.reference}",
+                 "a_target_us": own["target_us"], "b_target_us": other["target_us"],
+                 "a_arch_on_a_us": predict(main_lut, am)["latency_us"], "b_arch_on_a_us": predict(main_lut, av)["latency_us"],
+                 "b_arch_on_b_us": predict(v, av)["latency_us"], "a_arch_on_b_us": predict(v, am)["latency_us"],
+                 "a_search": own, "b_search": other}
+        if ref is not None:
+            cross["ref_on_a_us"], cross["ref_on_b_us"] = predict(main_lut, ref)["latency_us"], predict(v, ref)["latency_us"]
+        cross["speedup_on_a"] = cross["b_arch_on_a_us"] / cross["a_arch_on_a_us"]
+        cross["speedup_on_b"] = cross["a_arch_on_b_us"] / cross["b_arch_on_b_us"]
+        out.append(cross)
+        print(f"specialisation ({cross['protocol']}) {main_lut.device} vs {v.device}: targets "
+              f"{own['target_us'] / 1000:.2f} / {other['target_us'] / 1000:.2f} ms; {main_lut.device}: own "
+              f"{cross['a_arch_on_a_us'] / 1000:.2f} ms, other's {cross['b_arch_on_a_us'] / 1000:.2f} ms "
+              f"({cross['speedup_on_a']:.2f}x); {v.device}: own {cross['b_arch_on_b_us'] / 1000:.2f} ms, other's "
+              f"{cross['a_arch_on_b_us'] / 1000:.2f} ms ({cross['speedup_on_b']:.2f}x)", flush=True)
+    return out
+
+
+def fastest_with_macs(space, lut, min_macs: int, buckets: int = 4000):
+    """The architecture with the lowest table latency among those with at least ``min_macs`` MACs
+    (exact feasibility: item MACs are rounded down, the bound up; optimal up to that rounding)."""
+    from fbnet.space import CANDIDATE_NAMES, Arch
+
+    fixed = sum(op.macs for op in (space.stem, space.head, space.pool, space.fc))
+    need_macs = max(0, min_macs - fixed)
+    step = max(1.0, need_macs / buckets)
+    need = math.ceil(need_macs / step)
+    lat = lut.matrix
+    best = [0.0] + [math.inf] * need  # best[b]: least latency reaching bucket b (b = need means >= need)
+    choice = []
+    for layer in range(len(lat)):
+        items = [(min(need, int(space.layer_op(layer, n).macs // step)), lat[layer][i])
+                 for i, n in enumerate(CANDIDATE_NAMES)]
+        new, pick = [math.inf] * (need + 1), [-1] * (need + 1)
+        for b, v in enumerate(best):
+            if v == math.inf:
+                continue
+            for i, (w, t) in enumerate(items):
+                nb = min(need, b + w)
+                if v + t < new[nb]:
+                    new[nb], pick[nb] = v + t, (i, b)
+        best = new
+        choice.append(pick)
+    idx, b = [0] * len(lat), need
+    for layer in range(len(lat) - 1, -1, -1):
+        idx[layer], b = choice[layer][b]
+    arch = Arch.from_indices(idx)
+    assert space.arch_mflops(arch) * 1e6 >= min_macs - 1e-6
+    return arch
+
+
+def table_only_specialisation(space, main_lut, versus, ref, ref_name: str) -> list[dict]:
+    """Device specialisation without training: at equal capacity (MACs >= the reference's), each
+    device's table-optimal architecture, cross-evaluated on the other table."""
+    macs = round(space.arch_mflops(ref) * 1e6)
+    own = fastest_with_macs(space, main_lut, macs)
+    out = []
+    for v in versus:
+        other = fastest_with_macs(space, v, macs)
+        r = {"a": main_lut.device, "b": v.device, "protocol": f"table-only, MACs >= {ref_name}'s ({macs / 1e6:.1f} M)",
+             "a_arch": list(own.blocks), "b_arch": list(other.blocks),
+             "a_mmacs": space.arch_mflops(own), "b_mmacs": space.arch_mflops(other),
+             "ref_on_a_us": predict(main_lut, ref)["latency_us"], "ref_on_b_us": predict(v, ref)["latency_us"],
+             "a_arch_on_a_us": predict(main_lut, own)["latency_us"], "b_arch_on_a_us": predict(main_lut, other)["latency_us"],
+             "b_arch_on_b_us": predict(v, other)["latency_us"], "a_arch_on_b_us": predict(v, own)["latency_us"]}
+        r["speedup_on_a"] = r["b_arch_on_a_us"] / r["a_arch_on_a_us"]
+        r["speedup_on_b"] = r["a_arch_on_b_us"] / r["b_arch_on_b_us"]
+        out.append(r)
+        print(f"table-only specialisation {main_lut.device} vs {v.device} ({r['protocol']}): {main_lut.device}: own "
+              f"{r['a_arch_on_a_us'] / 1000:.2f} ms, other's {r['b_arch_on_a_us'] / 1000:.2f} ms ({r['speedup_on_a']:.2f}x); "
+              f"{v.device}: own {r['b_arch_on_b_us'] / 1000:.2f} ms, other's {r['a_arch_on_b_us'] / 1000:.2f} ms "
+              f"({r['speedup_on_b']:.2f}x); reference {r['ref_on_a_us'] / 1000:.2f} / {r['ref_on_b_us'] / 1000:.2f} ms",
+              flush=True)
+    return out
+
+
+def _ref(text: str):
+    from fbnet.space import Arch
+
+    return Arch.parse(text)
 
 
 def _save(a, res: dict) -> None:

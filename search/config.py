@@ -1,7 +1,7 @@
 """The search's settings and schedules (no torch).
 
 Defaults are the measured fast-converging setting for a CPU (``bench/RESULTS-search-quality.md``);
-the paper's setting is ``sampler="gumbel"``, ``proxy_width=1``, full resolution, 90 epochs with 10
+the paper's setting is ``sampler="gumbel"``, ``weights="independent"``, ``proxy_width=1``, full resolution, 90 epochs with 10
 warm-up, theta lr 0.01, batch 192 on ImageNet-100 (``--paper`` on the command line).
 
 Schedule scaled to the run: tau goes from ``tau0`` = 5 at the first epoch to ``tau_end`` = 0.087 at
@@ -30,6 +30,10 @@ class SearchConfig:
     theta_batch_size: int | None = 16  # None: batch_size. Small theta batches: more theta steps per epoch
     sampler: str = "single"  # "single": hard Gumbel, straight-through, one candidate runs (GDAS);
     #                          "gumbel": the paper's soft Gumbel-softmax over all 9 candidates
+    weights: str = "independent"  # "independent": 9 modules per layer (the paper); "shared": a layer's IR
+    #                               candidates slice one set of weights (search.shared; experimental, see RESULTS)
+    anchor: bool = False  # each weight step also trains the largest candidate in every layer (the sandwich rule
+    #                       of slimmable networks / BigNAS; stem, head and fc follow that path only). Experimental
     proxy_width: float = 0.5  # the supernet's width multiplier (1.0 = the target space's widths)
     proxy_resolution: int | None = 16  # input resolution of the search (None = the space's)
     alpha: float = 0.2
@@ -68,6 +72,8 @@ class SearchConfig:
             raise TrainError(f"theta batch size must be >= 1, got {self.theta_batch_size}")
         if self.sampler not in ("single", "gumbel"):
             raise TrainError(f"sampler must be 'single' or 'gumbel', got {self.sampler!r}")
+        if self.weights not in ("shared", "independent"):
+            raise TrainError(f"weights must be 'shared' or 'independent', got {self.weights!r}")
         if not 0 < self.proxy_width <= 1:
             raise TrainError(f"proxy width must be in (0, 1], got {self.proxy_width}")
         if self.proxy_resolution is not None and self.proxy_resolution < 8:
@@ -86,7 +92,7 @@ class SearchConfig:
             raise TrainError(f"need 0 < tau_end <= tau0, got {self.tau_end}, {self.tau0}")
 
 
-PAPER = dict(epochs=90, warmup_epochs=10, sampler="gumbel", proxy_width=1.0, proxy_resolution=None, theta_lr=0.01,
+PAPER = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weights="independent", anchor=False, proxy_width=1.0, proxy_resolution=None, theta_lr=0.01,
              theta_batch_size=None)
 
 

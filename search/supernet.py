@@ -26,6 +26,7 @@ from torch import nn
 
 from fbnet.blocks import build_op, init_weights
 from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Space
+from search.shared import shared_candidates
 
 NUM_CANDIDATES = len(CANDIDATE_NAMES)
 
@@ -33,10 +34,13 @@ NUM_CANDIDATES = len(CANDIDATE_NAMES)
 class MixedLayer(nn.Module):
     """One searchable layer: output = sum_i m_i * candidate_i(x)."""
 
-    def __init__(self, space: Space, layer: int):
+    def __init__(self, space: Space, layer: int, shared: bool = False):
         super().__init__()
         self.layer = layer
-        self.candidates = nn.ModuleList(build_op(space.layer_op(layer, i)) for i in range(NUM_CANDIDATES))
+        if shared:  # the IR candidates are slices of one set of weights (search.shared)
+            self.shared, self.candidates = shared_candidates(space, layer)
+        else:
+            self.candidates = nn.ModuleList(build_op(space.layer_op(layer, i)) for i in range(NUM_CANDIDATES))
 
     def forward(self, x: torch.Tensor, m: torch.Tensor, single: bool | int = False) -> torch.Tensor:
         """``single``: True (or the chosen index) runs only candidate argmax(m)."""
@@ -51,13 +55,15 @@ class MixedLayer(nn.Module):
 
 
 class Supernet(nn.Module):
-    """Stem, 22 mixed layers, head, pool, fc. ``forward(x, m)`` takes the [22, 9] mixing weights."""
+    """Stem, 22 mixed layers, head, pool, fc. ``forward(x, m)`` takes the [22, 9] mixing weights.
+    ``shared``: the candidates of a layer share their weights (``search.shared``); otherwise each is
+    its own module (the paper)."""
 
-    def __init__(self, space: Space):
+    def __init__(self, space: Space, shared: bool = False):
         super().__init__()
         self.space_name = space.name
         self.stem = build_op(space.stem)
-        self.layers = nn.ModuleList(MixedLayer(space, i) for i in range(NUM_LAYERS))
+        self.layers = nn.ModuleList(MixedLayer(space, i, shared) for i in range(NUM_LAYERS))
         self.head = build_op(space.head)
         self.pool = build_op(space.pool)
         self.fc = build_op(space.fc)

@@ -18,6 +18,12 @@ result is then the most likely architecture under softmax(theta) whose table lat
 +-``select_band`` (5 %) of T (``search.select.most_likely_within``, exact); ``argmax_arch`` in
 arch.json is the plain per-layer argmax for comparison.
 
+The weight step. ``cfg.weights == "shared"`` ties a layer's candidates (``search.shared``);
+``cfg.anchor`` adds the largest candidate in every layer to each weight step (gradients summed, the
+stem, head and fc updated from that path only). Both are experimental and off by default: the
+uniformly sampled single path over independent candidates does not learn in a short search
+(bench/RESULTS-search-quality.md). The theta step runs the sample only.
+
 The weight step minimises cross-entropy. The paper's loss is CE times alpha * log(LAT)^beta, a
 positive factor that does not depend on the weights; multiplying by it would only rescale the SGD
 learning rate (by ~0.7 at the defaults, by alpha-fold for large alpha), coupling alpha to the
@@ -44,7 +50,7 @@ from torch.utils.data import Subset, TensorDataset
 from fbnet.archfile import ArchFile, write_arch_file
 from fbnet.cli import progress as progress_bar
 from fbnet.lut import LatencyLUT, predict
-from fbnet.space import Arch, Space
+from fbnet.space import CANDIDATE_NAMES, CANDIDATES, Arch, Space
 from search.config import SearchConfig, TrainError, scaled_lr, tau_at
 from search.data import Dataset
 from search.dist import DistEnv, all_sum, average_grad, broadcast_, loader, same_on_all_ranks
@@ -55,6 +61,8 @@ from search.select import latency_range, most_likely_within
 from search.supernet import ArchParams, Supernet, proxy_space
 
 CHECKPOINT = "checkpoint.pt"
+LARGEST = max(range(len(CANDIDATES)), key=lambda i: (CANDIDATES[i].expansion or 0, CANDIDATES[i].kernel or 0,
+                                                      -(CANDIDATES[i].groups or 1)))  # k5_e6
 
 
 @dataclass
@@ -103,9 +111,12 @@ class Searcher:
         dev = self.env.device
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-        self.net = Supernet(self.train_space).to(dev)
+        self.net = Supernet(self.train_space, shared=cfg.weights == "shared").to(dev)
         self.arch = ArchParams().to(dev)
         self.lat = torch.tensor(lut.matrix, dtype=torch.float32, device=dev)
+        # the anchor path of the sandwich rule: the largest candidate (most expansion, then kernel) everywhere
+        self.fixed_params = [p for mod in (self.net.stem, self.net.head, self.net.fc) for p in mod.parameters()]
+        self.largest = F.one_hot(torch.full((len(self.net.layers),), LARGEST), len(CANDIDATE_NAMES)).float().to(dev)
         self.fixed = lut.fixed_us
         if not same_on_all_ranks(self.lat, self.env):  # every rank fetched its own copy
             raise TrainError(f"rank {self.env.rank} holds a different latency table than rank 0")
@@ -173,10 +184,14 @@ class Searcher:
         """One SGD step of the weights on one Gumbel sample (no gradient to theta): (ce, correct)."""
         with torch.no_grad():
             m = self.arch.gumbel_weights(tau, hard=self.cfg.single)
+        self.w_opt.zero_grad(set_to_none=True)
         logits = self.model(x, m, self.cfg.single)
         ce = F.cross_entropy(logits, y)
-        self.w_opt.zero_grad(set_to_none=True)
         ce.backward()
+        if self.cfg.anchor:  # the largest path too, one step; stem, head and fc follow the largest path only
+            for p in self.fixed_params:
+                p.grad = None
+            F.cross_entropy(self.model(x, self.largest, True), y).backward()
         self.w_opt.step()
         self.w_sched.step()
         return ce.item(), int((logits.argmax(1) == y).sum())

@@ -17,7 +17,7 @@ from search.config import SearchConfig, tau_at
 from search.data import load_dataset
 from search.select import latency_range, most_likely_within, random_within
 from search.supernet import ArchParams, Supernet, proxy_space
-from search.trainer import Searcher, run_search, search_resolution
+from search.trainer import LARGEST, Searcher, run_search, search_resolution
 
 SPACE = get_space("fbnet-cifar")
 LUT = build_lut(macs_table(SPACE), SPACE)
@@ -36,17 +36,22 @@ def _count_calls(net: Supernet) -> list[list[int]]:
     return calls
 
 
-@pytest.mark.parametrize(("sampler", "per_layer"), [("single", 1), ("gumbel", 9)])
-def test_steps_run_one_candidate_per_layer_on_the_single_path(tmp_path, sampler, per_layer):
-    cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=8, sampler=sampler, **TINY)
+@pytest.mark.parametrize(("sampler", "anchor", "per_layer"), [("single", False, 1), ("single", True, 1),
+                                                              ("gumbel", False, 9)])
+def test_steps_run_one_candidate_per_layer_on_the_single_path(tmp_path, sampler, anchor, per_layer):
+    cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=8, sampler=sampler, anchor=anchor, **TINY)
     s = Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, progress=False, tensorboard=False)
     calls = _count_calls(s.net)
     x, y = s.data.train_x[:8], s.data.train_y[:8]
     s.weight_step(x, y, tau=1.0)
-    assert [sum(c) for c in calls] == [per_layer] * 22
+    # the sandwich rule adds the largest candidate (k5_e6) of every layer to the weight step
+    w_calls = [per_layer + anchor] * 22
+    assert [sum(c) for c in calls] == w_calls
+    if anchor:
+        assert all(c[LARGEST] >= 1 for c in calls)
     before = s.arch.theta.detach().clone()
-    s.theta_step(x, y, tau=1.0)
-    assert [sum(c) for c in calls] == [2 * per_layer] * 22
+    s.theta_step(x, y, tau=1.0)  # the theta step runs the sample only
+    assert [sum(c) for c in calls] == [w + per_layer for w in w_calls]
     # every theta of every layer got a gradient (softmax couples them through the straight-through m_k)
     moved = (s.arch.theta.detach() - before).abs() > 0
     assert bool(moved.all()), f"{int((~moved).sum())} theta entries did not move"
