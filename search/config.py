@@ -1,8 +1,9 @@
 """The search's settings and schedules (no torch).
 
 Defaults are the measured fast-converging setting for a CPU (``bench/RESULTS-search-quality.md``);
-the paper's setting is ``sampler="gumbel"``, ``weights="independent"``, ``proxy_width=1``, full resolution, 90 epochs with 10
-warm-up, theta lr 0.01, batch 192 on ImageNet-100 (``--paper`` on the command line).
+the paper's setting is ``sampler="gumbel"``, ``weights="independent"``, ``proxy_width=1``, full
+resolution, 90 epochs with 10 warm-up, theta lr 0.01, batch 192 on ImageNet-100 (``--paper`` on the
+command line).
 
 Schedule scaled to the run: tau goes from ``tau0`` = 5 at the first epoch to ``tau_end`` = 0.087 at
 the last (geometric), so a 10-epoch run anneals as far as the paper's 90 (5 e^(-0.045 epoch) with
@@ -92,8 +93,8 @@ class SearchConfig:
             raise TrainError(f"need 0 < tau_end <= tau0, got {self.tau_end}, {self.tau0}")
 
 
-PAPER = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weights="independent", anchor=False, proxy_width=1.0, proxy_resolution=None, theta_lr=0.01,
-             theta_batch_size=None)
+PAPER = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weights="independent", anchor=False, proxy_width=1.0,
+             proxy_resolution=None, theta_lr=0.01, theta_batch_size=None)
 
 
 def scaled_lr(batch: int, base: float = 0.1, base_batch: int = 192) -> float:
