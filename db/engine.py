@@ -24,7 +24,7 @@ def make_engine(url: str, *, immediate: bool = False, pool_size: int = DEFAULT_P
     ``BEGIN IMMEDIATE`` so that a writer takes the write lock up front (a deferred transaction
     that later upgrades to a writer can fail with SQLITE_BUSY regardless of the busy timeout).
     Each SQLite connection's page cache is bounded to ``sqlite_cache_kib``: the pools hold up to
-    2 x (pool_size + overflow) connections, and their caches are most of what the process holds."""
+    2 x (pool_size + overflow) connections, so their caches, not the database size, bound what they hold."""
     # A session may hold its connection a moment after its thread is done (closing happens
     # later), so the pool gets a small overflow above one connection per thread.
     pool = {"pool_size": pool_size, "max_overflow": max(4, pool_size // 4), "pool_timeout": wait_s}

@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     # Worker threads per process (sync handlers, DB work); the connection pools are sized to match.
     threads: int = Field(default=16, ge=1, le=256)
     # SQLite: the page cache of each pooled connection (KiB). Bounded small on purpose: with two pools of
-    # threads + overflow connections, SQLite's default (2000 KiB each) grew the process by ~80 MiB as the
-    # database grew; in WAL mode another connection's commit empties a connection's cache anyway.
+    # threads + overflow connections, SQLite's default (2000 KiB each) could hold ~80 MiB as the database
+    # grows; in WAL mode another connection's commit empties a connection's cache anyway.
     sqlite_cache_kib: int = Field(default=256, ge=16)
     # How long a request waits for a connection or a SQLite write lock before it answers 503.
     db_wait_s: float = Field(default=10.0, gt=0)
