@@ -1,8 +1,9 @@
 """Shared fixtures: a real profiler server (uvicorn in a subprocess, real HTTP, a fresh database).
 
-``live_server`` runs each test against SQLite and, when ``FBNET_TEST_PG_URL`` is set, PostgreSQL too
-(a fresh schema per server). ``live_server_sqlite`` is SQLite only. ``module_server`` is one server
-per test module (both engines) for tests that use distinct device names.
+``live_server`` is a fresh server per test, ``module_server`` one server per test module (for tests
+that use distinct device names, ``unique``), ``live_server_sqlite`` SQLite only. Both run on SQLite,
+and a test marked ``pg`` (its claim is about the database engine: tables, constraints, locking,
+crashes, migrations) runs on PostgreSQL too when ``FBNET_TEST_PG_URL`` is set (a fresh schema per server).
 """
 
 from __future__ import annotations
@@ -89,13 +90,22 @@ def start_server(engine: str, workdir: Path, extra_env: dict | None = None, work
     return server, cleanup
 
 
+def engines(metafunc) -> list[str]:
+    """Every engine for a test marked ``pg`` (its claim is about the database engine), else SQLite:
+    the rest of the service's tests exercise HTTP, auth and validation, which do not depend on the
+    engine, and the clients (agents, search) talk HTTP only."""
+    return ENGINES if metafunc.definition.get_closest_marker("pg") else ["sqlite"]
+
+
 def pytest_generate_tests(metafunc):
-    """The service's own tests (test_server_*, test_db_*) run on every engine; the clients' tests
-    (agents, search) talk HTTP only and do not depend on the engine, so they run on SQLite once."""
-    engines = ENGINES if metafunc.module.__name__.startswith(("test_server", "test_db")) else ["sqlite"]
+    """``live_server`` and ``module_server`` start on each engine of :func:`engines`; a test that
+    starts its own servers takes the engine name as the ``engine`` argument."""
+    engines_ = engines(metafunc)
     for name, scope in (("live_server", "function"), ("module_server", "module")):
         if name in metafunc.fixturenames:
-            metafunc.parametrize(name, engines, indirect=True, scope=scope)
+            metafunc.parametrize(name, engines_, indirect=True, scope=scope)
+    if "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", engines_)
 
 
 @pytest.fixture
@@ -119,6 +129,21 @@ def module_server(request, tmp_path_factory):
     server, cleanup = start_server(request.param, tmp_path_factory.mktemp("server"))
     yield server
     cleanup()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_export_cache(tmp_path_factory) -> Path:
+    """One export cache for the session (``doubles.support.export_cache`` fills it): an agent run
+    without ``--cache-dir`` (and the agents the tests start as processes) use it too, never ~/.cache,
+    so every test session starts cold, as CI does, and exports each program once."""
+    cache = tmp_path_factory.getbasetemp() / "agent-exports"
+    old = os.environ.get("FBNET_AGENT_CACHE")
+    os.environ["FBNET_AGENT_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("FBNET_AGENT_CACHE", None)
+    else:
+        os.environ["FBNET_AGENT_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

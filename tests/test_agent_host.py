@@ -21,26 +21,26 @@ def profile_args(server, device, token, cache, spool, *extra):
             str(spool), *QUICK, *extra]
 
 
-def test_host_profile_fills_table(live_server, cache, tmp_path):
-    token = live_server.create_device("host-cpu")
-    code, out = run_agent(*profile_args(live_server, "host-cpu", token, cache, tmp_path / "spool"))
+def test_host_profile_fills_table(module_server, cache, tmp_path):
+    token = module_server.create_device("host-cpu")
+    code, out = run_agent(*profile_args(module_server, "host-cpu", token, cache, tmp_path / "spool"))
     assert code == 0, out
-    assert "run 1 finished: 4 ops stored" in out
-    tab = table(live_server, "host-cpu")
+    tab = table(module_server, "host-cpu")
     got = measured(tab)
     assert sorted(got) == sorted(HOST_OPS)
-    (run,) = runs(live_server, "host-cpu")
+    (run,) = runs(module_server, "host-cpu")
+    assert f"run {run['id']} finished: 4 ops stored" in out
     for k, e in got.items():  # repeats x rounds, twice that when re-measured (every sample is kept)
         assert e["n"] == 5 * 2 * (2 if k in run["extra"]["remeasured"] else 1)
         assert e["latency_us"] > 0 and e["p10_us"] <= e["latency_us"] <= e["p90_us"]
     assert not tab["complete"] and len(tab["missing"]) == 112 - 6 - 4  # identities are filled as 0
     assert tab["overhead_us"] and tab["overhead_us"] > 0
-    (run,) = runs(live_server, "host-cpu")
+    (run,) = runs(module_server, "host-cpu")
     assert run["status"] == "finished" and run["transport"] == "host" and run["threads"] == 1
     assert run["runtime"] == "executorch-xnnpack" and run["runtime_version"] and run["agent_version"]
     assert (run["warmup"], run["repeats"], run["rounds"]) == (2, 5, 2)
     assert run["cpu_freqs_before"] and run["cpu_mask"]
-    ms = httpx.get(f"{live_server.url}/runs/{run['id']}/measurements", timeout=30).json()["measurements"]
+    ms = httpx.get(f"{module_server.url}/runs/{run['id']}/measurements", timeout=30).json()["measurements"]
     by_key = {m["key"]: m["overhead_us"] for m in ms}  # each op carries its input shape's overhead
     assert set(by_key) == set(HOST_OPS) and all(v > 0 for v in by_key.values())
     assert run["overhead_us"] == pytest.approx(statistics.median(by_key.values()))
@@ -49,34 +49,34 @@ def test_host_profile_fills_table(live_server, cache, tmp_path):
     assert not list((tmp_path / "spool").rglob("*.json"))
 
 
-def test_dry_run_and_op_selection_errors(live_server, cache, tmp_path):
-    code, out = run_agent(*profile_args(live_server, "nobody", "x", cache, tmp_path, "--dry-run"))
+def test_dry_run_and_op_selection_errors(module_server, cache, tmp_path):
+    code, out = run_agent(*profile_args(module_server, "nobody", "x", cache, tmp_path, "--dry-run"))
     assert code == 0 and "plan: 4 ops" in out, out
-    code, out = run_agent("profile", "--server", live_server.url, "--device", "d", "--token", "t",
+    code, out = run_agent("profile", "--server", module_server.url, "--device", "d", "--token", "t",
                           "--ops", "k9_e9-*", "--dry-run")
     assert code == 2 and "matches no op" in out and "Traceback" not in out
-    code, out = run_agent("profile", "--server", live_server.url, "--device", "d", "--token", "t",
+    code, out = run_agent("profile", "--server", module_server.url, "--device", "d", "--token", "t",
                           "--ops", "skip-16x32x32-16-s1", "--dry-run")
     assert code == 2 and "identity skip" in out
 
 
-def test_wrong_token_is_one_clear_line(live_server, cache, tmp_path):
-    live_server.create_device("host-b")
-    code, out = run_agent(*profile_args(live_server, "host-b", "not-the-token", cache, tmp_path / "spool",
+def test_wrong_token_is_one_clear_line(module_server, cache, tmp_path):
+    module_server.create_device("host-b")
+    code, out = run_agent(*profile_args(module_server, "host-b", "not-the-token", cache, tmp_path / "spool",
                                         "--ops", "fc-1504-10"))
     assert code == 4 and "refused (HTTP 401" in out and "Traceback" not in out, out
 
 
-def test_remeasure_high_cv_keeps_every_sample(live_server, cache, tmp_path):
-    token = live_server.create_device("host-cv")
+def test_remeasure_high_cv_keeps_every_sample(module_server, cache, tmp_path):
+    token = module_server.create_device("host-cv")
     # CV threshold 0: every op is re-measured once and keeps ALL its samples (a quieter second set
     # never replaces the first: that would bias exactly the noisy ops low)
-    code, out = run_agent(*profile_args(live_server, "host-cv", token, cache, tmp_path / "spool",
+    code, out = run_agent(*profile_args(module_server, "host-cv", token, cache, tmp_path / "spool",
                                         "--cv-threshold", "0"))
     assert code == 0, out
-    (run,) = runs(live_server, "host-cv")
+    (run,) = runs(module_server, "host-cv")
     assert sorted(run["extra"]["remeasured"]) == sorted(HOST_OPS)
-    assert all(e["n"] == 2 * 10 for e in measured(table(live_server, "host-cv")).values())
+    assert all(e["n"] == 2 * 10 for e in measured(table(module_server, "host-cv")).values())
 
 
 def test_service_down_then_up_loses_nothing(tmp_path, cache, monkeypatch):
@@ -110,9 +110,9 @@ def test_service_down_then_up_loses_nothing(tmp_path, cache, monkeypatch):
         cleanup()
 
 
-def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_path):
-    token = live_server.create_device("host-val")
-    common = ["--server", live_server.url, "--device", "host-val", "--token", token, "--space", SPACE,
+def test_validate_refuses_incomplete_table_then_uploads(module_server, cache, tmp_path):
+    token = module_server.create_device("host-val")
+    common = ["--server", module_server.url, "--device", "host-val", "--token", token, "--space", SPACE,
               "--cache-dir", str(cache), *QUICK]
     code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined")
     assert code == 2 and "lacks" in out and "stem-3x32x32-16-s1" in out and "Traceback" not in out, out
@@ -121,7 +121,7 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     from fbnet.space import get_space
 
     sp = get_space(SPACE)
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+    with httpx.Client(base_url=module_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
         rid = c.post("/runs", json={"space": SPACE, "agent_version": "test", "runtime": "synthetic",
                                     "runtime_version": "0", "overhead_us": 2.0}).json()["id"]
         ms = [{"key": op.key, "n": 1, "median_us": 100.0, "mean_us": 100.0, "std_us": 0.0, "min_us": 80.0,
@@ -135,7 +135,7 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     assert code == 0, out
     assert "fp32, synthetic 0" in out  # the configuration it validated against
     assert "drift since the table was measured" in out
-    r = httpx.get(f"{live_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
+    r = httpx.get(f"{module_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
     assert r["count"] == 1
     (v,) = r["validations"]
     from device_agents.targets import random_archs
@@ -163,7 +163,7 @@ def test_validate_refuses_incomplete_table_then_uploads(live_server, cache, tmp_
     code, out = run_agent("validate", *common, "--archs", "1", "--seed", "3", "--no-predefined",
                           "--reference-ops", "1000", "--statistic", "p10", "--no-drift-adjust")
     assert code == 0 and "corrected p10s" in out, out
-    r = httpx.get(f"{live_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
+    r = httpx.get(f"{module_server.url}/validations/host-val", params={"space": SPACE}, timeout=30).json()
     p10 = next(x for x in r["validations"] if x["extra"]["statistic"] == "p10")
     assert p10["extra"]["table_predicted_us"] == pytest.approx(80.0 * n_ops - 2.0 * (n_ops - 1))
     assert p10["predicted_us"] == p10["extra"]["table_predicted_us"]  # --no-drift-adjust

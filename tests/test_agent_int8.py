@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
-from doubles.support import QUICK, SPACE, measured, run_agent, runs
+from doubles.support import QUICK, SPACE, export_cache, measured, run_agent, runs
 
 from fbnet import blocks
 from fbnet.export import ExportError, export_format, export_module, fingerprint, op_module
@@ -48,18 +48,27 @@ def test_int8_op_runs_close_to_fp32(tmp_path):
     assert 1e-4 < err < 0.15, err
 
 
-def test_host_profile_int8_is_its_own_configuration(live_server, tmp_path):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return export_cache(tmp_path_factory)  # the session's: the fp32 programs are exported already
+
+
+def test_host_profile_int8_is_its_own_configuration(live_server, cache, tmp_path):
     token = live_server.create_device("host-int8")
     common = ["--server", live_server.url, "--device", "host-int8", "--token", token, "--space", SPACE,
-              "--transport", "host", "--ops", "fc-1504-10", "--cache-dir", str(tmp_path / "exports"), *QUICK,
+              "--transport", "host", "--ops", "fc-1504-10", "--cache-dir", str(cache), *QUICK,
               "--unstable-threshold", "100"]  # one op: its table, whatever the machine does
     code, out = run_agent("profile", *common, "--spool-dir", str(tmp_path / "s8"), "--precision", "int8")
     assert code == 0, out
     code, out = run_agent("profile", *common, "--spool-dir", str(tmp_path / "s32"))
     assert code == 0, out
     assert {r["precision"] for r in runs(live_server, "host-int8")} == {"int8", "fp32"}
-    folders = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "exports").iterdir())
-    assert folders == ["pte", "pte-int8"]  # the cache keeps the precisions apart
+    from device_agents.exporters import cache_path
+
+    # the cache keeps the precisions apart: the int8 program is its own file, quantized
+    p8, p32 = cache_path("fc-1504-10", "pte-int8", cache), cache_path("fc-1504-10", "pte", cache)
+    assert p8.parent.name.startswith("pte-int8-") and p32.parent.name.startswith("pte-") and p8.parent != p32.parent
+    assert p8.is_file() and p32.is_file() and p8.read_bytes() != p32.read_bytes()
     tabs = {}
     for prec in ("int8", "fp32"):
         r = httpx.get(f"{live_server.url}/tables/host-int8", params={"space": SPACE, "precision": prec}, timeout=30)

@@ -53,18 +53,18 @@ def test_mlpackage_is_fp16_ios17(ml_cache):
     assert list(spec.description.input[0].type.multiArrayType.shape) == [1, 16, 32, 32]
 
 
-def test_ios_profile(live_server, ml_cache, iphone, tmp_path):
-    token = live_server.create_device("iphone13-ane", platform="ios", runtime="coreml")  # device default fp32
-    code, out = run_agent(*ios_args(live_server, "iphone13-ane", token, ml_cache, tmp_path))
+def test_ios_profile(module_server, ml_cache, iphone, tmp_path):
+    token = module_server.create_device("iphone13-ane", platform="ios", runtime="coreml")  # device default fp32
+    code, out = run_agent(*ios_args(module_server, "iphone13-ane", token, ml_cache, tmp_path))
     assert code == 0, out
-    got = measured(table(live_server, "iphone13-ane"))
+    got = measured(table(module_server, "iphone13-ane"))
     assert sorted(got) == sorted(IOS_OPS) and all(e["n"] == 10 for e in got.values())
     # the double's timings grow with the weight size: the 1504x10 fc is slower than the 16->24 1x1 conv
     assert got["fc-1504-10"]["latency_us"] > got["skip-16x32x32-24-s1"]["latency_us"]
-    (run,) = runs(live_server, "iphone13-ane")
+    (run,) = runs(module_server, "iphone13-ane")
     assert run["transport"] == "ios" and run["runtime"] == "coreml" and run["compute_units"] == "ane"
     # Core ML programs are fp16: the run says so, and the compute units name the configuration
-    cfg = table(live_server, "iphone13-ane")["configuration"]
+    cfg = table(module_server, "iphone13-ane")["configuration"]
     assert run["precision"] == "fp16" and (cfg["precision"], cfg["compute_units"]) == ("fp16", "ane")
     assert run["device_model"] == "iPhone 13" and run["os"] == "iOS 17.5.1"
     assert run["temps_after"] == {"thermal_state": 0.0}
@@ -75,15 +75,15 @@ def test_ios_profile(live_server, ml_cache, iphone, tmp_path):
         [f"{k}.mlmodelc" for k in IOS_OPS] + ["overhead-1x1504.mlmodelc", "overhead-1x16x32x32.mlmodelc"])
 
 
-def test_ios_locked_phone_and_unknown_udid(live_server, ml_cache, iphone, tmp_path, monkeypatch):
-    token = live_server.create_device("iphone-locked", platform="ios", runtime="coreml")
+def test_ios_locked_phone_and_unknown_udid(module_server, ml_cache, iphone, tmp_path, monkeypatch):
+    token = module_server.create_device("iphone-locked", platform="ios", runtime="coreml")
     monkeypatch.setenv("FAKE_IOS_LOCKED", "1")
-    code, out = run_agent(*ios_args(live_server, "iphone-locked", token, ml_cache, tmp_path))
+    code, out = run_agent(*ios_args(module_server, "iphone-locked", token, ml_cache, tmp_path))
     assert code == 1 and "locked" in out and "--resume" in out and "Traceback" not in out, out
     monkeypatch.delenv("FAKE_IOS_LOCKED")
-    code, out = run_agent(*ios_args(live_server, "iphone-locked", token, ml_cache, tmp_path, "--resume"))
+    code, out = run_agent(*ios_args(module_server, "iphone-locked", token, ml_cache, tmp_path, "--resume"))
     assert code == 0, out
-    assert sorted(measured(table(live_server, "iphone-locked"))) == sorted(IOS_OPS)
-    args = ios_args(live_server, "iphone-locked", token, ml_cache, tmp_path)
+    assert sorted(measured(table(module_server, "iphone-locked"))) == sorted(IOS_OPS)
+    args = ios_args(module_server, "iphone-locked", token, ml_cache, tmp_path)
     code, out = run_agent(*[("0000-NOPE" if a == UDID else a) for a in args])
     assert code == 1 and "0000-NOPE" in out and "not found" in out, out

@@ -112,30 +112,30 @@ def native_args(server, device, token, cache, spool, runner, *extra):
             "--spool-dir", str(spool), "--cv-threshold", "5", *QUICK, *extra]
 
 
-def test_native_profile_crash_keeps_finished_ops_then_resume(live_server, runner, cache, tmp_path, monkeypatch):
-    token = live_server.create_device("native")
+def test_native_profile_crash_keeps_finished_ops_then_resume(module_server, runner, cache, tmp_path, monkeypatch):
+    token = module_server.create_device("native")
     spool = tmp_path / "spool"
     # 2 rounds of 1 overhead program (first) + 2 ops; the runner aborts after round 1, the overhead
     # program and one op of round 2
     monkeypatch.setenv("FBNET_RUNNER_ABORT_AFTER", "5")
-    code, out = run_agent(*native_args(live_server, "native", token, cache, spool, runner))
+    code, out = run_agent(*native_args(module_server, "native", token, cache, spool, runner))
     assert code == 1 and "fbnet-runner crashed (aborted (SIGABRT)) after 5 of 6" in out and "--resume" in out, out
     assert "Traceback" not in out and "1 finished ops are on the service" in out
     monkeypatch.delenv("FBNET_RUNNER_ABORT_AFTER")
-    (run,) = runs(live_server, "native")
-    kept = httpx.get(f"{live_server.url}/runs/{run['id']}/measurements", timeout=30).json()["keys"]
+    (run,) = runs(module_server, "native")
+    kept = httpx.get(f"{module_server.url}/runs/{run['id']}/measurements", timeout=30).json()["keys"]
     assert len(kept) == 1 and set(kept) < set(ADB_OPS)  # the one op whose last round finished
-    code, out = run_agent(*native_args(live_server, "native", token, cache, spool, runner, "--resume"))
+    code, out = run_agent(*native_args(module_server, "native", token, cache, spool, runner, "--resume"))
     assert code == 0, out
-    got = measured(table(live_server, "native"))
+    got = measured(table(module_server, "native"))
     assert sorted(got) == sorted(ADB_OPS) and all(e["n"] == 10 for e in got.values())
-    (run,) = runs(live_server, "native")
+    (run,) = runs(module_server, "native")
     assert run["transport"] == "native" and run["build"].startswith("fbnet-runner 1.0.0 (src:")
     assert run["runtime_version"] == "1.5.1" and run["overhead_us"] > 0
 
 
 @pytest.mark.parametrize("pal", ["stderr", "logcat"])
-def test_adb_runs_fbnet_runner_for_real(live_server, runner, cache, tmp_path, monkeypatch, pal):
+def test_adb_runs_fbnet_runner_for_real(module_server, runner, cache, tmp_path, monkeypatch, pal):
     root = tmp_path / "phone"
     root.mkdir()
     use_doubles(monkeypatch)
@@ -143,16 +143,17 @@ def test_adb_runs_fbnet_runner_for_real(live_server, runner, cache, tmp_path, mo
     monkeypatch.setenv("FAKE_ADB_SERIAL", "R58M00TEST")
     if pal == "logcat":
         monkeypatch.setenv("FAKE_RUNNER_LOGCAT", "1")
-    token = live_server.create_device("s8-ours", platform="android")
-    args = ["profile", "--server", live_server.url, "--device", "s8-ours", "--token", token, "--space", SPACE,
+    dev = f"s8-ours-{pal}"  # one server for the module: a device of its own per test
+    token = module_server.create_device(dev, platform="android")
+    args = ["profile", "--server", module_server.url, "--device", dev, "--token", token, "--space", SPACE,
             "--transport", "adb", "--serial", "R58M00TEST", "--runner", str(runner), "--cpu-mask", "1",
             "--ops", ",".join(ADB_OPS), "--cache-dir", str(cache), "--spool-dir", str(tmp_path / "spool"),
             "--cv-threshold", "5", *QUICK]
     code, out = run_agent(*args)
     assert code == 0, out
-    got = measured(table(live_server, "s8-ours"))
+    got = measured(table(module_server, dev))
     assert sorted(got) == sorted(ADB_OPS) and all(e["n"] == 10 for e in got.values())
-    (run,) = runs(live_server, "s8-ours")
+    (run,) = runs(module_server, dev)
     assert run["build"].startswith("fbnet-runner 1.0.0") and run["runtime_version"].startswith("1.5.1 sha256:")
     assert run["soc"] == "Exynos 8895" and run["cpu_mask"] == "1"
     # one runner process loads the programs, one runs both rounds: not one per op
@@ -166,12 +167,12 @@ def test_adb_runs_fbnet_runner_for_real(live_server, runner, cache, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_validate_per_layer_prefix_models(live_server_sqlite, runner, cache, tmp_path):
+def test_validate_per_layer_prefix_models(module_server, runner, cache, tmp_path):
     """validate --per-layer through the native runner: every prefix of the model is timed in the same
     rounds; the per-layer rows telescope to the whole model and sit next to the served entries."""
     from fbnet.space import NUM_LAYERS, Arch, get_space
 
-    server = live_server_sqlite
+    server = module_server
     token = server.create_device("native-layers")
     sp = get_space(SPACE)
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:

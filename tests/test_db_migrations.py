@@ -5,16 +5,18 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import ENGINES, _pg_exec, _pg_schema_url
+from conftest import _pg_exec, _pg_schema_url
 from sqlalchemy import create_engine, inspect
 
 from db.migrate import upgrade_to_head
 from db.models import Base
 
+pytestmark = pytest.mark.pg  # ``engine``: SQLite, and PostgreSQL when configured
 
-@pytest.fixture(params=ENGINES)
-def fresh_url(request, tmp_path):
-    if request.param == "sqlite":
+
+@pytest.fixture
+def fresh_url(engine, tmp_path):
+    if engine == "sqlite":
         yield f"sqlite:///{tmp_path / 'm.db'}"
         return
     schema = f"m_{uuid.uuid4().hex[:12]}"

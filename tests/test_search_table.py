@@ -20,8 +20,9 @@ SPACE = get_space("fbnet-cifar")
 PIXEL3 = str(HWNASBENCH / "pixel3_latency.json")
 
 
-def import_hwnasbench(server, device: str, path: str, space: str = "fbnet-cifar") -> dict:
-    server.create_device(device, platform="android", runtime="hwnasbench-import")
+def import_hwnasbench(server, device: str, path: str, space: str = "fbnet-cifar", create: bool = True) -> dict:
+    if create:
+        server.create_device(device, platform="android", runtime="hwnasbench-import")
     with open(path, "rb") as f:
         body = f.read()
     r = httpx.post(f"{server.url}/tables/{device}/import", params={"format": "hwnasbench", "space": space},
@@ -33,15 +34,23 @@ def import_hwnasbench(server, device: str, path: str, space: str = "fbnet-cifar"
 
 @pytest.fixture
 def pixel3(live_server):
-    from conftest import HWNASBENCH
-
-    result = import_hwnasbench(live_server, "pixel3", str(HWNASBENCH / "pixel3_latency.json"))
+    """A server of its own with pixel3's table (for the test that stops it)."""
+    result = import_hwnasbench(live_server, "pixel3", PIXEL3)
     assert result["missing"] == []
     return live_server
 
 
-def test_fetch_caches_and_revalidates_with_etag(pixel3, tmp_path):
-    with TableClient(pixel3.url, tmp_path) as c:
+@pytest.fixture(scope="module")
+def served(module_server):
+    """One server for the module with pixel3's HW-NAS-Bench table imported in both spaces; the tests
+    using it only read."""
+    assert import_hwnasbench(module_server, "pixel3", PIXEL3)["missing"] == []
+    import_hwnasbench(module_server, "pixel3", PIXEL3, space="fbnet-224", create=False)
+    return module_server
+
+
+def test_fetch_caches_and_revalidates_with_etag(served, tmp_path):
+    with TableClient(served.url, tmp_path) as c:
         first = c.fetch("pixel3", "fbnet-cifar")
         assert first.source == "server" and first.etag
         assert c.cache_path("pixel3", "fbnet-cifar").is_file()
@@ -69,20 +78,20 @@ def test_offline_uses_the_cached_table_with_a_warning(pixel3, tmp_path):
         c.fetch("pixel3", "fbnet-cifar")
 
 
-def test_unknown_device_is_an_error_not_a_cache_hit(live_server, tmp_path):
-    with TableClient(live_server.url, tmp_path) as c, pytest.raises(TableError, match="404"):
+def test_unknown_device_is_an_error_not_a_cache_hit(module_server, tmp_path):
+    with TableClient(module_server.url, tmp_path) as c, pytest.raises(TableError, match="404"):
         c.fetch("no-such-device", "fbnet-cifar")
 
 
-def test_incomplete_table_is_refused_with_the_missing_ops(live_server, tmp_path):
-    live_server.create_device("empty-phone")
-    with TableClient(live_server.url, tmp_path) as c:
+def test_incomplete_table_is_refused_with_the_missing_ops(module_server, tmp_path):
+    module_server.create_device("empty-phone")
+    with TableClient(module_server.url, tmp_path) as c:
         t = c.fetch("empty-phone", "fbnet-cifar").table
     assert not t.complete and t.missing
     with pytest.raises(TableError, match="incomplete") as e:
         build_lut(t, SPACE)
     assert t.missing[0] in str(e.value) or sorted(t.missing)[0] in str(e.value)
-    r = CliRunner().invoke(app, ["run", "--server", live_server.url, "--device", "empty-phone", "--data", "digits",
+    r = CliRunner().invoke(app, ["run", "--server", module_server.url, "--device", "empty-phone", "--data", "digits",
                                  "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "incomplete" in r.output and "Traceback" not in r.output
 
@@ -95,13 +104,13 @@ def test_table_of_another_space_version_is_refused():
         build_lut(macs_table(SPACE), get_space("fbnet-224"))
 
 
-def test_predict_fbnet_b_is_the_sum_of_its_table_entries(pixel3, tmp_path):
+def test_predict_fbnet_b_is_the_sum_of_its_table_entries(served, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["predict", "--server", pixel3.url, "--device", "pixel3", "--space", "fbnet-cifar",
+    r = runner.invoke(app, ["predict", "--server", served.url, "--device", "pixel3", "--space", "fbnet-cifar",
                             "--arch", "FBNet-B", "--format", "json", "--cache-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
-    table = TableClient(pixel3.url, tmp_path).fetch("pixel3", "fbnet-cifar").table
+    table = TableClient(served.url, tmp_path).fetch("pixel3", "fbnet-cifar").table
     by_key = {e.key: e.latency_us for e in table.entries}
     arch = Arch.parse("FBNet-B")
     keys = [SPACE.stem.key] + [SPACE.layer_op(i, b).key for i, b in enumerate(arch.blocks)] + [
@@ -219,14 +228,13 @@ def _predict_cli(args, tmp_path) -> float:
 
 
 @pytest.mark.parametrize("space_name", ["fbnet-224", "fbnet-cifar"])
-def test_predict_equals_the_served_sum_with_identity_skips_on_an_imported_table(live_server, tmp_path, space_name):
-    import_hwnasbench(live_server, "pixel3", PIXEL3, space=space_name)
+def test_predict_equals_the_served_sum_with_identity_skips_on_an_imported_table(served, tmp_path, space_name):
     space = get_space(space_name)
-    table = TableClient(live_server.url, tmp_path).fetch("pixel3", space_name).table
+    table = TableClient(served.url, tmp_path).fetch("pixel3", space_name).table
     identities = [e for e in table.entries if space.op_by_key[e.key].is_identity]
     assert identities and all(e.latency_us > 0 for e in identities)  # HW-NAS-Bench prices them
     want = _served_sum(table, space, _skip_arch())
-    got = _predict_cli(["--server", live_server.url, "--device", "pixel3", "--space", space_name], tmp_path)
+    got = _predict_cli(["--server", served.url, "--device", "pixel3", "--space", space_name], tmp_path)
     assert got == pytest.approx(want, rel=1e-12)
     # the supernet's matrix prices the same way: one-hot theta on this arch gives the same sum
     lut = build_lut(table, space)
@@ -234,12 +242,12 @@ def test_predict_equals_the_served_sum_with_identity_skips_on_an_imported_table(
     assert onehot == pytest.approx(want, rel=1e-12) and lut.arch_latency(_skip_arch()) == pytest.approx(want)
 
 
-def test_predict_equals_the_served_sum_with_identity_skips_on_a_measured_table(live_server, tmp_path):
+def test_predict_equals_the_served_sum_with_identity_skips_on_a_measured_table(module_server, tmp_path):
     """A table the service assembled from an agent's run (statistics posted over HTTP)."""
-    token = live_server.create_device("measured-phone")
+    token = module_server.create_device("measured-phone")
     space = SPACE
     hdr = {"Authorization": f"Bearer {token}"}
-    r = httpx.post(f"{live_server.url}/runs", headers=hdr, json={
+    r = httpx.post(f"{module_server.url}/runs", headers=hdr, json={
         "space": space.name, "runtime": "executorch", "runtime_version": "1.5.1", "agent_version": "test"})
     assert r.status_code in (200, 201), r.text
     run_id = r.json()["id"]
@@ -248,12 +256,12 @@ def test_predict_equals_the_served_sum_with_identity_skips_on_a_measured_table(l
         batch = [{"key": op.key, "n": 5, "median_us": 10.0 + op.macs / 1e4, "mean_us": 10.0 + op.macs / 1e4,
                   "std_us": 0.5, "min_us": 9.0, "p10_us": 9.5, "p90_us": 11.0 + op.macs / 1e4}
                  for op in ops[start:start + 50]]
-        r = httpx.post(f"{live_server.url}/runs/{run_id}/measurements", headers=hdr, json={"measurements": batch})
+        r = httpx.post(f"{module_server.url}/runs/{run_id}/measurements", headers=hdr, json={"measurements": batch})
         assert r.status_code in (200, 201), r.text
-    assert httpx.post(f"{live_server.url}/runs/{run_id}/finish", headers=hdr, json={}).status_code == 200
-    table = TableClient(live_server.url, tmp_path).fetch("measured-phone", space.name).table
+    assert httpx.post(f"{module_server.url}/runs/{run_id}/finish", headers=hdr, json={}).status_code == 200
+    table = TableClient(module_server.url, tmp_path).fetch("measured-phone", space.name).table
     assert table.complete
     assert all(e.latency_us == 0.0 for e in table.entries if space.op_by_key[e.key].is_identity)
     want = _served_sum(table, space, _skip_arch())
-    got = _predict_cli(["--server", live_server.url, "--device", "measured-phone", "--space", space.name], tmp_path)
+    got = _predict_cli(["--server", module_server.url, "--device", "measured-phone", "--space", space.name], tmp_path)
     assert got == pytest.approx(want, rel=1e-12)

@@ -42,6 +42,7 @@ def open_run(server, token, **kw) -> int:
 
 
 # ---- devices ---------------------------------------------------------------------------------
+@pytest.mark.pg  # a duplicate name is the engine's unique constraint (409)
 def test_devices_register_list_get(module_server):
     name = module_server.unique("phone")
     with module_server.admin as c:
@@ -94,6 +95,7 @@ def test_spaces(module_server):
 
 
 # ---- runs and measurements -------------------------------------------------------------------
+@pytest.mark.pg  # re-sent ops: the engine's unique constraint
 def test_run_lifecycle_and_idempotent_batches(module_server, dev):
     name, token = dev
     run_id = open_run(module_server, token, threads=4, overhead_us=12.5, temps_before={"cpu": 41.0})
@@ -171,6 +173,7 @@ def test_bad_measurements_store_nothing(module_server, dev, case):
         assert c.get(f"/runs/{run_id}/measurements").json()["keys"] == []
 
 
+@pytest.mark.pg  # all-or-nothing: the engine's transaction
 def test_foreign_key_rejects_whole_batch(module_server, dev):
     _, token = dev
     run_id = open_run(module_server, token)
@@ -197,6 +200,7 @@ def _table(server, name, **params):
     return r
 
 
+@pytest.mark.pg  # the table rule is a query on the engine
 def test_table_rule(module_server, dev):
     name, token = dev
     a, b = REAL_OPS[0].key, REAL_OPS[1].key
@@ -232,6 +236,7 @@ def test_table_rule(module_server, dev):
     assert cov == {"ops": len(SP.ops), "covered": len(IDENTITY_OPS) + 2}
 
 
+@pytest.mark.pg  # the table version and ETag, assembled on the engine
 def test_etag_304_and_csv(module_server, dev):
     name, token = dev
     r = _table(module_server, name)
@@ -271,6 +276,7 @@ def _import(server, name, path_or_bytes, token=None, **params):
                       headers={"content-type": "application/json"})
 
 
+@pytest.mark.pg  # values round-trip exactly through the engine's columns
 def test_import_pixel3_reproduces_the_file(module_server, hwnasbench_dir):
     name = module_server.unique("pixel3")
     module_server.create_device(name, platform="android", runtime="tflite")
@@ -298,6 +304,7 @@ def test_import_pixel3_reproduces_the_file(module_server, hwnasbench_dir):
     assert all(by[op.key]["latency_us"] > 0 for op in IDENTITY_OPS)
 
 
+@pytest.mark.pg  # a rejected import leaves nothing behind on the engine
 def test_import_bad_input(module_server, dev, hwnasbench_dir):
     name, token = dev
     path = hwnasbench_dir / "pixel3_latency.json"

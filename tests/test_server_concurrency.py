@@ -5,9 +5,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import ENGINES, start_server
+from conftest import start_server
 
 from fbnet.space import get_space
+
+pytestmark = pytest.mark.pg  # concurrent writers meet the engine's locking
 
 SPACE = "fbnet-cifar"
 KEYS = [op.key for op in get_space(SPACE).ops if not op.is_identity][:100]
@@ -74,7 +76,6 @@ def test_racing_resends_into_one_run_store_each_op_once(live_server):
         assert len(c.get(f"/runs/{rid}/measurements").json()["keys"]) == len(KEYS)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 def test_a_finish_through_one_worker_is_never_served_stale_by_another(engine, tmp_path):
     """Two worker processes, each with its own table cache (answered on the event loop when current):
     after a run finishes through either, every read through either serves the new table, and the old

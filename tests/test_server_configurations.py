@@ -1,6 +1,6 @@
 """One table per configuration: threads, runtime versions, imports, open and unstable runs never blend.
 
-Runs on SQLite and, with FBNET_TEST_PG_URL, PostgreSQL (conftest parametrizes ``module_server``).
+Marked ``pg``: runs on SQLite and, with FBNET_TEST_PG_URL, PostgreSQL (conftest parametrizes ``module_server``).
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from conftest import HWNASBENCH
 from test_server_api import REAL_OPS, SP, SPACE, meas, open_run
+
+pytestmark = pytest.mark.pg  # one table per configuration is the engine's query (issue 10: both engines)
 
 
 def _value(i: int, base: float) -> float:

@@ -15,23 +15,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ENGINES, REPO, LiveServer, start_server
+from conftest import REPO, LiveServer, start_server
 from doubles.support import HOST_OPS, SPACE, export_cache, run_agent
 
 from db.check import check_database
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pg]  # ``engine``: SQLite, and PostgreSQL when configured
 SLOW = ["--warmup", "1", "--repeats", "5", "--rounds", "1", "--cooldown", "0.4", "--retries", "1"]
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return export_cache(tmp_path_factory)
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    return request.param
 
 
 def _agent(*argv: str) -> subprocess.Popen:

@@ -123,18 +123,14 @@ def _hold_write_lock(server):
 
 
 @pytest.fixture
-def busy_server(request, tmp_path):
-    server, cleanup = start_server(request.param, tmp_path / "busy",
+def busy_server(engine, tmp_path):
+    server, cleanup = start_server(engine, tmp_path / "busy",
                                    extra_env={"FBNET_DB_WAIT_S": "0.5", "FBNET_RETRY_AFTER_S": "1"})
     yield server
     cleanup()
 
 
-def pytest_generate_tests(metafunc):
-    if "busy_server" in metafunc.fixturenames:
-        metafunc.parametrize("busy_server", ["sqlite"] + (["postgresql"] if PG_URL else []), indirect=True)
-
-
+@pytest.mark.pg  # the write lock and its wait are the engine's
 def test_busy_database_is_503_with_retry_after_and_the_uploader_waits(busy_server, tmp_path):
     token = busy_server.create_device("busy")
     release = _hold_write_lock(busy_server)

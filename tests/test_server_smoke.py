@@ -3,6 +3,9 @@
 import json
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.pg  # the fixture itself, on each engine
 
 
 def test_live_server_health_and_import(live_server, hwnasbench_dir):

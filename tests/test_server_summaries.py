@@ -10,7 +10,7 @@ import random
 import uuid
 
 import pytest
-from conftest import ENGINES, HWNASBENCH, _pg_exec, _pg_schema_url
+from conftest import HWNASBENCH, _pg_exec, _pg_schema_url
 from sqlalchemy import delete, func, select
 from table_reference import reference_assemble, reference_configurations
 
@@ -35,9 +35,12 @@ SELECTORS = [Selector(), Selector(threads=1), Selector(threads=2), Selector(prec
              Selector(threads=1, include_unstable=True), Selector(threads=3), Selector(threads=7)]
 
 
-@pytest.fixture(params=ENGINES)
-def url(request, tmp_path):
-    if request.param == "sqlite":
+pytestmark = pytest.mark.pg  # the table rule over the engine's summaries: ``engine`` is SQLite, and PostgreSQL when configured
+
+
+@pytest.fixture
+def url(engine, tmp_path):
+    if engine == "sqlite":
         yield f"sqlite:///{tmp_path / 'summaries.db'}"
         return
     schema = f"s_{uuid.uuid4().hex[:12]}"
