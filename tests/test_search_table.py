@@ -41,7 +41,7 @@ def pixel3(live_server):
 
 
 @pytest.fixture(scope="module")
-def served(module_server):
+def pixel3_served(module_server):
     """One server for the module with pixel3's HW-NAS-Bench table imported in both spaces; the tests
     using it only read."""
     assert import_hwnasbench(module_server, "pixel3", PIXEL3)["missing"] == []
@@ -49,8 +49,8 @@ def served(module_server):
     return module_server
 
 
-def test_fetch_caches_and_revalidates_with_etag(served, tmp_path):
-    with TableClient(served.url, tmp_path) as c:
+def test_fetch_caches_and_revalidates_with_etag(pixel3_served, tmp_path):
+    with TableClient(pixel3_served.url, tmp_path) as c:
         first = c.fetch("pixel3", "fbnet-cifar")
         assert first.source == "server" and first.etag
         assert c.cache_path("pixel3", "fbnet-cifar").is_file()
@@ -104,13 +104,13 @@ def test_table_of_another_space_version_is_refused():
         build_lut(macs_table(SPACE), get_space("fbnet-224"))
 
 
-def test_predict_fbnet_b_is_the_sum_of_its_table_entries(served, tmp_path):
+def test_predict_fbnet_b_is_the_sum_of_its_table_entries(pixel3_served, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["predict", "--server", served.url, "--device", "pixel3", "--space", "fbnet-cifar",
+    r = runner.invoke(app, ["predict", "--server", pixel3_served.url, "--device", "pixel3", "--space", "fbnet-cifar",
                             "--arch", "FBNet-B", "--format", "json", "--cache-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
-    table = TableClient(served.url, tmp_path).fetch("pixel3", "fbnet-cifar").table
+    table = TableClient(pixel3_served.url, tmp_path).fetch("pixel3", "fbnet-cifar").table
     by_key = {e.key: e.latency_us for e in table.entries}
     arch = Arch.parse("FBNet-B")
     keys = [SPACE.stem.key] + [SPACE.layer_op(i, b).key for i, b in enumerate(arch.blocks)] + [
@@ -228,13 +228,13 @@ def _predict_cli(args, tmp_path) -> float:
 
 
 @pytest.mark.parametrize("space_name", ["fbnet-224", "fbnet-cifar"])
-def test_predict_equals_the_served_sum_with_identity_skips_on_an_imported_table(served, tmp_path, space_name):
+def test_predict_equals_the_served_sum_with_identity_skips_on_an_imported_table(pixel3_served, tmp_path, space_name):
     space = get_space(space_name)
-    table = TableClient(served.url, tmp_path).fetch("pixel3", space_name).table
+    table = TableClient(pixel3_served.url, tmp_path).fetch("pixel3", space_name).table
     identities = [e for e in table.entries if space.op_by_key[e.key].is_identity]
     assert identities and all(e.latency_us > 0 for e in identities)  # HW-NAS-Bench prices them
     want = _served_sum(table, space, _skip_arch())
-    got = _predict_cli(["--server", served.url, "--device", "pixel3", "--space", space_name], tmp_path)
+    got = _predict_cli(["--server", pixel3_served.url, "--device", "pixel3", "--space", space_name], tmp_path)
     assert got == pytest.approx(want, rel=1e-12)
     # the supernet's matrix prices the same way: one-hot theta on this arch gives the same sum
     lut = build_lut(table, space)
