@@ -62,7 +62,10 @@ def score_variants(rows: list[dict], table: dict, space_name: str, statistic: st
     meas = [v["measured_us"] for v in rows]
     drift = [v["extra"].get("drift") or 1.0 for v in rows]
     out = {}
-    for name, key in (("corrected", "table_predicted_us"), ("raw", "raw_sum_us")):
+    pricings = [("corrected", "table_predicted_us"), ("raw", "raw_sum_us")]
+    if any((v["extra"].get("context_factor") or 1.0) != 1.0 for v in rows):  # the table had a context factor
+        pricings.insert(1, ("corrected without the context factor", "alone_predicted_us"))
+    for name, key in pricings:
         base = [v["extra"][key] for v in rows]
         out[f"{statistic}, {name}, as served"] = score(base, meas)
         out[f"{statistic}, {name}, drift-scaled"] = score([b * d for b, d in zip(base, drift, strict=True)], meas)
@@ -94,6 +97,8 @@ def main() -> None:
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="per-round normalisation by the reference ops (profile and validate)")
     p.add_argument("--warmup-stable", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--calibration-models", type=int, default=None,
+                   help="profile: whole random models timed with the ops for the context factor (agent default 8; 0 = none)")
     p.add_argument("--validate-reference-ops", type=int, default=8,
                    help="validate: table ops timed in the same rounds as the models (the drift); at least the "
                    "number of ops the architectures use (e.g. 1000) re-times them all, which adds the "
@@ -114,7 +119,8 @@ def main() -> None:
         proto += [] if a.warmup_stable is None else ["--warmup-stable" if a.warmup_stable else "--no-warmup-stable"]
         t_prof = time.monotonic()
         run(BIN / "fbnet-agent", "profile", *common, "--precision", a.precision, *proto,
-            *([] if a.reference_ops is None else ["--reference-ops", a.reference_ops]))
+            *([] if a.reference_ops is None else ["--reference-ops", a.reference_ops]),
+            *([] if a.calibration_models is None else ["--calibration-models", a.calibration_models]))
         t_val = time.monotonic()
         # an unstable profile run is still validated (and reported as such): the bench measures what it gives
         run(BIN / "fbnet-agent", "validate", *common, "--archs", a.archs, "--no-predefined", "--precision",
@@ -140,6 +146,7 @@ def main() -> None:
     s.add_row("within ±10%", f"{100 * summary['within_10pct']:.1f}%  (target ≥ 95%)")
     s.add_row("Kendall tau", f"{summary['kendall_tau']:.3f}  (target ≥ 0.9)")
     s.add_row("table overhead_us", str(table.get("overhead_us")))
+    s.add_row("table context_factor", str(table.get("context_factor")))
     s.add_row("table configuration", str(table.get("configuration")))
     prot = run_info.get("extra", {}).get("protocol", {})
     s.add_row("profile run", f"unstable {run_info.get('unstable')}, round-factor spread {prot.get('spread')}")
@@ -160,6 +167,7 @@ def main() -> None:
             "space": a.space, "threads": a.threads, "seed": a.seed, "transport": a.transport,
             "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],
             "drift": drift, "precision": a.precision, "statistic": a.statistic, "variants": variants,
+            "context_factor": table.get("context_factor"), "calibration": run_info.get("extra", {}).get("calibration"),
             "profile_unstable": run_info.get("unstable"), "profile_protocol": prot,
             "archs": [{"label": v["label"], "arch": v["arch"], "predicted_us": v["predicted_us"],
                        "measured_us": v["measured_us"], "error_pct": v["error_pct"], "extra": v.get("extra", {})}

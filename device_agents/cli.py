@@ -65,6 +65,10 @@ Normalize = Annotated[bool, typer.Option("--normalize/--no-normalize", rich_help
                                          help="divide each round's samples by its reference factor")]
 WarmupStable = Annotated[bool, typer.Option("--warmup-stable/--no-warmup-stable", rich_help_panel=_P,
                                             help="before the rounds, time a reference op until its median settles")]
+Calibration = Annotated[int, typer.Option("--calibration-models", min=0, rich_help_panel=_P, help=(
+    "whole random models timed in the same rounds as the ops: their ratio to the sum of their corrected "
+    "ops is the run's context factor, which corrected pricing multiplies every entry by (ops run slower "
+    "inside a model than alone: caches); 0 = none. Needs a full run (no --ops/--limit, not --resume)"))]
 UnstableAt = Annotated[float, typer.Option("--unstable-threshold", min=0, rich_help_panel=_P,
                                            help="mark the run unstable when round factors spread more than this")]
 
@@ -126,7 +130,7 @@ def profile(
     udid: Udid = None, bundle_id: BundleId = "org.fbnetlut.CoreMLBench", compute_units: Units = ComputeUnits.cpu,
     xcrun: Xcrun = "xcrun", precision: Precision = None,
     reference: RefOps = 4, normalize: Normalize = True, warmup_stable: WarmupStable = False,
-    unstable_threshold: UnstableAt = 0.5,
+    unstable_threshold: UnstableAt = 0.5, calibration: Calibration = 8,
 ):
     """Export every op of SPACE, time it on the target with the shared protocol, upload the statistics."""
     from device_agents.protocol import ProtocolConfig
@@ -139,7 +143,7 @@ def profile(
                          cooldown_s=cooldown, reference=reference, normalize=normalize, warmup_stable=warmup_stable,
                          unstable_threshold=unstable_threshold)
     s = ProfileSession(server, token, device, space, tgt, cfg, cache_dir=cache_dir, spool_dir=spool_dir, jobs=jobs,
-                       retries=retries, note=console.print)
+                       retries=retries, note=console.print, calibration=calibration)
     s.select(ops, limit)
     if dry_run:
         from rich.table import Table
@@ -170,8 +174,9 @@ def profile(
         out = s.finish()
     except SpooledError as e:
         fail(str(e), Exit.UNREACHABLE)
-    ovh = s.overhead_us
-    console.print(f"run {out.id} finished: {out.n_measurements} ops stored; overhead {ovh and round(ovh, 1)} us/call")
+    ovh, ctx = s.overhead_us, s.context_factor
+    console.print(f"run {out.id} finished: {out.n_measurements} ops stored; overhead {ovh and round(ovh, 1)} us/call"
+                  + (f"; context factor {ctx:.3f}" if ctx else ""))
 
 
 @app.command()

@@ -199,6 +199,7 @@ def run_protocol(
     *,
     reference_keys: Sequence[str] | None = None,
     info: ProtocolInfo | None = None,
+    extra_keys: Sequence[str] = (),
 ) -> dict[str, OpResult]:
     """Interleaved rounds over ``op_keys`` and the overhead programs named in ``overhead_of`` (op key ->
     overhead program key), all shuffled together in every round.
@@ -210,15 +211,19 @@ def run_protocol(
     unstable in ``info``. Ops whose CV exceeds ``cfg.cv_threshold`` get ``cfg.rounds`` more rounds
     (with the references) and keep ALL their samples. ``on_result`` fires once per op when it is final
     (after the first pass, or after its re-measurement; on a failure, for every op that completed all
-    its rounds); ``on_sample`` after every (op, round) (progress).
+    its rounds); ``on_sample`` after every (op, round) (progress). ``extra_keys`` (whole calibration
+    models) are shuffled into the first-pass rounds like the ops and returned with them, but neither
+    re-measured nor reported through ``on_result``/``on_sample`` (they are not ops of the table).
     """
     overhead_of = overhead_of or {}
     info = info if info is not None else ProtocolInfo()
     ov_keys = list(dict.fromkeys(overhead_of[k] for k in op_keys if k in overhead_of))
     ov_set = set(ov_keys)
+    extra_keys = [k for k in dict.fromkeys(extra_keys) if k not in op_keys and k not in ov_set]
+    quiet = ov_set | set(extra_keys)  # timed, not reported as ops
     refs = list(reference_keys) if reference_keys is not None else pick_references(op_keys, cfg.reference)
     info.reference_keys = refs
-    per_round: dict[str, list[tuple[int, list[float]]]] = {k: [] for k in [*op_keys, *ov_keys]}
+    per_round: dict[str, list[tuple[int, list[float]]]] = {k: [] for k in [*op_keys, *ov_keys, *extra_keys]}
     ref_meds: list[dict[str, float]] = []  # per global round: reference key -> its median in that round
     baseline: dict[str, float] = {}
     results: dict[str, OpResult] = {}
@@ -244,7 +249,7 @@ def run_protocol(
     def finish(k: str, remeasured: bool = False) -> None:
         xs = samples(k)
         results[k] = OpResult(k, summarize(xs), xs, ov_value(k), remeasured)
-        if on_result:
+        if on_result and k not in quiet:
             on_result(results[k])
 
     def set_baseline() -> None:
@@ -268,7 +273,7 @@ def run_protocol(
             per_round[k].append((g0 + r, list(xs)))
             if k in refs:
                 ref_meds[g0 + r][k] = statistics.median(xs)
-            if on_sample and k not in ov_set:
+            if on_sample and k not in quiet:
                 on_sample(k)
 
         transport.measure_rounds(orders, cfg.warmup, cfg.repeats, done, cfg.cooldown_s)
@@ -281,8 +286,10 @@ def run_protocol(
 
     high_cv: list[str] = []
     try:
-        rounds_over([*op_keys, *ov_keys], cfg.rounds, 0)
+        rounds_over([*op_keys, *ov_keys, *extra_keys], cfg.rounds, 0)
         set_baseline()
+        for k in extra_keys:
+            finish(k)
         for k in op_keys:
             if cfg.max_remeasure > 0 and summarize(samples(k)).cv > cfg.cv_threshold:
                 high_cv.append(k)

@@ -7,6 +7,11 @@ likes between them::
     s.flush_spool(); s.select(ops, limit); s.resume()   # optional
     s.export(); s.measure(); s.finish()
 
+With ``calibration`` > 0 the run also times that many whole random models in the same rounds as the
+ops and sends their ratio to the sum of their corrected ops, the run's **context factor**
+(:func:`fbnet.lut.context_factor`); it needs every op of those models in the same session (a full
+run, not ``--ops``/``--limit`` subsets or a resumed remainder), else the run carries none.
+
 Measurements go to the spool file before they are sent (:mod:`device_agents.uploader`), so a failure
 mid-run keeps every finished op: :class:`MeasureFailed` says where they are.
 """
@@ -28,7 +33,15 @@ from device_agents.protocol import (
     run_protocol,
     to_measurement,
 )
-from device_agents.targets import Target, default_cache_dir, export_ops, select_ops
+from device_agents.targets import (
+    Target,
+    arch_folder,
+    arch_key,
+    calibration_archs,
+    default_cache_dir,
+    export_ops,
+    select_ops,
+)
 from device_agents.uploader import RunState, ServiceDown, Uploader, UploadError
 
 
@@ -58,6 +71,7 @@ class ProfileSession:
     retries: int = 3
     show_progress: bool = True
     note: Callable[[str], None] = print
+    calibration: int = 8  # whole random models timed with the ops: the run's context factor
 
     def __post_init__(self) -> None:
         from fbnet.space import get_space
@@ -74,6 +88,9 @@ class ProfileSession:
         self.sensors_before: tuple[dict, dict] = ({}, {})
         self.sensors_after: tuple[dict, dict] = ({}, {})
         self.runner_events: list[dict] = []  # a native runner's per-round sensors and reference medians
+        self.calibration_programs: dict[str, object] = {}  # program key -> Arch
+        self.context_factor: float | None = None
+        self.calibration_report: dict | None = None
         self._up: Uploader | None = None
 
     @property
@@ -109,7 +126,30 @@ class ProfileSession:
     def export(self) -> dict[str, Path]:
         self.programs = export_ops(self.sp, self.target.fmt, self.cache_dir, self.selected, self.jobs,
                                    show=self.show_progress)
+        self._export_calibration()
         return self.programs
+
+    def _export_calibration(self) -> None:
+        from device_agents.exporters import export_archs
+        from fbnet.cli import progress
+
+        self.calibration_programs = {}
+        if self.calibration <= 0:
+            return
+        archs = calibration_archs(self.calibration, self.cfg.seed)
+        have = {op.key for op in self.selected}
+        if not all(op.key in have for a in archs for op in self.sp.arch_ops(a)):
+            self.note(f"no context calibration: the {self.calibration} calibration models need every op of "
+                      f"{self.sp.name} in this session (a full run, not a subset or a resumed remainder)")
+            return
+        folder = arch_folder(self.cache_dir, self.target.fmt, self.sp)
+        todo = {arch_key(a): (a, folder / f"{arch_key(a)}.{self.target.fmt}") for a in archs}
+        with progress(enabled=self.show_progress) as prog:
+            task = prog.add_task("calibration models", total=len(todo), info="")
+            paths = export_archs(self.sp, todo, self.target.fmt, jobs=self.jobs,
+                                 progress=lambda key, path, cached: prog.update(task, advance=1, info=key))
+        self.programs.update(paths)
+        self.calibration_programs = {k: todo[k][0] for k in paths}
 
     def _run_create(self, tr):
         from device_agents import __version__
@@ -136,6 +176,8 @@ class ProfileSession:
         if not self.programs:
             self.export()
         tr = self.target.open(self.cache_dir / "ios-work")
+        if hasattr(tr, "input_shapes"):  # whole models take the space's input
+            tr.input_shapes.update({k: self.sp.input_shape for k in self.calibration_programs})
         up = self.up
         try:
             tr.prepare(self.programs)
@@ -152,8 +194,9 @@ class ProfileSession:
                     self.results[r.key] = r
                     up.add(state, [to_measurement(r.key, r.stats, r.samples_us, r.overhead_us)])
 
-                run_protocol(tr, [op.key for op in self.selected], self.cfg, overhead_of, on_result=on_result,
-                             on_sample=ticker(prog, task), info=self.info)
+                timed = run_protocol(tr, [op.key for op in self.selected], self.cfg, overhead_of,
+                                     on_result=on_result, on_sample=ticker(prog, task), info=self.info,
+                                     extra_keys=list(self.calibration_programs))
             self.measure_s = time.monotonic() - t0
             self.sensors_after = tr.sensors()
         except AgentError as e:
@@ -162,7 +205,34 @@ class ProfileSession:
             self.runner_events = list(getattr(tr, "events", []))
             tr.close()
         self.overhead_us = overhead_summary(self.results)
+        self._calibrate(timed)
         return self.results
+
+    def _calibrate(self, timed: dict[str, OpResult]) -> None:
+        """The run's context factor: each calibration model's median against the sum of its ops'
+        corrected medians from this run (fbnet.lut.context_factor, the per-model overhead taken off)."""
+        from fbnet.lut import context_factor
+
+        if not self.calibration_programs:
+            return
+        models, rows = [], []
+        for key, arch in self.calibration_programs.items():
+            ops = [self.results[op.key] for op in self.sp.arch_ops(arch)]
+            ops_sum = sum(max(0.0, r.stats.median_us - (r.overhead_us or 0.0)) for r in ops)
+            measured = timed[key].stats.median_us
+            models.append((measured, ops_sum))
+            rows.append({"key": key, "arch": arch.to_text(), "median_us": measured, "ops_sum_us": ops_sum,
+                         "n": timed[key].stats.n})
+        factor, _ = context_factor(models, self.overhead_us)
+        for row, (m, ops_sum) in zip(rows, models, strict=True):
+            row["ratio"] = (m - (self.overhead_us or 0.0)) / ops_sum if ops_sum > 0 else None
+        self.calibration_report = {"factor": factor, "models": rows, "overhead_us": self.overhead_us}
+        if 0.2 < factor < 5.0:
+            self.context_factor = factor
+            self.note(f"context factor {factor:.3f}: {len(rows)} whole models vs the sum of their ops "
+                      f"(ratios {min(r['ratio'] for r in rows):.3f}..{max(r['ratio'] for r in rows):.3f})")
+        else:  # a broken measurement, not a device: recorded, never served
+            self.note(f"warning: context factor {factor:.3f} is implausible; the run carries none")
 
     def _kept(self) -> str:
         if self.state is None:
@@ -181,10 +251,12 @@ class ProfileSession:
         # ALL its ops, so a resumed session's subset does not overwrite the first session's
         fin = RunFinish(temps_after=self.sensors_after[0], cpu_freqs_after=self.sensors_after[1],
                         overhead_us=self.overhead_us, unstable=self.info.unstable,
+                        context_factor=self.context_factor,
                         extra={"remeasured": [k for k, r in self.results.items() if r.remeasured],
                                "measure_s": round(self.measure_s, 2), "protocol": self.info.to_dict(),
                                "normalize": self.cfg.normalize, "unstable_threshold": self.cfg.unstable_threshold,
-                               **({"runner_rounds": self.runner_events} if self.runner_events else {})})
+                               **({"runner_rounds": self.runner_events} if self.runner_events else {}),
+                               **({"calibration": self.calibration_report} if self.calibration_report else {})})
         try:
             return self.up.finish(self.state, fin)
         except ServiceDown as e:

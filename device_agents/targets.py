@@ -116,6 +116,29 @@ def random_archs(n: int, seed: int):
     return [Arch(tuple(rng.choice(CANDIDATE_NAMES) for _ in range(NUM_LAYERS))) for _ in range(n)]
 
 
+def calibration_archs(n: int, seed: int):
+    """The profile run's whole calibration models: random architectures from their own stream (never
+    the ones ``validate --seed S`` draws, so a validation of random models is held out)."""
+    from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Arch
+
+    rng = random.Random(f"calibration-{seed}")
+    return [Arch(tuple(rng.choice(CANDIDATE_NAMES) for _ in range(NUM_LAYERS))) for _ in range(n)]
+
+
+def arch_key(arch) -> str:
+    """A whole model's program key (and cache file name): a hash of the architecture's text."""
+    import hashlib
+
+    return "arch-" + hashlib.sha256(arch.to_text().encode()).hexdigest()[:12]
+
+
+def arch_folder(cache_dir: Path, fmt: str, space) -> Path:
+    """Where whole-model programs of ``space`` in ``fmt`` are cached (beside the op programs)."""
+    from device_agents.exporters import fingerprint
+
+    return Path(cache_dir) / f"arch-{fmt}-{fingerprint(fmt)}" / space.name
+
+
 def reference_ops(space, archs, n: int) -> list:
     """Up to ``n`` ops the architectures use, spread evenly over their sorted keys (identity skips excluded)."""
     keys = sorted({op.key for a in archs for op in space.arch_ops(a)})

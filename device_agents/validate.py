@@ -7,7 +7,6 @@ The table comes through :class:`fbnet.client.TableClient` (ETag cache) and every
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from device_agents.protocol import ProtocolConfig, ProtocolInfo, run_protocol
-from device_agents.targets import Target, default_cache_dir, random_archs, reference_ops
+from device_agents.targets import Target, arch_folder, arch_key, default_cache_dir, random_archs, reference_ops
 
 
 class NothingToValidate(ValueError):
@@ -69,10 +68,6 @@ def label_archs(space, archs: int, seed: int, predefined: bool, extra: list[str]
     return labelled
 
 
-def arch_key(arch) -> str:
-    return "arch-" + hashlib.sha256(arch.to_text().encode()).hexdigest()[:12]
-
-
 def fetch_table(server: str, token: str, device: str, space: str, cache_dir: Path,
                 on_warning: Callable[[str], None] | None = None, selector=None):
     """The device's served table in the configuration ``selector`` picks (the one table fetcher, with its
@@ -97,10 +92,10 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     in the table), so the comparison measures the table rather than the machine's mood. ``statistic``
     picks what is compared, for ops and models alike: the median, or the 10th percentile (``p10``),
     which a busy device inflates least."""
-    from device_agents.exporters import export_archs, export_space, fingerprint
+    from device_agents.exporters import export_archs, export_space
     from device_agents.uploader import Uploader
     from fbnet.cli import progress, ticker
-    from fbnet.lut import TableError, describe, entry_us, latencies, model_overhead_us, predict
+    from fbnet.lut import TableError, describe, entry_us, latencies, model_overhead_us, predict, table_context_factor
     from fbnet.space import get_space
     from fbnet.wire import ValidationCreate
 
@@ -122,7 +117,7 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
                          f"{', '.join(sorted(missing))}; run `fbnet-agent profile` for them first")
 
     fmt = target.fmt
-    folder = cache_dir / f"arch-{fmt}-{fingerprint(fmt)}" / sp.name
+    folder = arch_folder(cache_dir, fmt, sp)
     keys = {label: arch_key(a) for label, a in labelled}
     todo = {keys[label]: (a, folder / f"{keys[label]}.{fmt}") for label, a in labelled}
     with progress(enabled=show_progress) as prog:
@@ -171,14 +166,15 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     # architecture among the reference ops: --reference-ops at least the ops they use): each op at
     # its in-round statistic less the same per-op correction, the overhead once. It measures the rule
     # (isolated ops sum to the model), with the machine's mood common to both sides.
-    correction = {e.key: e.latency_us - (entry_us(e, table, pricing) or 0.0) for e in table.entries
-                  if e.latency_us is not None}
+    correction = {e.key: e.latency_us - (entry_us(e, table, pricing, in_context=False) or 0.0)
+                  for e in table.entries if e.latency_us is not None}
+    k_ctx = table_context_factor(table, pricing)
 
     def in_round(a, pred: dict) -> float | None:
         ops = list(zip(sp.arch_ops(a, with_identity=True), pred["per_op"], strict=True))
         if not all(op.is_identity or op.key in ref_keys for op, _ in ops):
             return None  # an op of this architecture was not timed with it
-        return math.fsum(p["latency_us"] if op.is_identity else max(0.0, stat(results[op.key]) - correction[op.key])
+        return math.fsum(p["latency_us"] if op.is_identity else k_ctx * max(0.0, stat(results[op.key]) - correction[op.key])
                          for op, p in ops) + model_overhead_us(table, pricing)
 
     ref_keys = {op.key for op in refs}
@@ -193,7 +189,9 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
                 measured_us=stat(r), n=r.stats.n, std_us=r.stats.std_us, table_version=table.version,
                 label=label,
                 extra={"raw_sum_us": raw, "pricing": pricing, "statistic": statistic, "median_us": r.stats.median_us,
-                       "table_predicted_us": fixed, "drift_scale": scale,
+                       "table_predicted_us": fixed, "drift_scale": scale, "context_factor": pred["context_factor"],
+                       # the same pricing without the context factor (ops as timed alone)
+                       "alone_predicted_us": (fixed - pred["overhead_us"]) / pred["context_factor"] + pred["overhead_us"],
                        "protocol": report.protocol,
                        "configuration": tc.model_dump() if tc is not None else None,
                        "table_overhead_us": table.overhead_us, "n_ops": len(sp.arch_ops(a)),

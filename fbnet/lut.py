@@ -8,7 +8,14 @@ median less the runtime's per-call overhead it paid when timed alone), and the t
 op. ``pricing="raw"`` prices the raw medians (``latency_us``) and adds nothing. ``statistic="p10"``
 prices each entry's 10th percentile instead of its median (corrected by the same per-op overhead):
 the low percentile of a time is what a busy device cannot inflate, so a whole model's p10 is
-compared with it (``fbnet-agent validate --statistic p10``). The search's latency
+compared with it (``fbnet-agent validate --statistic p10``).
+
+**The context factor.** An op timed alone in a loop keeps its weights in the core's private cache; inside
+a whole model the other layers evict them, so on a CPU a model runs a few to twenty percent slower than
+the sum of its ops. The agent measures this in the profile run itself: a few whole calibration
+models, timed in the same interleaved rounds as the ops, against the sum of their corrected ops
+(:func:`context_factor`). When the table serves a ``context_factor``, corrected pricing multiplies
+every entry by it (raw pricing never does). The search's latency
 matrix, ``fbnet-search predict`` and ``fbnet-agent validate`` all go through this module, so they
 cannot disagree with the table or with each other.
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -88,15 +96,22 @@ def _check_pricing(pricing: str, statistic: str = "median") -> None:
 
 
 def entry_us(e: TableEntry, table: Table, pricing: Pricing = "corrected",
-             statistic: Statistic = "median") -> float | None:
-    """The value an entry is priced at: ``corrected_us`` (or the raw ``latency_us`` with ``pricing='raw'``).
-    A table saved before entries carried ``corrected_us`` is corrected with its table-wide overhead.
-    With ``statistic='p10'`` the entry's ``p10_us`` less the same correction (None when the entry has
-    no p10: an imported table gives one number per op, and no number is made up)."""
+             statistic: Statistic = "median", *, in_context: bool = True) -> float | None:
+    """The value an entry is priced at: ``corrected_us`` times the table's context factor (or the raw
+    ``latency_us`` with ``pricing='raw'``; ``in_context=False`` leaves the factor out). A table saved
+    before entries carried ``corrected_us`` is corrected with its table-wide overhead. With
+    ``statistic='p10'`` the entry's ``p10_us`` less the same correction (None when the entry has no
+    p10: an imported table gives one number per op, and no number is made up)."""
+    v = _alone_us(e, table, pricing, statistic)
+    return v * table_context_factor(table, pricing) if v is not None and in_context else v
+
+
+def _alone_us(e: TableEntry, table: Table, pricing: Pricing, statistic: Statistic) -> float | None:
+    """The entry's value as measured alone (no context factor)."""
     if e.latency_us is None:
         return None
     if statistic == "p10":
-        median = entry_us(e, table, pricing)
+        median = _alone_us(e, table, pricing, "median")
         if e.p10_us is None:  # an identity skip is its one value; any other entry without a p10 is missing
             return median if e.source == "identity" else None
         return max(0.0, e.p10_us - (e.latency_us - median)) if median is not None else None
@@ -107,6 +122,21 @@ def entry_us(e: TableEntry, table: Table, pricing: Pricing = "corrected",
     if table.overhead_us and e.source == "measured":
         return max(0.0, e.latency_us - table.overhead_us)
     return e.latency_us
+
+
+def table_context_factor(table: Table, pricing: Pricing = "corrected") -> float:
+    """What corrected pricing multiplies every entry by: the table's context factor, 1.0 without one."""
+    return float(table.context_factor or 1.0) if pricing == "corrected" else 1.0
+
+
+def context_factor(models: list[tuple[float, float]], overhead_us: float | None) -> tuple[float, list[float]]:
+    """``(factor, ratios)`` from calibration models, each ``(measured_us, corrected ops sum_us)`` timed in
+    the same rounds: ratio = (measured - the per-model overhead) / the corrected sum; the factor is the
+    median ratio, so one disturbed model cannot move it."""
+    ratios = [(m - (overhead_us or 0.0)) / s for m, s in models if s > 0 and m > 0]
+    if not ratios:
+        raise TableError("no calibration model with a positive time and ops sum")
+    return statistics.median(ratios), ratios
 
 
 def model_overhead_us(table: Table, pricing: Pricing = "corrected") -> float:
@@ -134,7 +164,8 @@ def latencies(table: Table, keys, pricing: Pricing = "corrected",
 def describe(table: Table) -> str:
     """One line naming the table and the configuration it was measured in (what the CLIs print)."""
     cfg = table.configuration.describe() if table.configuration else "no configuration (no finished run)"
-    return f"table {table.version} of {table.device}/{table.space}: {cfg}"
+    ctx = f"; context factor {table.context_factor:.3f}" if table.context_factor else ""
+    return f"table {table.version} of {table.device}/{table.space}: {cfg}{ctx}"
 
 
 # ---- the supernet's matrix ----------------------------------------------------------------------
@@ -154,6 +185,7 @@ class LatencyLUT:
     pricing: Pricing = "corrected"
     raw: tuple[tuple[str, float], ...] = ()  # every key's raw value (same statistic), for predict's raw_sum_us
     statistic: Statistic = "median"
+    context_factor: float = 1.0  # already in the matrix and fixed values (corrected pricing); recorded here
 
     @property
     def fixed_us(self) -> float:
@@ -189,19 +221,19 @@ def build_lut(table: Table, space: Space, pricing: Pricing = "corrected",
         matrix=tuple(tuple(found[k] for k in r) for r in keys),
         fixed=tuple((k, found[k]) for k in fixed_keys),
         overhead_us=model_overhead_us(table, pricing), pricing=pricing, raw=tuple(raw.items()),
-        statistic=statistic,
+        statistic=statistic, context_factor=table_context_factor(table, pricing),
     )
 
 
 # ---- prediction ---------------------------------------------------------------------------------
 def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, *,
             pricing: Pricing | None = None, statistic: Statistic | None = None) -> dict:
-    """``{"latency_us", "per_op": [{"key", "latency_us", "raw_us"}], "raw_sum_us", "overhead_us", "pricing",
-    "statistic", "ops_run"}``.
+    """``{"latency_us", "per_op": [{"key", "latency_us", "raw_us"}], "raw_sum_us", "overhead_us",
+    "context_factor", "pricing", "statistic", "ops_run"}``.
 
     Every op of the architecture in execution order (stem, the 22 layers, head, pool, fc), each at
-    the value the one rule prices it at (module docstring), identity skips included, plus the
-    per-model overhead once: ``latency_us = sum(per_op) + overhead_us``. ``raw_sum_us`` is the plain
+    the value the one rule prices it at (module docstring: corrected entries times the context factor),
+    identity skips included, plus the per-model overhead once: ``latency_us = sum(per_op) + overhead_us``. ``raw_sum_us`` is the plain
     sum of the raw medians (raw p10s with ``statistic="p10"``) (what the table would predict without the correction). A table need not
     be complete, but every op of this architecture must have a latency. With a LatencyLUT the
     pricing and statistic are the ones it was built with.
@@ -214,7 +246,7 @@ def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, 
             raise TableError(f"this LatencyLUT was built with statistic {source.statistic!r}, not {statistic!r}")
         space, pricing, statistic = source.space, source.pricing, source.statistic
         ops = space.arch_ops(arch, with_identity=True)
-        lookup, raw, overhead = source.lookup(), dict(source.raw), source.overhead_us
+        lookup, raw, overhead, factor = source.lookup(), dict(source.raw), source.overhead_us, source.context_factor
     else:
         if space is None:
             raise TypeError("predict(table, arch, space): the space is needed with a Table")
@@ -227,13 +259,14 @@ def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, 
             raise TableError(f"the table of {source.device!r}/{space.name} has no {what} for "
                              f"{len(missing)} op(s) of this architecture: {fmt_missing(missing)}")
         raw, _ = latencies(source, keys, "raw", statistic)
-        overhead = model_overhead_us(source, pricing)
+        overhead, factor = model_overhead_us(source, pricing), table_context_factor(source, pricing)
     per_op = [{"key": op.key, "latency_us": lookup[op.key], "raw_us": raw[op.key]} for op in ops]
     latency = math.fsum(p["latency_us"] for p in per_op) + overhead
     return {"latency_us": latency, "per_op": per_op, "raw_sum_us": math.fsum(p["raw_us"] for p in per_op),
-            "overhead_us": overhead, "pricing": pricing, "statistic": statistic,
+            "overhead_us": overhead, "context_factor": factor, "pricing": pricing, "statistic": statistic,
             "ops_run": sum(not op.is_identity for op in ops)}
 
 
-__all__ = ["PRICINGS", "STATISTICS", "LatencyLUT", "Pricing", "Statistic", "TableError", "build_lut", "check_table", "describe", "entry_us",
-           "fmt_missing", "latencies", "load_table_file", "model_overhead_us", "parse_table", "predict"]
+__all__ = ["PRICINGS", "STATISTICS", "LatencyLUT", "Pricing", "Statistic", "TableError", "build_lut", "check_table",
+           "context_factor", "describe", "entry_us", "fmt_missing", "latencies", "load_table_file", "model_overhead_us",
+           "parse_table", "predict", "table_context_factor"]

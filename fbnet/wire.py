@@ -122,6 +122,9 @@ class Table(WireModel):
     complete: bool
     missing: list[str]
     overhead_us: float | None = Field(None, description="per-call runtime overhead recorded by the agents")
+    context_factor: float | None = Field(None, description=(
+        "how much slower the ops run inside whole models than alone (median over the contributing runs' "
+        "calibration models); clients multiply the corrected entries by it (fbnet.lut); None: no calibration"))
     configuration: Configuration | None = Field(None, description="what every contributing run shares")
     rule: str = Field(description="how entries were assembled from measurements")
     entries: list[TableEntry]

@@ -21,6 +21,9 @@ def _overhead(v: float | None) -> float | None:
 
 
 OverheadUs = Annotated[float | None, AfterValidator(_overhead)]
+# whole models / the sum of their ops (cache and memory traffic inside a model): a few percent either way
+# on a CPU; anything outside (0.2, 5) is a broken measurement, not a device
+ContextFactor = Annotated[float | None, Field(gt=0.2, lt=5.0)]
 
 
 class RunProvenance(WireModel):
@@ -62,6 +65,9 @@ class RunFinish(WireModel):
     overhead_us: OverheadUs = None
     status: Literal["finished", "failed", "aborted"] = "finished"
     unstable: bool = Field(False, description="reference ops drifted: left out of tables unless asked for")
+    context_factor: ContextFactor = Field(None, description=(
+        "whole calibration models timed in the run's rounds / the sum of their corrected ops (fbnet.lut."
+        "context_factor); details in extra['calibration']"))
     extra: FreeForm = Field(default_factory=dict)
 
 
@@ -88,6 +94,7 @@ class RunOut(WireModel):
     repeats: int | None = None
     rounds: int | None = None
     overhead_us: float | None = None
+    context_factor: float | None = None
     temps_before: dict[str, float] = Field(default_factory=dict)
     temps_after: dict[str, float] = Field(default_factory=dict)
     cpu_freqs_before: dict[str, float] = Field(default_factory=dict)

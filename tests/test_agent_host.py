@@ -21,6 +21,37 @@ def profile_args(server, device, token, cache, spool, *extra):
             str(spool), *QUICK, *extra]
 
 
+def test_calibration_model_gives_the_run_its_context_factor(module_server, cache, tmp_path):
+    """A whole calibration model timed in the rounds with its ops: the run's context factor is its
+    (median - overhead) / the sum of its ops' corrected medians, the table serves it, and the table's
+    rule (fbnet.lut.predict) then prices that model at exactly its measured median."""
+    from device_agents.targets import calibration_archs
+    from fbnet.lut import parse_table, predict
+    from fbnet.space import get_space
+
+    sp = get_space(SPACE)
+    (arch,) = calibration_archs(1, 0)
+    keys = sorted({op.key for op in sp.arch_ops(arch)})
+    token = module_server.create_device("host-ctx")
+    code, out = run_agent("profile", "--server", module_server.url, "--device", "host-ctx", "--token", token,
+                          "--space", SPACE, "--transport", "host", "--ops", ",".join(keys), "--cache-dir", str(cache),
+                          "--spool-dir", str(tmp_path / "spool"), *QUICK, "--calibration-models", "1")
+    assert code == 0, out
+    (run,) = runs(module_server, "host-ctx")
+    (model,) = run["extra"]["calibration"]["models"]
+    assert model["arch"] == arch.to_text() and model["n"] == 5 * 2
+    tab = table(module_server, "host-ctx")
+    by_key = {e["key"]: e for e in tab["entries"]}
+    ops_sum = sum(by_key[op.key]["corrected_us"] for op in sp.arch_ops(arch))  # per occurrence
+    assert model["ops_sum_us"] == pytest.approx(ops_sum)
+    want = (model["median_us"] - tab["overhead_us"]) / ops_sum
+    # its size is the machine's (about 1.1 quiet, 2 or more under load, when a model is preempted more
+    # often than a short op): checked here for consistency, not value
+    assert f"context factor {want:.3f}" in out
+    assert run["context_factor"] == pytest.approx(want) and tab["context_factor"] == pytest.approx(want)
+    assert predict(parse_table(tab, "test"), arch, sp)["latency_us"] == pytest.approx(model["median_us"])
+
+
 def test_host_profile_fills_table(module_server, cache, tmp_path):
     token = module_server.create_device("host-cpu")
     code, out = run_agent(*profile_args(module_server, "host-cpu", token, cache, tmp_path / "spool"))
@@ -35,6 +66,8 @@ def test_host_profile_fills_table(module_server, cache, tmp_path):
         assert e["latency_us"] > 0 and e["p10_us"] <= e["latency_us"] <= e["p90_us"]
     assert not tab["complete"] and len(tab["missing"]) == 112 - 6 - 4  # identities are filled as 0
     assert tab["overhead_us"] and tab["overhead_us"] > 0
+    # 4 ops cannot make a whole calibration model: the run says so and carries no context factor
+    assert "no context calibration" in out and tab["context_factor"] is None
     (run,) = runs(module_server, "host-cpu")
     assert run["status"] == "finished" and run["transport"] == "host" and run["threads"] == 1
     assert run["runtime"] == "executorch-xnnpack" and run["runtime_version"] and run["agent_version"]

@@ -85,3 +85,22 @@ def test_a_failure_keeps_ops_that_finished_all_rounds():
         run_protocol(dev, ["a", "b", "c"], ProtocolConfig(warmup=0, repeats=2, rounds=3, cv_threshold=10.0),
                      on_result=got.append)
     assert len(got) == 1 and got[0].stats.n == 6
+
+
+def test_calibration_models_share_the_rounds_but_are_not_reported_as_ops():
+    """Whole calibration models (``extra_keys``) are shuffled into every first-pass round with the ops,
+    normalised like them, returned, and never sent on as ops (on_result / on_sample) nor re-measured."""
+    BASE["model"] = 1600.0
+    try:
+        dev = DriftingDevice([1.0, 2.0, 1.0], noisy={"model"})
+        reported, ticks = [], []
+        cfg = ProtocolConfig(warmup=0, repeats=4, rounds=3, cv_threshold=0.25, reference=2, normalize=True)
+        res = run_protocol(dev, ["a", "b", "c", "d"], cfg, on_result=reported.append, on_sample=ticks.append,
+                           extra_keys=["model"])
+    finally:
+        del BASE["model"]
+    assert all("model" in o for o in dev.orders[:3]) and len(dev.orders) == 3  # not re-measured though noisy
+    assert {o.index("model") for o in dev.orders} != {len(dev.orders[0]) - 1}  # shuffled, not appended
+    assert [r.key for r in reported] == ["a", "b", "c", "d"] and "model" not in ticks and len(ticks) == 12
+    assert res["model"].stats.n == 12 and not res["model"].remeasured
+    assert res["model"].stats.median_us == pytest.approx(1600.0)  # the slow round folded back (0.5/1.5 x 1600)

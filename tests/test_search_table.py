@@ -203,6 +203,36 @@ def test_p10_statistic_prices_each_entrys_p10_less_the_same_correction():
     assert predict(holed, arch, SPACE)["latency_us"] == predict(t, arch, SPACE)["latency_us"]
 
 
+def test_context_factor_scales_every_corrected_entry_never_raw_nor_the_overhead():
+    """A table's context factor k (whole models / the sum of their ops, measured by the agent): corrected
+    pricing = k x each corrected entry (p10 too) + the overhead once; raw pricing and identity skips are
+    untouched; the supernet's matrix gives the same sum; without a factor nothing changes."""
+    from fbnet.lut import context_factor
+
+    arch = _skip_arch()
+    plain = _with_overhead(macs_table(SPACE), 4.0)
+    plain = plain.model_copy(update={"entries": [e.model_copy(update={"p10_us": None if e.source == "identity"
+                                                                      else 0.8 * e.latency_us})
+                                                 for e in plain.entries]})
+    t = plain.model_copy(update={"context_factor": 1.25})
+    by_key = {e.key: e for e in t.entries}
+    ops = SPACE.arch_ops(arch, with_identity=True)
+    alone = math.fsum(0.0 if op.is_identity else max(0.0, by_key[op.key].latency_us - 4.0) for op in ops)
+    base, got = predict(plain, arch, SPACE), predict(t, arch, SPACE)
+    assert base["latency_us"] == pytest.approx(alone + 4.0) and base["context_factor"] == 1.0
+    assert got["latency_us"] == pytest.approx(1.25 * alone + 4.0) and got["context_factor"] == 1.25
+    assert all(p["latency_us"] == 0.0 for p, op in zip(got["per_op"], ops, strict=True) if op.is_identity)
+    assert predict(t, arch, SPACE, pricing="raw")["latency_us"] == predict(plain, arch, SPACE, pricing="raw")["latency_us"]
+    p10 = math.fsum(0.0 if op.is_identity else max(0.0, 0.8 * by_key[op.key].latency_us - 4.0) for op in ops)
+    assert predict(t, arch, SPACE, statistic="p10")["latency_us"] == pytest.approx(1.25 * p10 + 4.0)
+    assert build_lut(t, SPACE).arch_latency(arch) == pytest.approx(got["latency_us"])
+    # the factor from calibration models: the median of (model - overhead) / corrected sum
+    f, ratios = context_factor([(104.0, 80.0), (1004.0, 1000.0), (64.0, 50.0)], 4.0)
+    assert ratios == pytest.approx([1.25, 1.0, 1.2]) and f == pytest.approx(1.2)
+    with pytest.raises(TableError, match="calibration"):
+        context_factor([(10.0, 0.0)], None)
+
+
 # Identity skips: the one pricing rule (fbnet.lut) uses the value the table serves. Measured
 # tables serve 0.0, HW-NAS-Bench gives them small costs; a client that re-derived 0 would
 # disagree with the imported table (it did: 21,790.5 vs 21,901.2 us on Pixel 3 / fbnet-224).

@@ -37,7 +37,9 @@ RULE = (
     "cin == cout, stride 1) cost 0.0 by construction (source 'identity') unless an imported value exists. "
     "Ops without a value have latency_us null, source 'missing' and are listed in 'missing'. n = total "
     "samples, std_us / p10_us / p90_us = medians over the contributing runs, run_ids = those runs. "
-    "overhead_us = median of the contributing runs' recorded per-call overhead. version = content hash of "
+    "overhead_us = median of the contributing runs' recorded per-call overhead. context_factor = median of "
+    "the contributing runs' context factors (whole calibration models timed in the run / the sum of their "
+    "corrected ops), null when none was measured; clients multiply corrected_us by it. version = content hash of "
     "the configuration and the entries (the ETag)."
 )
 
@@ -51,6 +53,7 @@ class RunInfo:
     config: Configuration
     unstable: bool
     overhead_us: float | None
+    context_factor: float | None = None
 
 
 @dataclass
@@ -73,13 +76,13 @@ def space_id(session: Session, space: Space) -> int | None:
 def finished_runs(session: Session, device: Device, space: Space) -> list[RunInfo]:
     q = (
         select(Run.id, Run.precision, Run.runtime, Run.runtime_version, Run.threads, Run.cpu_mask,
-               Run.compute_units, Run.transport, Run.unstable, Run.overhead_us)
+               Run.compute_units, Run.transport, Run.unstable, Run.overhead_us, Run.context_factor)
         .join(SpaceRow, SpaceRow.id == Run.space_id)
         .where(Run.device_id == device.id, SpaceRow.name == space.name, Run.status.in_(COUNTED_STATUSES))
         .order_by(Run.id)
     )
-    return [RunInfo(rid, run_configuration(*cfg), bool(unstable), ovh)
-            for rid, *cfg, unstable, ovh in session.execute(q).tuples()]
+    return [RunInfo(rid, run_configuration(*cfg), bool(unstable), ovh, ctx)
+            for rid, *cfg, unstable, ovh, ctx in session.execute(q).tuples()]
 
 
 def configurations(session: Session, device: Device, space: Space, *, include_unstable: bool = False,
@@ -185,15 +188,22 @@ def assemble(session: Session, device: Device, space: Space, selector: Selector 
     contributing = {r.run_id for rows in by_key.values() for r in rows}
     ovh = [v for rid in contributing if (v := run_overhead[rid]) is not None]
     overhead = float(median(ovh)) if ovh and not imported else None
+    run_context = {r.id: r.context_factor for r in runs}
+    ctx = [v for rid in contributing if (v := run_context[rid]) is not None]
+    context = float(median(ctx)) if ctx and not imported else None
     missing = [e["key"] for e in entries if e["source"] == "missing"]
+    # the factor joins the hashed content only when there is one: tables without it keep their versions
     blob = json.dumps({"entries": entries, "overhead_us": overhead, "configuration": cfg and cfg.model_dump(),
-                       "include_unstable": selector.include_unstable}, sort_keys=True, separators=(",", ":"))
+                       "include_unstable": selector.include_unstable,
+                       **({"context_factor": context} if context is not None else {})},
+                      sort_keys=True, separators=(",", ":"))
     version = hashlib.sha256(blob.encode()).hexdigest()[:20]
     # built from stored, already validated values: constructed without re-validating every entry (the
     # wire models' request checks walk each value; that was most of an assembly's time)
     return wire.Table.model_construct(
         device=device.name, space=space.name, space_version=space.version, version=version, unit="us",
-        complete=not missing, missing=missing, overhead_us=overhead, configuration=cfg, rule=RULE,
+        complete=not missing, missing=missing, overhead_us=overhead, context_factor=context, configuration=cfg,
+        rule=RULE,
         entries=[wire.TableEntry.model_construct(**e) for e in entries],
     )
 
