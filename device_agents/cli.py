@@ -157,12 +157,17 @@ def profile(
         console.print(f"identity skips left out (0 by construction): {sum(o.is_identity for o in s.sp.ops)}; "
                       f"cache {s.cache_dir}")
         return
-    for line in s.flush_spool():
+    flushed = s.flush_spool()
+    for line in flushed:
         console.print(line)
     if resume:
         try:
             s.resume()
         except NothingToResume as e:
+            closed = [line for line in flushed if "closed run" in line]
+            if closed:  # killed after its last op: the spool held the whole run, now closed; nothing is left
+                console.print(f"--resume: nothing left to measure ({closed[-1].removeprefix('spool: ')})")
+                return
             fail(f"--resume: {e}")
     s.export()
     try:

@@ -112,7 +112,10 @@ def test_remeasure_high_cv_keeps_every_sample(module_server, cache, tmp_path):
     assert all(e["n"] == 2 * 10 for e in measured(table(module_server, "host-cv")).values())
 
 
-def test_service_down_then_up_loses_nothing(tmp_path, cache, monkeypatch):
+@pytest.mark.parametrize("recover", ["upload", "resume"])
+def test_service_down_then_up_loses_nothing(tmp_path, cache, monkeypatch, recover):
+    """The service is down for a whole run: everything is spooled; `upload`, or `profile --resume`
+    (which finds the whole run in the spool and says there is nothing left to measure), closes it."""
     import conftest
 
     port = conftest.free_port()
@@ -131,9 +134,13 @@ def test_service_down_then_up_loses_nothing(tmp_path, cache, monkeypatch):
     server, cleanup = conftest.start_server("sqlite", tmp_path / "server", port=port)
     try:
         token = server.create_device("host-down")
-        code, out = run_agent("upload", "--server", url, "--device", "host-down", "--token", token,
-                              "--spool-dir", str(spool))
-        assert code == 0 and "closed run" in out, out
+        if recover == "upload":
+            code, out = run_agent("upload", "--server", url, "--device", "host-down", "--token", token,
+                                  "--spool-dir", str(spool))
+            assert code == 0 and "closed run" in out, out
+        else:
+            code, out = run_agent(*[token if a == "later" else a for a in args], "--resume")
+            assert code == 0 and "nothing left to measure" in out and "closed run" in out, out
         got = measured(table(server, "host-down"))
         assert sorted(got) == ["fc-1504-10", "skip-16x32x32-24-s1"] and all(e["n"] == 10 for e in got.values())
         (run,) = runs(server, "host-down")

@@ -122,7 +122,9 @@ def test_agent_killed_then_resumed(engine, cache, tmp_path):
         (run,) = _runs(server)
         assert run["status"] == "open"
         code, out = run_agent(*_profile_args(server, token, cache, spool, "--resume"))
-        assert code == 0 and f"resuming run {run['id']}" in out, out
+        # killed mid-run: resumed; killed after its last op was spooled (a fast machine): the spool closes it
+        assert code == 0 and (f"resuming run {run['id']}" in out or
+                              ("nothing left to measure" in out and f"closed run {run['id']} " in out)), out
         _stored_exactly_once(server)
     finally:
         cleanup()
