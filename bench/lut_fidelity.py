@@ -88,6 +88,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cpu-mask", default=None, help="hex CPU mask for profile and validate (e.g. 1 = CPU 0 only)")
     p.add_argument("--transport", choices=["host", "native"], default="host",
                    help="host: the Python pybindings transport; native: our C++ fbnet-runner (`make runner`)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
@@ -114,7 +115,8 @@ def main() -> None:
         token = server.create_device(device, platform="linux", runtime="executorch-xnnpack")
         common = ["--server", server.url, "--device", device, "--token", token, "--space", a.space,
                   "--transport", a.transport, "--warmup", a.warmup, "--repeats", a.repeats, "--rounds", a.rounds,
-                  "--threads", a.threads, "--cache-dir", a.cache_dir, "--seed", a.seed]
+                  "--threads", a.threads, "--cache-dir", a.cache_dir, "--seed", a.seed,
+                  *(["--cpu-mask", a.cpu_mask] if a.cpu_mask else [])]
         proto = [] if a.normalize is None else ["--normalize" if a.normalize else "--no-normalize"]
         proto += [] if a.warmup_stable is None else ["--warmup-stable" if a.warmup_stable else "--no-warmup-stable"]
         t_prof = time.monotonic()
