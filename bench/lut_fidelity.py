@@ -60,7 +60,10 @@ def score_variants(rows: list[dict], table: dict, space_name: str, statistic: st
     sp = get_space(space_name)
     tab = parse_table(table, "the served table")
     meas = [v["measured_us"] for v in rows]
-    drift = [v["extra"].get("drift") or 1.0 for v in rows]
+    drift = [v["extra"].get("drift") or 1.0 for v in rows]  # the reference ops'
+    model_drift = [v["extra"].get("model_drift") for v in rows]  # the table's calibration models'
+    if any(x is None for x in model_drift):
+        model_drift = None
     out = {}
     pricings = [("corrected", "table_predicted_us"), ("raw", "raw_sum_us")]
     if any((v["extra"].get("context_factor") or 1.0) != 1.0 for v in rows):  # the table had a context factor
@@ -69,6 +72,9 @@ def score_variants(rows: list[dict], table: dict, space_name: str, statistic: st
         base = [v["extra"][key] for v in rows]
         out[f"{statistic}, {name}, as served"] = score(base, meas)
         out[f"{statistic}, {name}, drift-scaled"] = score([b * d for b, d in zip(base, drift, strict=True)], meas)
+        if model_drift:
+            out[f"{statistic}, {name}, whole-model drift-scaled"] = score(
+                [b * d for b, d in zip(base, model_drift, strict=True)], meas)
     inround = [v["extra"].get("inround_predicted_us") for v in rows]
     if all(x is not None for x in inround):  # every op timed in the same rounds as the models
         out[f"{statistic}, corrected, ops re-timed in the same rounds"] = score(inround, meas)
@@ -149,6 +155,9 @@ def main() -> None:
     s.add_row("Kendall tau", f"{summary['kendall_tau']:.3f}  (target ≥ 0.9)")
     s.add_row("table overhead_us", str(table.get("overhead_us")))
     s.add_row("table context_factor", str(table.get("context_factor")))
+    if rows and rows[0]["extra"].get("model_drift") is not None:
+        s.add_row("whole-model drift", f"{100 * (rows[0]['extra']['model_drift'] - 1):+.1f}%  (the table's "
+                  "calibration models re-timed with the models; what the default prediction is scaled by)")
     s.add_row("table configuration", str(table.get("configuration")))
     prot = run_info.get("extra", {}).get("protocol", {})
     s.add_row("profile run", f"unstable {run_info.get('unstable')}, round-factor spread {prot.get('spread')}")
@@ -168,7 +177,8 @@ def main() -> None:
         a.json.write_text(json.dumps({
             "space": a.space, "threads": a.threads, "seed": a.seed, "transport": a.transport,
             "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],
-            "drift": drift, "precision": a.precision, "statistic": a.statistic, "variants": variants,
+            "drift": drift, "model_drift": rows[0]["extra"].get("model_drift") if rows else None,
+            "precision": a.precision, "statistic": a.statistic, "variants": variants,
             "context_factor": table.get("context_factor"), "calibration": run_info.get("extra", {}).get("calibration"),
             "profile_unstable": run_info.get("unstable"), "profile_protocol": prot,
             "archs": [{"label": v["label"], "arch": v["arch"], "predicted_us": v["predicted_us"],

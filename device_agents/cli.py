@@ -243,7 +243,8 @@ def validate(
     cache_dir: CacheDir = None, cv_threshold: CvThreshold = 0.25, jobs: Jobs = 2,
     reference: RefOps = 8, normalize: Normalize = True, warmup_stable: WarmupStable = False,
     drift_adjust: Annotated[bool, typer.Option("--drift-adjust/--no-drift-adjust", rich_help_panel=_P, help=(
-        "scale the table's prediction by the drift the reference ops measured now vs in the table (the "
+        "scale the table's prediction by the drift measured now vs in the table: of the table's whole "
+        "calibration models when its runs timed them, else of the reference ops (the "
         "comparison then measures the table, not the machine's mood)"))] = True,
     serial: Serial = None, runner: Runner = None, adb: AdbPath = "adb",
     udid: Udid = None, bundle_id: BundleId = "org.fbnetlut.CoreMLBench", compute_units: Units = ComputeUnits.cpu,
@@ -298,10 +299,14 @@ def validate(
     if rep.drift is not None:
         note = "" if abs(rep.drift - 1) <= 0.05 else (" [yellow]- the device is not in the state its table was "
                                                       "measured in: errors of this size are drift, not the table[/yellow]")
-        if rep.drift_adjusted:
+        if rep.drift_adjusted and rep.model_drift is None:
             note = " (predictions scaled by it; --no-drift-adjust to compare with the table as served)"
         console.print(f"drift since the table was measured: {100 * (rep.drift - 1):+.1f}% (median over "
                       f"{len(rep.reference_ops)} reference ops timed in this run){note}")
+    if rep.model_drift is not None:
+        console.print(f"whole-model drift: {100 * (rep.model_drift - 1):+.1f}% (the table's calibration models "
+                      "now vs when profiled; predictions scaled by it; --no-drift-adjust to compare with the "
+                      "table as served)")
     if per_layer:
         _print_per_layer(console, rep, per_layer_json, plot)
     errs = rep.errors

@@ -45,6 +45,7 @@ class ValidationReport:
     configuration: str = ""
     rows: list[ArchValidation] = field(default_factory=list)
     drift: float | None = None
+    model_drift: float | None = None  # the table's calibration models now / when profiled
     drift_adjusted: bool = False
     protocol: dict = field(default_factory=dict)
     reference_ops: list[str] = field(default_factory=list)
@@ -76,6 +77,27 @@ def fetch_table(server: str, token: str, device: str, space: str, cache_dir: Pat
 
     with TableClient(server, Path(cache_dir).parent / "tables", token=token, on_warning=on_warning) as c:
         return c.fetch(device, space, selector).table
+
+
+def calibration_models(server: str, token: str, table) -> dict[str, tuple[object, float]]:
+    """The whole calibration models the table's runs timed (``extra.calibration``): program key ->
+    (Arch, median us when profiled; the median over the runs that timed it)."""
+    import httpx
+
+    from fbnet.space import Arch
+
+    run_ids = sorted({rid for e in table.entries for rid in e.run_ids})
+    seen: dict[str, tuple[object, list[float]]] = {}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=server, headers=headers, timeout=60) as c:
+        for rid in run_ids:
+            r = c.get(f"/runs/{rid}")
+            if r.status_code != 200:
+                continue
+            for m in ((r.json().get("extra") or {}).get("calibration") or {}).get("models", []):
+                a = Arch.parse(m["arch"])
+                seen.setdefault(arch_key(a), (a, []))[1].append(float(m["median_us"]))
+    return {k: (a, statistics.median(xs)) for k, (a, xs) in seen.items()}
 
 
 def validate(server: str, token: str, device: str, space: str, labelled, *, target: Target | None = None,
@@ -120,6 +142,12 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     folder = arch_folder(cache_dir, fmt, sp)
     keys = {label: arch_key(a) for label, a in labelled}
     todo = {keys[label]: (a, folder / f"{keys[label]}.{fmt}") for label, a in labelled}
+    # The table's calibration models, re-timed with the validated ones: how much the whole-model cost
+    # moved since profiling (speed AND the cache context: what a neighbour does to shared caches moves
+    # a whole model more than an op alone). Median statistic only: the runs recorded medians.
+    calib = calibration_models(server, token, table) if drift_adjust and statistic == "median" else {}
+    for k, (a, _) in calib.items():
+        todo.setdefault(k, (a, folder / f"{k}.{fmt}"))
     with progress(enabled=show_progress) as prog:
         task = prog.add_task("export", total=len(todo), info="")
         programs = export_archs(sp, todo, fmt, jobs=jobs,
@@ -158,10 +186,14 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     table_us = {e.key: (e.p10_us if statistic == "p10" else e.latency_us) for e in table.entries}
     drift = statistics.median(stat(results[op.key]) / table_us[op.key] for op in refs
                               if table_us[op.key]) if refs else None
+    model_drift = statistics.median(stat(results[k]) / then for k, (_, then) in calib.items()
+                                    if then > 0) if calib else None
     report = ValidationReport(sp.name, device, target.transport.value, table.overhead_us, pricing,
-                              describe(table), drift=drift, reference_ops=[op.key for op in refs],
-                              drift_adjusted=bool(drift_adjust and drift), protocol=info.to_dict())
-    scale = drift if drift_adjust and drift else 1.0
+                              describe(table), drift=drift, model_drift=model_drift,
+                              reference_ops=[op.key for op in refs],
+                              drift_adjusted=bool(drift_adjust and (model_drift or drift)), protocol=info.to_dict())
+    # the whole models' drift when the table's runs timed calibration models, else the ops'
+    scale = (model_drift or drift or 1.0) if drift_adjust else 1.0
     # The table's rule applied to ops timed in the same rounds as the models (every op of an
     # architecture among the reference ops: --reference-ops at least the ops they use): each op at
     # its in-round statistic less the same per-op correction, the overhead once. It measures the rule
@@ -196,7 +228,8 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
                        "configuration": tc.model_dump() if tc is not None else None,
                        "table_overhead_us": table.overhead_us, "n_ops": len(sp.arch_ops(a)),
                        "threads": target.threads, "transport": target.transport.value, "p10_us": r.stats.p10_us,
-                       "p90_us": r.stats.p90_us, "drift": drift, "reference_ops": report.reference_ops,
+                       "p90_us": r.stats.p90_us, "drift": drift, "model_drift": model_drift,
+                       "calibration_models": sorted(calib), "reference_ops": report.reference_ops,
                        "inround_predicted_us": in_round(a, pred)},
             )
             out = up.post_validation(v)

@@ -50,6 +50,17 @@ def test_calibration_model_gives_the_run_its_context_factor(module_server, cache
     assert f"context factor {want:.3f}" in out
     assert run["context_factor"] == pytest.approx(want) and tab["context_factor"] == pytest.approx(want)
     assert predict(parse_table(tab, "test"), arch, sp)["latency_us"] == pytest.approx(model["median_us"])
+    # validate re-times the table's calibration model: the whole-model drift (now / when profiled) scales
+    # the prediction, so validating that very model is exact whatever the machine did in between
+    code, out = run_agent("validate", "--server", module_server.url, "--device", "host-ctx", "--token", token,
+                          "--space", SPACE, "--cache-dir", str(cache), *QUICK, "--archs", "0", "--no-predefined",
+                          "--arch", arch.to_text())
+    assert code == 0 and "whole-model drift" in out, out
+    with httpx.Client(base_url=module_server.url, timeout=30) as c:
+        (v,) = c.get("/validations/host-ctx", params={"space": SPACE}).json()["validations"]
+    assert v["extra"]["calibration_models"] == [model["key"]]
+    assert v["extra"]["model_drift"] == pytest.approx(v["measured_us"] / model["median_us"])
+    assert v["predicted_us"] == pytest.approx(v["measured_us"]) and abs(v["error_pct"]) < 1e-6
 
 
 def test_host_profile_fills_table(module_server, cache, tmp_path):
