@@ -111,6 +111,15 @@ class Recorder:
         return None
 
 
+def rss_parts_kib(pid: int) -> dict[str, int]:
+    """RSS split as the kernel counts it: anonymous (heaps), file-backed (mapped code, data), shared memory."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+            out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -167,7 +176,7 @@ def main() -> None:
     server.create_device("imported")
     files = sorted(DATA.glob("*_latency.json"))
     pid = server.process.pid
-    rss0, t0 = rss_kib(pid), time.perf_counter()
+    rss0, parts0, t0 = rss_kib(pid), rss_parts_kib(pid), time.perf_counter()
     stop_at = t0 + args.minutes * 60
     rec = Recorder(t0, args.window)
     sent: dict[int, set[str]] = defaultdict(set)  # run id -> keys the service acknowledged
@@ -234,7 +243,7 @@ def main() -> None:
         rss_trace.append((round(time.perf_counter() - t0, 1), rss_kib(pid)))
     for t in threads:
         t.join()
-    rss1 = rss_kib(pid)
+    rss1, parts1 = rss_kib(pid), rss_parts_kib(pid)
 
     # every acknowledged measurement is stored, in the run it was sent to, exactly once
     lost, extra = 0, 0
@@ -275,12 +284,14 @@ def main() -> None:
     print("server RSS by window (MiB): " + ", ".join(f"{k / 1024:.0f}" for k in by_window.values()))
     print(f"server RSS: start {rss0 / 1024:.1f} MiB, end {rss1 / 1024:.1f} MiB; "
           f"database: {'n/a' if size is None else f'{size / 2**20:.1f} MiB'}")
+    print("server RSS parts, start -> end (MiB): " + ", ".join(
+        f"{k} {parts0.get(k, 0) / 1024:.1f} -> {parts1.get(k, 0) / 1024:.1f}" for k in parts1))
     if args.json:
         args.json.write_text(json.dumps({
             "minutes": args.minutes, "writers": args.writers, "readers": args.readers, "db": db_url.split(":")[0],
             "workers": args.workers, "latency": table, "errors": rec.errors, "busy_503": rec.busy,
             "acknowledged": stored, "runs": len(sent), "lost": lost, "unexpected": extra,
-            "rss_kib_start": rss0, "rss_kib_end": rss1, "rss_trace": rss_trace, "db_bytes": size}, indent=1))
+            "rss_kib_start": rss0, "rss_kib_end": rss1, "rss_parts_kib_start": parts0, "rss_parts_kib_end": parts1, "rss_trace": rss_trace, "db_bytes": size}, indent=1))
     if n_err or lost or extra:
         raise SystemExit(1)
 
