@@ -146,6 +146,8 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     # moved since profiling (speed AND the cache context: what a neighbour does to shared caches moves
     # a whole model more than an op alone). Median statistic only: the runs recorded medians.
     calib = calibration_models(server, token, table) if drift_adjust and statistic == "median" else {}
+    # and, when there are some, they are the rounds' references too: each round is normalised by what the
+    # whole models did in it (a neighbour that thrashes the cache moves models more than ops)
     for k, (a, _) in calib.items():
         todo.setdefault(k, (a, folder / f"{k}.{fmt}"))
     with progress(enabled=show_progress) as prog:
@@ -176,7 +178,7 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
         with progress(enabled=show_progress) as prog:
             task = prog.add_task("measure", total=len(programs) * cfg.rounds, info="")
             results = run_protocol(tr, list(programs), cfg, on_sample=ticker(prog, task),
-                                   reference_keys=[op.key for op in refs], info=info)
+                                   reference_keys=list(calib) or [op.key for op in refs], info=info)
     finally:
         tr.close()
 
