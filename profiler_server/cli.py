@@ -52,6 +52,25 @@ def _committed(db: str | None, work):
         database.dispose()
 
 
+def _serve_workers(config) -> None:
+    """``uvicorn.run`` with several workers, with Nagle off. uvicorn binds the shared socket itself as
+    ``socket.socket(family)`` (protocol 0), and asyncio only sets TCP_NODELAY on connections of a
+    socket whose protocol says TCP, so every response of a multi-worker service waited ~40 ms for the
+    client's delayed ACK (measured: /healthz p50 44 ms with 4 workers vs 1.3 ms with one). Accepted
+    connections inherit TCP_NODELAY from the listening socket."""
+    import socket
+
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass
+
+
 @app.command()
 def serve(
     db: DbOpt = None,
@@ -66,8 +85,8 @@ def serve(
     if db:
         os.environ["FBNET_DB_URL"] = db  # workers are fresh processes: the environment carries it
     if workers > 1:
-        uvicorn.run("profiler_server.app:create_app", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level)
+        _serve_workers(uvicorn.Config("profiler_server.app:create_app", factory=True, host=host, port=port,
+                                      workers=workers, log_level=log_level))
     else:
         from profiler_server.app import create_app
 

@@ -77,3 +77,35 @@ def test_read_token_required_when_configured(tmp_path):
         assert r.status_code == 422 or r.status_code == 403
     finally:
         cleanup()
+
+
+def test_several_workers_serve_with_nagle_off(monkeypatch):
+    """`fbnet-server serve --workers N` hands uvicorn's workers a listening socket with TCP_NODELAY set
+    (accepted connections inherit it): uvicorn's own shared socket has protocol 0, asyncio then leaves
+    Nagle on, and every response waited ~40 ms for the client's delayed ACK (44 ms /healthz p50)."""
+    import socket
+
+    import uvicorn
+    from uvicorn import supervisors
+
+    from profiler_server import cli
+
+    got = {}
+
+    class Capture:  # stands in for uvicorn's process supervisor: records the socket instead of forking
+        def __init__(self, config, sockets):
+            got["workers"], got["sock"] = config.workers, sockets[0]
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(supervisors, "Multiprocess", Capture)
+    config = uvicorn.Config("profiler_server.app:create_app", factory=True, host="127.0.0.1", port=0, workers=3)
+    cli._serve_workers(config)
+    try:
+        assert got["workers"] == 3
+        assert got["sock"].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        # what the fix is for: uvicorn's own socket does not say TCP, so asyncio would not set it per connection
+        assert got["sock"].proto == 0
+    finally:
+        got["sock"].close()
