@@ -36,6 +36,9 @@ class SearchConfig:
     #                          step, but its weights do not learn in a short search: bench/RESULTS-search-quality.md)
     paths: int = 1  # single sampler: the weight step splits its batch into this many chunks, each with its own
     #                 path (per layer distinct candidates drawn from softmax(theta), search.supernet.ArchParams.paths)
+    weight_mix: str = "expected"  # gumbel sampler, weight step: "expected" (softmax(theta), no noise: the supernet
+    #                               is one function that changes only as theta does; it learns best, measured) or
+    #                               "sample" (the paper: a Gumbel-softmax sample at tau, as theta's step)
     weights: str = "independent"  # "independent": 9 modules per layer (the paper); "shared": a layer's IR
     #                               candidates slice one set of weights (search.shared; experimental, see RESULTS)
     anchor: bool = False  # each weight step also trains the largest candidate in every layer (the sandwich rule
@@ -80,6 +83,8 @@ class SearchConfig:
             raise TrainError(f"sampler must be 'single' or 'gumbel', got {self.sampler!r}")
         if not 1 <= self.paths <= 9:
             raise TrainError(f"paths must be in 1..9 (distinct candidates per layer), got {self.paths}")
+        if self.weight_mix not in ("sample", "expected"):
+            raise TrainError(f"weight_mix must be 'sample' or 'expected', got {self.weight_mix!r}")
         if self.weights not in ("shared", "independent"):
             raise TrainError(f"weights must be 'shared' or 'independent', got {self.weights!r}")
         if not 0 < self.proxy_width <= 1:
@@ -100,7 +105,7 @@ class SearchConfig:
             raise TrainError(f"need 0 < tau_end <= tau0, got {self.tau_end}, {self.tau0}")
 
 
-PAPER = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weights="independent", anchor=False, proxy_width=1.0,
+PAPER = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weight_mix="sample", weights="independent", anchor=False, proxy_width=1.0,
              proxy_resolution=None, theta_lr=0.01, theta_batch_size=None)
 
 

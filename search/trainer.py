@@ -183,13 +183,19 @@ class Searcher:
         return True
 
     # ---- steps ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def weight_sample(self, tau: float) -> torch.Tensor:
+        """The mixing weights m of one weight step (no gradient to theta): a Gumbel-softmax sample at tau
+        (hard under the single path; k paths [k, 22, 9] with ``cfg.paths`` > 1), or softmax(theta) itself
+        with ``cfg.weight_mix == "expected"`` (all-candidates mix only)."""
+        cfg = self.cfg
+        if cfg.single:
+            return self.arch.paths(cfg.paths) if cfg.paths > 1 else self.arch.gumbel_weights(tau, hard=True)
+        return self.arch.probs() if cfg.weight_mix == "expected" else self.arch.gumbel_weights(tau)
+
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, int]:
         """One SGD step of the weights on one Gumbel sample (no gradient to theta): (ce, correct)."""
-        with torch.no_grad():
-            if self.cfg.single and self.cfg.paths > 1:  # k paths, one per chunk of the batch
-                m = self.arch.paths(self.cfg.paths)
-            else:
-                m = self.arch.gumbel_weights(tau, hard=self.cfg.single)
+        m = self.weight_sample(tau)
         self.w_opt.zero_grad(set_to_none=True)
         logits = self.model(x, m, self.cfg.single)
         ce = F.cross_entropy(logits, y)
