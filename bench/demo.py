@@ -2,7 +2,7 @@
 
 Starts the profiler service on a SQLite file, registers the host CPU, profiles every op of
 fbnet-cifar with ExecuTorch, searches on Fashion-MNIST against that table for a latency target (the
-single-path sampler on a proxy supernet, a schedule that converges in its time), trains the found
+all-candidates Gumbel-softmax supernet on a cheap proxy, a schedule that converges in its time), trains the found
 architecture and random architectures of the same predicted latency with the same budget, exports
 the found one, measures it whole, uploads the validation and prints predicted vs measured latency
 and the final theta entropy. Without Debian's dataset-fashion-mnist (``make demo`` installs it when

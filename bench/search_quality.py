@@ -60,7 +60,8 @@ def step_cost(space, batch: int, repeats: int) -> list[dict]:
     largest = torch.nn.functional.one_hot(torch.full((22,), LARGEST), 9).float().to(DEVICE)
     for sampler, width, res, shared in (("gumbel", 1.0, None, False), ("single", 1.0, None, False),
                                         ("gumbel", 0.5, 16, False), ("single", 0.5, 16, False),
-                                        ("single", 0.5, 16, True)):  # the last: the default (shared + anchor)
+                                        ("single", 0.5, 16, True),  # experimental: shared weights + anchor
+                                        ("gumbel", 0.25, 8, False)):  # the default since session 3
         ps = proxy_space(space, width, res)
         torch.manual_seed(0)
         net, arch = Supernet(ps, shared=shared).to(DEVICE).train(), ArchParams().to(DEVICE)

@@ -193,20 +193,25 @@ def run(
     epochs: int = typer.Option(None, "--epochs", help="total epochs, warm-up included (default 10; paper 90)"),
     warmup_epochs: int = typer.Option(None, "--warmup-epochs", help="first epochs train only the weights "
                                       "(default epochs/9, the paper's 10 of 90)"),
-    sampler: str = typer.Option(None, "--sampler", help="single: hard Gumbel, straight-through, only the "
-                                "sampled candidate runs (GDAS, the default); gumbel: all 9 candidates mixed (paper)"),
+    sampler: str = typer.Option(None, "--sampler", help="gumbel: all 9 candidates mixed by a Gumbel-softmax "
+                                "sample (the paper's; the default: the supernet learns); single: hard Gumbel, "
+                                "straight-through, only the sampled candidate runs (GDAS; ~9x cheaper per step, "
+                                "but its weights stay near chance in a short search)"),
+    weight_mix: str = typer.Option(None, "--weight-mix", help="gumbel sampler, what the weight step mixes: "
+                                   "expected (softmax(theta), no noise; the default: learns fastest, measured) or "
+                                   "sample (a Gumbel-softmax sample at tau, as theta's step: the paper's)"),
     weights: str = typer.Option(None, "--weights", help="independent: 9 separate modules per layer (default, "
                                 "paper); shared: a layer's 8 inverted-residual candidates are slices of one set of "
                                 "weights (experimental)"),
     anchor: bool = typer.Option(None, "--anchor/--no-anchor", help="each weight step also trains the largest "
                                 "candidate in every layer, stem/head/fc from that path only (experimental; default off)"),
     proxy_width: float = typer.Option(None, "--proxy-width", help="supernet width multiplier (accuracy proxy; "
-                                      "latency is always the target table's) (default 0.5; paper 1)"),
+                                      "latency is always the target table's) (default 0.25; paper 1)"),
     proxy_resolution: int = typer.Option(None, "--proxy-resolution", help="search input resolution, 0 = the "
-                                         "space's (default 16; paper 0)"),
-    paper: bool = typer.Option(False, "--paper", help="the paper's setting: gumbel, independent weights, no "
-                               "proxy, 90 epochs (10 "
-                               "warm-up), theta lr 0.01 (explicit options still win)"),
+                                         "space's (default 8; paper 0)"),
+    paper: bool = typer.Option(False, "--paper", help="the paper's setting: gumbel (as the default), independent "
+                               "weights, no proxy, 90 epochs (10 warm-up), theta lr 0.01, theta batch = batch "
+                               "(explicit options still win)"),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="per process (torchrun: per rank)"),
     alpha: float = typer.Option(0.2, "--alpha", help="loss = CE * alpha * log(LAT_us)^beta; 0 = plain CE"),
     beta: float = typer.Option(0.6, "--beta", help="latency exponent (sets the latency pressure)"),
@@ -241,7 +246,7 @@ def run(
     try:
         t = _table(s, server, device, table, cache_dir, token, sel)
         lut = _lut(s, t)
-        given = dict(epochs=epochs, warmup_epochs=warmup_epochs, sampler=sampler, weights=weights, anchor=anchor,
+        given = dict(epochs=epochs, warmup_epochs=warmup_epochs, sampler=sampler, weight_mix=weight_mix, weights=weights, anchor=anchor,
                      proxy_width=proxy_width,
                      proxy_resolution=proxy_resolution, theta_lr=theta_lr)
         opts = {**(PAPER if paper else {}), **{k: v for k, v in given.items() if v is not None}}

@@ -1,9 +1,11 @@
 """The search's settings and schedules (no torch).
 
-Defaults are the measured fast-converging setting for a CPU (``bench/RESULTS-search-quality.md``);
-the paper's setting is ``sampler="gumbel"``, ``weights="independent"``, ``proxy_width=1``, full
-resolution, 90 epochs with 10 warm-up, theta lr 0.01, batch 192 on ImageNet-100 (``--paper`` on the
-command line).
+Defaults are the measured setting for a CPU (``bench/RESULTS-search-quality.md``, session 3): the
+paper's all-candidates Gumbel-softmax mix (its supernet learns; the cheaper single path's does not
+in a short search) on a cheap proxy (width x0.25, 8 px) so that a 10-epoch search on 2000 images fits
+in 10 CPU-minutes. The paper's setting is ``sampler="gumbel"``, ``weights="independent"``,
+``proxy_width=1``, full resolution, 90 epochs with 10 warm-up, theta lr 0.01, batch 192 on
+ImageNet-100 (``--paper`` on the command line).
 
 Schedule scaled to the run: tau goes from ``tau0`` = 5 at the first epoch to ``tau_end`` = 0.087 at
 the last (geometric), so a 10-epoch run anneals as far as the paper's 90 (5 e^(-0.045 epoch) with
@@ -29,14 +31,20 @@ class SearchConfig:
     warmup_epochs: int | None = None  # None: round(epochs / 9), the paper's 10 of 90
     batch_size: int = 64
     theta_batch_size: int | None = 16  # None: batch_size. Small theta batches: more theta steps per epoch
-    sampler: str = "single"  # "single": hard Gumbel, straight-through, one candidate runs (GDAS);
-    #                          "gumbel": the paper's soft Gumbel-softmax over all 9 candidates
+    sampler: str = "gumbel"  # "gumbel": the paper's soft Gumbel-softmax over all 9 candidates (the supernet learns);
+    #                          "single": hard Gumbel, straight-through, one candidate runs (GDAS; ~9x cheaper per
+    #                          step, but its weights do not learn in a short search: bench/RESULTS-search-quality.md)
+    paths: int = 1  # single sampler: the weight step splits its batch into this many chunks, each with its own
+    #                 path (per layer distinct candidates drawn from softmax(theta), search.supernet.ArchParams.paths)
+    weight_mix: str = "expected"  # gumbel sampler, weight step: "expected" (softmax(theta), no noise: the supernet
+    #                               is one function that changes only as theta does; it learns best, measured) or
+    #                               "sample" (the paper: a Gumbel-softmax sample at tau, as theta's step)
     weights: str = "independent"  # "independent": 9 modules per layer (the paper); "shared": a layer's IR
     #                               candidates slice one set of weights (search.shared; experimental, see RESULTS)
     anchor: bool = False  # each weight step also trains the largest candidate in every layer (the sandwich rule
     #                       of slimmable networks / BigNAS; stem, head and fc follow that path only). Experimental
-    proxy_width: float = 0.5  # the supernet's width multiplier (1.0 = the target space's widths)
-    proxy_resolution: int | None = 16  # input resolution of the search (None = the space's)
+    proxy_width: float = 0.25  # the supernet's width multiplier (1.0 = the target space's widths)
+    proxy_resolution: int | None = 8  # input resolution of the search (None = the space's)
     alpha: float = 0.2
     beta: float = 0.6
     target_us: float | None = None  # latency target: replaces alpha/beta with the band hinge
@@ -73,6 +81,10 @@ class SearchConfig:
             raise TrainError(f"theta batch size must be >= 1, got {self.theta_batch_size}")
         if self.sampler not in ("single", "gumbel"):
             raise TrainError(f"sampler must be 'single' or 'gumbel', got {self.sampler!r}")
+        if not 1 <= self.paths <= 9:
+            raise TrainError(f"paths must be in 1..9 (distinct candidates per layer), got {self.paths}")
+        if self.weight_mix not in ("sample", "expected"):
+            raise TrainError(f"weight_mix must be 'sample' or 'expected', got {self.weight_mix!r}")
         if self.weights not in ("shared", "independent"):
             raise TrainError(f"weights must be 'shared' or 'independent', got {self.weights!r}")
         if not 0 < self.proxy_width <= 1:
@@ -93,7 +105,7 @@ class SearchConfig:
             raise TrainError(f"need 0 < tau_end <= tau0, got {self.tau_end}, {self.tau0}")
 
 
-PAPER = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weights="independent", anchor=False, proxy_width=1.0,
+PAPER = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weight_mix="sample", weights="independent", anchor=False, proxy_width=1.0,
              proxy_resolution=None, theta_lr=0.01, theta_batch_size=None)
 
 

@@ -42,8 +42,13 @@ class MixedLayer(nn.Module):
         else:
             self.candidates = nn.ModuleList(build_op(space.layer_op(layer, i)) for i in range(NUM_CANDIDATES))
 
-    def forward(self, x: torch.Tensor, m: torch.Tensor, single: bool | int = False) -> torch.Tensor:
-        """``single``: True (or the chosen index) runs only candidate argmax(m)."""
+    def forward(self, x: torch.Tensor, m: torch.Tensor, single: bool | int | list[int] = False) -> torch.Tensor:
+        """``single``: True (or the chosen index) runs only candidate argmax(m). A list of k indices
+        (m is then [k, 9]): k paths, the batch split into k consecutive chunks, chunk j through
+        candidate ``single[j]`` (each chunk's BatchNorm statistics are its own)."""
+        if isinstance(single, list):
+            return torch.cat([m[j, k] * self.candidates[k](xj)
+                              for j, (k, xj) in enumerate(zip(single, x.tensor_split(len(single)), strict=True))])
         if single is not False:
             k = int(m.detach().argmax()) if single is True else int(single)
             return m[k] * self.candidates[k](x)
@@ -70,10 +75,18 @@ class Supernet(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor, m: torch.Tensor, single: bool = False) -> torch.Tensor:
-        """``single``: m is a (straight-through) one-hot sample; run only the chosen candidate per layer."""
+        """``single``: m is a (straight-through) one-hot sample; run only the chosen candidate per layer.
+        With ``single`` and m of shape [k, 22, 9] (k one-hot paths, :meth:`ArchParams.paths`), the batch
+        is split into k consecutive chunks and chunk j takes path j; stem, head and fc see the whole
+        batch, so one step's gradient on them averages over k paths."""
         x = self.stem(x)
         # one device-to-host read for the 22 choices (not one per layer: matters on a GPU)
-        ks = m.detach().argmax(-1).tolist() if single else [False] * len(self.layers)
+        if single and m.dim() == 3:
+            k = min(len(m), len(x))
+            m = m[:k].transpose(0, 1)  # [22, k, 9]
+            ks = m.detach().argmax(-1).tolist()
+        else:
+            ks = m.detach().argmax(-1).tolist() if single else [False] * len(self.layers)
         for layer, ml, k in zip(self.layers, m, ks, strict=True):
             x = layer(x, ml, k)
         return self.fc(self.pool(self.head(x)))
@@ -90,6 +103,19 @@ class ArchParams(nn.Module):
     def gumbel_weights(self, tau: float, hard: bool = False) -> torch.Tensor:
         """One Gumbel-softmax sample m [22, 9], shared by the whole batch of this forward pass."""
         return F.gumbel_softmax(self.theta, tau=tau, hard=hard, dim=-1)
+
+    @torch.no_grad()
+    def paths(self, k: int) -> torch.Tensor:
+        """k one-hot paths [k, 22, 9] (no gradient; for the weight step): per layer k *distinct*
+        candidates drawn without replacement from softmax(theta) (the Gumbel-top-k trick: the k largest
+        theta + Gumbel noise), path j taking the j-th in every layer. Path 0 alone is distributed as
+        the argmax of :meth:`gumbel_weights` (hard); with uniform theta and k = 9 every candidate of
+        every layer is trained exactly once per step (FairNAS's strict fairness)."""
+        if not 1 <= k <= self.theta.shape[1]:
+            raise ValueError(f"k must be in 1..{self.theta.shape[1]}, got {k}")
+        g = -torch.empty_like(self.theta).exponential_().log()
+        top = (self.theta + g).topk(k, dim=-1).indices  # [22, k]
+        return F.one_hot(top.T, self.theta.shape[1]).to(self.theta.dtype)
 
     def probs(self) -> torch.Tensor:
         return torch.softmax(self.theta, dim=-1)

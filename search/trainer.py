@@ -18,11 +18,14 @@ result is then the most likely architecture under softmax(theta) whose table lat
 +-``select_band`` (5 %) of T (``search.select.most_likely_within``, exact); ``argmax_arch`` in
 arch.json is the plain per-layer argmax for comparison.
 
-The weight step. ``cfg.weights == "shared"`` ties a layer's candidates (``search.shared``);
-``cfg.anchor`` adds the largest candidate in every layer to each weight step (gradients summed, the
-stem, head and fc updated from that path only). Both are experimental and off by default: the
-uniformly sampled single path over independent candidates does not learn in a short search
-(bench/RESULTS-search-quality.md). The theta step runs the sample only.
+The weight step. By default (``sampler="gumbel"``) it trains the paper's all-candidates mix, whose
+output is one consistent function of the weights: it learns (bench/RESULTS-search-quality.md,
+session 3). Under the single path the path changes every step and the shared stem, head and fc fit
+whichever path came last: the weights stay near chance in a short search, with or without k paths
+per step (one per chunk of the batch). ``cfg.weights == "shared"`` ties a layer's candidates
+(``search.shared``); ``cfg.anchor`` adds the largest candidate in every layer to each weight step
+(gradients summed, the stem, head and fc updated from that path only). Both are experimental and off
+by default. The theta step runs the sample only.
 
 The weight step minimises cross-entropy. The paper's loss is CE times alpha * log(LAT)^beta, a
 positive factor that does not depend on the weights; multiplying by it would only rescale the SGD
@@ -180,10 +183,19 @@ class Searcher:
         return True
 
     # ---- steps ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def weight_sample(self, tau: float) -> torch.Tensor:
+        """The mixing weights m of one weight step (no gradient to theta): a Gumbel-softmax sample at tau
+        (hard under the single path; k paths [k, 22, 9] with ``cfg.paths`` > 1), or softmax(theta) itself
+        with ``cfg.weight_mix == "expected"`` (all-candidates mix only)."""
+        cfg = self.cfg
+        if cfg.single:
+            return self.arch.paths(cfg.paths) if cfg.paths > 1 else self.arch.gumbel_weights(tau, hard=True)
+        return self.arch.probs() if cfg.weight_mix == "expected" else self.arch.gumbel_weights(tau)
+
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, int]:
         """One SGD step of the weights on one Gumbel sample (no gradient to theta): (ce, correct)."""
-        with torch.no_grad():
-            m = self.arch.gumbel_weights(tau, hard=self.cfg.single)
+        m = self.weight_sample(tau)
         self.w_opt.zero_grad(set_to_none=True)
         logits = self.model(x, m, self.cfg.single)
         ce = F.cross_entropy(logits, y)
