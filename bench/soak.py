@@ -41,9 +41,38 @@ if not DATA.exists():
     DATA = REPO / "tests" / "data" / "hwnasbench"
 
 
-# imported by the server process (PYTHONPATH) when --tracemalloc is given
+# imported by the server process (PYTHONPATH) when --tracemalloc or --native-stats is given
 _SITECUSTOMIZE = """
-import os, threading, time, tracemalloc
+import ctypes, gc, json, os, threading, time, tracemalloc
+_n = os.environ.get("FBNET_SOAK_NATIVE")
+if _n:
+    class _Mallinfo2(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_size_t) for f in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    def _native():  # what the C allocators say they hold, next to what the kernel says is resident
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _Mallinfo2
+        sq = ctypes.CDLL("libsqlite3.so.0")  # the library Python's sqlite3 module is linked against
+        sq.sqlite3_memory_used.restype = sq.sqlite3_memory_highwater.restype = ctypes.c_int64
+        every = float(os.environ["FBNET_SOAK_NATIVE_EVERY"])
+        with open(f"{_n}/native-{os.getpid()}.jsonl", "a") as f:
+            t0 = time.monotonic()
+            while True:
+                m = libc.mallinfo2()
+                status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+                f.write(json.dumps({
+                    "t": round(time.monotonic() - t0, 1),
+                    "rss_anon_kib": int(status["RssAnon"].split()[0]), "threads": int(status["Threads"]),
+                    "malloc_in_use_kib": m.uordblks // 1024, "malloc_free_kib": m.fordblks // 1024,
+                    "malloc_arena_kib": m.arena // 1024, "malloc_mmap_kib": m.hblkhd // 1024,
+                    "sqlite_used_kib": sq.sqlite3_memory_used() // 1024,
+                    "sqlite_highwater_kib": sq.sqlite3_memory_highwater(0) // 1024,
+                    "python_objects": len(gc.get_objects())}) + "\\n")
+                f.flush()
+                time.sleep(every)
+    threading.Thread(target=_native, daemon=True).start()
 _d = os.environ.get("FBNET_SOAK_TRACEMALLOC")
 if _d:
     def _loop():  # tracing starts after one period (startup under tracemalloc is very slow)
@@ -75,6 +104,21 @@ def tracemalloc_growth(snap_dir: Path, top: int = 15) -> list[str]:
         out.append(f"{st.size_diff / 1024:+9.0f} KiB {st.count_diff:+7d} blocks  "
                    + " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in st.traceback[:4]))
     return out
+
+
+def native_growth(stats_dir: Path) -> list[str]:
+    """First, after-warm-up (60 s) and last line of each server process's native statistics."""
+    out = []
+    for p in sorted(stats_dir.glob("native-*.jsonl")):
+        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        if not rows:
+            continue
+        warm = next((r for r in rows if r["t"] >= 60), rows[0])
+        for k in rows[0]:
+            if k != "t":
+                out.append(f"{p.stem} {k:<22} {rows[0][k]:>10} -> {warm[k]:>10} (t={warm['t']:.0f}s) -> "
+                           f"{rows[-1][k]:>10} (t={rows[-1]['t']:.0f}s)")
+    return out or [f"native stats: nothing in {stats_dir}"]
 
 
 class Recorder:
@@ -156,18 +200,26 @@ def main() -> None:
                     help="extra environment of the server (repeatable), e.g. FBNET_SQLITE_CACHE_KIB=2000")
     ap.add_argument("--tracemalloc", type=Path, metavar="DIR",
                     help="server takes tracemalloc snapshots into DIR every --window s (slow; finds memory growth)")
+    ap.add_argument("--native-stats", type=Path, metavar="DIR",
+                    help="server writes, every 10 s, glibc's malloc totals (mallinfo2), SQLite's own memory "
+                         "(sqlite3_memory_used), RssAnon, its thread and object counts into DIR/native-PID.jsonl")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="fbnet-soak-"))
     db_url = args.db or f"sqlite:///{tmp / 'soak.db'}"
     env = {"PYTHONPATH": str(REPO)}
-    if args.tracemalloc:
-        args.tracemalloc.mkdir(parents=True, exist_ok=True)
+    if args.tracemalloc or args.native_stats:
         hook = tmp / "hook"
         hook.mkdir()
         (hook / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-        env = {"PYTHONPATH": f"{hook}:{REPO}", "FBNET_SOAK_TRACEMALLOC": str(args.tracemalloc.resolve()),
-               "FBNET_SOAK_TRACEMALLOC_EVERY": str(args.window)}
+        env = {"PYTHONPATH": f"{hook}:{REPO}"}
+        if args.tracemalloc:
+            args.tracemalloc.mkdir(parents=True, exist_ok=True)
+            env |= {"FBNET_SOAK_TRACEMALLOC": str(args.tracemalloc.resolve()),
+                    "FBNET_SOAK_TRACEMALLOC_EVERY": str(args.window)}
+        if args.native_stats:
+            args.native_stats.mkdir(parents=True, exist_ok=True)
+            env |= {"FBNET_SOAK_NATIVE": str(args.native_stats.resolve()), "FBNET_SOAK_NATIVE_EVERY": "10"}
     env.update(kv.split("=", 1) for kv in args.env)
     server = LocalServer(db_url, tmp, workers=args.workers, extra_env=env).start()
     admin = {"Authorization": f"Bearer {server.admin_token}"}
@@ -278,6 +330,8 @@ def main() -> None:
     print(f"measurements acknowledged: {stored} in {len(sent)} runs; lost: {lost}; unexpected: {extra}")
     if args.tracemalloc:
         print("\n".join(tracemalloc_growth(args.tracemalloc)))
+    if args.native_stats:
+        print("\n".join(native_growth(args.native_stats)))
     by_window = {}
     for t, kib in rss_trace:
         by_window.setdefault(int(t // args.window), kib)

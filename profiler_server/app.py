@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="fbnet-lut profiler service", version=__version__, lifespan=lifespan, responses=errors,
                   description="Per-device operator latency tables for hardware-aware NAS (FBNet).")
     app.state.settings = settings
-    app.state.table_cache = TableCache()
+    app.state.table_cache = TableCache(max_runs=settings.table_runs)
     app.state.plot_cache = PlotCache()
 
     @app.exception_handler(DomainError)

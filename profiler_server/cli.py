@@ -196,7 +196,8 @@ def plot_table(device: str, space: Annotated[str, typer.Option()], out: Annotate
 
     database = _database(db)
     with database.read_sessions() as s:
-        _write(out, plots.table_heatmap(TableCache().table(s, device, space), resolve_space(space)))
+        _write(out, plots.table_heatmap(TableCache(max_runs=_settings(db).table_runs).table(s, device, space),
+                                        resolve_space(space)))
     database.dispose()
 
 
@@ -214,7 +215,7 @@ def plot_compare(space: Annotated[str, typer.Option()], a: Annotated[str, typer.
 
     database = _database(db)
     with database.read_sessions() as s:
-        c = TableCache()
+        c = TableCache(max_runs=_settings(db).table_runs)
         ta = c.table(s, a, space, Selector(precision=a_precision))
         _write(out, plots.ratio_plot(compare(space, ta, c.table(s, b, space, Selector(precision=b_precision)))))
     database.dispose()

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # threads + overflow connections, SQLite's default (2000 KiB each) could hold ~80 MiB as the database
     # grows; in WAL mode another connection's commit empties a connection's cache anyway.
     sqlite_cache_kib: int = Field(default=256, ge=16)
+    # Per op, a table takes the newest this many runs of its configuration that measured it (older runs
+    # stay stored): a table miss reads a bounded number of rows however long a device has been profiled.
+    table_runs: int = Field(default=16, ge=1, le=1000)
     # How long a request waits for a connection or a SQLite write lock before it answers 503.
     db_wait_s: float = Field(default=10.0, gt=0)
     # What a 503 tells the client to wait before it retries (Retry-After, seconds).

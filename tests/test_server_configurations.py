@@ -188,3 +188,42 @@ def test_context_factor_is_the_median_of_the_contributing_runs(module_server, de
         assert r.status_code == 422 and "context_factor" in r.text
         assert c.get(f"/runs/{bad}").json()["status"] == "open"
     assert _get(module_server, name, threads=1).headers["etag"] == t.headers["etag"]
+
+
+def test_a_table_takes_the_newest_runs_per_op_and_keeps_the_rest(module_server, dev):
+    """Per op, the newest ``table_runs`` (16) runs of the configuration that measured it feed the table:
+    a 17th run pushes the oldest out of every entry (values, run ids, the context factor), a newer
+    partial run pushes it out of its own ops only, and the configuration still lists every stored run."""
+    from statistics import median
+
+    from profiler_server.domain.tables import DEFAULT_MAX_RUNS
+
+    name, token = dev
+    window = DEFAULT_MAX_RUNS
+    rids, factors = [], []
+    for j in range(window + 1):  # base 1000, 1100, ...; the oldest run has the lowest values
+        rid = _profile(module_server, token, 1000.0 + 100 * j, finish=None, threads=1)
+        factors.append(1.0 + j / 100)
+        with module_server.client(token) as c:
+            r = c.post(f"/runs/{rid}/finish", json={"status": "finished", "context_factor": factors[-1]})
+            assert r.status_code == 200, r.text
+        rids.append(rid)
+    t = _get(module_server, name, threads=1).json()
+    assert str(window) in t["rule"]
+    newest = [1000.0 + 100 * j for j in range(1, window + 1)]
+    every = [1000.0 + 100 * j for j in range(window + 1)]
+    assert median(newest) != median(every)  # the test can tell a window from all runs
+    assert _values(t) == {op.key: median(newest) + i for i, op in enumerate(REAL_OPS)}
+    assert {tuple(e["run_ids"]) for e in t["entries"] if e["source"] == "measured"} == {tuple(rids[1:])}
+    assert {e["runs"] for e in t["entries"] if e["source"] == "measured"} == {window}
+    assert t["context_factor"] == pytest.approx(median(factors[1:]))
+    # a newer partial run: the window moves for its op only
+    part = _profile(module_server, token, 5000.0, keys=[REAL_OPS[0].key], threads=1)
+    t2 = _get(module_server, name, threads=1).json()
+    e0 = next(e for e in t2["entries"] if e["key"] == REAL_OPS[0].key)
+    assert e0["run_ids"] == sorted([*rids[2:], part]) and e0["latency_us"] == median([*newest[1:], 5000.0])
+    e1 = next(e for e in t2["entries"] if e["key"] == REAL_OPS[1].key)
+    assert e1["run_ids"] == rids[1:] and e1["latency_us"] == median(newest) + 1
+    with module_server.client() as c:
+        cfgs = c.get(f"/tables/{name}/configurations", params={"space": SPACE}).json()
+    assert [c["runs"] for c in cfgs] == [[*rids, part]]  # stored, listed, just not served

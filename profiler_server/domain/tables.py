@@ -11,7 +11,7 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from statistics import median
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import ConfigOp, Device, OpStat, Run
@@ -25,12 +25,16 @@ from profiler_server.domain.runs import COUNTED_STATUSES
 from profiler_server.domain.spaces import resolve_space
 from profiler_server.errors import NotFound
 
-RULE = (
+DEFAULT_MAX_RUNS = 16  # the newest runs per op a table takes (FBNET_TABLE_RUNS)
+
+_RULE = (
     "A table is built from the FINISHED runs of ONE configuration of the device (precision, runtime, "
     "runtime_version, threads, cpu_mask, compute_units; an imported table is a configuration of its own); "
     "open, failed and aborted runs never count, runs marked unstable only with include_unstable. "
     "Selectors left unspecified pick the device's newest complete configuration (newest = highest run id), "
-    "else its newest. latency_us of an op = median of the per-run medians (raw, as measured alone); "
+    "else its newest. Per op, the newest {max_runs} of those runs that measured it contribute (older ones are "
+    "kept, not served: a table costs the same after a year of re-profiling). latency_us of an op = median of "
+    "the contributing runs' medians (raw, as measured alone); "
     "corrected_us = median over the runs of (run median - that run's per-call overhead for the op's input "
     "shape), at least 0; it equals latency_us when no overhead was recorded (imports). Clients price "
     "corrected_us and add the table's overhead_us once per model (fbnet.lut). Identity skips (skip with "
@@ -42,6 +46,14 @@ RULE = (
     "corrected ops), null when none was measured; clients multiply corrected_us by it. version = content hash of "
     "the configuration and the entries (the ETag)."
 )
+
+
+def rule(max_runs: int = DEFAULT_MAX_RUNS) -> str:
+    """The assembly rule as served in every table, for a window of ``max_runs`` runs per op."""
+    return _RULE.format(max_runs=max_runs)
+
+
+RULE = rule()
 
 CSV_COLUMNS = ("key", "block", "kernel", "expansion", "groups", "cin", "h", "w", "cout", "stride",
                "latency_us", "corrected_us", "n", "std_us", "p10_us", "p90_us", "runs", "source")
@@ -161,8 +173,10 @@ def _entry(op, layers, rows: list[_Row], imported: bool) -> dict:
     }
 
 
-def assemble(session: Session, device: Device, space: Space, selector: Selector | None = None) -> wire.Table:
-    """The table of ``device`` for ``space`` in the configuration ``selector`` picks (rule: :data:`RULE`)."""
+def assemble(session: Session, device: Device, space: Space, selector: Selector | None = None,
+             max_runs: int = DEFAULT_MAX_RUNS) -> wire.Table:
+    """The table of ``device`` for ``space`` in the configuration ``selector`` picks (rule: :func:`rule`),
+    each op from the newest ``max_runs`` runs that measured it."""
     selector = selector or Selector()
     runs = finished_runs(session, device, space)
     configs = configurations(session, device, space, include_unstable=selector.include_unstable, runs=runs)
@@ -173,12 +187,17 @@ def assemble(session: Session, device: Device, space: Space, selector: Selector 
         cfg = Configuration(**chosen.model_dump(include=set(Configuration.model_fields)))
         used = set(chosen.runs)
         # the summaries of the chosen configuration's runs only (op_stats), never the measurements
-        q = (select(OpStat.key, OpStat.run_id, OpStat.n, OpStat.median_us, OpStat.corrected_us, OpStat.std_us,
-                    OpStat.p10_us, OpStat.p90_us)
-             .where(OpStat.device_id == device.id, OpStat.space_id == space_id(session, space),
-                    OpStat.config_id == chosen.id))
+        # per op the newest max_runs rows, chosen by the database (a window function, SQLite >= 3.25 and
+        # PostgreSQL): what a miss reads stays bounded however many runs the configuration gathers
+        newest = func.row_number().over(partition_by=OpStat.key, order_by=OpStat.run_id.desc()).label("newest")
+        inner = (select(OpStat.key, OpStat.run_id, OpStat.n, OpStat.median_us, OpStat.corrected_us, OpStat.std_us,
+                        OpStat.p10_us, OpStat.p90_us, newest)
+                 .where(OpStat.device_id == device.id, OpStat.space_id == space_id(session, space),
+                        OpStat.config_id == chosen.id))
         if not selector.include_unstable:
-            q = q.where(OpStat.unstable.is_(False))
+            inner = inner.where(OpStat.unstable.is_(False))
+        sub = inner.subquery()
+        q = select(*[c for c in sub.c if c.name != "newest"]).where(sub.c.newest <= max_runs)
         for key, rid, *vals in session.execute(q).tuples():
             if rid in used:
                 by_key[key].append(_Row(rid, *vals))
@@ -203,7 +222,7 @@ def assemble(session: Session, device: Device, space: Space, selector: Selector 
     return wire.Table.model_construct(
         device=device.name, space=space.name, space_version=space.version, version=version, unit="us",
         complete=not missing, missing=missing, overhead_us=overhead, context_factor=context, configuration=cfg,
-        rule=RULE,
+        rule=rule(max_runs),
         entries=[wire.TableEntry.model_construct(**e) for e in entries],
     )
 
@@ -236,8 +255,8 @@ class TableCache:
     """Assembled tables per (device, space, device generation); any write to a device bumps its
     generation, so a hit is always current, also with several server processes."""
 
-    def __init__(self, size: int = 256):
-        self._size = size
+    def __init__(self, size: int = 256, max_runs: int = DEFAULT_MAX_RUNS):
+        self._size, self.max_runs = size, max_runs
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple, CachedTable] = OrderedDict()
 
@@ -262,7 +281,7 @@ class TableCache:
         if (hit := self.peek(row[0], row[1], space_name, selector)) is not None:
             return hit
         key = (row[0], space.name, space.version, row[1], selector)
-        table = assemble(session, get_device(session, device_name), space, selector)
+        table = assemble(session, get_device(session, device_name), space, selector, self.max_runs)
         item = CachedTable(table, table.model_dump_json().encode(), f'"{table.version}"')
         with self._lock:
             # older generations of this table can never be asked for again: drop them (flat memory
