@@ -66,8 +66,14 @@ def score_variants(rows: list[dict], table: dict, space_name: str, statistic: st
         model_drift = None
     out = {}
     pricings = [("corrected", "table_predicted_us"), ("raw", "raw_sum_us")]
-    if any((v["extra"].get("context_factor") or 1.0) != 1.0 for v in rows):  # the table had a context factor
-        pricings.insert(1, ("corrected without the context factor", "alone_predicted_us"))
+    cost = tab.context_us_per_mb
+    if cost is not None or any((v["extra"].get("context_factor") or 1.0) != 1.0 for v in rows):  # a context
+        pricings.insert(1, ("corrected without the in-model context", "alone_predicted_us"))
+    if cost is not None and tab.context_factor:  # the scalar rule of the runs before the context cost
+        ovh = tab.overhead_us or 0.0
+        for v in rows:
+            v["extra"]["factor_predicted_us"] = (v["extra"]["alone_predicted_us"] - ovh) * tab.context_factor + ovh
+        pricings.insert(2, ("corrected x the scalar context factor", "factor_predicted_us"))
     for name, key in pricings:
         base = [v["extra"][key] for v in rows]
         out[f"{statistic}, {name}, as served"] = score(base, meas)
@@ -154,7 +160,8 @@ def main() -> None:
     s.add_row("within ±10%", f"{100 * summary['within_10pct']:.1f}%  (target ≥ 95%)")
     s.add_row("Kendall tau", f"{summary['kendall_tau']:.3f}  (target ≥ 0.9)")
     s.add_row("table overhead_us", str(table.get("overhead_us")))
-    s.add_row("table context_factor", str(table.get("context_factor")))
+    s.add_row("table context", f"{table.get('context_us_per_mb')} us per MB of weights (prices); "
+              f"factor {table.get('context_factor')} (descriptive)")
     if rows and rows[0]["extra"].get("model_drift") is not None:
         s.add_row("whole-model drift", f"{100 * (rows[0]['extra']['model_drift'] - 1):+.1f}%  (the table's "
                   "calibration models re-timed with the models; what the default prediction is scaled by)")
@@ -179,7 +186,8 @@ def main() -> None:
             "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],
             "drift": drift, "model_drift": rows[0]["extra"].get("model_drift") if rows else None,
             "precision": a.precision, "statistic": a.statistic, "variants": variants,
-            "context_factor": table.get("context_factor"), "calibration": run_info.get("extra", {}).get("calibration"),
+            "context_factor": table.get("context_factor"), "context_us_per_mb": table.get("context_us_per_mb"),
+            "calibration": run_info.get("extra", {}).get("calibration"),
             "profile_unstable": run_info.get("unstable"), "profile_protocol": prot,
             "archs": [{"label": v["label"], "arch": v["arch"], "predicted_us": v["predicted_us"],
                        "measured_us": v["measured_us"], "error_pct": v["error_pct"], "extra": v.get("extra", {})}

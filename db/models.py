@@ -141,6 +141,7 @@ class Run(Base):
     rounds: Mapped[int | None] = mapped_column(Integer)
     overhead_us: Mapped[float | None] = mapped_column(Float)
     context_factor: Mapped[float | None] = mapped_column(Float)
+    context_us_per_mb: Mapped[float | None] = mapped_column(Float)
     temps_before: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     temps_after: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     cpu_freqs_before: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -66,9 +66,10 @@ Normalize = Annotated[bool, typer.Option("--normalize/--no-normalize", rich_help
 WarmupStable = Annotated[bool, typer.Option("--warmup-stable/--no-warmup-stable", rich_help_panel=_P,
                                             help="before the rounds, time a reference op until its median settles")]
 Calibration = Annotated[int, typer.Option("--calibration-models", min=0, rich_help_panel=_P, help=(
-    "whole random models timed in the same rounds as the ops: their ratio to the sum of their corrected "
-    "ops is the run's context factor, which corrected pricing multiplies every entry by (ops run slower "
-    "inside a model than alone: caches); 0 = none. Needs a full run (no --ops/--limit, not --resume)"))]
+    "whole random models timed in the same rounds as the ops: what they cost beyond the sum of their "
+    "corrected ops, per MB of their weights, is the run's context cost, which corrected pricing adds to "
+    "every entry x its weight MB (inside a model each layer reloads the weights the others evicted from "
+    "the cache); 0 = none. Needs a full run (no --ops/--limit, not --resume)"))]
 UnstableAt = Annotated[float, typer.Option("--unstable-threshold", min=0, rich_help_panel=_P,
                                            help="mark the run unstable when round factors spread more than this")]
 
@@ -179,9 +180,10 @@ def profile(
         out = s.finish()
     except SpooledError as e:
         fail(str(e), Exit.UNREACHABLE)
-    ovh, ctx = s.overhead_us, s.context_factor
+    ovh, ctx, cost = s.overhead_us, s.context_factor, s.context_us_per_mb
     console.print(f"run {out.id} finished: {out.n_measurements} ops stored; overhead {ovh and round(ovh, 1)} us/call"
-                  + (f"; context factor {ctx:.3f}" if ctx else ""))
+                  + (f"; context {cost:.1f} us per MB of weights (models {ctx:.3f}x their ops)"
+                     if cost is not None else ""))
 
 
 @app.command()

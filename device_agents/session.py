@@ -8,9 +8,11 @@ likes between them::
     s.export(); s.measure(); s.finish()
 
 With ``calibration`` > 0 the run also times that many whole random models in the same rounds as the
-ops and sends their ratio to the sum of their corrected ops, the run's **context factor**
-(:func:`fbnet.lut.context_factor`); it needs every op of those models in the same session (a full
-run, not ``--ops``/``--limit`` subsets or a resumed remainder), else the run carries none.
+ops and sends what they cost beyond the sum of their corrected ops per MB of their weights, the run's
+**context cost** (:func:`fbnet.lut.context_cost`), and their ratio to that sum, its **context factor**
+(:func:`fbnet.lut.context_factor`, descriptive); it needs every op of those models in the same
+session (a full run, not ``--ops``/``--limit`` subsets or a resumed remainder), else the run carries
+neither.
 
 Measurements go to the spool file before they are sent (:mod:`device_agents.uploader`), so a failure
 mid-run keeps every finished op: :class:`MeasureFailed` says where they are.
@@ -71,7 +73,7 @@ class ProfileSession:
     retries: int = 3
     show_progress: bool = True
     note: Callable[[str], None] = print
-    calibration: int = 8  # whole random models timed with the ops: the run's context factor
+    calibration: int = 8  # whole random models timed with the ops: the run's context cost
 
     def __post_init__(self) -> None:
         from fbnet.space import get_space
@@ -90,6 +92,7 @@ class ProfileSession:
         self.runner_events: list[dict] = []  # a native runner's per-round sensors and reference medians
         self.calibration_programs: dict[str, object] = {}  # program key -> Arch
         self.context_factor: float | None = None
+        self.context_us_per_mb: float | None = None
         self.calibration_report: dict | None = None
         self._up: Uploader | None = None
 
@@ -209,30 +212,37 @@ class ProfileSession:
         return self.results
 
     def _calibrate(self, timed: dict[str, OpResult]) -> None:
-        """The run's context factor: each calibration model's median against the sum of its ops'
-        corrected medians from this run (fbnet.lut.context_factor, the per-model overhead taken off)."""
-        from fbnet.lut import context_factor
+        """The run's context cost and factor: each calibration model's median against the sum of its ops'
+        corrected medians from this run and its weight MB (fbnet.lut.context_cost and context_factor, the
+        per-model overhead taken off)."""
+        from fbnet.lut import context_cost, context_factor, weight_mb
 
         if not self.calibration_programs:
             return
         models, rows = [], []
+        precision = self.target.run_precision
         for key, arch in self.calibration_programs.items():
-            ops = [self.results[op.key] for op in self.sp.arch_ops(arch)]
-            ops_sum = sum(max(0.0, r.stats.median_us - (r.overhead_us or 0.0)) for r in ops)
+            ops = self.sp.arch_ops(arch)
+            ops_sum = sum(max(0.0, self.results[op.key].stats.median_us - (self.results[op.key].overhead_us or 0.0))
+                          for op in ops)
+            mb = sum(weight_mb(op.key, precision) for op in ops)
             measured = timed[key].stats.median_us
-            models.append((measured, ops_sum))
+            models.append((measured, ops_sum, mb))
             rows.append({"key": key, "arch": arch.to_text(), "median_us": measured, "ops_sum_us": ops_sum,
-                         "n": timed[key].stats.n})
-        factor, _ = context_factor(models, self.overhead_us)
-        for row, (m, ops_sum) in zip(rows, models, strict=True):
-            row["ratio"] = (m - (self.overhead_us or 0.0)) / ops_sum if ops_sum > 0 else None
-        self.calibration_report = {"factor": factor, "models": rows, "overhead_us": self.overhead_us}
-        if 0.2 < factor < 5.0:
-            self.context_factor = factor
-            self.note(f"context factor {factor:.3f}: {len(rows)} whole models vs the sum of their ops "
-                      f"(ratios {min(r['ratio'] for r in rows):.3f}..{max(r['ratio'] for r in rows):.3f})")
+                         "weight_mb": mb, "n": timed[key].stats.n})
+        factor, ratios = context_factor([(m, o) for m, o, _ in models], self.overhead_us)
+        cost, per_mb = context_cost(models, self.overhead_us)
+        for row, ratio, c in zip(rows, ratios, per_mb, strict=True):
+            row["ratio"], row["us_per_mb"] = ratio, c
+        self.calibration_report = {"factor": factor, "us_per_mb": cost, "models": rows,
+                                   "overhead_us": self.overhead_us}
+        shown = [c for c in per_mb if c is not None]
+        if 0.2 < factor < 5.0 and -1000.0 < cost < 100000.0:
+            self.context_factor, self.context_us_per_mb = factor, cost
+            self.note(f"context: {cost:.1f} us per MB of weights inside a model ({min(shown):.1f}..{max(shown):.1f} "
+                      f"over {len(rows)} whole models; they run {factor:.3f}x the sum of their ops)")
         else:  # a broken measurement, not a device: recorded, never served
-            self.note(f"warning: context factor {factor:.3f} is implausible; the run carries none")
+            self.note(f"warning: context {cost:.1f} us/MB, factor {factor:.3f} is implausible; the run carries none")
 
     def _kept(self) -> str:
         if self.state is None:
@@ -251,7 +261,7 @@ class ProfileSession:
         # ALL its ops, so a resumed session's subset does not overwrite the first session's
         fin = RunFinish(temps_after=self.sensors_after[0], cpu_freqs_after=self.sensors_after[1],
                         overhead_us=self.overhead_us, unstable=self.info.unstable,
-                        context_factor=self.context_factor,
+                        context_factor=self.context_factor, context_us_per_mb=self.context_us_per_mb,
                         extra={"remeasured": [k for k, r in self.results.items() if r.remeasured],
                                "measure_s": round(self.measure_s, 2), "protocol": self.info.to_dict(),
                                "normalize": self.cfg.normalize, "unstable_threshold": self.cfg.unstable_threshold,

@@ -117,7 +117,7 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     from device_agents.exporters import export_archs, export_space
     from device_agents.uploader import Uploader
     from fbnet.cli import progress, ticker
-    from fbnet.lut import TableError, describe, entry_us, latencies, model_overhead_us, predict, table_context_factor
+    from fbnet.lut import TableError, describe, entry_us, in_context_us, latencies, model_overhead_us, predict
     from fbnet.space import get_space
     from fbnet.wire import ValidationCreate
 
@@ -202,13 +202,18 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     # (isolated ops sum to the model), with the machine's mood common to both sides.
     correction = {e.key: e.latency_us - (entry_us(e, table, pricing, in_context=False) or 0.0)
                   for e in table.entries if e.latency_us is not None}
-    k_ctx = table_context_factor(table, pricing)
+    by_key = {e.key: e for e in table.entries}
+
+    def alone(a) -> float:  # the same pricing with the ops as timed alone (no in-model context)
+        return math.fsum(entry_us(by_key[op.key], table, pricing, statistic, in_context=False)
+                         for op in sp.arch_ops(a, with_identity=True)) + model_overhead_us(table, pricing)
 
     def in_round(a, pred: dict) -> float | None:
         ops = list(zip(sp.arch_ops(a, with_identity=True), pred["per_op"], strict=True))
         if not all(op.is_identity or op.key in ref_keys for op, _ in ops):
             return None  # an op of this architecture was not timed with it
-        return math.fsum(p["latency_us"] if op.is_identity else k_ctx * max(0.0, stat(results[op.key]) - correction[op.key])
+        return math.fsum(p["latency_us"] if op.is_identity
+                         else in_context_us(max(0.0, stat(results[op.key]) - correction[op.key]), op.key, table, pricing)
                          for op, p in ops) + model_overhead_us(table, pricing)
 
     ref_keys = {op.key for op in refs}
@@ -224,8 +229,10 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
                 label=label,
                 extra={"raw_sum_us": raw, "pricing": pricing, "statistic": statistic, "median_us": r.stats.median_us,
                        "table_predicted_us": fixed, "drift_scale": scale, "context_factor": pred["context_factor"],
-                       # the same pricing without the context factor (ops as timed alone)
-                       "alone_predicted_us": (fixed - pred["overhead_us"]) / pred["context_factor"] + pred["overhead_us"],
+                       "context_us_per_mb": pred["context_us_per_mb"],
+                       "table_context_factor": table.context_factor,  # descriptive when the cost prices
+                       # the same pricing without the in-model context (ops as timed alone)
+                       "alone_predicted_us": alone(a),
                        "protocol": report.protocol,
                        "configuration": tc.model_dump() if tc is not None else None,
                        "table_overhead_us": table.overhead_us, "n_ops": len(sp.arch_ops(a)),

@@ -10,12 +10,18 @@ prices each entry's 10th percentile instead of its median (corrected by the same
 the low percentile of a time is what a busy device cannot inflate, so a whole model's p10 is
 compared with it (``fbnet-agent validate --statistic p10``).
 
-**The context factor.** An op timed alone in a loop keeps its weights in the core's private cache; inside
-a whole model the other layers evict them, so on a CPU a model runs a few to twenty percent slower than
-the sum of its ops. The agent measures this in the profile run itself: a few whole calibration
-models, timed in the same interleaved rounds as the ops, against the sum of their corrected ops
-(:func:`context_factor`). When the table serves a ``context_factor``, corrected pricing multiplies
-every entry by it (raw pricing never does). The search's latency
+**The in-model context.** An op timed alone in a loop keeps its weights in the core's private cache;
+inside a whole model the other layers evict them, so every layer fetches its weights again from a
+shared cache or memory, and on a CPU a model runs a few to twenty percent slower than the sum of its
+ops. The cost follows the bytes of weights, not the op's time: a late 4x4 layer with many channels
+pays more than an early 32x32 one with few. The agent measures it in the profile run itself: a few
+whole calibration models, timed in the same interleaved rounds as the ops, each against the sum of
+its corrected ops. The run's **context cost** (``context_us_per_mb``, :func:`context_cost`) is the
+median over those models of (model - overhead - sum of its corrected ops) / its weight megabytes;
+corrected pricing adds ``context_us_per_mb x`` :func:`weight_mb` of the op to every entry (raw
+pricing never does; identity skips and other weightless ops get nothing). Tables from runs that
+recorded only the older scalar **context factor** (model / sum of ops, :func:`context_factor`) multiply
+the corrected entries by it instead; a table that has the cost uses the cost. The search's latency
 matrix, ``fbnet-search predict`` and ``fbnet-agent validate`` all go through this module, so they
 cannot disagree with the table or with each other.
 
@@ -29,11 +35,13 @@ import math
 import os
 import statistics
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import ValidationError
 
+from fbnet.ops import KeyError_, parse_key
 from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Arch, Space
 from fbnet.wire import Table, TableEntry
 
@@ -97,13 +105,43 @@ def _check_pricing(pricing: str, statistic: str = "median") -> None:
 
 def entry_us(e: TableEntry, table: Table, pricing: Pricing = "corrected",
              statistic: Statistic = "median", *, in_context: bool = True) -> float | None:
-    """The value an entry is priced at: ``corrected_us`` times the table's context factor (or the raw
-    ``latency_us`` with ``pricing='raw'``; ``in_context=False`` leaves the factor out). A table saved
-    before entries carried ``corrected_us`` is corrected with its table-wide overhead. With
+    """The value an entry is priced at: ``corrected_us`` plus its in-model context (module docstring;
+    or the raw ``latency_us`` with ``pricing='raw'``; ``in_context=False`` leaves the context out). A
+    table saved before entries carried ``corrected_us`` is corrected with its table-wide overhead. With
     ``statistic='p10'`` the entry's ``p10_us`` less the same correction (None when the entry has no
     p10: an imported table gives one number per op, and no number is made up)."""
     v = _alone_us(e, table, pricing, statistic)
-    return v * table_context_factor(table, pricing) if v is not None and in_context else v
+    return in_context_us(v, e.key, table, pricing) if v is not None and in_context else v
+
+
+def in_context_us(alone_us: float, key: str, table: Table, pricing: Pricing = "corrected") -> float:
+    """An op's time as measured alone (corrected) -> its price inside a model, by the table's context:
+    ``alone + context_us_per_mb x weight_mb(key)`` when the table has a context cost, else ``alone x
+    context_factor`` (tables of older runs), else ``alone``; raw pricing is never changed. At least 0."""
+    if pricing != "corrected":
+        return alone_us
+    if table.context_us_per_mb is not None:
+        return max(0.0, alone_us + table.context_us_per_mb * weight_mb(key, table_precision(table)))
+    return alone_us * table_context_factor(table, pricing)
+
+
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def table_precision(table: Table) -> str:
+    return table.configuration.precision if table.configuration is not None else "fp32"
+
+
+@lru_cache(maxsize=4096)
+def weight_mb(key: str, precision: str = "fp32") -> float:
+    """Megabytes (1e6 bytes) of weights an op reads per call at ``precision``: its parameters (conv and
+    fc weights, BN folded in) x bytes per weight; 0 for weightless ops (identity, pool) and for keys
+    that are not op keys (an imported table's odd entry: no context is made up for it)."""
+    try:
+        op = parse_key(key)
+    except KeyError_:
+        return 0.0
+    return op.params * BYTES_PER_WEIGHT.get(precision, 4) / 1e6
 
 
 def _alone_us(e: TableEntry, table: Table, pricing: Pricing, statistic: Statistic) -> float | None:
@@ -125,18 +163,35 @@ def _alone_us(e: TableEntry, table: Table, pricing: Pricing, statistic: Statisti
 
 
 def table_context_factor(table: Table, pricing: Pricing = "corrected") -> float:
-    """What corrected pricing multiplies every entry by: the table's context factor, 1.0 without one."""
-    return float(table.context_factor or 1.0) if pricing == "corrected" else 1.0
+    """What corrected pricing multiplies every entry by: the table's scalar context factor when it has
+    no context cost (tables of older runs), else 1.0."""
+    if pricing != "corrected" or table.context_us_per_mb is not None:
+        return 1.0
+    return float(table.context_factor or 1.0)
 
 
-def context_factor(models: list[tuple[float, float]], overhead_us: float | None) -> tuple[float, list[float]]:
+def context_factor(models: list[tuple[float, float]], overhead_us: float | None) -> tuple[float, list[float | None]]:
     """``(factor, ratios)`` from calibration models, each ``(measured_us, corrected ops sum_us)`` timed in
-    the same rounds: ratio = (measured - the per-model overhead) / the corrected sum; the factor is the
-    median ratio, so one disturbed model cannot move it."""
-    ratios = [(m - (overhead_us or 0.0)) / s for m, s in models if s > 0 and m > 0]
-    if not ratios:
+    the same rounds: ratio = (measured - the per-model overhead) / the corrected sum (None for a model
+    without a positive time and sum, aligned with ``models``); the factor is the median ratio, so one
+    disturbed model cannot move it. Descriptive since the context cost (:func:`context_cost`) prices."""
+    ratios = [(m - (overhead_us or 0.0)) / s if s > 0 and m > 0 else None for m, s in models]
+    ok = [r for r in ratios if r is not None]
+    if not ok:
         raise TableError("no calibration model with a positive time and ops sum")
-    return statistics.median(ratios), ratios
+    return statistics.median(ok), ratios
+
+
+def context_cost(models: list[tuple[float, float, float]], overhead_us: float | None) -> tuple[float, list[float | None]]:
+    """``(us_per_mb, per_model)`` from calibration models, each ``(measured_us, corrected ops sum_us,
+    weight_mb)`` timed in the same rounds: per model, (measured - overhead - ops sum) / weight MB (None
+    for a model without a positive time, sum and weight, aligned with ``models``); the cost is their
+    median, so one disturbed model cannot move it."""
+    per = [(m - (overhead_us or 0.0) - s) / w if s > 0 and m > 0 and w > 0 else None for m, s, w in models]
+    ok = [c for c in per if c is not None]
+    if not ok:
+        raise TableError("no calibration model with a positive time, ops sum and weight")
+    return statistics.median(ok), per
 
 
 def model_overhead_us(table: Table, pricing: Pricing = "corrected") -> float:
@@ -164,7 +219,8 @@ def latencies(table: Table, keys, pricing: Pricing = "corrected",
 def describe(table: Table) -> str:
     """One line naming the table and the configuration it was measured in (what the CLIs print)."""
     cfg = table.configuration.describe() if table.configuration else "no configuration (no finished run)"
-    ctx = f"; context factor {table.context_factor:.3f}" if table.context_factor else ""
+    ctx = (f"; context {table.context_us_per_mb:.1f} us per MB of weights" if table.context_us_per_mb is not None
+           else f"; context factor {table.context_factor:.3f}" if table.context_factor else "")
     return f"table {table.version} of {table.device}/{table.space}: {cfg}{ctx}"
 
 
@@ -186,6 +242,7 @@ class LatencyLUT:
     raw: tuple[tuple[str, float], ...] = ()  # every key's raw value (same statistic), for predict's raw_sum_us
     statistic: Statistic = "median"
     context_factor: float = 1.0  # already in the matrix and fixed values (corrected pricing); recorded here
+    context_us_per_mb: float | None = None  # likewise
 
     @property
     def fixed_us(self) -> float:
@@ -222,6 +279,7 @@ def build_lut(table: Table, space: Space, pricing: Pricing = "corrected",
         fixed=tuple((k, found[k]) for k in fixed_keys),
         overhead_us=model_overhead_us(table, pricing), pricing=pricing, raw=tuple(raw.items()),
         statistic=statistic, context_factor=table_context_factor(table, pricing),
+        context_us_per_mb=table.context_us_per_mb if pricing == "corrected" else None,
     )
 
 
@@ -229,10 +287,10 @@ def build_lut(table: Table, space: Space, pricing: Pricing = "corrected",
 def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, *,
             pricing: Pricing | None = None, statistic: Statistic | None = None) -> dict:
     """``{"latency_us", "per_op": [{"key", "latency_us", "raw_us"}], "raw_sum_us", "overhead_us",
-    "context_factor", "pricing", "statistic", "ops_run"}``.
+    "context_factor", "context_us_per_mb", "pricing", "statistic", "ops_run"}``.
 
     Every op of the architecture in execution order (stem, the 22 layers, head, pool, fc), each at
-    the value the one rule prices it at (module docstring: corrected entries times the context factor),
+    the value the one rule prices it at (module docstring: corrected entries in their model context),
     identity skips included, plus the per-model overhead once: ``latency_us = sum(per_op) + overhead_us``. ``raw_sum_us`` is the plain
     sum of the raw medians (raw p10s with ``statistic="p10"``) (what the table would predict without the correction). A table need not
     be complete, but every op of this architecture must have a latency. With a LatencyLUT the
@@ -247,6 +305,7 @@ def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, 
         space, pricing, statistic = source.space, source.pricing, source.statistic
         ops = space.arch_ops(arch, with_identity=True)
         lookup, raw, overhead, factor = source.lookup(), dict(source.raw), source.overhead_us, source.context_factor
+        cost = source.context_us_per_mb
     else:
         if space is None:
             raise TypeError("predict(table, arch, space): the space is needed with a Table")
@@ -260,13 +319,15 @@ def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, 
                              f"{len(missing)} op(s) of this architecture: {fmt_missing(missing)}")
         raw, _ = latencies(source, keys, "raw", statistic)
         overhead, factor = model_overhead_us(source, pricing), table_context_factor(source, pricing)
+        cost = source.context_us_per_mb if pricing == "corrected" else None
     per_op = [{"key": op.key, "latency_us": lookup[op.key], "raw_us": raw[op.key]} for op in ops]
     latency = math.fsum(p["latency_us"] for p in per_op) + overhead
     return {"latency_us": latency, "per_op": per_op, "raw_sum_us": math.fsum(p["raw_us"] for p in per_op),
-            "overhead_us": overhead, "context_factor": factor, "pricing": pricing, "statistic": statistic,
+            "overhead_us": overhead, "context_factor": factor, "context_us_per_mb": cost,
+            "pricing": pricing, "statistic": statistic,
             "ops_run": sum(not op.is_identity for op in ops)}
 
 
 __all__ = ["PRICINGS", "STATISTICS", "LatencyLUT", "Pricing", "Statistic", "TableError", "build_lut", "check_table",
-           "context_factor", "describe", "entry_us", "fmt_missing", "latencies", "load_table_file", "model_overhead_us",
-           "parse_table", "predict", "table_context_factor"]
+           "context_cost", "context_factor", "describe", "entry_us", "in_context_us", "fmt_missing", "latencies", "load_table_file", "model_overhead_us",
+           "parse_table", "predict", "table_context_factor", "table_precision", "weight_mb"]

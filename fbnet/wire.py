@@ -124,7 +124,12 @@ class Table(WireModel):
     overhead_us: float | None = Field(None, description="per-call runtime overhead recorded by the agents")
     context_factor: float | None = Field(None, description=(
         "how much slower the ops run inside whole models than alone (median over the contributing runs' "
-        "calibration models); clients multiply the corrected entries by it (fbnet.lut); None: no calibration"))
+        "calibration models); descriptive when context_us_per_mb is given, else clients multiply the "
+        "corrected entries by it (fbnet.lut); None: no calibration"))
+    context_us_per_mb: float | None = Field(None, description=(
+        "what each megabyte of an op's weights costs inside a whole model on top of the op timed alone "
+        "(median over the contributing runs' calibration models); clients add it x the op's weight MB to "
+        "every corrected entry (fbnet.lut.in_context_us); None: not measured"))
     configuration: Configuration | None = Field(None, description="what every contributing run shares")
     rule: str = Field(description="how entries were assembled from measurements")
     entries: list[TableEntry]

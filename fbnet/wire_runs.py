@@ -24,6 +24,9 @@ OverheadUs = Annotated[float | None, AfterValidator(_overhead)]
 # whole models / the sum of their ops (cache and memory traffic inside a model): a few percent either way
 # on a CPU; anything outside (0.2, 5) is a broken measurement, not a device
 ContextFactor = Annotated[float | None, Field(gt=0.2, lt=5.0)]
+# us per MB of weights reloaded inside a model: ~50-80 on this host's L3 (20 GB/s); a phone's DRAM is
+# slower. Negative (models faster than their ops) happens a little; beyond these bounds it is broken.
+ContextCost = Annotated[float | None, Field(gt=-1000.0, lt=100000.0)]
 
 
 class RunProvenance(WireModel):
@@ -68,6 +71,9 @@ class RunFinish(WireModel):
     context_factor: ContextFactor = Field(None, description=(
         "whole calibration models timed in the run's rounds / the sum of their corrected ops (fbnet.lut."
         "context_factor); details in extra['calibration']"))
+    context_us_per_mb: ContextCost = Field(None, description=(
+        "(whole calibration model - overhead - the sum of its corrected ops) / its weight MB, median over the "
+        "models (fbnet.lut.context_cost): what corrected pricing adds per MB of an op's weights"))
     extra: FreeForm = Field(default_factory=dict)
 
 
@@ -95,6 +101,7 @@ class RunOut(WireModel):
     rounds: int | None = None
     overhead_us: float | None = None
     context_factor: float | None = None
+    context_us_per_mb: float | None = None
     temps_before: dict[str, float] = Field(default_factory=dict)
     temps_after: dict[str, float] = Field(default_factory=dict)
     cpu_freqs_before: dict[str, float] = Field(default_factory=dict)

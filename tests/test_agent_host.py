@@ -21,12 +21,13 @@ def profile_args(server, device, token, cache, spool, *extra):
             str(spool), *QUICK, *extra]
 
 
-def test_calibration_model_gives_the_run_its_context_factor(module_server, cache, tmp_path):
-    """A whole calibration model timed in the rounds with its ops: the run's context factor is its
-    (median - overhead) / the sum of its ops' corrected medians, the table serves it, and the table's
-    rule (fbnet.lut.predict) then prices that model at exactly its measured median."""
+def test_calibration_model_gives_the_run_its_context_cost(module_server, cache, tmp_path):
+    """A whole calibration model timed in the rounds with its ops: the run's context cost is its
+    (median - overhead - the sum of its ops' corrected medians) / its weight MB (and its factor the
+    ratio), the table serves both, and the table's rule (fbnet.lut.predict) then prices that model at
+    exactly its measured median."""
     from device_agents.targets import calibration_archs
-    from fbnet.lut import parse_table, predict
+    from fbnet.lut import parse_table, predict, weight_mb
     from fbnet.space import get_space
 
     sp = get_space(SPACE)
@@ -44,11 +45,15 @@ def test_calibration_model_gives_the_run_its_context_factor(module_server, cache
     by_key = {e["key"]: e for e in tab["entries"]}
     ops_sum = sum(by_key[op.key]["corrected_us"] for op in sp.arch_ops(arch))  # per occurrence
     assert model["ops_sum_us"] == pytest.approx(ops_sum)
-    want = (model["median_us"] - tab["overhead_us"]) / ops_sum
-    # its size is the machine's (about 1.1 quiet, 2 or more under load, when a model is preempted more
+    mb = sum(op.params * 4 / 1e6 for op in sp.arch_ops(arch))
+    assert model["weight_mb"] == pytest.approx(mb) == pytest.approx(sum(weight_mb(op.key) for op in sp.arch_ops(arch)))
+    want = (model["median_us"] - tab["overhead_us"] - ops_sum) / mb
+    factor = (model["median_us"] - tab["overhead_us"]) / ops_sum
+    # its size is the machine's (about 60 us/MB quiet, more under load, when a model is preempted more
     # often than a short op): checked here for consistency, not value
-    assert f"context factor {want:.3f}" in out
-    assert run["context_factor"] == pytest.approx(want) and tab["context_factor"] == pytest.approx(want)
+    assert f"context: {want:.1f} us per MB" in out and f"{factor:.3f}x the sum of their ops" in out
+    assert run["context_us_per_mb"] == pytest.approx(want) and tab["context_us_per_mb"] == pytest.approx(want)
+    assert run["context_factor"] == pytest.approx(factor) and tab["context_factor"] == pytest.approx(factor)
     assert predict(parse_table(tab, "test"), arch, sp)["latency_us"] == pytest.approx(model["median_us"])
     # validate re-times the table's calibration model: the whole-model drift (now / when profiled) scales
     # the prediction, so validating that very model is exact whatever the machine did in between
@@ -78,7 +83,7 @@ def test_host_profile_fills_table(module_server, cache, tmp_path):
     assert not tab["complete"] and len(tab["missing"]) == 112 - 6 - 4  # identities are filled as 0
     assert tab["overhead_us"] and tab["overhead_us"] > 0
     # 4 ops cannot make a whole calibration model: the run says so and carries no context factor
-    assert "no context calibration" in out and tab["context_factor"] is None
+    assert "no context calibration" in out and tab["context_factor"] is None and tab["context_us_per_mb"] is None
     (run,) = runs(module_server, "host-cpu")
     assert run["status"] == "finished" and run["transport"] == "host" and run["threads"] == 1
     assert run["runtime"] == "executorch-xnnpack" and run["runtime_version"] and run["agent_version"]

@@ -227,10 +227,46 @@ def test_context_factor_scales_every_corrected_entry_never_raw_nor_the_overhead(
     assert predict(t, arch, SPACE, statistic="p10")["latency_us"] == pytest.approx(1.25 * p10 + 4.0)
     assert build_lut(t, SPACE).arch_latency(arch) == pytest.approx(got["latency_us"])
     # the factor from calibration models: the median of (model - overhead) / corrected sum
-    f, ratios = context_factor([(104.0, 80.0), (1004.0, 1000.0), (64.0, 50.0)], 4.0)
-    assert ratios == pytest.approx([1.25, 1.0, 1.2]) and f == pytest.approx(1.2)
+    f, ratios = context_factor([(104.0, 80.0), (1004.0, 1000.0), (64.0, 50.0), (10.0, 0.0)], 4.0)
+    assert ratios[:3] == pytest.approx([1.25, 1.0, 1.2]) and ratios[3] is None and f == pytest.approx(1.2)
     with pytest.raises(TableError, match="calibration"):
         context_factor([(10.0, 0.0)], None)
+
+
+def test_context_cost_adds_per_weight_megabyte_and_takes_precedence_over_the_factor():
+    """A table's context cost c (us per MB of weights, measured by the agent): corrected pricing = each
+    corrected entry + c x the op's weight MB (its parameters x 4 bytes in fp32, 1 in int8) + the overhead
+    once; weightless ops (identity skips, pool) get nothing, raw pricing nothing; the scalar factor of
+    the same table then prices nothing (it describes); the supernet's matrix gives the same sum."""
+    from fbnet.lut import context_cost, weight_mb
+    from fbnet.ops import parse_key
+
+    arch = _skip_arch()
+    plain = _with_overhead(macs_table(SPACE), 4.0)
+    t = plain.model_copy(update={"context_us_per_mb": 60.0, "context_factor": 1.25})
+    by_key = {e.key: e for e in t.entries}
+    ops = SPACE.arch_ops(arch, with_identity=True)
+    alone = math.fsum(0.0 if op.is_identity else max(0.0, by_key[op.key].latency_us - 4.0) for op in ops)
+    mb = math.fsum(op.params * 4 / 1e6 for op in ops)
+    assert mb > 0.05  # the test can tell the cost from nothing
+    got = predict(t, arch, SPACE)
+    assert got["latency_us"] == pytest.approx(alone + 60.0 * mb + 4.0)
+    assert got["context_us_per_mb"] == 60.0 and got["context_factor"] == 1.0
+    assert all(p["latency_us"] == 0.0 for p, op in zip(got["per_op"], ops, strict=True) if op.is_identity)
+    heavy = max((op for op in ops if not op.is_identity), key=lambda op: op.params)
+    e = next(p for p in got["per_op"] if p["key"] == heavy.key)
+    assert e["latency_us"] == pytest.approx(max(0.0, by_key[heavy.key].latency_us - 4.0) + 60.0 * heavy.params * 4 / 1e6)
+    assert predict(t, arch, SPACE, pricing="raw")["latency_us"] == predict(plain, arch, SPACE, pricing="raw")["latency_us"]
+    assert build_lut(t, SPACE).arch_latency(arch) == pytest.approx(got["latency_us"])
+    pool = next(op for op in SPACE.fixed_ops if op.block == "pool")
+    assert weight_mb(pool.key) == 0.0 and weight_mb("not-an-op") == 0.0
+    assert weight_mb(heavy.key, "int8") == pytest.approx(weight_mb(heavy.key) / 4)
+    assert weight_mb(heavy.key) == pytest.approx(parse_key(heavy.key).params * 4 / 1e6)
+    # the cost from calibration models: the median of (model - overhead - corrected sum) / weight MB
+    c, per = context_cost([(164.0, 100.0, 1.0), (1004.0, 1000.0, 0.0), (84.0, 50.0, 0.5), (404.0, 300.0, 2.0)], 4.0)
+    assert per == pytest.approx([60.0, None, 60.0, 50.0]) and c == pytest.approx(60.0)
+    with pytest.raises(TableError, match="calibration"):
+        context_cost([(10.0, 5.0, 0.0)], None)
 
 
 # Identity skips: the one pricing rule (fbnet.lut) uses the value the table serves. Measured

@@ -157,35 +157,42 @@ def test_bad_selectors(module_server, dev):
 
 
 def test_context_factor_is_the_median_of_the_contributing_runs(module_server, dev):
-    """A finished run's context factor reaches its configuration's table (median over the runs that
+    """A finished run's context factor and context cost reach its configuration's table (median over the runs that
     feed it) and the version; an open run's, another configuration's and an import's never do; an
     implausible factor is refused with 422 and changes nothing."""
     name, token = dev
 
-    def run_with(factor, finish=True, **cfg):
+    def run_with(factor, finish=True, cost=None, **cfg):
         rid = _profile(module_server, token, 1000.0, finish=None, **cfg)
         if finish:
             with module_server.client(token) as c:
-                r = c.post(f"/runs/{rid}/finish", json={"status": "finished", "context_factor": factor})
+                r = c.post(f"/runs/{rid}/finish", json={"status": "finished", "context_factor": factor,
+                                                        "context_us_per_mb": cost})
                 assert r.status_code == 200 and r.json()["context_factor"] == factor, r.text
+                assert r.json()["context_us_per_mb"] == cost
         return rid
 
     run_with(None, threads=1)
     plain = _get(module_server, name, threads=1)
-    assert plain.json()["context_factor"] is None
-    run_with(1.10, threads=1)
-    run_with(1.30, threads=1)
+    assert plain.json()["context_factor"] is None and plain.json()["context_us_per_mb"] is None
+    run_with(1.10, threads=1, cost=40.0)
+    run_with(1.30, threads=1, cost=80.0)
     t = _get(module_server, name, threads=1)
     assert t.json()["context_factor"] == pytest.approx(1.20)  # median of 1.10 and 1.30; the None run has none
+    assert t.json()["context_us_per_mb"] == pytest.approx(60.0)  # likewise
     assert t.headers["etag"] != plain.headers["etag"]
-    run_with(2.0, finish=False, threads=1)  # open: never counts
-    run_with(3.0, threads=4)  # another configuration
+    run_with(2.0, finish=False, threads=1, cost=500.0)  # open: never counts
+    run_with(3.0, threads=4, cost=7.0)  # another configuration
     assert _get(module_server, name, threads=1).json()["context_factor"] == pytest.approx(1.20)
+    assert _get(module_server, name, threads=1).json()["context_us_per_mb"] == pytest.approx(60.0)
     assert _get(module_server, name, threads=4).json()["context_factor"] == pytest.approx(3.0)
+    assert _get(module_server, name, threads=4).json()["context_us_per_mb"] == pytest.approx(7.0)
     bad = _profile(module_server, token, 1000.0, finish=None, threads=1)
     with module_server.client(token) as c:
         r = c.post(f"/runs/{bad}/finish", json={"status": "finished", "context_factor": 50.0})
         assert r.status_code == 422 and "context_factor" in r.text
+        r = c.post(f"/runs/{bad}/finish", json={"status": "finished", "context_us_per_mb": float("1e9")})
+        assert r.status_code == 422 and "context_us_per_mb" in r.text
         assert c.get(f"/runs/{bad}").json()["status"] == "open"
     assert _get(module_server, name, threads=1).headers["etag"] == t.headers["etag"]
 

@@ -114,7 +114,7 @@ def run_out(run: Run, n: int = 0, caller: Caller | None = None) -> wire.RunOut:
         threads=run.threads, cpu_mask=run.cpu_mask, compute_units=run.compute_units,
         host=run.host if private else None, device_model=run.device_model, soc=run.soc, os=run.os,
         warmup=run.warmup, repeats=run.repeats, rounds=run.rounds, overhead_us=run.overhead_us,
-        context_factor=run.context_factor,
+        context_factor=run.context_factor, context_us_per_mb=run.context_us_per_mb,
         temps_before=run.temps_before or {}, temps_after=run.temps_after or {},
         cpu_freqs_before=run.cpu_freqs_before or {}, cpu_freqs_after=run.cpu_freqs_after or {},
         status=run.status, started_at=run.started_at, finished_at=run.finished_at, n_measurements=n,
@@ -192,6 +192,7 @@ def finish_run(session: Session, caller: Caller, run_id: int, body: wire.RunFini
     run.cpu_freqs_after = body.cpu_freqs_after
     run.unstable = body.unstable
     run.context_factor = body.context_factor
+    run.context_us_per_mb = body.context_us_per_mb
     if body.overhead_us is not None:
         run.overhead_us = body.overhead_us
     # The run's overhead from ALL its stored ops (a resumed run's finish only saw the resumed subset).

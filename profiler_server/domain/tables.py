@@ -43,7 +43,10 @@ _RULE = (
     "samples, std_us / p10_us / p90_us = medians over the contributing runs, run_ids = those runs. "
     "overhead_us = median of the contributing runs' recorded per-call overhead. context_factor = median of "
     "the contributing runs' context factors (whole calibration models timed in the run / the sum of their "
-    "corrected ops), null when none was measured; clients multiply corrected_us by it. version = content hash of "
+    "corrected ops), null when none was measured. context_us_per_mb = median of the contributing runs' context "
+    "costs ((calibration model - overhead - the sum of its corrected ops) / its weight MB), null when none was "
+    "measured; clients price corrected_us + context_us_per_mb x the op's weight MB, or, in a table with only a "
+    "context_factor, corrected_us x context_factor (fbnet.lut). version = content hash of "
     "the configuration and the entries (the ETag)."
 )
 
@@ -66,6 +69,7 @@ class RunInfo:
     unstable: bool
     overhead_us: float | None
     context_factor: float | None = None
+    context_us_per_mb: float | None = None
 
 
 @dataclass
@@ -88,13 +92,14 @@ def space_id(session: Session, space: Space) -> int | None:
 def finished_runs(session: Session, device: Device, space: Space) -> list[RunInfo]:
     q = (
         select(Run.id, Run.precision, Run.runtime, Run.runtime_version, Run.threads, Run.cpu_mask,
-               Run.compute_units, Run.transport, Run.unstable, Run.overhead_us, Run.context_factor)
+               Run.compute_units, Run.transport, Run.unstable, Run.overhead_us, Run.context_factor,
+               Run.context_us_per_mb)
         .join(SpaceRow, SpaceRow.id == Run.space_id)
         .where(Run.device_id == device.id, SpaceRow.name == space.name, Run.status.in_(COUNTED_STATUSES))
         .order_by(Run.id)
     )
-    return [RunInfo(rid, run_configuration(*cfg), bool(unstable), ovh, ctx)
-            for rid, *cfg, unstable, ovh, ctx in session.execute(q).tuples()]
+    return [RunInfo(rid, run_configuration(*cfg), bool(unstable), ovh, ctx, cost)
+            for rid, *cfg, unstable, ovh, ctx, cost in session.execute(q).tuples()]
 
 
 def configurations(session: Session, device: Device, space: Space, *, include_unstable: bool = False,
@@ -210,18 +215,23 @@ def assemble(session: Session, device: Device, space: Space, selector: Selector 
     run_context = {r.id: r.context_factor for r in runs}
     ctx = [v for rid in contributing if (v := run_context[rid]) is not None]
     context = float(median(ctx)) if ctx and not imported else None
+    run_cost = {r.id: r.context_us_per_mb for r in runs}
+    costs = [v for rid in contributing if (v := run_cost[rid]) is not None]
+    cost = float(median(costs)) if costs and not imported else None
     missing = [e["key"] for e in entries if e["source"] == "missing"]
     # the factor joins the hashed content only when there is one: tables without it keep their versions
     blob = json.dumps({"entries": entries, "overhead_us": overhead, "configuration": cfg and cfg.model_dump(),
                        "include_unstable": selector.include_unstable,
-                       **({"context_factor": context} if context is not None else {})},
+                       **({"context_factor": context} if context is not None else {}),
+                       **({"context_us_per_mb": cost} if cost is not None else {})},
                       sort_keys=True, separators=(",", ":"))
     version = hashlib.sha256(blob.encode()).hexdigest()[:20]
     # built from stored, already validated values: constructed without re-validating every entry (the
     # wire models' request checks walk each value; that was most of an assembly's time)
     return wire.Table.model_construct(
         device=device.name, space=space.name, space_version=space.version, version=version, unit="us",
-        complete=not missing, missing=missing, overhead_us=overhead, context_factor=context, configuration=cfg,
+        complete=not missing, missing=missing, overhead_us=overhead, context_factor=context,
+        context_us_per_mb=cost, configuration=cfg,
         rule=rule(max_runs),
         entries=[wire.TableEntry.model_construct(**e) for e in entries],
     )
