@@ -51,6 +51,43 @@ if _n:
                     ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
                      "keepcost")]
 
+    def _smaps():  # resident anonymous memory by kind of mapping (kib)
+        out = {"anon_heap_kib": 0, "anon_arena64m_kib": 0, "anon_1m_kib": 0, "anon_stack8m_kib": 0,
+               "anon_other_kib": 0, "anon_maps": 0}
+        cur = None
+        for line in open("/proc/self/smaps"):
+            f = line.split()
+            if "-" in f[0] and not f[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in f[0].split("-"))
+                name = f[5] if len(f) > 5 else ""
+                cur = None
+                if name == "[heap]":
+                    cur = "anon_heap_kib"
+                elif not name and f[1].startswith("rw"):
+                    size = hi - lo
+                    out["anon_maps"] += 1
+                    cur = ("anon_arena64m_kib" if lo % (64 << 20) == 0 and size <= 64 << 20 else
+                           "anon_1m_kib" if size == 1 << 20 else
+                           "anon_stack8m_kib" if size == 8 << 20 else "anon_other_kib")
+            elif cur and f[0] == "Rss:":
+                out[cur] += int(f[1])
+        out["db_fds"] = 0  # open SQLite database files: pooled connections (+ the generation probe)
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out["db_fds"] += os.readlink(f"/proc/self/fd/{fd}").endswith(".db")
+            except OSError:
+                pass
+        return out
+
+    _TOP = int(os.environ.get("FBNET_SOAK_NATIVE_TYPES", "0"))
+
+    def _types():  # the most numerous Python object types (FBNET_SOAK_NATIVE_TYPES=N)
+        if not _TOP:
+            return {}
+        import collections
+        c = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        return {"types": dict(c.most_common(_TOP))}
+
     def _native():  # what the C allocators say they hold, next to what the kernel says is resident
         libc = ctypes.CDLL("libc.so.6")
         libc.mallinfo2.restype = _Mallinfo2
@@ -69,7 +106,7 @@ if _n:
                     "malloc_arena_kib": m.arena // 1024, "malloc_mmap_kib": m.hblkhd // 1024,
                     "sqlite_used_kib": sq.sqlite3_memory_used() // 1024,
                     "sqlite_highwater_kib": sq.sqlite3_memory_highwater(0) // 1024,
-                    "python_objects": len(gc.get_objects())}) + "\\n")
+                    "python_objects": len(gc.get_objects()), **_smaps(), **_types()}) + "\\n")
                 f.flush()
                 time.sleep(every)
     threading.Thread(target=_native, daemon=True).start()
@@ -115,7 +152,7 @@ def native_growth(stats_dir: Path) -> list[str]:
             continue
         warm = next((r for r in rows if r["t"] >= 60), rows[0])
         for k in rows[0]:
-            if k != "t":
+            if k != "t" and not isinstance(rows[0][k], dict):
                 out.append(f"{p.stem} {k:<22} {rows[0][k]:>10} -> {warm[k]:>10} (t={warm['t']:.0f}s) -> "
                            f"{rows[-1][k]:>10} (t={rows[-1]['t']:.0f}s)")
     return out or [f"native stats: nothing in {stats_dir}"]
