@@ -11,7 +11,7 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from statistics import median
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import ConfigOp, Device, OpStat, Run
@@ -178,6 +178,34 @@ def _entry(op, layers, rows: list[_Row], imported: bool) -> dict:
     }
 
 
+def _newest_rows(session: Session, device_id: int, sp_id: int | None, config_id: str, run_ids: list[int],
+                 max_runs: int, include_unstable: bool) -> dict[str, list[_Row]]:
+    """Per op, the summaries of the newest ``max_runs`` of ``run_ids`` that measured it. Reads the runs
+    newest first in growing batches (max_runs, then 4x, ...) and stops when every op the configuration
+    covers has its max_runs rows or the runs run out: with complete runs one batch of max_runs runs,
+    however long the device's history (no sort or scan of every run's rows, in time or in memory)."""
+    q = select(ConfigOp.key).where(ConfigOp.device_id == device_id, ConfigOp.space_id == sp_id,
+                                   ConfigOp.config_id == config_id)
+    q = q.where((ConfigOp.n_stable + ConfigOp.n_unstable) > 0) if include_unstable else q.where(ConfigOp.n_stable > 0)
+    pending = set(session.scalars(q))
+    order = sorted(run_ids, reverse=True)
+    got: dict[str, list[_Row]] = defaultdict(list)
+    start, batch = 0, max_runs
+    while pending and start < len(order):
+        ids = order[start:start + batch]
+        start, batch = start + batch, batch * 4
+        q = (select(OpStat.key, OpStat.run_id, OpStat.n, OpStat.median_us, OpStat.corrected_us, OpStat.std_us,
+                    OpStat.p10_us, OpStat.p90_us)
+             .where(OpStat.run_id.in_(ids), OpStat.config_id == config_id, OpStat.key.in_(sorted(pending))))
+        if not include_unstable:
+            q = q.where(OpStat.unstable.is_(False))
+        for key, rid, *vals in sorted(session.execute(q).tuples(), key=lambda r: -r[1]):  # newest first
+            if len(got[key]) < max_runs:
+                got[key].append(_Row(rid, *vals))
+        pending = {k for k in pending if len(got[k]) < max_runs}
+    return got
+
+
 def assemble(session: Session, device: Device, space: Space, selector: Selector | None = None,
              max_runs: int = DEFAULT_MAX_RUNS) -> wire.Table:
     """The table of ``device`` for ``space`` in the configuration ``selector`` picks (rule: :func:`rule`),
@@ -190,22 +218,9 @@ def assemble(session: Session, device: Device, space: Space, selector: Selector 
     cfg = None
     if chosen is not None:
         cfg = Configuration(**chosen.model_dump(include=set(Configuration.model_fields)))
-        used = set(chosen.runs)
         # the summaries of the chosen configuration's runs only (op_stats), never the measurements
-        # per op the newest max_runs rows, chosen by the database (a window function, SQLite >= 3.25 and
-        # PostgreSQL): what a miss reads stays bounded however many runs the configuration gathers
-        newest = func.row_number().over(partition_by=OpStat.key, order_by=OpStat.run_id.desc()).label("newest")
-        inner = (select(OpStat.key, OpStat.run_id, OpStat.n, OpStat.median_us, OpStat.corrected_us, OpStat.std_us,
-                        OpStat.p10_us, OpStat.p90_us, newest)
-                 .where(OpStat.device_id == device.id, OpStat.space_id == space_id(session, space),
-                        OpStat.config_id == chosen.id))
-        if not selector.include_unstable:
-            inner = inner.where(OpStat.unstable.is_(False))
-        sub = inner.subquery()
-        q = select(*[c for c in sub.c if c.name != "newest"]).where(sub.c.newest <= max_runs)
-        for key, rid, *vals in session.execute(q).tuples():
-            if rid in used:
-                by_key[key].append(_Row(rid, *vals))
+        by_key = _newest_rows(session, device.id, space_id(session, space), chosen.id, chosen.runs, max_runs,
+                              selector.include_unstable)
     imported = bool(cfg and cfg.imported)
     entries = [_entry(op, space.op_layers[op.key], by_key.get(op.key, []), imported) for op in space.ops]
     run_overhead = {r.id: r.overhead_us for r in runs}
