@@ -153,8 +153,9 @@ def predict(
     precision: str = PRECISION_OPT, threads: int = THREADS_OPT, cpu_mask: str = CPU_MASK_OPT,
     compute_units: str = UNITS_OPT, runtime_version: str = RTV_OPT, include_unstable: bool = UNSTABLE_OPT,
 ):
-    """An architecture's latency on a device: its ops' corrected table entries (identity skips as served)
-    plus the per-call overhead once (fbnet.lut's one pricing rule)."""
+    """An architecture's latency on a device: its ops' corrected table entries in their model context
+    (the table's cost per MB of weights; identity skips as served) plus the per-call overhead once
+    (fbnet.lut's one pricing rule)."""
     from fbnet.lut import TableError
     from fbnet.lut import predict as _predict
 
@@ -175,8 +176,11 @@ def predict(
     for p in out["per_op"]:
         rt.add_row(p["key"], f"{p['latency_us']:.2f}")
     console.print(rt)
+    ctx = (f"; in-model context {out['context_us_per_mb']:.1f} us per MB of weights"
+           if out["context_us_per_mb"] is not None
+           else f"; context factor {out['context_factor']:.3f}" if out["context_factor"] != 1.0 else "")
     console.print(f"[bold]{out['latency_us']:.1f} us[/bold] ({out['latency_us'] / 1000:.3f} ms; {out['pricing']} "
-                  f"pricing, overhead {out['overhead_us']:.1f} us once; raw sum {out['raw_sum_us']:.1f} us)")
+                  f"pricing, overhead {out['overhead_us']:.1f} us once{ctx}; raw sum {out['raw_sum_us']:.1f} us)")
 
 
 @app.command()
