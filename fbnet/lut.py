@@ -91,6 +91,11 @@ def check_table(table: Table, space: Space, *, require_complete: bool = True) ->
         )
     if table.unit != "us":
         raise TableError(f"table unit {table.unit!r}: only microseconds are supported")
+    if require_complete and table.configuration is None and table.missing:
+        raise TableError(f"the table of {table.device!r}/{space.name} is incomplete: the device has no finished "
+                         "run to build it from (runs marked unstable are left out: profile again while the device "
+                         f"is quiet, or use --include-unstable); {len(table.missing)} op(s) have no latency: "
+                         f"{fmt_missing(sorted(table.missing))}")
     if require_complete and (not table.complete or table.missing):
         raise TableError(f"the table of {table.device!r}/{space.name} is incomplete: {len(table.missing)} "
                          f"op(s) have no latency: {fmt_missing(sorted(table.missing))}")

@@ -91,6 +91,7 @@ def test_incomplete_table_is_refused_with_the_missing_ops(module_server, tmp_pat
     with pytest.raises(TableError, match="incomplete") as e:
         build_lut(t, SPACE)
     assert t.missing[0] in str(e.value) or sorted(t.missing)[0] in str(e.value)
+    assert "no finished run" in str(e.value) and "unstable" in str(e.value)  # why: nothing feeds it
     r = CliRunner().invoke(app, ["run", "--server", module_server.url, "--device", "empty-phone", "--data", "digits",
                                  "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "incomplete" in r.output and "Traceback" not in r.output
