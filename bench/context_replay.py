@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fbnet.lut import context_cost, weight_mb  # noqa: E402
+from fbnet.lut import context_cost, context_factor, weight_mb  # noqa: E402
 from fbnet.space import Arch, get_space  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def replay(path: Path) -> dict | None:
         return sum(weight_mb(op.key, precision) for op in sp.arch_ops(Arch(tuple(arch))))
 
     ovh = rows[0]["extra"]["table_overhead_us"] or 0.0
-    factor = statistics.median((m["median_us"] - ovh) / m["ops_sum_us"] for m in cal)
+    factor, _ = context_factor([(m["median_us"], m["ops_sum_us"]) for m in cal], ovh)
     cost, _ = context_cost([(m["median_us"], m["ops_sum_us"], mb(m["arch"].split(","))) for m in cal], ovh)
     meas = [r["measured_us"] for r in rows]
     scale = [r["extra"]["drift_scale"] for r in rows]
