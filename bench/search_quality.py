@@ -19,6 +19,7 @@ results: on a shared 2-core CPU this is a small-budget measurement, not a conver
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -94,9 +95,9 @@ def step_cost(space, batch: int, repeats: int) -> list[dict]:
 
 def search(a, space, lut, data, target_us: float, out: Path) -> dict:
     cfg = SearchConfig(epochs=a.epochs, batch_size=a.batch, target_us=target_us, seed=a.seed)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     r = run_search(cfg, space, lut, data, out, progress=False, tensorboard=False, env=DistEnv(device=DEVICE))
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     acc_t, conv = 0.0, None
     for h in r.history:
         acc_t += h["time_s"]
@@ -105,7 +106,7 @@ def search(a, space, lut, data, target_us: float, out: Path) -> dict:
     last = r.history[-1]
     return {"device": lut.device, "target_us": target_us, "arch": list(r.arch.blocks),
             "predicted_us": r.predicted_latency_us, "error_pct": 100 * (r.predicted_latency_us / target_us - 1),
-            "theta_entropy": last["theta_entropy"], "theta_steps": last["theta_steps"], "wall_s": wall,
+            "theta_entropy": last["theta_entropy"], "theta_steps": last["theta_steps"], "wall_s": wall, "cpu_s": cpu,
             "time_to_entropy_1_s": conv, "expected_latency_us": last["expected_latency_us"],
             "w_acc": last["w_acc"], "w_acc_per_epoch": [h["w_acc"] for h in r.history]}
 
@@ -132,6 +133,9 @@ def main() -> None:
     p.add_argument("--child-subset", type=int, default=1500, help="training images of every child")
     p.add_argument("--child-epochs", type=int, default=2)
     p.add_argument("--child-batch", type=int, default=32)
+    p.add_argument("--child-test", type=int, default=None,
+                   help="test images of every child (default: a fifth of --child-subset, at least 200); the "
+                        "binomial standard error of one child's accuracy is about 0.5/sqrt(N)")
     p.add_argument("--cost-batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("/tmp/search-quality"))
@@ -160,6 +164,9 @@ def main() -> None:
     cfg0 = SearchConfig()
     sdata = load_dataset(data_name, search_resolution(cfg0, space), subset=a.subset, seed=a.seed)
     cdata = load_dataset(data_name, space.resolution, subset=a.child_subset, seed=a.seed + 1)
+    if a.child_test:  # a larger test split (evaluation is cheap; training is what costs)
+        big = load_dataset(data_name, space.resolution, subset=5 * a.child_test, seed=a.seed + 1)
+        cdata = dataclasses.replace(cdata, test_x=big.test_x, test_y=big.test_y)
     child_cfg = ChildConfig(epochs=a.child_epochs, batch_size=a.child_batch, seed=a.seed)
     res["torch_device"] = str(DEVICE) + (f" ({torch.cuda.get_device_name()})" if DEVICE.type == "cuda" else "")
 
@@ -182,7 +189,8 @@ def main() -> None:
             arch_ = arch or _arch(s["arch"])
             _, rep = train_child(space, arch_, cdata, child_cfg, progress=False, device=DEVICE)
             trained.append({"arch": list(arch_.blocks), "latency_us": predict(main_lut, arch_)["latency_us"],
-                            "test_acc": rep["test_acc"], "found": arch is None})
+                            "test_acc": rep["test_acc"], "found": arch is None, "n_test": rep["n_test"],
+                            "train_acc": rep["train_acc"], "wall_s": rep["wall_s"]})
             print(f"  child {'found ' if arch is None else 'random'} {trained[-1]['latency_us']:9.0f} us "
                   f"acc {rep['test_acc']:.3f}", flush=True)
         accs = [t["test_acc"] for t in trained[1:]]
