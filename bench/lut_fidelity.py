@@ -112,6 +112,9 @@ def main() -> None:
     p.add_argument("--warmup-stable", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--calibration-models", type=int, default=None,
                    help="profile: whole random models timed with the ops for the context factor (agent default 8; 0 = none)")
+    p.add_argument("--settle-tau", type=float, default=None,
+                   help="validate: rounds of the models until their split-half tau reaches this (agent default)")
+    p.add_argument("--max-rounds", type=int, default=None, help="validate: at most this many rounds when settling")
     p.add_argument("--validate-reference-ops", type=int, default=8,
                    help="validate: table ops timed in the same rounds as the models (the drift); at least the "
                    "number of ops the architectures use (e.g. 1000) re-times them all, which adds the "
@@ -139,7 +142,9 @@ def main() -> None:
         # an unstable profile run is still validated (and reported as such): the bench measures what it gives
         run(BIN / "fbnet-agent", "validate", *common, "--archs", a.archs, "--no-predefined", "--precision",
             a.precision, "--include-unstable", "--statistic", a.statistic,
-            "--reference-ops", a.validate_reference_ops, *proto)
+            "--reference-ops", a.validate_reference_ops, *proto,
+            *([] if a.settle_tau is None else ["--settle-tau", a.settle_tau]),
+            *([] if a.max_rounds is None else ["--max-rounds", a.max_rounds]))
         t_end = time.monotonic()
         summary = httpx.get(f"{server.url}/validations/{device}", params={"space": a.space}, timeout=60).json()
         table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space, "precision": a.precision,
@@ -159,6 +164,10 @@ def main() -> None:
     s.add_row("MAPE", f"{summary['mape']:.2f}%")
     s.add_row("within ±10%", f"{100 * summary['within_10pct']:.1f}%  (target ≥ 95%)")
     s.add_row("Kendall tau", f"{summary['kendall_tau']:.3f}  (target ≥ 0.9)")
+    settle = (rows[0]["extra"].get("protocol") or {}).get("settle") if rows else None
+    if settle:
+        s.add_row("split-half tau of the models", f"{settle[-1]['tau']}  after {settle[-1]['rounds']} rounds (the "
+                  f"measurement against itself: what bounds the tau above; checks {settle})")
     s.add_row("table overhead_us", str(table.get("overhead_us")))
     s.add_row("table context", f"{table.get('context_us_per_mb')} us per MB of weights (prices); "
               f"factor {table.get('context_factor')} (descriptive)")
@@ -184,6 +193,7 @@ def main() -> None:
         a.json.write_text(json.dumps({
             "space": a.space, "threads": a.threads, "seed": a.seed, "transport": a.transport,
             "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],
+            "split_half_tau": settle[-1]["tau"] if settle else None, "settle": settle,
             "drift": drift, "model_drift": rows[0]["extra"].get("model_drift") if rows else None,
             "precision": a.precision, "statistic": a.statistic, "variants": variants,
             "context_factor": table.get("context_factor"), "context_us_per_mb": table.get("context_us_per_mb"),

@@ -58,6 +58,7 @@ BundleId = Annotated[str, typer.Option("--bundle-id", help="ios: bundle id of th
 Units = Annotated[ComputeUnits, typer.Option("--compute-units", help="ios: Core ML compute units")]
 Xcrun = Annotated[str, typer.Option("--xcrun", help="ios: the xcrun executable")]
 _P = "Protocol under noise"
+SETTLE_TAU = 0.0  # validate: rounds until the models' split-half tau reaches this (measured: bench/RESULTS-agents.md)
 RefOps = Annotated[int, typer.Option("--reference-ops", min=0, rich_help_panel=_P, help=(
     "reference ops timed in every round: their per-round medians give the round factors (normalisation, "
     "unstable flag); validate: table ops timed with the models (the device's drift)"))]
@@ -256,6 +257,14 @@ def validate(
         "each layer's in-context cost next to its table entry")] = False,
     per_layer_json: Annotated[Path | None, typer.Option("--per-layer-json", help="write the per-layer rows here")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="per-layer plot (PNG) of table vs in-context")] = None,
+    settle_tau: Annotated[float, typer.Option(
+        "--settle-tau", min=0.0, max=1.0, rich_help_panel=_P, help=(
+            "add --rounds more rounds of the models until their ranking reproduces itself: the Kendall tau "
+            "between the models' medians over the even and over the odd rounds reaches this (0 = off; the "
+            "last value is printed either way, and it bounds the tau any table can reach against this "
+            "measurement)"))] = SETTLE_TAU,
+    max_rounds: Annotated[int, typer.Option("--max-rounds", min=1, rich_help_panel=_P,
+                                            help="at most this many rounds of the models when settling")] = 24,
 ):
     """Measure whole architectures with the op protocol and upload measured vs table-predicted latency.
 
@@ -276,7 +285,8 @@ def validate(
                         runtime_version, include_unstable)
     tgt = _target(transport, threads or 1, cpu_mask, serial, runner, adb, udid, bundle_id, compute_units, xcrun)
     cfg = ProtocolConfig(warmup=warmup, repeats=repeats, rounds=rounds, seed=seed, cv_threshold=cv_threshold,
-                         normalize=normalize, warmup_stable=warmup_stable)
+                         normalize=normalize, warmup_stable=warmup_stable, settle_tau=settle_tau,
+                         max_rounds=max(max_rounds, rounds))
     if (per_layer_json or plot) and not per_layer:
         fail("--per-layer-json and --plot need --per-layer")
     rep = run_validate(server, token, device, space, labelled, target=tgt, cfg=cfg, cache_dir=cache_dir, jobs=jobs,
@@ -314,6 +324,12 @@ def validate(
     errs = rep.errors
     console.print(f"{len(errs)} validations uploaded; MAPE {sum(errs) / len(errs):.1f}%, "
                   f"within 10%: {sum(e <= 10 for e in errs)}/{len(errs)}")
+    settle = rep.protocol.get("settle") or []
+    if settle and settle[-1]["tau"] is not None:
+        last = settle[-1]
+        short = " (--max-rounds reached before --settle-tau)" if settle_tau and last["tau"] < settle_tau else ""
+        console.print(f"the measurement's own ranking: split-half Kendall tau {last['tau']:.3f} after "
+                      f"{last['rounds']} rounds of the models{short}; a table's tau against it is bounded by this")
 
 
 def _print_per_layer(console, rep, json_path: Path | None, plot_path: Path | None) -> None:

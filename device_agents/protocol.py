@@ -54,6 +54,11 @@ class ProtocolConfig:
     warmup_stable: bool = False  # before the rounds, time the first reference op until its median settles
     stable_tol: float = 0.03
     max_warmup_batches: int = 10
+    # With ``settle_keys`` (validate: the whole models): after the first pass, add blocks of ``rounds``
+    # rounds over those keys and the references until the split-half Kendall tau of their ranking
+    # reaches ``settle_tau`` or they have ``max_rounds`` rounds (0 = off)
+    settle_tau: float = 0.0
+    max_rounds: int = 24
 
 
 class Stats(Measurement):
@@ -162,11 +167,18 @@ class ProtocolInfo:
     spread: float | None = None  # max / min round factor - 1
     unstable: bool = False
     warmup_batches: list[float] = field(default_factory=list)  # medians of the stabilising warm-up batches
+    # settling (ProtocolConfig.settle_tau): per check, the settle keys' rounds so far and their split-half tau
+    settle: list[dict] = field(default_factory=list)
+
+    @property
+    def split_half_tau(self) -> float | None:
+        """The last split-half tau: how well the measurement reproduces its own ranking (None: not checked)."""
+        return self.settle[-1]["tau"] if self.settle else None
 
     def to_dict(self) -> dict:
         return {"reference_keys": self.reference_keys, "round_factors": [round(f, 5) for f in self.round_factors],
                 "spread": self.spread, "unstable": self.unstable,
-                "warmup_batches_us": [round(x, 2) for x in self.warmup_batches]}
+                "warmup_batches_us": [round(x, 2) for x in self.warmup_batches], "settle": self.settle}
 
 
 def pick_references(keys: Sequence[str], n: int) -> list[str]:
@@ -200,6 +212,7 @@ def run_protocol(
     reference_keys: Sequence[str] | None = None,
     info: ProtocolInfo | None = None,
     extra_keys: Sequence[str] = (),
+    settle_keys: Sequence[str] = (),
 ) -> dict[str, OpResult]:
     """Interleaved rounds over ``op_keys`` and the overhead programs named in ``overhead_of`` (op key ->
     overhead program key), all shuffled together in every round.
@@ -214,6 +227,9 @@ def run_protocol(
     its rounds); ``on_sample`` after every (op, round) (progress). ``extra_keys`` (whole calibration
     models) are shuffled into the first-pass rounds like the ops and returned with them, but neither
     re-measured nor reported through ``on_result``/``on_sample`` (they are not ops of the table).
+    ``settle_keys`` (some of ``op_keys``) get more rounds until their ranking reproduces itself
+    (``cfg.settle_tau``: :func:`split_half_tau`, recorded in ``info.settle`` even when not settling);
+    their results then hold every sample.
     """
     overhead_of = overhead_of or {}
     info = info if info is not None else ProtocolInfo()
@@ -240,16 +256,21 @@ def run_protocol(
             return [x for _, xs in per_round[k] for x in xs]
         return [x / factor(r) for r, xs in per_round[k] for x in xs]
 
+    def rounds_of(k: str) -> list[list[float]]:  # the key's samples per round, normalised like samples()
+        return [[x / factor(r) for x in xs] if cfg.normalize else list(xs) for r, xs in per_round[k]]
+
     def ov_value(key: str) -> float | None:
         ok = overhead_of.get(key)
         if ok is None or len(per_round[ok]) < cfg.rounds:
             return None
         return summarize(samples(ok)).median_us
 
-    def finish(k: str, remeasured: bool = False) -> None:
+    settling = set(settle_keys) if cfg.settle_tau > 0 else set()
+
+    def finish(k: str, remeasured: bool = False, final: bool = False) -> None:
         xs = samples(k)
         results[k] = OpResult(k, summarize(xs), xs, ov_value(k), remeasured)
-        if on_result and k not in quiet:
+        if on_result and k not in quiet and (final or k not in settling):  # a settling key: once, when settled
             on_result(results[k])
 
     def set_baseline() -> None:
@@ -308,6 +329,21 @@ def run_protocol(
                     finish(k, remeasured=True)
         for k in high_cv:
             finish(k, remeasured=True)
+        settle = [k for k in dict.fromkeys(settle_keys) if k in results]
+        if len(settle) >= 3:  # the split-half tau is reported even when not settling (settle_tau 0)
+            block = 0
+            while True:
+                have = min(len(per_round[k]) for k in settle)
+                tau = split_half_tau({k: rounds_of(k) for k in settle})
+                info.settle.append({"rounds": have, "tau": None if tau is None else round(tau, 4)})
+                if (not settling or (tau is not None and tau >= cfg.settle_tau)
+                        or have + cfg.rounds > cfg.max_rounds):
+                    break
+                block += 1
+                rounds_over(list(dict.fromkeys([*settle, *refs])), cfg.rounds,
+                            10_000 + 100 * block)
+        for k in settle:  # every sample: the first pass's and the added rounds'
+            finish(k, remeasured=results[k].remeasured, final=True)
     except AgentError:
         finish_complete()
         raise
@@ -319,6 +355,21 @@ def run_protocol(
         info.unstable = (info.spread is not None and len(refs) >= 2 and len(fs) >= 3
                          and info.spread > cfg.unstable_threshold)
     return results
+
+
+def split_half_tau(rounds: dict[str, list[list[float]]]) -> float | None:
+    """Kendall tau between two halves of a measurement: each key's median over its even-numbered rounds
+    against the median over its odd-numbered ones. It is how well the measurement reproduces its own
+    ranking of the keys, so it bounds the tau any prediction can reach against it. None with fewer
+    than 3 keys or a key with fewer than 2 rounds (there is no second half)."""
+    from scipy.stats import kendalltau
+
+    if len(rounds) < 3 or any(len(rs) < 2 for rs in rounds.values()):
+        return None
+    a = [statistics.median(x for rs in v[0::2] for x in rs) for v in rounds.values()]
+    b = [statistics.median(x for rs in v[1::2] for x in rs) for v in rounds.values()]
+    t = kendalltau(a, b).statistic
+    return None if math.isnan(t) else float(t)
 
 
 def overhead_summary(results: dict[str, OpResult]) -> float | None:

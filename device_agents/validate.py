@@ -55,6 +55,12 @@ class ValidationReport:
     def errors(self) -> list[float]:
         return [abs(r.uploaded_error_pct) for r in self.rows]
 
+    @property
+    def split_half_tau(self) -> float | None:
+        """How well this measurement reproduces its own ranking of the models (protocol ``settle``)."""
+        settle = self.protocol.get("settle") or []
+        return settle[-1]["tau"] if settle else None
+
 
 def label_archs(space, archs: int, seed: int, predefined: bool, extra: list[str] | None):
     """(label, Arch) pairs: ``archs`` random ones, FBNet-A/B/C, and the given architecture texts."""
@@ -178,7 +184,8 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
         with progress(enabled=show_progress) as prog:
             task = prog.add_task("measure", total=len(programs) * cfg.rounds, info="")
             results = run_protocol(tr, list(programs), cfg, on_sample=ticker(prog, task),
-                                   reference_keys=list(calib) or [op.key for op in refs], info=info)
+                                   reference_keys=list(calib) or [op.key for op in refs], info=info,
+                                   settle_keys=[keys[label] for label, _ in labelled])
     finally:
         tr.close()
 
@@ -202,11 +209,6 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     # (isolated ops sum to the model), with the machine's mood common to both sides.
     correction = {e.key: e.latency_us - (entry_us(e, table, pricing, in_context=False) or 0.0)
                   for e in table.entries if e.latency_us is not None}
-    by_key = {e.key: e for e in table.entries}
-
-    def alone(a) -> float:  # the same pricing with the ops as timed alone (no in-model context)
-        return math.fsum(entry_us(by_key[op.key], table, pricing, statistic, in_context=False)
-                         for op in sp.arch_ops(a, with_identity=True)) + model_overhead_us(table, pricing)
 
     def in_round(a, pred: dict) -> float | None:
         ops = list(zip(sp.arch_ops(a, with_identity=True), pred["per_op"], strict=True))
@@ -232,7 +234,7 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
                        "context_us_per_mb": pred["context_us_per_mb"],
                        "table_context_factor": table.context_factor,  # descriptive when the cost prices
                        # the same pricing without the in-model context (ops as timed alone)
-                       "alone_predicted_us": alone(a),
+                       "alone_predicted_us": pred["alone_us"],
                        "protocol": report.protocol,
                        "configuration": tc.model_dump() if tc is not None else None,
                        "table_overhead_us": table.overhead_us, "n_ops": len(sp.arch_ops(a)),

@@ -204,16 +204,17 @@ def model_overhead_us(table: Table, pricing: Pricing = "corrected") -> float:
     return float(table.overhead_us or 0.0) if pricing == "corrected" else 0.0
 
 
-def latencies(table: Table, keys, pricing: Pricing = "corrected",
-              statistic: Statistic = "median") -> tuple[dict[str, float], list[str]]:
-    """The priced latency of each key (identity skips too). Returns (found, missing keys)."""
+def latencies(table: Table, keys, pricing: Pricing = "corrected", statistic: Statistic = "median", *,
+              in_context: bool = True) -> tuple[dict[str, float], list[str]]:
+    """The priced latency of each key (identity skips too; ``in_context=False``: as timed alone, see
+    :func:`entry_us`). Returns (found, missing keys)."""
     _check_pricing(pricing, statistic)
     by_key = {e.key: e for e in table.entries}
     found: dict[str, float] = {}
     missing: list[str] = []
     for key in dict.fromkeys(keys):
         e = by_key.get(key)
-        v = None if e is None else entry_us(e, table, pricing, statistic)
+        v = None if e is None else entry_us(e, table, pricing, statistic, in_context=in_context)
         if v is None or not math.isfinite(v) or v < 0:
             missing.append(key)
         else:
@@ -248,6 +249,7 @@ class LatencyLUT:
     statistic: Statistic = "median"
     context_factor: float = 1.0  # already in the matrix and fixed values (corrected pricing); recorded here
     context_us_per_mb: float | None = None  # likewise
+    alone: tuple[tuple[str, float], ...] = ()  # every key's value without the context, for predict's alone_us
 
     @property
     def fixed_us(self) -> float:
@@ -277,6 +279,7 @@ def build_lut(table: Table, space: Space, pricing: Pricing = "corrected",
         raise TableError(f"the table of {table.device!r}/{space.name} lacks {what}{len(missing)} op(s) the "
                          f"supernet needs: {fmt_missing(missing)}")
     raw, _ = latencies(table, all_keys, "raw", statistic)
+    alone, _ = latencies(table, all_keys, pricing, statistic, in_context=False)
     return LatencyLUT(
         space=space, device=table.device, table_version=table.version,
         keys=tuple(tuple(r) for r in keys),
@@ -285,19 +288,21 @@ def build_lut(table: Table, space: Space, pricing: Pricing = "corrected",
         overhead_us=model_overhead_us(table, pricing), pricing=pricing, raw=tuple(raw.items()),
         statistic=statistic, context_factor=table_context_factor(table, pricing),
         context_us_per_mb=table.context_us_per_mb if pricing == "corrected" else None,
+        alone=tuple(alone.items()),
     )
 
 
 # ---- prediction ---------------------------------------------------------------------------------
 def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, *,
             pricing: Pricing | None = None, statistic: Statistic | None = None) -> dict:
-    """``{"latency_us", "per_op": [{"key", "latency_us", "raw_us"}], "raw_sum_us", "overhead_us",
+    """``{"latency_us", "per_op": [{"key", "latency_us", "raw_us", "alone_us"}], "raw_sum_us", "alone_us", "overhead_us",
     "context_factor", "context_us_per_mb", "pricing", "statistic", "ops_run"}``.
 
     Every op of the architecture in execution order (stem, the 22 layers, head, pool, fc), each at
     the value the one rule prices it at (module docstring: corrected entries in their model context),
     identity skips included, plus the per-model overhead once: ``latency_us = sum(per_op) + overhead_us``. ``raw_sum_us`` is the plain
-    sum of the raw medians (raw p10s with ``statistic="p10"``) (what the table would predict without the correction). A table need not
+    sum of the raw medians (raw p10s with ``statistic="p10"``) (what the table would predict without the correction); ``alone_us`` is the same pricing with every op
+    as timed alone, without the in-model context (what the ops sum to; validate records it). A table need not
     be complete, but every op of this architecture must have a latency. With a LatencyLUT the
     pricing and statistic are the ones it was built with.
     """
@@ -310,7 +315,7 @@ def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, 
         space, pricing, statistic = source.space, source.pricing, source.statistic
         ops = space.arch_ops(arch, with_identity=True)
         lookup, raw, overhead, factor = source.lookup(), dict(source.raw), source.overhead_us, source.context_factor
-        cost = source.context_us_per_mb
+        cost, alone = source.context_us_per_mb, dict(source.alone)
     else:
         if space is None:
             raise TypeError("predict(table, arch, space): the space is needed with a Table")
@@ -323,11 +328,14 @@ def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, 
             raise TableError(f"the table of {source.device!r}/{space.name} has no {what} for "
                              f"{len(missing)} op(s) of this architecture: {fmt_missing(missing)}")
         raw, _ = latencies(source, keys, "raw", statistic)
+        alone, _ = latencies(source, keys, pricing, statistic, in_context=False)
         overhead, factor = model_overhead_us(source, pricing), table_context_factor(source, pricing)
         cost = source.context_us_per_mb if pricing == "corrected" else None
-    per_op = [{"key": op.key, "latency_us": lookup[op.key], "raw_us": raw[op.key]} for op in ops]
+    per_op = [{"key": op.key, "latency_us": lookup[op.key], "raw_us": raw[op.key], "alone_us": alone[op.key]}
+              for op in ops]
     latency = math.fsum(p["latency_us"] for p in per_op) + overhead
     return {"latency_us": latency, "per_op": per_op, "raw_sum_us": math.fsum(p["raw_us"] for p in per_op),
+            "alone_us": math.fsum(p["alone_us"] for p in per_op) + overhead,
             "overhead_us": overhead, "context_factor": factor, "context_us_per_mb": cost,
             "pricing": pricing, "statistic": statistic,
             "ops_run": sum(not op.is_identity for op in ops)}

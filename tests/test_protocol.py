@@ -104,3 +104,59 @@ def test_calibration_models_share_the_rounds_but_are_not_reported_as_ops():
     assert [r.key for r in reported] == ["a", "b", "c", "d"] and "model" not in ticks and len(ticks) == 12
     assert res["model"].stats.n == 12 and not res["model"].remeasured
     assert res["model"].stats.median_us == pytest.approx(1600.0)  # the slow round folded back (0.5/1.5 x 1600)
+
+
+class MoodyModels(DriftingDevice):
+    """Models m0..m5 one percent apart whose first ``moody`` rounds swap their order (even-numbered models
+    +20 % in even rounds and -20 % in odd ones, odd-numbered models the reverse), then run true."""
+
+    def __init__(self, moody: int = 3):
+        super().__init__([1.0])
+        self.moody = moody
+
+    def measure(self, keys, warmup, repeats, on_done):
+        r = self.calls
+        self.calls += 1
+        self.orders.append(list(keys))
+        for k in keys:
+            if k.startswith("m"):
+                i = int(k[1:])
+                mood = 1.0 if r >= self.moody else (1.2 if (r + i) % 2 == 0 else 0.8)
+                on_done(k, [1000.0 * (1 + 0.01 * i) * mood] * repeats)
+            else:
+                on_done(k, [BASE[k]] * repeats)
+
+
+MODELS = [f"m{i}" for i in range(6)]
+
+
+def test_models_get_rounds_until_their_ranking_reproduces_itself():
+    """Validate's settling: after the first pass, blocks of ``rounds`` more rounds of the models (and the
+    references) until the split-half tau of their medians reaches ``settle_tau``; the models then keep
+    every sample, the ops only their first pass, and each key is reported once."""
+    cfg = ProtocolConfig(warmup=0, repeats=4, rounds=3, cv_threshold=10.0, settle_tau=0.9, max_rounds=24)
+    dev, info, reported = MoodyModels(), ProtocolInfo(), []
+    res = run_protocol(dev, ["a", "b", *MODELS], cfg, reference_keys=["a"], info=info, settle_keys=MODELS,
+                       on_result=reported.append)
+    # 3 rounds: even and odd rounds rank the models in opposite orders; 6: still the moody rounds' median;
+    # 9: both halves' medians are the true costs
+    assert [s["rounds"] for s in info.settle] == [3, 6, 9]
+    assert info.settle[0]["tau"] < 0 and info.settle[-1]["tau"] == pytest.approx(1.0)
+    assert info.split_half_tau == pytest.approx(1.0)
+    assert len(dev.orders) == 9 and all(sorted(o) == sorted(["a", *MODELS]) for o in dev.orders[3:])
+    assert all(res[m].stats.n == 9 * 4 for m in MODELS) and res["b"].stats.n == 3 * 4
+    assert [res[m].stats.median_us for m in MODELS] == pytest.approx([1000.0 * (1 + 0.01 * i) for i in range(6)])
+    assert sorted(r.key for r in reported) == sorted(["a", "b", *MODELS])  # once each, models when settled
+
+    capped, info = MoodyModels(), ProtocolInfo()  # --max-rounds stops it, and says where it stood
+    run_protocol(capped, ["a", *MODELS], ProtocolConfig(**{**cfg.__dict__, "max_rounds": 6}), reference_keys=["a"],
+                 info=info, settle_keys=MODELS)
+    assert [s["rounds"] for s in info.settle] == [3, 6] and info.split_half_tau < 0.9 and len(capped.orders) == 6
+
+    quiet, info = MoodyModels(moody=0), ProtocolInfo()  # a ranking that reproduces at once costs nothing more
+    run_protocol(quiet, ["a", *MODELS], cfg, reference_keys=["a"], info=info, settle_keys=MODELS)
+    assert info.settle == [{"rounds": 3, "tau": 1.0}] and len(quiet.orders) == 3
+    off, info = MoodyModels(), ProtocolInfo()  # settle_tau 0: the first pass only, its tau still reported
+    run_protocol(off, ["a", *MODELS], ProtocolConfig(**{**cfg.__dict__, "settle_tau": 0.0}), reference_keys=["a"],
+                 info=info, settle_keys=MODELS)
+    assert [s["rounds"] for s in info.settle] == [3] and info.split_half_tau < 0 and len(off.orders) == 3

@@ -259,6 +259,9 @@ def test_context_cost_adds_per_weight_megabyte_and_takes_precedence_over_the_fac
     assert e["latency_us"] == pytest.approx(max(0.0, by_key[heavy.key].latency_us - 4.0) + 60.0 * heavy.params * 4 / 1e6)
     assert predict(t, arch, SPACE, pricing="raw")["latency_us"] == predict(plain, arch, SPACE, pricing="raw")["latency_us"]
     assert build_lut(t, SPACE).arch_latency(arch) == pytest.approx(got["latency_us"])
+    # what the ops sum to as timed alone (validate records it beside the prediction): no context in it
+    assert got["alone_us"] == pytest.approx(alone + 4.0)
+    assert predict(build_lut(t, SPACE), arch)["alone_us"] == pytest.approx(alone + 4.0)
     pool = next(op for op in SPACE.fixed_ops if op.block == "pool")
     assert weight_mb(pool.key) == 0.0 and weight_mb("not-an-op") == 0.0
     assert weight_mb(heavy.key, "int8") == pytest.approx(weight_mb(heavy.key) / 4)

@@ -106,33 +106,38 @@ def configurations(session: Session, device: Device, space: Space, *, include_un
                    runs: list[RunInfo] | None = None) -> list[wire.ConfigurationOut]:
     """Every configuration of the device's finished runs of ``space``, oldest first, with coverage."""
     runs = finished_runs(session, device, space) if runs is None else runs
+    return _configurations(session, device, space, space_id(session, space), runs, include_unstable)[0]
+
+
+def _configurations(session: Session, device: Device, space: Space, sp_id: int | None, runs: list[RunInfo],
+                    include_unstable: bool) -> tuple[list[wire.ConfigurationOut], dict[str, set[str]]]:
+    """:func:`configurations`, and per configuration the keys of the space's ops it has rows for."""
     # coverage from the per-configuration counters: one row per (configuration, op), not per measurement
-    stable: dict[str, set[str]] = defaultdict(set)
-    every: dict[str, set[str]] = defaultdict(set)
+    measured: dict[str, set[str]] = defaultdict(set)
     if runs:
-        q = select(ConfigOp.config_id, ConfigOp.key, ConfigOp.n_stable).where(
-            ConfigOp.device_id == device.id, ConfigOp.space_id == space_id(session, space))
-        for cid, key, n_stable in session.execute(q).tuples():
-            every[cid].add(key)
-            if n_stable:
-                stable[cid].add(key)
+        q = select(ConfigOp.config_id, ConfigOp.key, ConfigOp.n_stable, ConfigOp.n_unstable).where(
+            ConfigOp.device_id == device.id, ConfigOp.space_id == sp_id)
+        for cid, key, n_stable, n_unstable in session.execute(q).tuples():
+            if n_stable or (include_unstable and n_unstable):
+                measured[cid].add(key)
     groups: dict[Configuration, list[RunInfo]] = {}
     for r in runs:
         groups.setdefault(r.config, []).append(r)
     ops = set(space.op_by_key)
     identity = {op.key for op in space.ops if op.is_identity}
-    out = []
+    out, covered = [], {}
     for cfg, rs in groups.items():
         used = [r for r in rs if include_unstable or not r.unstable]
-        got = (every if include_unstable else stable)[cfg.config_id] & ops if used else set()
+        covered[cfg.config_id] = got = measured[cfg.config_id] & ops if used else set()
         if used and not cfg.imported:
-            got |= identity
+            got = got | identity
         out.append(wire.ConfigurationOut(
             **cfg.model_dump(), id=cfg.config_id, runs=[r.id for r in used],
             unstable_runs=[r.id for r in rs if r.unstable], ops=len(ops), covered=len(got),
             complete=bool(used) and len(got) == len(ops), newest_run=max(r.id for r in rs), default=False))
     default = pick(out, Selector(include_unstable=include_unstable), device.name, space.name)
-    return [c.model_copy(update={"default": True}) if default is not None and c.id == default.id else c for c in out]
+    out = [c.model_copy(update={"default": True}) if default is not None and c.id == default.id else c for c in out]
+    return out, covered
 
 
 def pick(configs: list[wire.ConfigurationOut], selector: Selector, device: str,
@@ -178,16 +183,13 @@ def _entry(op, layers, rows: list[_Row], imported: bool) -> dict:
     }
 
 
-def _newest_rows(session: Session, device_id: int, sp_id: int | None, config_id: str, run_ids: list[int],
-                 max_runs: int, include_unstable: bool) -> dict[str, list[_Row]]:
-    """Per op, the summaries of the newest ``max_runs`` of ``run_ids`` that measured it. Reads the runs
-    newest first in growing batches (max_runs, then 4x, ...) and stops when every op the configuration
-    covers has its max_runs rows or the runs run out: with complete runs one batch of max_runs runs,
-    however long the device's history (no sort or scan of every run's rows, in time or in memory)."""
-    q = select(ConfigOp.key).where(ConfigOp.device_id == device_id, ConfigOp.space_id == sp_id,
-                                   ConfigOp.config_id == config_id)
-    q = q.where((ConfigOp.n_stable + ConfigOp.n_unstable) > 0) if include_unstable else q.where(ConfigOp.n_stable > 0)
-    pending = set(session.scalars(q))
+def _newest_rows(session: Session, config_id: str, run_ids: list[int], covered: set[str], max_runs: int,
+                 include_unstable: bool) -> dict[str, list[_Row]]:
+    """Per op of ``covered``, the summaries of the newest ``max_runs`` of ``run_ids`` that measured it. Reads
+    the runs newest first in growing batches (max_runs, then 4x, ...) and stops when every covered op has
+    its max_runs rows or the runs run out: with complete runs one batch of max_runs runs, however long the
+    device's history (no sort or scan of every run's rows, in time or in memory)."""
+    pending = set(covered)
     order = sorted(run_ids, reverse=True)
     got: dict[str, list[_Row]] = defaultdict(list)
     start, batch = 0, max_runs
@@ -212,27 +214,26 @@ def assemble(session: Session, device: Device, space: Space, selector: Selector 
     each op from the newest ``max_runs`` runs that measured it."""
     selector = selector or Selector()
     runs = finished_runs(session, device, space)
-    configs = configurations(session, device, space, include_unstable=selector.include_unstable, runs=runs)
+    configs, covered = _configurations(session, device, space, space_id(session, space), runs,
+                                       selector.include_unstable)
     chosen = pick(configs, selector, device.name, space.name)
     by_key: dict[str, list[_Row]] = defaultdict(list)
     cfg = None
     if chosen is not None:
         cfg = Configuration(**chosen.model_dump(include=set(Configuration.model_fields)))
         # the summaries of the chosen configuration's runs only (op_stats), never the measurements
-        by_key = _newest_rows(session, device.id, space_id(session, space), chosen.id, chosen.runs, max_runs,
+        by_key = _newest_rows(session, chosen.id, chosen.runs, covered[chosen.id], max_runs,
                               selector.include_unstable)
     imported = bool(cfg and cfg.imported)
     entries = [_entry(op, space.op_layers[op.key], by_key.get(op.key, []), imported) for op in space.ops]
-    run_overhead = {r.id: r.overhead_us for r in runs}
-    contributing = {r.run_id for rows in by_key.values() for r in rows}
-    ovh = [v for rid in contributing if (v := run_overhead[rid]) is not None]
-    overhead = float(median(ovh)) if ovh and not imported else None
-    run_context = {r.id: r.context_factor for r in runs}
-    ctx = [v for rid in contributing if (v := run_context[rid]) is not None]
-    context = float(median(ctx)) if ctx and not imported else None
-    run_cost = {r.id: r.context_us_per_mb for r in runs}
-    costs = [v for rid in contributing if (v := run_cost[rid]) is not None]
-    cost = float(median(costs)) if costs and not imported else None
+    # the run-level numbers are the medians over the runs that gave the table a row (none for imports)
+    contributing = [r for r in runs if r.id in {row.run_id for rows in by_key.values() for row in rows}]
+
+    def over_runs(attr: str) -> float | None:
+        vals = [v for r in contributing if (v := getattr(r, attr)) is not None]
+        return float(median(vals)) if vals and not imported else None
+
+    overhead, context, cost = over_runs("overhead_us"), over_runs("context_factor"), over_runs("context_us_per_mb")
     missing = [e["key"] for e in entries if e["source"] == "missing"]
     # the factor joins the hashed content only when there is one: tables without it keep their versions
     blob = json.dumps({"entries": entries, "overhead_us": overhead, "configuration": cfg and cfg.model_dump(),
