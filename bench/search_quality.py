@@ -141,10 +141,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/search-quality"))
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--png", type=Path, help="the Pareto plot (accuracy vs predicted latency)")
-    p.add_argument("--only", choices=["cost", "random", "specialisation", "table"], action="append",
+    p.add_argument("--acc-fractions", default="0.7,0.85",
+                   help="accuracy: own searches at these fractions of the other architecture's own-table latency")
+    p.add_argument("--only", choices=["cost", "random", "specialisation", "table", "accuracy"], action="append",
                    help="run only these parts (repeatable; default all). table: specialisation without training, "
                         "each device's architecture is the fastest on its own table with at least the reference's "
-                        "MACs (exact DP), cross-evaluated")
+                        "MACs (exact DP), cross-evaluated; accuracy (not in the default, it trains children): "
+                        "specialisation at equal accuracy, the paper's comparison")
     a = p.parse_args()
     if (a.table is None) == (a.device is None):
         p.error("give --table FILE or --server URL --device NAME")
@@ -212,6 +215,11 @@ def main() -> None:
         res["specialisation_table_only"] = table_only_specialisation(space, main_lut, versus, _ref(a.reference),
                                                                      a.reference)
         _save(a, res)
+    if versus and "accuracy" in parts:
+        done = [x for c in res["specialisation"] for x in (c["a_search"], c["b_search"])]
+        res["specialisation_equal_accuracy"] = equal_accuracy_specialisation(a, space, main_lut, versus, sdata, cdata,
+                                                                             child_cfg, done)
+        _save(a, res)
 
     if a.png and res["targets"]:
         _plot(res, a.png, main_lut.device)
@@ -255,6 +263,57 @@ def specialisation(a, space, main_lut, versus, sdata, done: list[dict]) -> list[
               f"{cross['a_arch_on_a_us'] / 1000:.2f} ms, other's {cross['b_arch_on_a_us'] / 1000:.2f} ms "
               f"({cross['speedup_on_a']:.2f}x); {v.device}: own {cross['b_arch_on_b_us'] / 1000:.2f} ms, other's "
               f"{cross['a_arch_on_b_us'] / 1000:.2f} ms ({cross['speedup_on_b']:.2f}x)", flush=True)
+    return out
+
+
+def equal_accuracy_specialisation(a, space, main_lut, versus, sdata, cdata, child_cfg, done: list[dict]) -> list[dict]:
+    """The paper's comparison: at equal accuracy. For each ordered pair (own, other): the other device's
+    architecture (searched at the reference budget on its table) is trained; on the own table, searches at
+    fractions of that architecture's own-table latency (and the own reference search) give candidates,
+    each trained with the same child budget; the speed-up is the other's architecture's own-table latency
+    over that of the cheapest own candidate at least as accurate (none: reported as such)."""
+    ref = _ref(a.reference)
+    trained: dict[tuple, dict] = {}
+
+    def child(arch_) -> dict:
+        key = tuple(arch_.blocks)
+        if key not in trained:
+            _, rep = train_child(space, arch_, cdata, child_cfg, progress=False, device=DEVICE)
+            trained[key] = {"test_acc": rep["test_acc"], "n_test": rep["n_test"], "wall_s": rep["wall_s"]}
+        return trained[key]
+
+    def ref_search(lut):
+        t = predict(lut, ref)["latency_us"]
+        hit = next((d for d in done if d["device"] == lut.device and abs(d["target_us"] / t - 1) < 1e-9), None)
+        if hit is None:
+            hit = search(a, space, lut, sdata, t, a.out / f"{lut.device}-ref")
+            done.append(hit)
+        return hit
+
+    out = []
+    for v in versus:
+        for own, other in ((main_lut, v), (v, main_lut)):
+            o_arch = _arch(ref_search(other)["arch"])
+            o_lat = predict(own, o_arch)["latency_us"]
+            o_acc = child(o_arch)
+            cands = [ref_search(own)]
+            for f in (float(x) for x in a.acc_fractions.split(",")):
+                cands.append(search(a, space, own, sdata, f * o_lat, a.out / f"{own.device}-vs-{other.device}-{f}"))
+            rows = []
+            for c in cands:
+                arch_ = _arch(c["arch"])
+                rows.append({"arch": c["arch"], "target_us": c["target_us"], "latency_us": predict(own, arch_)["latency_us"],
+                             "theta_entropy": c["theta_entropy"], **child(arch_)})
+            ok = [r for r in rows if r["test_acc"] >= o_acc["test_acc"]]
+            best = min(ok, key=lambda r: r["latency_us"]) if ok else None
+            r = {"own": own.device, "other": other.device, "other_arch": list(o_arch.blocks),
+                 "other_arch_on_own_us": o_lat, "other_acc": o_acc["test_acc"], "n_test": o_acc["n_test"],
+                 "candidates": rows, "best": best, "speedup": (o_lat / best["latency_us"]) if best else None}
+            out.append(r)
+            cand_txt = ", ".join(f"{x['latency_us'] / 1000:.2f} ms acc {x['test_acc']:.3f}" for x in rows)
+            speed = "none as accurate" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+            print(f"equal accuracy on {own.device}: {other.device}'s arch {o_lat / 1000:.2f} ms acc {o_acc['test_acc']:.3f}; "
+                  f"own candidates {cand_txt}; speed-up {speed}", flush=True)
     return out
 
 
