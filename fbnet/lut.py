@@ -266,6 +266,20 @@ class LatencyLUT:
         return predict(self, arch)["latency_us"]
 
 
+def _priced(table: Table, space: Space, keys: list[str], pricing: Pricing, statistic: Statistic,
+            needed_by: str) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """``keys`` priced by the rule, raw, and alone (without the context); a key the table has no value
+    for is an error that names it (and ``needed_by``: who needs it)."""
+    found, missing = latencies(table, keys, pricing, statistic)
+    if missing:
+        what = "p10 latency" if statistic == "p10" else "latency"
+        raise TableError(f"the table of {table.device!r}/{space.name} lacks a {what} for {len(missing)} op(s) "
+                         f"{needed_by}: {fmt_missing(missing)}")
+    raw, _ = latencies(table, keys, "raw", statistic)
+    alone, _ = latencies(table, keys, pricing, statistic, in_context=False)
+    return found, raw, alone
+
+
 def build_lut(table: Table, space: Space, pricing: Pricing = "corrected",
               statistic: Statistic = "median") -> LatencyLUT:
     """Check the table (space, version, completeness) and align it with the supernet."""
@@ -273,13 +287,7 @@ def build_lut(table: Table, space: Space, pricing: Pricing = "corrected",
     keys = [[space.layer_op(layer, i).key for i in range(len(CANDIDATE_NAMES))] for layer in range(NUM_LAYERS)]
     fixed_keys = [op.key for op in space.fixed_ops]
     all_keys = [k for row in keys for k in row] + fixed_keys
-    found, missing = latencies(table, all_keys, pricing, statistic)
-    if missing:
-        what = "a p10 latency for " if statistic == "p10" else ""
-        raise TableError(f"the table of {table.device!r}/{space.name} lacks {what}{len(missing)} op(s) the "
-                         f"supernet needs: {fmt_missing(missing)}")
-    raw, _ = latencies(table, all_keys, "raw", statistic)
-    alone, _ = latencies(table, all_keys, pricing, statistic, in_context=False)
+    found, raw, alone = _priced(table, space, all_keys, pricing, statistic, "the supernet needs")
     return LatencyLUT(
         space=space, device=table.device, table_version=table.version,
         keys=tuple(tuple(r) for r in keys),
@@ -321,14 +329,8 @@ def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, 
             raise TypeError("predict(table, arch, space): the space is needed with a Table")
         pricing, statistic = pricing or "corrected", statistic or "median"
         check_table(source, space, require_complete=False)
-        keys = [op.key for op in ops]
-        lookup, missing = latencies(source, keys, pricing, statistic)
-        if missing:
-            what = "p10 latency" if statistic == "p10" else "latency"
-            raise TableError(f"the table of {source.device!r}/{space.name} has no {what} for "
-                             f"{len(missing)} op(s) of this architecture: {fmt_missing(missing)}")
-        raw, _ = latencies(source, keys, "raw", statistic)
-        alone, _ = latencies(source, keys, pricing, statistic, in_context=False)
+        lookup, raw, alone = _priced(source, space, [op.key for op in ops], pricing, statistic,
+                                     "of this architecture")
         overhead, factor = model_overhead_us(source, pricing), table_context_factor(source, pricing)
         cost = source.context_us_per_mb if pricing == "corrected" else None
     per_op = [{"key": op.key, "latency_us": lookup[op.key], "raw_us": raw[op.key], "alone_us": alone[op.key]}

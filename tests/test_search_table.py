@@ -199,7 +199,7 @@ def test_p10_statistic_prices_each_entrys_p10_less_the_same_correction():
     gone = SPACE.layer_op(0, "k3_e1").key
     holed = t.model_copy(update={"entries": [e.model_copy(update={"p10_us": None}) if e.key == gone else e
                                              for e in t.entries]})
-    with pytest.raises(TableError, match=f"no p10 latency for 1 op.*{gone}"):
+    with pytest.raises(TableError, match=f"lacks a p10 latency for 1 op.*{gone}"):
         predict(holed, arch, SPACE, statistic="p10")
     assert predict(holed, arch, SPACE)["latency_us"] == predict(t, arch, SPACE)["latency_us"]
 
