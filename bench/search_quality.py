@@ -306,12 +306,21 @@ def equal_accuracy_specialisation(a, space, main_lut, versus, sdata, cdata, chil
                              "theta_entropy": c["theta_entropy"], **child(arch_)})
             ok = [r for r in rows if r["test_acc"] >= o_acc["test_acc"]]
             best = min(ok, key=lambda r: r["latency_us"]) if ok else None
+            # "as accurate" within the binomial standard error of a difference of two test accuracies
+            p_ = o_acc["test_acc"]
+            se = math.sqrt(2 * p_ * (1 - p_) / o_acc["n_test"])
+            near = [r for r in rows if r["test_acc"] >= p_ - se]
+            best_se = min(near, key=lambda r: r["latency_us"]) if near else None
             r = {"own": own.device, "other": other.device, "other_arch": list(o_arch.blocks),
                  "other_arch_on_own_us": o_lat, "other_acc": o_acc["test_acc"], "n_test": o_acc["n_test"],
-                 "candidates": rows, "best": best, "speedup": (o_lat / best["latency_us"]) if best else None}
+                 "candidates": rows, "best": best, "speedup": (o_lat / best["latency_us"]) if best else None,
+                 "se_of_difference": se, "best_within_se": best_se,
+                 "speedup_within_se": (o_lat / best_se["latency_us"]) if best_se else None}
             out.append(r)
             cand_txt = ", ".join(f"{x['latency_us'] / 1000:.2f} ms acc {x['test_acc']:.3f}" for x in rows)
             speed = "none as accurate" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+            if r["speedup_within_se"] is not None:
+                speed += f" (within one standard error, {se:.3f}: {r['speedup_within_se']:.2f}x)"
             print(f"equal accuracy on {own.device}: {other.device}'s arch {o_lat / 1000:.2f} ms acc {o_acc['test_acc']:.3f}; "
                   f"own candidates {cand_txt}; speed-up {speed}", flush=True)
     return out
