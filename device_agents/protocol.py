@@ -251,13 +251,11 @@ def run_protocol(
         ratios = [m / baseline[k] for k, m in ref_meds[r].items() if baseline.get(k)]
         return statistics.median(ratios) if ratios else 1.0
 
-    def samples(k: str) -> list[float]:
-        if not cfg.normalize:
-            return [x for _, xs in per_round[k] for x in xs]
-        return [x / factor(r) for r, xs in per_round[k] for x in xs]
-
-    def rounds_of(k: str) -> list[list[float]]:  # the key's samples per round, normalised like samples()
+    def rounds_of(k: str) -> list[list[float]]:  # the key's samples per round (normalised with cfg.normalize)
         return [[x / factor(r) for x in xs] if cfg.normalize else list(xs) for r, xs in per_round[k]]
+
+    def samples(k: str) -> list[float]:
+        return [x for xs in rounds_of(k) for x in xs]
 
     def ov_value(key: str) -> float | None:
         ok = overhead_of.get(key)

@@ -55,12 +55,6 @@ class ValidationReport:
     def errors(self) -> list[float]:
         return [abs(r.uploaded_error_pct) for r in self.rows]
 
-    @property
-    def split_half_tau(self) -> float | None:
-        """How well this measurement reproduces its own ranking of the models (protocol ``settle``)."""
-        settle = self.protocol.get("settle") or []
-        return settle[-1]["tau"] if settle else None
-
 
 def label_archs(space, archs: int, seed: int, predefined: bool, extra: list[str] | None):
     """(label, Arch) pairs: ``archs`` random ones, FBNet-A/B/C, and the given architecture texts."""
