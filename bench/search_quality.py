@@ -93,8 +93,51 @@ def step_cost(space, batch: int, repeats: int) -> list[dict]:
     return rows
 
 
+def reusable_children(a, device: str) -> list[dict]:
+    """Random children trained by earlier runs with the same child budget, data and seed (``--reuse``)."""
+    same = ("space", "data", "child_subset", "child_epochs", "child_batch", "child_test", "seed")
+    out = []
+    for path in a.reuse:
+        old = json.loads(path.read_text())
+        diff = [k for k in same if old["settings"].get(k) != getattr(a, k)]
+        if diff:
+            raise SystemExit(f"--reuse {path}: its children were trained with other settings ({', '.join(diff)})")
+        for t in old.get("targets", []):
+            if t["device"] == device:
+                out += [c for c in t["children"] if not c["found"]]
+    return out
+
+
+def search_overrides(items: list[str]) -> dict:
+    """``--search-opt KEY=VALUE`` pairs as typed SearchConfig fields (a bad key or value exits with a message)."""
+    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--search-opt {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        default = getattr(SearchConfig(), key)
+        try:
+            if text == "none":
+                out[key] = None
+            elif isinstance(default, bool):
+                out[key] = {"true": True, "false": False}[text.lower()]
+            elif default is None:  # an optional number
+                out[key] = int(text) if text.lstrip("-").isdigit() else float(text)
+            else:
+                out[key] = type(default)(text)
+        except (ValueError, KeyError):
+            kind = "number" if default is None else type(default).__name__
+            raise SystemExit(f"--search-opt {item!r}: {text!r} is not a {kind}") from None
+    try:
+        SearchConfig(**out).validate()
+    except Exception as e:  # TrainError: one line
+        raise SystemExit(f"--search-opt: {e}") from None
+    return out
+
+
 def search(a, space, lut, data, target_us: float, out: Path) -> dict:
-    cfg = SearchConfig(epochs=a.epochs, batch_size=a.batch, target_us=target_us, seed=a.seed)
+    cfg = SearchConfig(epochs=a.epochs, batch_size=a.batch, target_us=target_us, seed=a.seed, **a.search_cfg)
     t, cpu = time.perf_counter(), time.process_time()
     r = run_search(cfg, space, lut, data, out, progress=False, tensorboard=False, env=DistEnv(device=DEVICE))
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -138,6 +181,15 @@ def main() -> None:
                         "binomial standard error of one child's accuracy is about 0.5/sqrt(N)")
     p.add_argument("--cost-batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--search-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SearchConfig field for every search, e.g. warmup_epochs=5, proxy_resolution=12, theta_lr=0.1")
+    p.add_argument("--found-seeds", type=int, default=1,
+                   help="train the found architecture with this many child seeds (its accuracy is their mean; "
+                        "random children get one seed each, so their spread includes the seed noise)")
+    p.add_argument("--reuse", type=Path, action="append", default=[],
+                   help="an earlier --json of this script: its trained random children count towards --randoms "
+                        "where the child budget, data and seed are the same and the latency is within +-5 %% of "
+                        "the found architecture's")
     p.add_argument("--out", type=Path, default=Path("/tmp/search-quality"))
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--png", type=Path, help="the Pareto plot (accuracy vs predicted latency)")
@@ -151,11 +203,15 @@ def main() -> None:
     a = p.parse_args()
     if (a.table is None) == (a.device is None):
         p.error("give --table FILE or --server URL --device NAME")
+    if a.found_seeds < 1:
+        p.error("--found-seeds must be >= 1")
+    a.search_cfg = search_overrides(a.search_opt)
 
     space = get_space(a.space)
     main_lut = lut_of(a, a.table or a.device, space)
     versus = [lut_of(a, v, space) for v in a.versus]
-    res: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+    res: dict = {"settings": {k: ([str(x) for x in v] if k == "reuse" else str(v) if isinstance(v, Path) else v)
+                              for k, v in vars(a).items()},
                  "torch_threads": torch.get_num_threads()}
     try:
         data_name = a.data
@@ -164,7 +220,7 @@ def main() -> None:
         print(f"note: {e}; using scikit-learn digits instead")
         data_name = "digits"
     res["data"] = data_name
-    cfg0 = SearchConfig()
+    cfg0 = SearchConfig(**a.search_cfg)
     sdata = load_dataset(data_name, search_resolution(cfg0, space), subset=a.subset, seed=a.seed)
     cdata = load_dataset(data_name, space.resolution, subset=a.child_subset, seed=a.seed + 1)
     if a.child_test:  # a larger test split (evaluation is cheap; training is what costs)
@@ -181,23 +237,38 @@ def main() -> None:
 
     lo, hi = latency_range(main_lut)
     res["range_us"] = [lo, hi]
+    reusable = reusable_children(a, main_lut.device)
     res["targets"] = []
     for frac in (float(f) for f in a.targets.split(",") if "random" in parts):
         target = lo + frac * (hi - lo)
         s = search(a, space, main_lut, sdata, target, a.out / f"{main_lut.device}-{frac}")
         pred = s["predicted_us"]
-        randoms = random_within(main_lut, 0.95 * pred, 1.05 * pred, a.randoms, seed=a.seed + int(frac * 1000))
+        found = _arch(s["arch"])
         trained = []
-        for arch in [None, *randoms]:
-            arch_ = arch or _arch(s["arch"])
+        for k in range(a.found_seeds):
+            _, rep = train_child(space, found, cdata, dataclasses.replace(child_cfg, seed=a.seed + k), progress=False,
+                                 device=DEVICE)
+            trained.append({"arch": list(found.blocks), "latency_us": pred, "test_acc": rep["test_acc"], "found": True,
+                            "child_seed": a.seed + k, "n_test": rep["n_test"], "train_acc": rep["train_acc"],
+                            "wall_s": rep["wall_s"]})
+            print(f"  child found  {pred:9.0f} us acc {rep['test_acc']:.3f} (child seed {a.seed + k})", flush=True)
+        kept = [c for c in reusable if 0.95 * pred <= c["latency_us"] <= 1.05 * pred and c["arch"] != s["arch"]]
+        kept = list({tuple(c["arch"]): c for c in kept}.values())[:a.randoms]
+        for c in kept:
+            trained.append({**c, "reused": True})
+            print(f"  child random {c['latency_us']:9.0f} us acc {c['test_acc']:.3f} (reused)", flush=True)
+        draws = random_within(main_lut, 0.95 * pred, 1.05 * pred, a.randoms + len(kept), seed=a.seed + int(frac * 1000))
+        fresh = [r for r in draws if list(r.blocks) not in [c["arch"] for c in kept] and r != found]
+        for arch_ in fresh[:a.randoms - len(kept)]:
             _, rep = train_child(space, arch_, cdata, child_cfg, progress=False, device=DEVICE)
             trained.append({"arch": list(arch_.blocks), "latency_us": predict(main_lut, arch_)["latency_us"],
-                            "test_acc": rep["test_acc"], "found": arch is None, "n_test": rep["n_test"],
+                            "test_acc": rep["test_acc"], "found": False, "child_seed": a.seed, "n_test": rep["n_test"],
                             "train_acc": rep["train_acc"], "wall_s": rep["wall_s"]})
-            print(f"  child {'found ' if arch is None else 'random'} {trained[-1]['latency_us']:9.0f} us "
-                  f"acc {rep['test_acc']:.3f}", flush=True)
-        accs = [t["test_acc"] for t in trained[1:]]
-        s.update(frac=frac, children=trained, found_acc=trained[0]["test_acc"],
+            print(f"  child random {trained[-1]['latency_us']:9.0f} us acc {rep['test_acc']:.3f}", flush=True)
+        found_accs = [t["test_acc"] for t in trained if t["found"]]
+        accs = [t["test_acc"] for t in trained if not t["found"]]
+        s.update(frac=frac, children=trained, found_acc=statistics.fmean(found_accs), found_accs=found_accs,
+                 n_reused=len(kept),
                  random_median=statistics.median(accs), random_mean=statistics.fmean(accs),
                  random_sd=statistics.stdev(accs) if len(accs) > 1 else 0.0, random_max=max(accs), n_random=len(accs))
         res["targets"].append(s)
@@ -414,9 +485,9 @@ def _plot(res: dict, path: Path, device: str) -> None:
         r = [ch for ch in t["children"] if not ch["found"]]
         ax.scatter([x["latency_us"] / 1000 for x in r], [x["test_acc"] for x in r], color=c, alpha=0.4, s=20,
                    label=f"random, target {t['target_us'] / 1000:.1f} ms")
-        f = t["children"][0]
-        ax.scatter([f["latency_us"] / 1000], [f["test_acc"]], color=c, marker="*", s=220, edgecolor="k",
-                   label=f"found, target {t['target_us'] / 1000:.1f} ms")
+        n = len(t.get("found_accs", [t["found_acc"]]))
+        ax.scatter([t["predicted_us"] / 1000], [t["found_acc"]], color=c, marker="*", s=220, edgecolor="k",
+                   label=f"found, target {t['target_us'] / 1000:.1f} ms" + (f" (mean of {n} child seeds)" if n > 1 else ""))
     ax.set_xlabel(f"predicted latency on {device} (ms)")
     ax.set_ylabel(f"test accuracy ({res['data']})")
     ax.set_title("found vs random architectures at equal latency (same child budget)")
