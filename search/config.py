@@ -7,10 +7,10 @@ in 10 CPU-minutes. The paper's setting is ``sampler="gumbel"``, ``weights="indep
 ``proxy_width=1``, full resolution, 90 epochs with 10 warm-up, theta lr 0.01, batch 192 on
 ImageNet-100 (``--paper`` on the command line).
 
-Schedule scaled to the run: tau goes from ``tau0`` = 5 at the first epoch to ``tau_end`` = 0.087 at
-the last (geometric), so a 10-epoch run anneals as far as the paper's 90 (5 e^(-0.045 epoch) with
-epoch = 90 gives 0.087; over 90 epochs the per-epoch factor here is e^(-0.0455)). The warm-up, when
-not given, is the paper's share: round(epochs / 9) epochs (10 of 90).
+Schedule scaled to the run: tau goes from ``tau0`` = 5 at the first theta epoch (the first after the
+warm-up) to ``tau_end`` = 0.087 at the last (geometric), so a 10-epoch run anneals as far as the
+paper's 90 (5 e^(-0.045 epoch) with epoch = 90 gives 0.087). The warm-up, when not given, is the
+paper's share: round(epochs / 9) epochs (10 of 90).
 """
 
 from __future__ import annotations
@@ -64,6 +64,14 @@ class SearchConfig:
     @property
     def warmup(self) -> int:
         return round(self.epochs / 9) if self.warmup_epochs is None else self.warmup_epochs
+
+    def tau(self, epoch: int) -> float:
+        """The Gumbel temperature of an epoch: tau0 at the first theta epoch, tau_end at the last. tau only
+        matters where theta's samples are drawn, so the warm-up does not spend the anneal: a theta that first
+        moves at a low tau ranks near one-hot paths of a supernet trained as a soft mix, which it cannot
+        tell apart (measured: theta accuracy at chance after 5 of 10 warm-up epochs, bench/RESULTS-search-quality.md,
+        session 6). Warm-up epochs report tau0."""
+        return tau_at(max(0, epoch - self.warmup), self.epochs - self.warmup, self.tau0, self.tau_end)
 
     @property
     def single(self) -> bool:

@@ -4,8 +4,8 @@ latency table and checkpoint/resume. Distributed helpers live in ``search.dist``
 
 Per epoch: one pass over 80% of the training set updates the supernet weights (SGD, momentum 0.9,
 cosine schedule, weight decay), then -- after the warm-up epochs -- one pass over the other 20%
-updates theta (Adam, weight decay 5e-4). tau anneals from 5 to 0.087 over the run, whatever its
-length (``search.config.tau_at``). The sampler is the paper's all-candidates Gumbel-softmax or the
+updates theta (Adam, weight decay 5e-4). tau anneals from 5 at the first theta epoch to 0.087 at the
+last, whatever the run's length and warm-up (``SearchConfig.tau``). The sampler is the paper's all-candidates Gumbel-softmax or the
 single path (``search.supernet``); the supernet may be a narrower / lower-resolution proxy of the
 space, but latency is always the target space's table.
 
@@ -54,7 +54,7 @@ from fbnet.archfile import ArchFile, write_arch_file
 from fbnet.cli import progress as progress_bar
 from fbnet.lut import LatencyLUT, predict
 from fbnet.space import CANDIDATE_NAMES, CANDIDATES, Arch, Space
-from search.config import SearchConfig, TrainError, scaled_lr, tau_at
+from search.config import SearchConfig, TrainError, scaled_lr
 from search.data import Dataset
 from search.dist import DistEnv, all_sum, average_grad, broadcast_, loader, same_on_all_ranks
 from search.history import EpochLog
@@ -230,7 +230,7 @@ class Searcher:
         cfg, env, dev = self.cfg, self.env, self.env.device
         # Gumbel noise: seeded per (epoch, rank) so a resumed run draws what the uninterrupted one did.
         torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009 + env.rank)
-        tau = tau_at(epoch, cfg.epochs, cfg.tau0, cfg.tau_end)
+        tau = cfg.tau(epoch)
         search_epoch = epoch >= cfg.warmup
         t0 = time.perf_counter()
         self.net.train()

@@ -13,7 +13,7 @@ from torch import nn
 
 from fbnet.lut import build_lut, predict
 from fbnet.space import get_space
-from search.config import SearchConfig, tau_at
+from search.config import TAU_END, SearchConfig, tau_at
 from search.data import load_dataset
 from search.select import latency_range, most_likely_within, random_within
 from search.supernet import ArchParams, Supernet, proxy_space
@@ -117,6 +117,24 @@ def test_tau_schedule_scales_to_the_run():
     assert tau_at(0, 10) == pytest.approx(5.0)
     assert tau_at(9, 10) == pytest.approx(tau_at(89, 90)) == pytest.approx(5 * 2.718281828 ** (-0.045 * 90), rel=1e-6)
     assert tau_at(45, 90) == pytest.approx(5.0 * 2.718281828 ** (-0.045 * 45), rel=0.03)  # the paper's curve
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 5])
+def test_the_anneal_starts_with_theta_not_with_the_warm_up(warmup):
+    """theta's first samples are soft (tau0) however long the warm-up: a warm-up that spent the anneal made
+    theta's first samples near one-hot paths of a supernet trained as a soft mix (theta accuracy at chance)."""
+    cfg = SearchConfig(epochs=10, warmup_epochs=warmup)
+    taus = [cfg.tau(e) for e in range(10)]
+    assert taus[:warmup + 1] == [pytest.approx(5.0)] * (warmup + 1)
+    assert taus[-1] == pytest.approx(TAU_END)
+    assert all(a > b for a, b in zip(taus[warmup:], taus[warmup + 1:]))  # then strictly down, geometric
+
+
+def test_a_run_with_a_warm_up_samples_theta_from_tau0_down_to_tau_end(tmp_path):
+    cfg = SearchConfig(epochs=3, warmup_epochs=1, batch_size=16, theta_batch_size=16, **TINY)
+    r = run_search(cfg, SPACE, LUT, _data(cfg, 32), tmp_path, progress=False, tensorboard=False)
+    assert [h["phase"] for h in r.history] == ["warmup", "search", "search"]
+    assert [h["tau"] for h in r.history] == [pytest.approx(5.0), pytest.approx(5.0), pytest.approx(TAU_END)]
 
 
 def test_selection_is_the_most_likely_in_the_band():
