@@ -237,7 +237,8 @@ def run(
 ):
     """FBNet DNAS on a device's latency table; writes DIR/arch.json. Runs under torchrun as well.
 
-    tau anneals from 5 to 0.087 over the run whatever its length; theta_entropy (mean per-layer
+    tau anneals from 5 at the first theta epoch (after the warm-up) to 0.087 at the last, whatever the
+    run's length; theta_entropy (mean per-layer
     entropy of softmax(theta), nats; 2.197 = uniform) and the theta steps are in history.csv."""
     from search.config import PAPER, SearchConfig, TrainError
     from search.data import DataError, load_dataset
