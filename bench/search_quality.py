@@ -93,6 +93,41 @@ def step_cost(space, batch: int, repeats: int) -> list[dict]:
     return rows
 
 
+def noise_floor(a, space, cdata, child_cfg, device: str) -> list[dict]:
+    """How much of the random children's spread is the architecture's? For each target of the --reuse runs,
+    the best and the worst random child are trained again with --noise-seeds more child seeds. If their
+    means meet, the spread at this child budget is training noise (seed and test sample), and no search
+    can rise above it there; if they stay apart, the architectures differ by more than the noise."""
+    out = []
+    for path in a.reuse:
+        for t in json.loads(path.read_text()).get("targets", []):
+            if t["device"] != device:
+                continue
+            rand = sorted((c for c in t["children"] if not c["found"]), key=lambda c: c["test_acc"])
+            row = {"target_us": t["target_us"], "frac": t.get("frac"), "random_sd": statistics.stdev(
+                c["test_acc"] for c in rand), "archs": []}
+            for which, c in (("worst", rand[0]), ("best", rand[-1])):
+                accs = [c["test_acc"]]  # the earlier run's seed
+                for k in range(1, a.noise_seeds + 1):
+                    _, rep = train_child(space, _arch(c["arch"]), cdata, dataclasses.replace(child_cfg, seed=a.seed + k),
+                                         progress=False, device=DEVICE)
+                    accs.append(rep["test_acc"])
+                    print(f"  noise {which:5s} {c['latency_us']:9.0f} us seed {a.seed + k}: acc {rep['test_acc']:.3f}",
+                          flush=True)
+                row["archs"].append({"which": which, "arch": c["arch"], "latency_us": c["latency_us"], "accs": accs,
+                                     "first": accs[0], "mean_other_seeds": statistics.fmean(accs[1:]),
+                                     "sd": statistics.stdev(accs)})
+            w, b = row["archs"]
+            row["within_sd"] = math.sqrt((w["sd"] ** 2 + b["sd"] ** 2) / 2)  # pooled over the two architectures
+            row["gap_first"] = b["first"] - w["first"]
+            row["gap_other_seeds"] = b["mean_other_seeds"] - w["mean_other_seeds"]
+            out.append(row)
+            print(f"noise floor at {t['target_us'] / 1000:.2f} ms: best-worst gap {row['gap_first']:+.3f} on the seed "
+                  f"that ranked them, {row['gap_other_seeds']:+.3f} over {a.noise_seeds} other seeds; within-arch sd "
+                  f"{row['within_sd']:.3f} vs random spread {row['random_sd']:.3f}", flush=True)
+    return out
+
+
 def reusable_children(a, device: str) -> list[dict]:
     """Random children trained by earlier runs with the same child budget, data and seed (``--reuse``)."""
     same = ("space", "data", "child_subset", "child_epochs", "child_batch", "child_test", "seed")
@@ -195,7 +230,9 @@ def main() -> None:
     p.add_argument("--png", type=Path, help="the Pareto plot (accuracy vs predicted latency)")
     p.add_argument("--acc-fractions", default="0.7,0.85",
                    help="accuracy: own searches at these fractions of the other architecture's own-table latency")
-    p.add_argument("--only", choices=["cost", "random", "specialisation", "table", "accuracy"], action="append",
+    p.add_argument("--noise-seeds", type=int, default=3,
+                   help="--only noise: extra child seeds for the best and the worst random child of each target")
+    p.add_argument("--only", choices=["cost", "random", "specialisation", "table", "accuracy", "noise"], action="append",
                    help="run only these parts (repeatable; default all). table: specialisation without training, "
                         "each device's architecture is the fastest on its own table with at least the reference's "
                         "MACs (exact DP), cross-evaluated; accuracy (not in the default, it trains children): "
@@ -290,6 +327,10 @@ def main() -> None:
         done = [x for c in res["specialisation"] for x in (c["a_search"], c["b_search"])]
         res["specialisation_equal_accuracy"] = equal_accuracy_specialisation(a, space, main_lut, versus, sdata, cdata,
                                                                              child_cfg, done)
+        _save(a, res)
+
+    if "noise" in parts:
+        res["noise"] = noise_floor(a, space, cdata, child_cfg, main_lut.device)
         _save(a, res)
 
     if a.png and res["targets"]:
