@@ -127,7 +127,7 @@ def test_the_anneal_starts_with_theta_not_with_the_warm_up(warmup):
     taus = [cfg.tau(e) for e in range(10)]
     assert taus[:warmup + 1] == [pytest.approx(5.0)] * (warmup + 1)
     assert taus[-1] == pytest.approx(TAU_END)
-    assert all(a > b for a, b in zip(taus[warmup:], taus[warmup + 1:]))  # then strictly down, geometric
+    assert all(a > b for a, b in zip(taus[warmup:-1], taus[warmup + 1:], strict=True))  # then strictly down
 
 
 def test_a_run_with_a_warm_up_samples_theta_from_tau0_down_to_tau_end(tmp_path):
