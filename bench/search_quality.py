@@ -128,19 +128,71 @@ def noise_floor(a, space, cdata, child_cfg, device: str) -> list[dict]:
     return out
 
 
-def reusable_children(a, device: str) -> list[dict]:
-    """Random children trained by earlier runs with the same child budget, data and seed (``--reuse``)."""
-    same = ("space", "data", "child_subset", "child_epochs", "child_batch", "child_test", "seed")
-    out = []
-    for path in a.reuse:
-        old = json.loads(path.read_text())
-        diff = [k for k in same if old["settings"].get(k) != getattr(a, k)]
-        if diff:
-            raise SystemExit(f"--reuse {path}: its children were trained with other settings ({', '.join(diff)})")
-        for t in old.get("targets", []):
-            if t["device"] == device:
-                out += [c for c in t["children"] if not c["found"]]
-    return out
+class Earlier:
+    """What ``--reuse`` runs already measured with the same child budget, data and seed: child accuracies per
+    (architecture, child seed), the random architectures per device, and searches with the same settings
+    and the same tau schedule (each search records the tau of every epoch, so a search made under another
+    schedule is never taken for one of this code's)."""
+
+    SAME = ("space", "data", "child_subset", "child_epochs", "child_batch", "child_test", "seed")
+    SEARCH = ("subset", "epochs", "batch", "search_opt")
+
+    def __init__(self, a):
+        self.children: dict[tuple, dict] = {}
+        self.randoms: dict[str, list[tuple]] = {}
+        self.searches: list[tuple[dict, dict]] = []
+        for path in a.reuse:
+            old = json.loads(path.read_text())
+            st = old["settings"]
+            diff = [k for k in self.SAME if st.get(k) != getattr(a, k)]
+            if diff:
+                raise SystemExit(f"--reuse {path}: its children were trained with other settings ({', '.join(diff)})")
+            for t in old.get("targets", []):
+                self.searches.append(({k: st.get(k, []) for k in self.SEARCH}, t))
+                for c in t["children"]:
+                    accs = c.get("accs") or [c["test_acc"]]
+                    seeds = c.get("seeds") or [c.get("child_seed", st["seed"])]
+                    for seed, acc in zip(seeds, accs, strict=True):
+                        self.children.setdefault((tuple(c["arch"]), seed), {"test_acc": acc, "reused": True})
+                    if not c["found"]:
+                        self.randoms.setdefault(t["device"], []).append(tuple(c["arch"]))
+            for row in old.get("noise", []):
+                for c in row["archs"]:
+                    for k, acc in enumerate(c["accs"]):
+                        self.children.setdefault((tuple(c["arch"]), st["seed"] + k), {"test_acc": acc, "reused": True})
+
+    def search(self, a, device: str, target_us: float, taus: list[float]) -> dict | None:
+        want = {k: getattr(a, k) for k in self.SEARCH}
+        for st, t in self.searches:
+            if (st == want and t["device"] == device and abs(t["target_us"] / target_us - 1) < 1e-9
+                    and t.get("tau_per_epoch") is not None
+                    and all(abs(x - y) < 1e-9 for x, y in zip(t["tau_per_epoch"], taus, strict=True))):
+                return {k: v for k, v in t.items() if k in SEARCH_KEYS}
+        return None
+
+
+SEARCH_KEYS = ("device", "target_us", "arch", "predicted_us", "error_pct", "theta_entropy", "theta_steps", "wall_s",
+               "cpu_s", "time_to_entropy_1_s", "expected_latency_us", "w_acc", "w_acc_per_epoch", "tau_per_epoch")
+
+
+def child_accs(space, arch, cdata, child_cfg, seeds: list[int], earlier: Earlier, label: str) -> dict:
+    """The architecture trained once per child seed (earlier runs' results taken where they exist)."""
+    accs, reused = [], 0
+    for seed in seeds:
+        hit = earlier.children.get((tuple(arch.blocks), seed))
+        if hit is None:
+            _, rep = train_child(space, arch, cdata, dataclasses.replace(child_cfg, seed=seed), progress=False,
+                                 device=DEVICE)
+            hit = {"test_acc": rep["test_acc"], "n_test": rep["n_test"], "train_acc": rep["train_acc"],
+                   "wall_s": rep["wall_s"]}
+            earlier.children[(tuple(arch.blocks), seed)] = {**hit, "reused": True}
+        else:
+            reused += 1
+        accs.append(hit["test_acc"])
+        print(f"  child {label} seed {seed}: acc {hit['test_acc']:.3f}{' (reused)' if hit.get('reused') else ''}",
+              flush=True)
+    return {"arch": list(arch.blocks), "accs": accs, "seeds": list(seeds), "test_acc": statistics.fmean(accs),
+            "reused": reused}
 
 
 def search_overrides(items: list[str]) -> dict:
@@ -186,7 +238,8 @@ def search(a, space, lut, data, target_us: float, out: Path) -> dict:
             "predicted_us": r.predicted_latency_us, "error_pct": 100 * (r.predicted_latency_us / target_us - 1),
             "theta_entropy": last["theta_entropy"], "theta_steps": last["theta_steps"], "wall_s": wall, "cpu_s": cpu,
             "time_to_entropy_1_s": conv, "expected_latency_us": last["expected_latency_us"],
-            "w_acc": last["w_acc"], "w_acc_per_epoch": [h["w_acc"] for h in r.history]}
+            "w_acc": last["w_acc"], "w_acc_per_epoch": [h["w_acc"] for h in r.history],
+            "tau_per_epoch": [h["tau"] for h in r.history]}
 
 
 def main() -> None:
@@ -221,10 +274,13 @@ def main() -> None:
     p.add_argument("--found-seeds", type=int, default=1,
                    help="train the found architecture with this many child seeds (its accuracy is their mean; "
                         "random children get one seed each, so their spread includes the seed noise)")
+    p.add_argument("--random-seeds", type=int, default=1,
+                   help="train every random architecture with this many child seeds (its accuracy is their mean)")
     p.add_argument("--reuse", type=Path, action="append", default=[],
-                   help="an earlier --json of this script: its trained random children count towards --randoms "
-                        "where the child budget, data and seed are the same and the latency is within +-5 %% of "
-                        "the found architecture's")
+                   help="an earlier --json of this script with the same child budget, data and seed: its children's "
+                        "accuracies (per architecture and child seed) are taken instead of training again, its "
+                        "random architectures within +-5 %% of the found one count towards --randoms, and its "
+                        "searches with the same settings and tau schedule are taken instead of searching again")
     p.add_argument("--out", type=Path, default=Path("/tmp/search-quality"))
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--png", type=Path, help="the Pareto plot (accuracy vs predicted latency)")
@@ -240,8 +296,8 @@ def main() -> None:
     a = p.parse_args()
     if (a.table is None) == (a.device is None):
         p.error("give --table FILE or --server URL --device NAME")
-    if a.found_seeds < 1:
-        p.error("--found-seeds must be >= 1")
+    if a.found_seeds < 1 or a.random_seeds < 1:
+        p.error("--found-seeds and --random-seeds must be >= 1")
     a.search_cfg = search_overrides(a.search_opt)
 
     space = get_space(a.space)
@@ -274,38 +330,34 @@ def main() -> None:
 
     lo, hi = latency_range(main_lut)
     res["range_us"] = [lo, hi]
-    reusable = reusable_children(a, main_lut.device)
+    earlier = Earlier(a)
     res["targets"] = []
     for frac in (float(f) for f in a.targets.split(",") if "random" in parts):
         target = lo + frac * (hi - lo)
-        s = search(a, space, main_lut, sdata, target, a.out / f"{main_lut.device}-{frac}")
+        taus = [SearchConfig(epochs=a.epochs, **a.search_cfg).tau(e) for e in range(a.epochs)]
+        s = earlier.search(a, main_lut.device, target, taus)
+        if s is not None:
+            print(f"target {frac:.2f}: the search of an earlier run (same settings and tau schedule) is reused", flush=True)
+        else:
+            s = search(a, space, main_lut, sdata, target, a.out / f"{main_lut.device}-{frac}")
         pred = s["predicted_us"]
         found = _arch(s["arch"])
-        trained = []
-        for k in range(a.found_seeds):
-            _, rep = train_child(space, found, cdata, dataclasses.replace(child_cfg, seed=a.seed + k), progress=False,
-                                 device=DEVICE)
-            trained.append({"arch": list(found.blocks), "latency_us": pred, "test_acc": rep["test_acc"], "found": True,
-                            "child_seed": a.seed + k, "n_test": rep["n_test"], "train_acc": rep["train_acc"],
-                            "wall_s": rep["wall_s"]})
-            print(f"  child found  {pred:9.0f} us acc {rep['test_acc']:.3f} (child seed {a.seed + k})", flush=True)
-        kept = [c for c in reusable if 0.95 * pred <= c["latency_us"] <= 1.05 * pred and c["arch"] != s["arch"]]
-        kept = list({tuple(c["arch"]): c for c in kept}.values())[:a.randoms]
-        for c in kept:
-            trained.append({**c, "reused": True})
-            print(f"  child random {c['latency_us']:9.0f} us acc {c['test_acc']:.3f} (reused)", flush=True)
-        draws = random_within(main_lut, 0.95 * pred, 1.05 * pred, a.randoms + len(kept), seed=a.seed + int(frac * 1000))
-        fresh = [r for r in draws if list(r.blocks) not in [c["arch"] for c in kept] and r != found]
-        for arch_ in fresh[:a.randoms - len(kept)]:
-            _, rep = train_child(space, arch_, cdata, child_cfg, progress=False, device=DEVICE)
-            trained.append({"arch": list(arch_.blocks), "latency_us": predict(main_lut, arch_)["latency_us"],
-                            "test_acc": rep["test_acc"], "found": False, "child_seed": a.seed, "n_test": rep["n_test"],
-                            "train_acc": rep["train_acc"], "wall_s": rep["wall_s"]})
-            print(f"  child random {trained[-1]['latency_us']:9.0f} us acc {rep['test_acc']:.3f}", flush=True)
-        found_accs = [t["test_acc"] for t in trained if t["found"]]
-        accs = [t["test_acc"] for t in trained if not t["found"]]
+        f_seeds = [a.seed + k for k in range(a.found_seeds)]
+        r_seeds = [a.seed + k for k in range(a.random_seeds)]
+        trained = [{**child_accs(space, found, cdata, child_cfg, f_seeds, earlier, f"found  {pred:9.0f} us"),
+                    "latency_us": pred, "found": True}]
+        pool = [_arch(b) for b in dict.fromkeys(earlier.randoms.get(main_lut.device, []))]
+        pool = [x for x in pool if 0.95 * pred <= predict(main_lut, x)["latency_us"] <= 1.05 * pred and x != found]
+        draws = random_within(main_lut, 0.95 * pred, 1.05 * pred, a.randoms + len(pool), seed=a.seed + int(frac * 1000))
+        pool += [x for x in draws if x not in pool and x != found]
+        for arch_ in pool[:a.randoms]:
+            lat = predict(main_lut, arch_)["latency_us"]
+            trained.append({**child_accs(space, arch_, cdata, child_cfg, r_seeds, earlier, f"random {lat:9.0f} us"),
+                            "latency_us": lat, "found": False})
+        found_accs = trained[0]["accs"]
+        accs = [t["test_acc"] for t in trained[1:]]
         s.update(frac=frac, children=trained, found_acc=statistics.fmean(found_accs), found_accs=found_accs,
-                 n_reused=len(kept),
+                 found_seeds=len(f_seeds), random_seeds=len(r_seeds), n_reused=sum(t["reused"] for t in trained),
                  random_median=statistics.median(accs), random_mean=statistics.fmean(accs),
                  random_sd=statistics.stdev(accs) if len(accs) > 1 else 0.0, random_max=max(accs), n_random=len(accs))
         res["targets"].append(s)
