@@ -577,7 +577,8 @@ def _plot(res: dict, path: Path, device: str) -> None:
         c = f"C{i}"
         r = [ch for ch in t["children"] if not ch["found"]]
         ax.scatter([x["latency_us"] / 1000 for x in r], [x["test_acc"] for x in r], color=c, alpha=0.4, s=20,
-                   label=f"random, target {t['target_us'] / 1000:.1f} ms")
+                   label=f"random, target {t['target_us'] / 1000:.1f} ms"
+                   + (f" (each the mean of {t['random_seeds']} child seeds)" if t.get("random_seeds", 1) > 1 else ""))
         n = len(t.get("found_accs", [t["found_acc"]]))
         ax.scatter([t["predicted_us"] / 1000], [t["found_acc"]], color=c, marker="*", s=220, edgecolor="k",
                    label=f"found, target {t['target_us'] / 1000:.1f} ms" + (f" (mean of {n} child seeds)" if n > 1 else ""))
