@@ -196,7 +196,11 @@ def main() -> None:
     t.add_row("found vs random\n(same latency, same budget)", "\n".join(
         f"{'found ' if i == 0 else 'random'} {lat:7.0f} us  acc {100 * acc:5.1f}%  {','.join(arch.blocks)}"
         for i, (arch, lat, acc) in enumerate(trained)))
-    t.add_row("predicted latency", f"{mine['predicted_us']:.0f} us  (sum of the table's ops)")
+    scale = mine["extra"].get("drift_scale") or 1.0
+    t.add_row("predicted latency", f"{mine['predicted_us']:.0f} us  " + (
+        "(the table's prediction)" if abs(scale - 1) < 1e-9 else
+        f"(the table's {mine['extra']['table_predicted_us']:.0f} us x {scale:.3f}: the whole-model drift validate "
+        f"measured on the table's calibration models)"))
     t.add_row("measured latency", f"{mine['measured_us']:.0f} us  (whole .pte, median of {mine['n']})")
     drift = mine["extra"].get("drift")
     t.add_row("error", f"{mine['error_pct']:+.1f}%" + ("" if drift is None else
