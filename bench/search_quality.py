@@ -93,38 +93,34 @@ def step_cost(space, batch: int, repeats: int) -> list[dict]:
     return rows
 
 
-def noise_floor(a, space, cdata, child_cfg, device: str) -> list[dict]:
+def noise_floor(a, space, cdata, child_cfg, device: str, earlier: Earlier) -> list[dict]:
     """How much of the random children's spread is the architecture's? For each target of the --reuse runs,
     the best and the worst random child are trained again with --noise-seeds more child seeds. If their
     means meet, the spread at this child budget is training noise (seed and test sample), and no search
     can rise above it there; if they stay apart, the architectures differ by more than the noise."""
     out = []
-    for path in a.reuse:
-        for t in json.loads(path.read_text()).get("targets", []):
-            if t["device"] != device:
-                continue
-            rand = sorted((c for c in t["children"] if not c["found"]), key=lambda c: c["test_acc"])
-            row = {"target_us": t["target_us"], "frac": t.get("frac"), "random_sd": statistics.stdev(
-                c["test_acc"] for c in rand), "archs": []}
-            for which, c in (("worst", rand[0]), ("best", rand[-1])):
-                accs = [c["test_acc"]]  # the earlier run's seed
-                for k in range(1, a.noise_seeds + 1):
-                    _, rep = train_child(space, _arch(c["arch"]), cdata, dataclasses.replace(child_cfg, seed=a.seed + k),
-                                         progress=False, device=DEVICE)
-                    accs.append(rep["test_acc"])
-                    print(f"  noise {which:5s} {c['latency_us']:9.0f} us seed {a.seed + k}: acc {rep['test_acc']:.3f}",
-                          flush=True)
-                row["archs"].append({"which": which, "arch": c["arch"], "latency_us": c["latency_us"], "accs": accs,
-                                     "first": accs[0], "mean_other_seeds": statistics.fmean(accs[1:]),
-                                     "sd": statistics.stdev(accs)})
-            w, b = row["archs"]
-            row["within_sd"] = math.sqrt((w["sd"] ** 2 + b["sd"] ** 2) / 2)  # pooled over the two architectures
-            row["gap_first"] = b["first"] - w["first"]
-            row["gap_other_seeds"] = b["mean_other_seeds"] - w["mean_other_seeds"]
-            out.append(row)
-            print(f"noise floor at {t['target_us'] / 1000:.2f} ms: best-worst gap {row['gap_first']:+.3f} on the seed "
-                  f"that ranked them, {row['gap_other_seeds']:+.3f} over {a.noise_seeds} other seeds; within-arch sd "
-                  f"{row['within_sd']:.3f} vs random spread {row['random_sd']:.3f}", flush=True)
+    for _, t in earlier.searches:
+        if t["device"] != device:
+            continue
+        rand = sorted((c for c in t["children"] if not c["found"]), key=lambda c: c["test_acc"])
+        row = {"target_us": t["target_us"], "frac": t.get("frac"), "random_sd": statistics.stdev(
+            c["test_acc"] for c in rand), "archs": []}
+        for which, c in (("worst", rand[0]), ("best", rand[-1])):
+            more = child_accs(space, _arch(c["arch"]), cdata, child_cfg,
+                              [a.seed + k for k in range(1, a.noise_seeds + 1)], earlier,
+                              f"noise {which:5s} {c['latency_us']:9.0f} us")["accs"]
+            accs = [c["test_acc"], *more]  # the earlier run's result first
+            row["archs"].append({"which": which, "arch": c["arch"], "latency_us": c["latency_us"], "accs": accs,
+                                 "first": accs[0], "mean_other_seeds": statistics.fmean(more),
+                                 "sd": statistics.stdev(accs)})
+        w, b = row["archs"]
+        row["within_sd"] = math.sqrt((w["sd"] ** 2 + b["sd"] ** 2) / 2)  # pooled over the two architectures
+        row["gap_first"] = b["first"] - w["first"]
+        row["gap_other_seeds"] = b["mean_other_seeds"] - w["mean_other_seeds"]
+        out.append(row)
+        print(f"noise floor at {t['target_us'] / 1000:.2f} ms: best-worst gap {row['gap_first']:+.3f} on the seed "
+              f"that ranked them, {row['gap_other_seeds']:+.3f} over {a.noise_seeds} other seeds; within-arch sd "
+              f"{row['within_sd']:.3f} vs random spread {row['random_sd']:.3f}", flush=True)
     return out
 
 
@@ -223,8 +219,13 @@ def search_overrides(items: list[str]) -> dict:
     return out
 
 
+def search_config(a, target_us: float | None = None) -> SearchConfig:
+    """Every search's settings: the command line's budget and seed, --search-opt, the target."""
+    return SearchConfig(epochs=a.epochs, batch_size=a.batch, target_us=target_us, seed=a.seed, **a.search_cfg)
+
+
 def search(a, space, lut, data, target_us: float, out: Path) -> dict:
-    cfg = SearchConfig(epochs=a.epochs, batch_size=a.batch, target_us=target_us, seed=a.seed, **a.search_cfg)
+    cfg = search_config(a, target_us)
     t, cpu = time.perf_counter(), time.process_time()
     r = run_search(cfg, space, lut, data, out, progress=False, tensorboard=False, env=DistEnv(device=DEVICE))
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -272,8 +273,7 @@ def main() -> None:
     p.add_argument("--search-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a SearchConfig field for every search, e.g. warmup_epochs=5, proxy_resolution=12, theta_lr=0.1")
     p.add_argument("--found-seeds", type=int, default=1,
-                   help="train the found architecture with this many child seeds (its accuracy is their mean; "
-                        "random children get one seed each, so their spread includes the seed noise)")
+                   help="train the found architecture with this many child seeds (its accuracy is their mean)")
     p.add_argument("--random-seeds", type=int, default=1,
                    help="train every random architecture with this many child seeds (its accuracy is their mean)")
     p.add_argument("--reuse", type=Path, action="append", default=[],
@@ -313,8 +313,7 @@ def main() -> None:
         print(f"note: {e}; using scikit-learn digits instead")
         data_name = "digits"
     res["data"] = data_name
-    cfg0 = SearchConfig(**a.search_cfg)
-    sdata = load_dataset(data_name, search_resolution(cfg0, space), subset=a.subset, seed=a.seed)
+    sdata = load_dataset(data_name, search_resolution(search_config(a), space), subset=a.subset, seed=a.seed)
     cdata = load_dataset(data_name, space.resolution, subset=a.child_subset, seed=a.seed + 1)
     if a.child_test:  # a larger test split (evaluation is cheap; training is what costs)
         big = load_dataset(data_name, space.resolution, subset=5 * a.child_test, seed=a.seed + 1)
@@ -332,9 +331,9 @@ def main() -> None:
     res["range_us"] = [lo, hi]
     earlier = Earlier(a)
     res["targets"] = []
+    taus = [search_config(a).tau(e) for e in range(a.epochs)]  # what a search's history will record
     for frac in (float(f) for f in a.targets.split(",") if "random" in parts):
         target = lo + frac * (hi - lo)
-        taus = [SearchConfig(epochs=a.epochs, **a.search_cfg).tau(e) for e in range(a.epochs)]
         s = earlier.search(a, main_lut.device, target, taus)
         if s is not None:
             print(f"target {frac:.2f}: the search of an earlier run (same settings and tau schedule) is reused", flush=True)
@@ -382,7 +381,7 @@ def main() -> None:
         _save(a, res)
 
     if "noise" in parts:
-        res["noise"] = noise_floor(a, space, cdata, child_cfg, main_lut.device)
+        res["noise"] = noise_floor(a, space, cdata, child_cfg, main_lut.device, earlier)
         _save(a, res)
 
     if a.png and res["targets"]:
