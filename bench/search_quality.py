@@ -138,8 +138,11 @@ class Earlier:
         self.randoms: dict[str, list[tuple]] = {}
         self.searches: list[tuple[dict, dict]] = []
         for path in a.reuse:
-            old = json.loads(path.read_text())
-            st = old["settings"]
+            try:
+                old = json.loads(path.read_text())
+                st = old["settings"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise SystemExit(f"--reuse {path}: not a JSON written by this script ({type(e).__name__}: {e})") from None
             diff = [k for k in self.SAME if st.get(k) != getattr(a, k)]
             if diff:
                 raise SystemExit(f"--reuse {path}: its children were trained with other settings ({', '.join(diff)})")
