@@ -11,7 +11,9 @@ own calibration models, exactly as the table would have served them, with nothin
 
 both times the run's drift scale. Prints within +-10 %, Kendall tau and MAPE per file and rule.
 
-    PYTHONPATH=. .venv/bin/python bench/context_replay.py bench/fidelity/q*-native.json ... [--json OUT]
+    PYTHONPATH=. .venv/bin/python bench/context_replay.py bench/out/lut_fidelity*.json ... [--json OUT]
+
+Writes ``bench/out/context_replay.json`` unless ``--json`` says otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 
 from fbnet.lut import context_cost, context_factor, weight_mb  # noqa: E402
@@ -65,7 +68,8 @@ def replay(path: Path) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+", type=Path, help="bench/lut_fidelity.py --json outputs")
-    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--json", type=Path, default=OUT / "context_replay.json",
+                    help="write the results here (default: bench/out/context_replay.json)")
     a = ap.parse_args()
     out = [r for f in a.files if (r := replay(f)) is not None]
     print("| run | factor | us/MB | factor rule: within ±10 % / τ / MAPE % | cost rule: within ±10 % / τ / MAPE % | Δτ |")
@@ -78,9 +82,9 @@ def main() -> None:
               f"{c['kendall_tau'] - f['kendall_tau']:+.3f} |")
     better = sum(r["cost_rule"]["kendall_tau"] > r["factor_rule"]["kendall_tau"] for r in out)
     print(f"\ncost rule has the higher Kendall tau in {better} of {len(out)} runs")
-    if a.json:
-        a.json.write_text(json.dumps(out, indent=1))
-        print(f"wrote {a.json}")
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(out, indent=1))
+    print(f"wrote {a.json}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ stored exactly once in exactly one finished run, and that the database is consis
 
     .venv/bin/python bench/crash.py [--iterations 6] [--mode both] [--limit 24] [--db URL] [--json FILE]
 
+Writes ``bench/out/crash.json`` unless ``--json`` says otherwise.
+
 The short version of this runs in the test suite (tests/test_server_crash.py). Op exports are
 cached (``--cache-dir``, the agent's default), so re-runs only measure.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 from db.check import check_database  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
@@ -71,7 +74,8 @@ def main() -> None:
     ap.add_argument("--db", help="SQLAlchemy URL (default: a fresh SQLite file)")
     ap.add_argument("--cache-dir", type=Path, default=None, help="export cache (default: the agent's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--json", type=Path, default=OUT / "crash.json",
+                    help="write the results here (default: bench/out/crash.json)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="fbnet-crash-"))
@@ -155,6 +159,7 @@ def main() -> None:
         print(f"{mode:>7} | {len(mine):>5} | {sum(r['ok'] for r in mine)}/{len(mine)}")
     print(f"database check: {'ok' if not problems else '; '.join(problems)}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"db": db_url.split(":")[0], "ops": len(ops), "calibration_s": span,
                                          "rows": rows, "db_problems": problems}, indent=1))
     if problems or not all(r["ok"] for r in rows):

@@ -1,7 +1,7 @@
 """Does the table predict whole networks? Profile fbnet-cifar on the host, then time N random
 architectures whole and compare with the table's prediction (one run, its own server).
 
-    python bench/lut_fidelity.py --archs 50 --seed 0 [--precision int8] --json fidelity.json
+    python bench/lut_fidelity.py --archs 50 --seed 0 [--precision int8] [--json FILE]
 
 Prints predicted vs measured per architecture and the summary (MAPE, share within ±10%, Kendall
 tau) of what `validate` uploaded (the default pricing: corrected entries + the overhead once, scaled
@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 
 from profiler_server.local import LocalServer  # noqa: E402
@@ -120,7 +121,8 @@ def main() -> None:
                    "number of ops the architectures use (e.g. 1000) re-times them all, which adds the "
                    "'ops re-timed in the same rounds' pricing")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache" / "exports")
-    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--json", type=Path, default=OUT / "lut_fidelity.json",
+                   help="write the results here (default: bench/out/lut_fidelity.json)")
     a = p.parse_args()
 
     device = "host-cpu"
@@ -190,6 +192,7 @@ def main() -> None:
         vt.add_row(name, f"{100 * v['within_10pct']:.1f}%", f"{v['kendall_tau']:.3f}", f"{v['mape']:.2f}")
     console.print(vt)
     if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({
             "space": a.space, "threads": a.threads, "seed": a.seed, "transport": a.transport,
             "within_10pct": summary["within_10pct"], "kendall_tau": summary["kendall_tau"], "mape": summary["mape"],

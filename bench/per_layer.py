@@ -2,7 +2,9 @@
 every prefix of them (stem + first k layers) in the same rounds: each layer's in-context cost next to
 its table entry (``fbnet-agent validate --per-layer``; one run, its own server).
 
-    python bench/per_layer.py --transport native --plot bench/per_layer.png --json bench/per_layer.json
+    python bench/per_layer.py --transport native [--plot PNG] [--json FILE]
+
+Writes ``bench/out/per_layer.png`` and ``bench/out/per_layer.json`` unless told otherwise.
 
 Prints each architecture's per-layer table and a summary (table vs in-context sum, the largest
 per-layer errors, the error split by kind of op).
@@ -22,6 +24,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 
 from profiler_server.local import LocalServer  # noqa: E402
@@ -50,8 +53,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache" / "exports")
     p.add_argument("--archs", default="FBNet-A,FBNet-B,FBNet-C", help="predefined architectures by name, comma-separated")
-    p.add_argument("--plot", type=Path, help="write the per-layer plot (PNG) here")
-    p.add_argument("--json", type=Path, help="write the per-layer rows and summary here")
+    p.add_argument("--plot", type=Path, default=OUT / "per_layer.png",
+                   help="write the per-layer plot (PNG) here (default: bench/out/per_layer.png)")
+    p.add_argument("--json", type=Path, default=OUT / "per_layer.json",
+                   help="write the per-layer rows and summary here (default: bench/out/per_layer.json)")
     a = p.parse_args()
 
     device = "host-cpu"
@@ -63,6 +68,8 @@ def main() -> None:
                   "--threads", a.threads, "--cache-dir", a.cache_dir]
         agent("profile", *common)
         rows_path = Path(tmp) / "rows.json"
+        if a.plot:
+            a.plot.parent.mkdir(parents=True, exist_ok=True)
         extra = ["--plot", a.plot] if a.plot else []
         archs = [x for n in a.archs.split(",") if n.strip() for x in ("--arch", n.strip())]
         # a profile run marked unstable (its reference ops moved) is still measured, and reported as such
@@ -94,6 +101,7 @@ def main() -> None:
             "protocol": {"warmup": a.warmup, "repeats": a.repeats, "rounds": a.rounds}}
     print(json.dumps(meta))
     if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"meta": meta, "by_kind": split, "archs": got}, indent=1))
 
 

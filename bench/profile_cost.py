@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+OUT = Path(__file__).resolve().parent / "out"  # git-ignored: the benchmarks' outputs by default
 
 
 def measure(tr, keys, overhead_of, cfg):
@@ -152,7 +153,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cache-dir", type=Path, help="export cache (default: a fresh temporary folder = cold)")
-    ap.add_argument("--json", type=Path, help="write the rows as JSON")
+    ap.add_argument("--json", type=Path, default=OUT / "profile_cost.json",
+                    help="write the rows as JSON (default: bench/out/profile_cost.json)")
     ap.add_argument("--transports", help="compare transports on the same programs, e.g. host,native (skips the "
                     "export-cost table)")
     args = ap.parse_args()
@@ -190,6 +192,7 @@ def main() -> None:
                 "protocol": {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds}}
         print(json.dumps(meta))
         if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         return
     try:
@@ -224,6 +227,7 @@ def main() -> None:
             "protocol": {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds}}
     print(json.dumps(meta))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 

@@ -6,7 +6,7 @@ timed in the same rounds as the models, and with every op of the table re-timed 
 as the models (validate with ``--reference-ops 1000``: the rule, isolated ops summed, measured with
 the machine's mood common to both sides).
 
-    python bench/protocol_ablation.py --archs 20 --json ablation.json
+    python bench/protocol_ablation.py --archs 20 [--json FILE]
 
 Settings (all on the same transport, threads and seed):
 
@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 SETTINGS = {
     "plain": ["--no-normalize", "--no-warmup-stable"],
     "normalize": ["--normalize", "--no-warmup-stable"],
@@ -54,7 +55,8 @@ def main() -> None:
     p.add_argument("--transport", choices=["host", "native"], default="host")
     p.add_argument("--order", default=",".join(SETTINGS), help=f"settings to run, in order ({', '.join(SETTINGS)})")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache" / "exports")
-    p.add_argument("--json", type=Path, help="write every run's summary here")
+    p.add_argument("--json", type=Path, default=OUT / "protocol_ablation.json",
+                   help="write every run's summary here (default: bench/out/protocol_ablation.json)")
     a = p.parse_args()
     order = [s.strip() for s in a.order.split(",") if s.strip()]
     unknown = [s for s in order if s not in SETTINGS]
@@ -100,6 +102,7 @@ def main() -> None:
                          "profile_unstable": res.get("profile_unstable")}
     Console().print(t)
     if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"archs": a.archs, "seed": a.seed, "transport": a.transport,
                                       "order": order, "settings": summary}, indent=1))
         print(f"wrote {a.json}")

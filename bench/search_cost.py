@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 from fbnet.client import get_table  # noqa: E402
 from fbnet.lut import build_lut  # noqa: E402
@@ -131,8 +132,9 @@ def main() -> None:
     ap.add_argument("--warmup-epochs", type=int, default=1)
     ap.add_argument("--child-epochs", type=int, default=5)
     ap.add_argument("--cpu", action="store_true")
-    ap.add_argument("--out", default="/tmp/search-cost-run")
-    ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--out", default=str(OUT / "search_cost"), help="the search's run folder (default: bench/out/search_cost)")
+    ap.add_argument("--json", dest="json_out", default=str(OUT / "search_cost.json"),
+                    help="write every number here (default: bench/out/search_cost.json)")
     a = ap.parse_args()
 
     device = torch.device("cuda") if torch.cuda.is_available() and not a.cpu else torch.device("cpu")
@@ -192,6 +194,7 @@ def main() -> None:
         print(f"  {k:<{w}}  {v:>10}")
     print(f"  searched arch: {s['arch']} ({s['predicted_latency_us']:.0f} us predicted)")
     if a.json_out:
+        Path(a.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json_out).write_text(json.dumps(res, indent=1))
 
 

@@ -2,7 +2,7 @@
 specialisation with cross-evaluation, and the search's cost per sampler.
 
     python bench/search_quality.py --table pixel3.json --versus edgegpu.json --versus host-cpu.json \\
-        --json search_quality.json --png bench/search-quality-pareto.png
+        [--json FILE] [--png FILE]
 
 (``--server URL --device D [--versus D2]`` reads the tables from a service instead.) For each of 3
 targets spread over the table's range it searches with ``--target-ms``, then trains the found
@@ -13,7 +13,9 @@ architecture R (``--reference``, FBNet-B by default) sets each device's target t
 that device's own table, each device searches at its target, and each device's architecture is
 cross-evaluated on the other's table (``--relative F`` instead uses the old protocol, the same share
 F of each table's range, which mixes budget with specialisation). Every budget (images, epochs) is printed with the
-results: on a shared 2-core CPU this is a small-budget measurement, not a converged one.
+results: on a shared 2-core CPU this is a small-budget measurement, not a converged one. The numbers
+go to ``bench/out/search_quality.json``, the plot to ``bench/out/search_quality_pareto.png``, the searches'
+run folders under ``bench/out/search_quality/`` unless told otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 from fbnet.client import get_table  # noqa: E402
 from fbnet.lut import build_lut, predict  # noqa: E402
@@ -62,7 +65,7 @@ def step_cost(space, batch: int, repeats: int) -> list[dict]:
     for sampler, width, res, shared in (("gumbel", 1.0, None, False), ("single", 1.0, None, False),
                                         ("gumbel", 0.5, 16, False), ("single", 0.5, 16, False),
                                         ("single", 0.5, 16, True),  # experimental: shared weights + anchor
-                                        ("gumbel", 0.25, 8, False)):  # the default since session 3
+                                        ("gumbel", 0.25, 8, False)):  # the default proxy
         ps = proxy_space(space, width, res)
         torch.manual_seed(0)
         net, arch = Supernet(ps, shared=shared).to(DEVICE).train(), ArchParams().to(DEVICE)
@@ -284,9 +287,12 @@ def main() -> None:
                         "accuracies (per architecture and child seed) are taken instead of training again, its "
                         "random architectures within +-5 %% of the found one count towards --randoms, and its "
                         "searches with the same settings and tau schedule are taken instead of searching again")
-    p.add_argument("--out", type=Path, default=Path("/tmp/search-quality"))
-    p.add_argument("--json", type=Path, help="write every number here")
-    p.add_argument("--png", type=Path, help="the Pareto plot (accuracy vs predicted latency)")
+    p.add_argument("--out", type=Path, default=OUT / "search_quality",
+                   help="the searches' and children's run folders (default: bench/out/search_quality)")
+    p.add_argument("--json", type=Path, default=OUT / "search_quality.json",
+                   help="write every number here (default: bench/out/search_quality.json)")
+    p.add_argument("--png", type=Path, default=OUT / "search_quality_pareto.png",
+                   help="the Pareto plot, accuracy vs predicted latency (default: bench/out/search_quality_pareto.png)")
     p.add_argument("--acc-fractions", default="0.7,0.85",
                    help="accuracy: own searches at these fractions of the other architecture's own-table latency")
     p.add_argument("--noise-seeds", type=int, default=3,
@@ -559,6 +565,7 @@ def _ref(text: str):
 def _save(a, res: dict) -> None:
     """Written after every part, so a run cut short keeps what it measured."""
     if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(res, indent=1))
 
 
@@ -589,6 +596,7 @@ def _plot(res: dict, path: Path, device: str) -> None:
     ax.set_title("found vs random architectures at equal latency (same child budget)")
     ax.legend(fontsize=7)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
 

@@ -1,5 +1,6 @@
 """CPU seconds per weight step (batch 64) and per theta step (batch 16) on Fashion-MNIST, per scheme
-(bench/RESULTS-search-quality.md, session 3). Each argument: SearchConfig fields as JSON.
+(bench/README.md, "Search quality"). Each argument: SearchConfig fields as JSON. One JSON line per
+scheme, printed and appended to ``bench/out/search_scheme_cost.jsonl``.
 
     python bench/search_scheme_cost.py pixel3.json '{"sampler": "gumbel", "proxy_width": 0.25, "proxy_resolution": 8}'
 """
@@ -19,13 +20,15 @@ from search.config import SearchConfig
 from search.data import load_dataset
 from search.trainer import Searcher, search_resolution
 
+OUT = Path(__file__).resolve().parent / "out"  # git-ignored: the benchmarks' outputs by default
+
 space = get_space("fbnet-cifar")
 lut = build_lut(get_table(space=space.name, table_file=sys.argv[1]), space)
 for spec in sys.argv[2:]:
     kw = json.loads(spec)
     cfg = SearchConfig(**kw)
     ds = load_dataset("fashion-mnist", search_resolution(cfg, space), subset=400, seed=0, num_classes=10)
-    s = Searcher(cfg, space, lut, ds, "/tmp/search-scheme-cost", progress=False, tensorboard=False)
+    s = Searcher(cfg, space, lut, ds, OUT / "search_scheme_cost", progress=False, tensorboard=False)
     x, y = ds.train_x[:64], ds.train_y[:64]
     w, t = [], []
     for _ in range(4):
@@ -42,3 +45,6 @@ for spec in sys.argv[2:]:
         run_estimate_s=round(250 * min(w[1:]) + 225 * min(t[1:]), 1),
     )
     print(json.dumps(r), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "search_scheme_cost.jsonl", "a") as f:
+        f.write(json.dumps(r) + "\n")

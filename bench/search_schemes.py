@@ -1,5 +1,6 @@
 """Weight steps only (theta uniform): does the supernet learn under a scheme? Prints windows of train acc,
-held-out acc of 5 single paths (BN in train mode), CPU s/step (bench/RESULTS-search-quality.md, session 3).
+held-out acc of 5 single paths (BN in train mode), CPU s/step (bench/README.md, "Search quality"). The
+result line is also written to ``bench/out/search_schemes.json`` (``--json``).
 
     python bench/search_schemes.py --table pixel3.json --data digits --subset 600 --width 0.25 --res 8 \\
         --batch 32 --steps 50 --window 10 --paths 9
@@ -21,6 +22,8 @@ from search.config import SearchConfig
 from search.data import load_dataset
 from search.trainer import Searcher, search_resolution
 
+OUT = Path(__file__).resolve().parent / "out"  # git-ignored: the benchmarks' outputs by default
+
 p = argparse.ArgumentParser()
 p.add_argument("--data", default="fashion-mnist")
 p.add_argument("--subset", type=int, default=2000)
@@ -37,7 +40,9 @@ p.add_argument("--window", type=int, default=20)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--tag", default="")
 p.add_argument("--table", required=True)
-p.add_argument("--out", default="/tmp/search-schemes")
+p.add_argument("--out", default=str(OUT / "search_schemes"), help="the searcher's folder (default: bench/out/search_schemes)")
+p.add_argument("--json", type=Path, default=OUT / "search_schemes.json",
+               help="write the result here (default: bench/out/search_schemes.json)")
 p.add_argument("--sampler-mix", default="sample", help="weight_mix of the gumbel sampler")
 a = p.parse_args()
 space = get_space("fbnet-cifar")
@@ -98,4 +103,6 @@ r = dict(
     held_mean=round(sum(held) / 5, 3),
     cpu_s_per_step=round(t_cpu / a.steps, 4),
 )
-print(json.dumps(r))
+print(json.dumps(r, default=str))
+a.json.parent.mkdir(parents=True, exist_ok=True)
+a.json.write_text(json.dumps(r, indent=1, default=str))

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 from fbnet.space import get_space  # noqa: E402
 from profiler_server.local import free_port  # noqa: E402
@@ -148,7 +149,8 @@ def main() -> None:
     ap.add_argument("--client-cpus", default=None, help="taskset CPU list for wrk (default: the other CPUs)")
     ap.add_argument("--profile", type=Path, help="py-spy the server (collapsed stacks to this file) during the "
                                                  "table step at concurrency 8")
-    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--json", type=Path, default=OUT / "server_load.json",
+                    help="write the results here (default: bench/out/server_load.json)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -210,6 +212,7 @@ def main() -> None:
         for area, share in profile:
             print(f"  {share:6.1%}  {area}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"profile": profile, "db": db_url.split(":")[0], "workers": args.workers,
                                          "generator": "wrk",
                                          "server_cpus": server_cpus, "client_cpus": client_cpus, "load": rows,

@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 from fbnet.space import get_space  # noqa: E402
 from profiler_server.local import LocalServer  # noqa: E402
@@ -232,7 +233,8 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=60.0, help="seconds per reporting window")
     ap.add_argument("--db", help="SQLAlchemy URL (default: a fresh SQLite file)")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers")
-    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--json", type=Path, default=OUT / "soak.json",
+                    help="write the results here (default: bench/out/soak.json)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment of the server (repeatable), e.g. FBNET_SQLITE_CACHE_KIB=2000")
     ap.add_argument("--tracemalloc", type=Path, metavar="DIR",
@@ -378,6 +380,7 @@ def main() -> None:
     print("server RSS parts, start -> end (MiB): " + ", ".join(
         f"{k} {parts0.get(k, 0) / 1024:.1f} -> {parts1.get(k, 0) / 1024:.1f}" for k in parts1))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "minutes": args.minutes, "writers": args.writers, "readers": args.readers, "db": db_url.split(":")[0],
             "workers": args.workers, "latency": table, "errors": rec.errors, "busy_503": rec.busy,
