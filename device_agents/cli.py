@@ -58,7 +58,7 @@ BundleId = Annotated[str, typer.Option("--bundle-id", help="ios: bundle id of th
 Units = Annotated[ComputeUnits, typer.Option("--compute-units", help="ios: Core ML compute units")]
 Xcrun = Annotated[str, typer.Option("--xcrun", help="ios: the xcrun executable")]
 _P = "Protocol under noise"
-SETTLE_TAU = 0.95  # validate: more rounds while the models' split-half tau is below this (bench/RESULTS-agents.md "Session 5")
+SETTLE_TAU = 0.95  # validate: more rounds while the models' split-half tau is below this (bench/README.md, "Table fidelity")
 RefOps = Annotated[int, typer.Option("--reference-ops", min=0, rich_help_panel=_P, help=(
     "reference ops timed in every round: their per-round medians give the round factors (normalisation, "
     "unstable flag); validate: table ops timed with the models (the device's drift)"))]

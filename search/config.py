@@ -1,6 +1,6 @@
 """The search's settings and schedules (no torch).
 
-Defaults are the measured setting for a CPU (``bench/RESULTS-search-quality.md``, session 3): the
+Defaults are the measured setting for a CPU (``bench/README.md``, "Search quality"): the
 paper's all-candidates Gumbel-softmax mix (its supernet learns; the cheaper single path's does not
 in a short search) on a cheap proxy (width x0.25, 8 px) so that a 10-epoch search on 2000 images fits
 in 10 CPU-minutes. The paper's setting is ``sampler="gumbel"``, ``weights="independent"``,
@@ -33,14 +33,14 @@ class SearchConfig:
     theta_batch_size: int | None = 16  # None: batch_size. Small theta batches: more theta steps per epoch
     sampler: str = "gumbel"  # "gumbel": the paper's soft Gumbel-softmax over all 9 candidates (the supernet learns);
     #                          "single": hard Gumbel, straight-through, one candidate runs (GDAS; ~9x cheaper per
-    #                          step, but its weights do not learn in a short search: bench/RESULTS-search-quality.md)
+    #                          step, but its weights do not learn in a short search: bench/README.md)
     paths: int = 1  # single sampler: the weight step splits its batch into this many chunks, each with its own
     #                 path (per layer distinct candidates drawn from softmax(theta), search.supernet.ArchParams.paths)
     weight_mix: str = "expected"  # gumbel sampler, weight step: "expected" (softmax(theta), no noise: the supernet
     #                               is one function that changes only as theta does; it learns best, measured) or
     #                               "sample" (the paper: a Gumbel-softmax sample at tau, as theta's step)
     weights: str = "independent"  # "independent": 9 modules per layer (the paper); "shared": a layer's IR
-    #                               candidates slice one set of weights (search.shared; experimental, see RESULTS)
+    #                               candidates slice one set of weights (search.shared; experimental, see bench/README.md)
     anchor: bool = False  # each weight step also trains the largest candidate in every layer (the sandwich rule
     #                       of slimmable networks / BigNAS; stem, head and fc follow that path only). Experimental
     proxy_width: float = 0.25  # the supernet's width multiplier (1.0 = the target space's widths)
@@ -69,8 +69,8 @@ class SearchConfig:
         """The Gumbel temperature of an epoch: tau0 at the first theta epoch, tau_end at the last. tau only
         matters where theta's samples are drawn, so the warm-up does not spend the anneal: a theta that first
         moves at a low tau ranks near one-hot paths of a supernet trained as a soft mix, which it cannot
-        tell apart (measured: theta accuracy at chance after 5 of 10 warm-up epochs, bench/RESULTS-search-quality.md,
-        session 6). Warm-up epochs report tau0."""
+        tell apart (measured: theta accuracy at chance after 5 of 10 warm-up epochs, bench/README.md,
+        "Search quality"). Warm-up epochs report tau0."""
         return tau_at(max(0, epoch - self.warmup), self.epochs - self.warmup, self.tau0, self.tau_end)
 
     @property

@@ -2,7 +2,7 @@
 Experimental (``--weights shared``, off by default).
 
 Why it exists: with 9 independently initialised candidates per layer, a single-path supernet whose
-path changes every step does not learn in a short search (bench/RESULTS-search-quality.md): every
+path changes every step does not learn in a short search (bench/README.md, "Search quality"): every
 layer that changes the channels or the stride has no residual, so each candidate maps into its own
 random basis. Here the 8 inverted-residual candidates of a layer are slices of ONE set of weights:
 the 1x1 expansion, the depthwise and the 1x1 projection of the largest candidate (expansion 6,
@@ -13,7 +13,7 @@ shuffle). Each candidate keeps its own BatchNorms. The skip candidate is the ord
 :class:`fbnet.blocks.IRFBlock`'s function (tests/test_search_shared.py); the child is always built
 and trained from scratch with :class:`fbnet.blocks.FBNet`.
 
-Measured (bench/RESULTS-search-quality.md): tying alone does not make the sampled paths learn in a
+Measured (bench/README.md, "Search quality"): tying alone does not make the sampled paths learn in a
 short search (0.13 at 50 steps); with the largest path trained alongside (``--anchor``) a 10-epoch
 search's w_acc ends at 0.22-0.30 instead of 0.12, at 4.5x the CPU time. A building block for what
 should come next (in-place distillation from the largest path, progressive shrinking), not a fix.

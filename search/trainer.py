@@ -19,8 +19,8 @@ result is then the most likely architecture under softmax(theta) whose table lat
 arch.json is the plain per-layer argmax for comparison.
 
 The weight step. By default (``sampler="gumbel"``) it trains the paper's all-candidates mix, whose
-output is one consistent function of the weights: it learns (bench/RESULTS-search-quality.md,
-session 3). Under the single path the path changes every step and the shared stem, head and fc fit
+output is one consistent function of the weights: it learns (bench/README.md,
+"Search quality"). Under the single path the path changes every step and the shared stem, head and fc fit
 whichever path came last: the weights stay near chance in a short search, with or without k paths
 per step (one per chunk of the batch). ``cfg.weights == "shared"`` ties a layer's candidates
 (``search.shared``); ``cfg.anchor`` adds the largest candidate in every layer to each weight step

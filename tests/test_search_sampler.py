@@ -191,7 +191,7 @@ def test_the_supernet_learns_under_the_default_scheme(tmp_path):
     training accuracy and the held-out accuracy of the supernet as a weight step runs it well above
     chance (0.1; measured 0.28 and 0.39). The old default (uniform single path, straight-through,
     x0.5 / 16 px) stays at chance here (0.10 and ~0.12): the path changes every step and the shared
-    stem, head and fc fit whichever path came last (bench/RESULTS-search-quality.md, session 3)."""
+    stem, head and fc fit whichever path came last (bench/README.md, "Search quality")."""
     from search.dist import loader
 
     cfg = SearchConfig(batch_size=32, seed=0)  # the default sampler, weight mix and proxy
