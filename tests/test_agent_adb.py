@@ -85,7 +85,7 @@ def test_adb_device_lost_then_resume(module_server, cache, phone, tmp_path, monk
     assert sorted(got) == sorted(ADB_OPS) and got[first[0]["key"]]["latency_us"] == first[0]["median_us"]
     (run,) = runs(module_server, "s8-lost")
     assert run["status"] == "finished" and run["n_measurements"] == 2
-    # every op keeps the overhead of its own session; the run's is derived from all of them, not the
+    # every op keeps the overhead measured with it (first pass or resume); the run's is derived from all of them, not the
     # resumed subset's alone
     both = httpx.get(f"{module_server.url}/runs/{run['id']}/measurements", timeout=30).json()["measurements"]
     ovh = sorted(m["overhead_us"] for m in both)
