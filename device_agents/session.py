@@ -134,7 +134,7 @@ class ProfileSession:
 
     def _export_calibration(self) -> None:
         from device_agents.exporters import export_archs
-        from fbnet.cli import progress
+        from fbnet.progress import progress
 
         self.calibration_programs = {}
         if self.calibration <= 0:
@@ -174,7 +174,7 @@ class ProfileSession:
     def measure(self) -> dict[str, OpResult]:
         """Time every selected op with the protocol; each op is spooled (and sent in batches) as it ends."""
         from device_agents.exporters import overhead_key
-        from fbnet.cli import progress, ticker
+        from fbnet.progress import progress, ticker
 
         if not self.programs:
             self.export()

@@ -151,7 +151,7 @@ def reference_ops(space, archs, n: int) -> list:
 def export_ops(space, fmt: str, cache_dir: Path, ops, jobs: int, *, show: bool = True) -> dict[str, Path]:
     """Export ``ops`` and their per-shape overhead programs into the cache (cached files are reused)."""
     from device_agents.exporters import cache_path, export_space, overhead_key
-    from fbnet.cli import progress
+    from fbnet.progress import progress
 
     shapes = {op.input_shape for op in ops}
     n_prog = len(ops) + len(shapes)

@@ -116,7 +116,7 @@ def validate(server: str, token: str, device: str, space: str, labelled, *, targ
     which a busy device inflates least."""
     from device_agents.exporters import export_archs, export_space
     from device_agents.uploader import Uploader
-    from fbnet.cli import progress, ticker
+    from fbnet.progress import progress, ticker
     from fbnet.lut import TableError, describe, entry_us, in_context_us, latencies, model_overhead_us, predict
     from fbnet.space import get_space
     from fbnet.wire import ValidationCreate

@@ -10,13 +10,18 @@ newest). Pydantic only: the server, the agents and the search all import this mo
 from __future__ import annotations
 
 import hashlib
+import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from fbnet.options import cli
+
 Precision = Literal["fp32", "fp16", "int8"]
-COMPUTE_UNITS = ("cpu", "gpu", "ane", "all")
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+ComputeUnits = Literal["cpu", "gpu", "ane", "all"]
+COMPUTE_UNITS: tuple[str, ...] = typing.get_args(ComputeUnits)
+TABLE_PANEL = "Table configuration"
 SELECTOR_FIELDS = ("precision", "threads", "cpu_mask", "compute_units", "runtime_version")
 
 
@@ -70,12 +75,18 @@ class Selector(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    precision: Precision | None = None
-    threads: int | None = Field(None, ge=1, le=256)
-    cpu_mask: str | None = Field(None, max_length=64)
-    compute_units: str | None = Field(None, max_length=32)
-    runtime_version: str | None = Field(None, max_length=64)
-    include_unstable: bool = Field(False, description="also use runs marked unstable (reference ops drifted)")
+    precision: Precision | None = Field(None, description="the table's precision: fp32, fp16 or int8",
+                                        json_schema_extra=cli(panel=TABLE_PANEL))
+    threads: int | None = Field(None, ge=1, le=256, description="threads the table was measured with",
+                                json_schema_extra=cli(panel=TABLE_PANEL))
+    cpu_mask: str | None = Field(None, max_length=64, description="CPU mask the table was measured with (hex)",
+                                 json_schema_extra=cli(panel=TABLE_PANEL))
+    compute_units: str | None = Field(None, max_length=32, description="Core ML compute units the table was measured with",
+                                      json_schema_extra=cli(panel=TABLE_PANEL, choices=COMPUTE_UNITS))
+    runtime_version: str | None = Field(None, max_length=64, description="the runtime version measured",
+                                        json_schema_extra=cli(panel=TABLE_PANEL))
+    include_unstable: bool = Field(False, description="also use runs marked unstable (reference ops drifted)",
+                                   json_schema_extra=cli(panel=TABLE_PANEL))
 
     def params(self) -> dict[str, str | int]:
         """The query parameters of ``GET /tables/{device}`` for this selector."""
@@ -102,4 +113,4 @@ class Selector(BaseModel):
         return ", ".join(f"{k}={v}" for k, v in p.items()) if p else "the default configuration"
 
 
-__all__ = ["COMPUTE_UNITS", "PRECISIONS", "SELECTOR_FIELDS", "Configuration", "ConfigurationOut", "Precision", "Selector"]
+__all__ = ["COMPUTE_UNITS", "PRECISIONS", "TABLE_PANEL", "ComputeUnits", "SELECTOR_FIELDS", "Configuration", "ConfigurationOut", "Precision", "Selector"]

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fbnet.blocks import FBNet
-from fbnet.cli import progress as progress_bar
+from fbnet.progress import progress as progress_bar
 from fbnet.space import Arch, Space
 from search.config import TrainError, scaled_lr
 from search.data import Dataset

@@ -51,7 +51,7 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from fbnet.archfile import ArchFile, write_arch_file
-from fbnet.cli import progress as progress_bar
+from fbnet.progress import progress as progress_bar
 from fbnet.lut import LatencyLUT, predict
 from fbnet.space import CANDIDATE_NAMES, CANDIDATES, Arch, Space
 from search.config import SearchConfig, TrainError, scaled_lr
