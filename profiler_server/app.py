@@ -26,6 +26,7 @@ from profiler_server.generations import GenerationProbe
 from profiler_server.guard import BUSY, Guard, busy_response_headers
 from profiler_server.plots import PlotCache
 from profiler_server.routes import compare, devices, health, plots, runs, spaces, tables, validations
+from profiler_server.ui import routes as ui
 
 log = logging.getLogger("profiler_server")
 
@@ -120,5 +121,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for r in (health, devices, spaces, runs, tables, compare, validations, plots):
         app.include_router(r.router)
+    app.include_router(ui.router)  # the read-only pages (/ and /ui)
     app.add_middleware(Guard, settings=settings)
     return app
