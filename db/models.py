@@ -107,7 +107,7 @@ class SpaceOp(Base):
 
 
 class Run(Base):
-    """One profiling session of one device over (part of) one space; imports are runs too."""
+    """One profiling run of one device over (part of) one space; imports are runs too."""
 
     __tablename__ = "runs"
     __table_args__ = (

@@ -133,9 +133,9 @@ def module_server(request, tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def session_export_cache(tmp_path_factory) -> Path:
-    """One export cache for the session (``doubles.support.export_cache`` fills it): an agent run
+    """One export cache for the whole test run (``doubles.support.export_cache`` fills it): an agent run
     without ``--cache-dir`` (and the agents the tests start as processes) use it too, never ~/.cache,
-    so every test session starts cold, as CI does, and exports each program once."""
+    so every test run starts cold, as CI does, and exports each program once."""
     cache = tmp_path_factory.getbasetemp() / "agent-exports"
     old = os.environ.get("FBNET_AGENT_CACHE")
     os.environ["FBNET_AGENT_CACHE"] = str(cache)

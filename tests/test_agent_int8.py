@@ -50,7 +50,7 @@ def test_int8_op_runs_close_to_fp32(tmp_path):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return export_cache(tmp_path_factory)  # the session's: the fp32 programs are exported already
+    return export_cache(tmp_path_factory)  # the test run's: the fp32 programs are exported already
 
 
 def test_host_profile_int8_is_its_own_configuration(live_server, cache, tmp_path):

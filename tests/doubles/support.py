@@ -21,7 +21,7 @@ QUICK = ["--warmup", "2", "--repeats", "5", "--rounds", "2"]
 
 
 def export_cache(tmp_path_factory, fmt: str = "pte", keys=HOST_OPS) -> Path:
-    """One export cache for the whole session (cached files make later calls free)."""
+    """One export cache for the whole test run (cached files make later calls free)."""
     from device_agents.exporters import export_space
     from fbnet.space import get_space
 
