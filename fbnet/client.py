@@ -1,5 +1,10 @@
-"""HTTP helpers shared by the clients (search, agents): the one error-detail helper and the one
-table fetcher, with an on-disk cache revalidated by ETag.
+"""The one client of the profiler service (search, agents): the auth header, the timeouts, the retry
+policy and the typed calls (tables, configurations, runs, measurements, validations), each returning
+the wire models of :mod:`fbnet.wire`; and the table fetcher with its on-disk cache revalidated by ETag.
+
+Errors are typed: :class:`ServiceDown` (unreachable, or 5xx/429, after every retry; the commands exit
+3) and :class:`ServiceRefused` (4xx: retrying will not help; exit 4), with the service's ``detail``
+in the message.
 
 No numbers are ever made up: the one substitution is deliberate and announced: when the server
 cannot be reached, the last table this client fetched from it (a real measurement, stored with
@@ -11,22 +16,58 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel
 
-from fbnet.configuration import Selector
+from fbnet.configuration import ConfigurationOut, Selector
 from fbnet.io import atomic_write
 from fbnet.lut import TableError, load_table_file, parse_table
-from fbnet.wire import Table
+from fbnet.wire import (
+    BatchResult,
+    Health,
+    MeasurementBatch,
+    RunCreate,
+    RunFinish,
+    RunMeasurements,
+    RunOut,
+    Table,
+    ValidationCreate,
+    ValidationOut,
+)
 
 DEFAULT_CACHE_DIR = Path(".fbnet-cache")
-TOKEN_ENV = "FBNET_TOKEN"
+# The token a caller did not give comes from its role's variable: a reader (the search, read-only
+# tables) or a device's agent (runs, measurements, validations; it reads tables too).
+TOKEN_ENVS = {"reader": "FBNET_TOKEN", "agent": "FBNET_AGENT_TOKEN"}
+TOKEN_ENV = TOKEN_ENVS["reader"]
+Role = Literal["reader", "agent"]
+MAX_RETRY_AFTER_S = 60.0  # a Retry-After above this is capped (a misconfigured proxy must not park the agent)
+
+
+class ServiceError(RuntimeError):
+    """The service did not do what was asked (one-line message)."""
+
+
+class ServiceDown(ServiceError):
+    """The service could not be reached (or kept answering 5xx/429) after all retries."""
+
+
+class ServiceRefused(ServiceError):
+    """The service refused a request (HTTP 4xx): retrying will not help."""
+
+    def __init__(self, message: str, status_code: int, detail: str):
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
 
 
 class StaleTableWarning(RuntimeWarning):
@@ -47,6 +88,165 @@ def detail(r: httpx.Response, limit: int = 500) -> str:
     return d[:limit]
 
 
+def retry_after_s(r: httpx.Response, cap_s: float = MAX_RETRY_AFTER_S) -> float | None:
+    """Seconds a 503/429 asks the client to wait (``Retry-After`` in seconds), capped; None if absent."""
+    try:
+        v = float(r.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return min(max(v, 0.0), cap_s)
+
+
+def auth_headers(token: str | None, role: Role = "reader") -> dict[str, str]:
+    """The one place the auth header is built: ``token``, else the role's variable (``TOKEN_ENVS``);
+    an empty token sends none."""
+    if role not in TOKEN_ENVS:
+        raise ValueError(f"role {role!r}: use one of {', '.join(TOKEN_ENVS)}")
+    token = token if token is not None else os.environ.get(TOKEN_ENVS[role])
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Transport errors, 5xx and 429 are retried ``retries`` times; the n-th retry waits
+    ``backoff_s x 2**(n-1)``, or longer when the answer said ``Retry-After`` (capped)."""
+
+    retries: int = 3
+    backoff_s: float = 0.5
+    max_retry_after_s: float = MAX_RETRY_AFTER_S
+
+    @property
+    def tries(self) -> int:
+        return self.retries + 1
+
+    def delay_s(self, attempt: int, retry_after: float | None) -> float:
+        """How long to wait before try ``attempt`` (1 = the first retry)."""
+        return max(retry_after or 0.0, self.backoff_s * 2 ** (attempt - 1))
+
+    def retry_after(self, r: httpx.Response) -> float | None:
+        return retry_after_s(r, self.max_retry_after_s)
+
+    @staticmethod
+    def retryable(status_code: int) -> bool:
+        return status_code >= 500 or status_code == 429
+
+
+NO_RETRY = RetryPolicy(retries=0)
+
+
+@dataclass(frozen=True)
+class TableReply:
+    """One answer of ``GET /tables/{device}``: the table (None when the server answered 304 to the
+    ETag given) and its ETag."""
+
+    table: Table | None
+    etag: str | None
+    url: str
+
+
+def _body(x: BaseModel | Mapping) -> dict:
+    """A wire model as JSON, or a mapping sent as is (the agents' spool holds what a model dumped)."""
+    return x.model_dump(mode="json") if isinstance(x, BaseModel) else dict(x)
+
+
+class ServiceClient:
+    """Typed calls of the profiler service over one ``httpx.Client``: the auth header of ``role``
+    (:func:`auth_headers`), timeouts, and ``retry`` (:class:`RetryPolicy`) for every call."""
+
+    def __init__(self, server: str, token: str | None = None, *, role: Role = "reader", timeout_s: float = 15.0,
+                 connect_timeout_s: float = 5.0, retry: RetryPolicy | None = None,
+                 transport: httpx.BaseTransport | None = None):
+        self.server = server.rstrip("/")
+        self.retry = retry if retry is not None else RetryPolicy()
+        headers = {"Accept": "application/json", **auth_headers(token, role)}
+        self._http = httpx.Client(base_url=self.server, headers=headers, transport=transport,
+                                  timeout=httpx.Timeout(timeout_s, connect=min(connect_timeout_s, timeout_s)))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the one request path ----------------------------------------------------------------
+    def request(self, method: str, url: str, *, expect: tuple[int, ...] = (200, 201), **kw) -> httpx.Response:
+        """``method url`` under the retry policy; an answer in ``expect`` is returned. Raises
+        :class:`ServiceRefused` for a 4xx, :class:`ServiceDown` when every try failed."""
+        last, wait = "", None
+        for attempt in range(self.retry.tries):
+            if attempt:
+                time.sleep(self.retry.delay_s(attempt, wait))
+            wait = None
+            try:
+                r = self._http.request(method, url, **kw)
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if r.status_code in expect:
+                return r
+            if self.retry.retryable(r.status_code):
+                last, wait = f"HTTP {r.status_code}: {detail(r)}", self.retry.retry_after(r)
+                continue
+            d = detail(r)
+            if 400 <= r.status_code < 500:
+                raise ServiceRefused(f"{method} {url} refused (HTTP {r.status_code}): {d}", r.status_code, d)
+            raise ServiceError(f"{method} {url}: unexpected HTTP {r.status_code}: {d}")
+        tries = f"{self.retry.tries} {'try' if self.retry.tries == 1 else 'tries'}"
+        raise ServiceDown(f"service {self.server} unreachable after {tries}: {last}")
+
+    # -- tables ------------------------------------------------------------------------------
+    def table(self, device: str, space: str, selector: Selector | None = None, *,
+              etag: str | None = None) -> TableReply:
+        """``GET /tables/{device}`` in the configuration ``selector`` picks; with ``etag``, a table
+        that did not change comes back as None (304)."""
+        url = f"/tables/{quote(device, safe='')}"
+        params = {"space": space, **(selector or Selector()).params()}
+        r = self.request("GET", url, params=params, headers={"If-None-Match": etag} if etag else {},
+                         expect=(200, 304))
+        if r.status_code == 304:
+            return TableReply(None, r.headers.get("ETag", etag), str(r.request.url))
+        return TableReply(parse_table(r.content, f"the response of {self.server}{url}"), r.headers.get("ETag"),
+                          str(r.request.url))
+
+    def configurations(self, device: str, space: str, include_unstable: bool = False) -> list[ConfigurationOut]:
+        r = self.request("GET", f"/tables/{quote(device, safe='')}/configurations",
+                         params={"space": space, "include_unstable": include_unstable})
+        return [ConfigurationOut.model_validate(c) for c in r.json()]
+
+    # -- runs --------------------------------------------------------------------------------
+    def create_run(self, run: RunCreate | Mapping) -> RunOut:
+        """``POST /runs``; a run whose ``idempotency_key`` the device already used comes back as is."""
+        return RunOut.model_validate(self.request("POST", "/runs", json=_body(run)).json())
+
+    def post_measurements(self, run_id: int, batch: MeasurementBatch) -> BatchResult:
+        r = self.request("POST", f"/runs/{run_id}/measurements", json=_body(batch))
+        return BatchResult.model_validate(r.json())
+
+    def finish_run(self, run_id: int, fin: RunFinish | Mapping) -> RunOut:
+        return RunOut.model_validate(self.request("POST", f"/runs/{run_id}/finish", json=_body(fin)).json())
+
+    def get_run(self, run_id: int) -> RunOut:
+        return RunOut.model_validate(self.request("GET", f"/runs/{run_id}").json())
+
+    def runs(self, device: str | None = None, space: str | None = None) -> list[RunOut]:
+        params = {k: v for k, v in (("device", device), ("space", space)) if v is not None}
+        return [RunOut.model_validate(x) for x in self.request("GET", "/runs", params=params).json()]
+
+    def run_measurements(self, run_id: int) -> RunMeasurements:
+        return RunMeasurements.model_validate(self.request("GET", f"/runs/{run_id}/measurements").json())
+
+    # -- validations, health -----------------------------------------------------------------
+    def post_validation(self, v: ValidationCreate) -> ValidationOut:
+        return ValidationOut.model_validate(self.request("POST", "/validations", json=_body(v)).json())
+
+    def health(self) -> Health:
+        return Health.model_validate(self.request("GET", "/healthz").json())
+
+
+# ---- the table fetcher with its ETag cache ---------------------------------------------------------
 def save_table(table: Table, path: str | os.PathLike) -> Path:
     return atomic_write(path, table.model_dump_json(indent=1))
 
@@ -63,23 +263,21 @@ def _slug(text: str) -> str:
 
 
 class TableClient:
-    """GET /tables/{device}?space=...[&precision=&threads=...] with an on-disk cache (one file per
-    device, space and selector) revalidated by ETag."""
+    """GET /tables/{device}?space=...[&precision=&threads=...] through a :class:`ServiceClient`, with an
+    on-disk cache (one file per device, space and selector) revalidated by ETag. A table is not retried
+    by default (``retry``): an unreachable server falls back to the cached table at once."""
 
     def __init__(self, server: str, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, *, timeout: float = 15.0,
                  token: str | None = None, on_warning: Callable[[str], None] | None = None,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, retry: RetryPolicy = NO_RETRY):
         self.server = server.rstrip("/")
         self.cache_dir = Path(cache_dir)
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
-        headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.server, timeout=timeout, headers=headers, transport=transport)
+        self.service = ServiceClient(server, token, timeout_s=timeout, connect_timeout_s=timeout, retry=retry,
+                                     transport=transport)
         self._warn = on_warning or (lambda msg: warnings.warn(msg, StaleTableWarning, stacklevel=3))
 
     def close(self) -> None:
-        self._http.close()
+        self.service.close()
 
     def __enter__(self) -> TableClient:
         return self
@@ -108,26 +306,21 @@ class TableClient:
         server's rule, the newest complete one); see the module docstring for the offline rule."""
         sel = selector or Selector()
         cached = self._read_cache(device, space, sel)
-        headers = {"If-None-Match": cached[1]} if cached and cached[1] else {}
-        url = f"/tables/{quote(device, safe='')}"
-        params = {"space": space, **sel.params()}
         try:
-            r = self._http.get(url, params=params, headers=headers)
-        except httpx.TransportError as e:
-            return self._offline(device, space, cached, f"cannot reach {self.server} ({type(e).__name__}: {e})")
-        if r.status_code == 304 and cached:
-            return Fetched(cached[0], "revalidated", cached[1])
-        if r.status_code >= 500:
-            return self._offline(device, space, cached, f"{self.server} answered {r.status_code}")
-        if r.status_code != 200:
-            raise TableError(f"GET {r.request.url}: {r.status_code} {detail(r, 300)}")
-        table = parse_table(r.content, f"the response of {self.server}{url}")
-        etag = r.headers.get("ETag")
+            reply = self.service.table(device, space, sel, etag=cached[1] if cached else None)
+        except ServiceDown as e:
+            return self._offline(device, space, cached, str(e))
+        except ServiceError as e:
+            raise TableError(str(e)) from None
+        if reply.table is None:
+            if cached:
+                return Fetched(cached[0], "revalidated", cached[1])
+            raise TableError(f"GET {reply.url}: 304 without a cached table")
         atomic_write(self.cache_path(device, space, sel), json.dumps({
-            "etag": etag, "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "url": str(r.request.url), "selector": sel.params(), "table": table.model_dump(mode="json"),
+            "etag": reply.etag, "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "url": reply.url, "selector": sel.params(), "table": reply.table.model_dump(mode="json"),
         }))
-        return Fetched(table, "server", etag)
+        return Fetched(reply.table, "server", reply.etag)
 
     def _offline(self, device: str, space: str, cached, why: str) -> Fetched:
         if not cached:
@@ -160,4 +353,6 @@ def get_table(*, space: str, server: str | None = None, device: str | None = Non
         return client.fetch(device, space, sel).table
 
 
-__all__ = ["DEFAULT_CACHE_DIR", "Fetched", "StaleTableWarning", "TableClient", "detail", "get_table", "save_table"]
+__all__ = ["DEFAULT_CACHE_DIR", "NO_RETRY", "TOKEN_ENVS", "Fetched", "RetryPolicy", "ServiceClient", "ServiceDown",
+           "ServiceError", "ServiceRefused", "StaleTableWarning", "TableClient", "TableReply", "auth_headers",
+           "detail", "get_table", "retry_after_s", "save_table"]
