@@ -40,7 +40,7 @@ class SearchConfig:
     #                               is one function that changes only as theta does; it learns best, measured) or
     #                               "sample" (the paper: a Gumbel-softmax sample at tau, as theta's step)
     weights: str = "independent"  # "independent": 9 modules per layer (the paper); "shared": a layer's IR
-    #                               candidates slice one set of weights (search.shared; experimental, see bench/README.md)
+    #                               candidates slice one set of weights (search.superkernels; experimental, see bench/README.md)
     anchor: bool = False  # each weight step also trains the largest candidate in every layer (the sandwich rule
     #                       of slimmable networks / BigNAS; stem, head and fc follow that path only). Experimental
     proxy_width: float = 0.25  # the supernet's width multiplier (1.0 = the target space's widths)

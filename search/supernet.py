@@ -26,7 +26,7 @@ from torch import nn
 
 from fbnet.blocks import build_op, init_weights
 from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Space
-from search.shared import shared_candidates
+from search.superkernels import shared_candidates
 
 NUM_CANDIDATES = len(CANDIDATE_NAMES)
 
@@ -37,7 +37,7 @@ class MixedLayer(nn.Module):
     def __init__(self, space: Space, layer: int, shared: bool = False):
         super().__init__()
         self.layer = layer
-        if shared:  # the IR candidates are slices of one set of weights (search.shared)
+        if shared:  # the IR candidates are slices of one set of weights (search.superkernels)
             self.shared, self.candidates = shared_candidates(space, layer)
         else:
             self.candidates = nn.ModuleList(build_op(space.layer_op(layer, i)) for i in range(NUM_CANDIDATES))
@@ -61,7 +61,7 @@ class MixedLayer(nn.Module):
 
 class Supernet(nn.Module):
     """Stem, 22 mixed layers, head, pool, fc. ``forward(x, m)`` takes the [22, 9] mixing weights.
-    ``shared``: the candidates of a layer share their weights (``search.shared``); otherwise each is
+    ``shared``: the candidates of a layer share their weights (``search.superkernels``); otherwise each is
     its own module (the paper)."""
 
     def __init__(self, space: Space, shared: bool = False):

@@ -23,7 +23,7 @@ output is one consistent function of the weights: it learns (bench/README.md,
 "Search quality"). Under the single path the path changes every step and the shared stem, head and fc fit
 whichever path came last: the weights stay near chance in a short search, with or without k paths
 per step (one per chunk of the batch). ``cfg.weights == "shared"`` ties a layer's candidates
-(``search.shared``); ``cfg.anchor`` adds the largest candidate in every layer to each weight step
+(``search.superkernels``); ``cfg.anchor`` adds the largest candidate in every layer to each weight step
 (gradients summed, the stem, head and fc updated from that path only). Both are experimental and off
 by default. The theta step runs the sample only.
 

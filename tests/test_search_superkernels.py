@@ -8,7 +8,7 @@ import torch
 
 from fbnet.blocks import build_op
 from fbnet.space import CANDIDATE_NAMES, get_space
-from search.shared import SharedIRF, _grouped
+from search.superkernels import SharedIRF, _grouped
 from search.supernet import Supernet, proxy_space
 
 SPACE = proxy_space(get_space("fbnet-cifar"), 0.25, 8)

@@ -10,7 +10,7 @@ kernel 5). Candidate (k, e, g) uses the first ``e * cin`` expansion channels, th
 depthwise kernel, and for ``g = 2`` the two diagonal blocks of the 1x1 weights (then the channel
 shuffle). Each candidate keeps its own BatchNorms. The skip candidate is the ordinary module
 (identity, or its own 1x1 projection). With the same weights each candidate computes exactly
-:class:`fbnet.blocks.IRFBlock`'s function (tests/test_search_shared.py); the child is always built
+:class:`fbnet.blocks.IRFBlock`'s function (tests/test_search_superkernels.py); the child is always built
 and trained from scratch with :class:`fbnet.blocks.FBNet`.
 
 Measured (bench/README.md, "Search quality"): tying alone does not make the sampled paths learn in a
