@@ -106,6 +106,9 @@ class ArchV2:
         for name, arch in REFERENCES.items():
             if text.lower() == name.lower():
                 return arch
+        if ":" not in text:
+            raise ArchV2Error(f"{text!r} is not a v2 architecture: neither a reference ({', '.join(REFERENCES)}) "
+                              f"nor 'res:R,stem:C,block:width:eE,...,head:C'")
         tokens = [t for t in re.split(r"[,\s]+", text) if t]
         fields: dict[str, int] = {}
         layers = []

@@ -4,6 +4,10 @@ The search writes it (:func:`write_arch_file`); ``fbnet-search sample|train|expo
 the benchmarks read it (:func:`read_arch_file`). No torch here. Files written before a field existed
 still load: every field but ``arch`` has a default.
 
+``arch`` is a list of 22 block names for a v1 space, or the text of an FBNetV2 architecture
+(:class:`fbnet.arch_v2.ArchV2`: resolution, stem, per layer block, width and expansion, head) for a
+v2 space; a v2 text is checked against its ``space`` when that names a v2 space.
+
 Fields: the architecture (``arch``, 22 block names) and its table latency (``predicted_latency_us``,
 the plain sum of the served entries, :func:`fbnet.lut.predict`); where it was found (``space``,
 ``space_version``, ``device``, ``table_version``, ``table_configuration``); how (``config``,
@@ -20,10 +24,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from fbnet.arch_v2 import ArchV2
 from fbnet.io import atomic_write
 from fbnet.space import Arch, ArchError
+from fbnet.space_v2 import get_v2_space, is_v2_space
 
 FILENAME = "arch.json"
 
@@ -35,7 +41,7 @@ class ArchFileError(ValueError):
 class ArchFile(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    arch: list[str]
+    arch: list[str] | str
     predicted_latency_us: float | None = None
     space: str | None = None
     space_version: str | None = None
@@ -48,7 +54,7 @@ class ArchFile(BaseModel):
     theta_steps: int | None = None
     target_ms: float | None = None
     selection: str = "argmax"
-    argmax_arch: list[str] | None = None
+    argmax_arch: list[str] | str | None = None
     argmax_latency_us: float | None = None
     history: list[dict[str, Any]] = []
     data: str | None = None
@@ -59,12 +65,30 @@ class ArchFile(BaseModel):
     @field_validator("arch", "argmax_arch")
     @classmethod
     def _valid_arch(cls, v):
-        if v is not None:
+        if isinstance(v, str):
+            ArchV2.parse(v)  # raises ArchV2Error (a ValueError) with the reason
+        elif v is not None:
             Arch(tuple(v))  # raises ArchError (a ValueError) with the reason
         return v
 
+    @model_validator(mode="after")
+    def _arch_fits_space(self):
+        v2 = isinstance(self.arch, str)
+        if self.space is not None and v2 != is_v2_space(self.space):
+            kind = "an FBNetV2 architecture" if v2 else "a v1 architecture"
+            raise ValueError(f"{kind} cannot belong to space {self.space!r}")
+        if v2 and self.space is not None:
+            get_v2_space(self.space).check_arch(ArchV2.parse(self.arch))
+        return self
+
     @property
-    def architecture(self) -> Arch:
+    def is_v2(self) -> bool:
+        return isinstance(self.arch, str)
+
+    @property
+    def architecture(self) -> Arch | ArchV2:
+        if isinstance(self.arch, str):
+            return ArchV2.parse(self.arch)
         return Arch(tuple(self.arch))
 
 
