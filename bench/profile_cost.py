@@ -40,10 +40,10 @@ OUT = Path(__file__).resolve().parent / "out"  # git-ignored: the benchmarks' ou
 
 
 def measure(tr, keys, overhead_of, cfg):
-    from device_agents.protocol import run_protocol
+    from device_agents.protocol import Programs, run_protocol
 
     t0 = time.perf_counter()
-    res = run_protocol(tr, keys, cfg, overhead_of)
+    res = run_protocol(tr, Programs(keys, overhead_of=overhead_of), cfg)
     return time.perf_counter() - t0, res
 
 

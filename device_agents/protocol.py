@@ -14,12 +14,13 @@ import random
 import statistics
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fbnet.options import cli
 from fbnet.wire import Measurement, RunProvenance
 
 
@@ -39,26 +40,56 @@ class NoTimingsError(AgentError):
     pass
 
 
-@dataclass(frozen=True)
-class ProtocolConfig:
-    warmup: int = 10
-    repeats: int = 50
-    rounds: int = 3
-    seed: int = 0
-    cv_threshold: float = 0.25
-    max_remeasure: int = 1
-    cooldown_s: float = 0.0
-    reference: int = 0  # reference ops among the keys, timed every round (their medians give the round factors)
-    normalize: bool = False  # divide every round's samples by its reference factor
-    unstable_threshold: float = 0.5  # round factors spreading more than this mark the run unstable
-    warmup_stable: bool = False  # before the rounds, time the first reference op until its median settles
-    stable_tol: float = 0.03
-    max_warmup_batches: int = 10
-    # With ``settle_keys`` (validate: the whole models): after the first pass, add blocks of ``rounds``
-    # rounds over those keys and the references until the split-half Kendall tau of their ranking
-    # reaches ``settle_tau`` or they have ``max_rounds`` rounds (0 = off)
-    settle_tau: float = 0.0
-    max_rounds: int = 24
+PROTOCOL_PANEL = "Measurement protocol"
+NOISE_PANEL = "Protocol under noise"
+
+
+def _opt(panel: str = PROTOCOL_PANEL, flag: str | None = None) -> dict:
+    return cli(flag, panel=panel)
+
+
+class ProtocolConfig(BaseModel):
+    """How every program is timed, for the profile and validate flows alike (a ``--config`` TOML file
+    of these settings is read by both commands). A field's description is its option's help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warmup: int = Field(10, ge=0, description="untimed executions before the timed ones, same process",
+                        json_schema_extra=_opt())
+    repeats: int = Field(50, ge=1, description="timed executions per op per round", json_schema_extra=_opt())
+    rounds: int = Field(3, ge=1, description="interleaved rounds over the op list (shuffled per round)",
+                        json_schema_extra=_opt())
+    seed: int = Field(0, description="seed of the per-round op order (and of random architectures)",
+                      json_schema_extra=_opt())
+    cv_threshold: float = Field(0.25, ge=0, description="re-measure ops whose CV is above this",
+                                json_schema_extra=_opt())
+    max_remeasure: int = Field(1, ge=0, description="re-measurements of an op whose CV stays above the "
+                               "threshold (every sample is kept)", json_schema_extra=_opt(NOISE_PANEL))
+    cooldown_s: float = Field(0.0, ge=0, description="seconds to rest after each op",
+                              json_schema_extra=_opt(NOISE_PANEL, "--cooldown"))
+    reference: int = Field(0, ge=0, description=(
+        "reference ops timed in every round: their per-round medians give the round factors (normalisation, "
+        "unstable flag)"), json_schema_extra=_opt(NOISE_PANEL, "--reference-ops"))
+    normalize: bool = Field(False, description="divide each round's samples by its reference factor",
+                            json_schema_extra=_opt(NOISE_PANEL))
+    unstable_threshold: float = Field(0.5, ge=0, description="mark the run unstable when round factors spread "
+                                      "more than this", json_schema_extra=_opt(NOISE_PANEL))
+    warmup_stable: bool = Field(False, description="before the rounds, time a reference op until its median "
+                                "settles", json_schema_extra=_opt(NOISE_PANEL))
+    stable_tol: float = Field(0.03, gt=0, description="settled: two consecutive warm-up batch medians within "
+                              "this fraction", json_schema_extra=_opt(NOISE_PANEL))
+    max_warmup_batches: int = Field(10, ge=1, description="at most this many warm-up batches",
+                                    json_schema_extra=_opt(NOISE_PANEL))
+    # The settle keys (validate: the whole models) get blocks of ``rounds`` more rounds with the
+    # references until the split-half Kendall tau of their ranking reaches ``settle_tau`` or they have
+    # ``max_rounds`` rounds (0 = off)
+    settle_tau: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "add --rounds more rounds of the models until their ranking reproduces itself: the Kendall tau "
+        "between the models' medians over the even and over the odd rounds reaches this (0 = off; the "
+        "last value is printed either way, and it bounds the tau any table can reach against this "
+        "measurement)"), json_schema_extra=_opt(NOISE_PANEL))
+    max_rounds: int = Field(24, ge=1, description="at most this many rounds of the models when settling",
+                            json_schema_extra=_opt(NOISE_PANEL))
 
 
 class Stats(Measurement):
@@ -201,158 +232,204 @@ def _warm_until_stable(transport: Transport, key: str, cfg: ProtocolConfig, info
             return
 
 
-def run_protocol(
-    transport: Transport,
-    op_keys: Sequence[str],
-    cfg: ProtocolConfig,
-    overhead_of: dict[str, str] | None = None,
-    on_result: Callable[[OpResult], None] | None = None,
-    on_sample: Callable[[str], None] | None = None,
-    *,
-    reference_keys: Sequence[str] | None = None,
-    info: ProtocolInfo | None = None,
-    extra_keys: Sequence[str] = (),
-    settle_keys: Sequence[str] = (),
-) -> dict[str, OpResult]:
-    """Interleaved rounds over ``op_keys`` and the overhead programs named in ``overhead_of`` (op key ->
-    overhead program key), all shuffled together in every round.
+@dataclass(frozen=True)
+class Programs:
+    """What one protocol run times, by role (program keys).
 
-    Reference ops (``reference_keys``, else ``cfg.reference`` of the op keys) are timed in every round
-    like the rest; each round's factor is the median over them of (their median in the round / their
-    median over the first-pass rounds). With ``cfg.normalize`` every sample of a round is divided by
-    that round's factor. A run whose factors spread more than ``cfg.unstable_threshold`` is marked
-    unstable in ``info``. Ops whose CV exceeds ``cfg.cv_threshold`` get ``cfg.rounds`` more rounds
-    (with the references) and keep ALL their samples. ``on_result`` fires once per op when it is final
-    (after the first pass, or after its re-measurement; on a failure, for every op that completed all
-    its rounds); ``on_sample`` after every (op, round) (progress). ``extra_keys`` (whole calibration
-    models) are shuffled into the first-pass rounds like the ops and returned with them, but neither
-    re-measured nor reported through ``on_result``/``on_sample`` (they are not ops of the table).
-    ``settle_keys`` (some of ``op_keys``) get more rounds until their ranking reproduces itself
-    (``cfg.settle_tau``: :func:`split_half_tau`, recorded in ``info.settle`` even when not settling);
-    their results then hold every sample.
+    ``ops`` are the table's ops: reported, re-measured when noisy. ``overhead_of`` maps an op to its
+    input shape's overhead program, timed in the same rounds, not reported. ``reference`` ops (None:
+    ``ProtocolConfig.reference`` of the ops) give the round factors. ``extra`` programs (whole
+    calibration models) share the first-pass rounds and are returned, but neither re-measured nor
+    reported. ``settle`` keys (some of the ops) get more rounds until their ranking reproduces itself.
     """
-    overhead_of = overhead_of or {}
-    info = info if info is not None else ProtocolInfo()
-    ov_keys = list(dict.fromkeys(overhead_of[k] for k in op_keys if k in overhead_of))
-    ov_set = set(ov_keys)
-    extra_keys = [k for k in dict.fromkeys(extra_keys) if k not in op_keys and k not in ov_set]
-    quiet = ov_set | set(extra_keys)  # timed, not reported as ops
-    refs = list(reference_keys) if reference_keys is not None else pick_references(op_keys, cfg.reference)
-    info.reference_keys = refs
-    per_round: dict[str, list[tuple[int, list[float]]]] = {k: [] for k in [*op_keys, *ov_keys, *extra_keys]}
-    ref_meds: list[dict[str, float]] = []  # per global round: reference key -> its median in that round
-    baseline: dict[str, float] = {}
-    results: dict[str, OpResult] = {}
 
-    if cfg.warmup_stable and refs:
-        _warm_until_stable(transport, refs[0], cfg, info)
+    ops: Sequence[str]
+    overhead_of: Mapping[str, str] = field(default_factory=dict)
+    reference: Sequence[str] | None = None
+    extra: Sequence[str] = ()
+    settle: Sequence[str] = ()
 
-    def factor(r: int) -> float:
-        ratios = [m / baseline[k] for k, m in ref_meds[r].items() if baseline.get(k)]
+
+def run_protocol(transport: Transport, programs: Programs | Sequence[str], cfg: ProtocolConfig, *,
+                 on_result: Callable[[OpResult], None] | None = None, on_sample: Callable[[str], None] | None = None,
+                 info: ProtocolInfo | None = None) -> dict[str, OpResult]:
+    """Interleaved rounds over the ops and their overhead programs, all shuffled together in every round.
+
+    Reference ops are timed in every round like the rest; each round's factor is the median over them
+    of (their median in the round / their median over the first-pass rounds). With ``cfg.normalize``
+    every sample of a round is divided by that round's factor. A run whose factors spread more than
+    ``cfg.unstable_threshold`` is marked unstable in ``info``. Ops whose CV exceeds ``cfg.cv_threshold``
+    get ``cfg.rounds`` more rounds (with the references) and keep ALL their samples. ``on_result``
+    fires once per op when it is final (after the first pass, or after its re-measurement; on a
+    failure, for every op that completed all its rounds); ``on_sample`` after every (op, round)
+    (progress). Settle keys get more rounds until their ranking reproduces itself (``cfg.settle_tau``:
+    :func:`split_half_tau`, recorded in ``info.settle`` even when not settling); their results then
+    hold every sample. ``programs`` may be a plain list of op keys.
+    """
+    if not isinstance(programs, Programs):
+        programs = Programs(list(programs))
+    return _ProtocolRun(transport, programs, cfg, on_result, on_sample, info).run()
+
+
+class _ProtocolRun:
+    """One run of the protocol in named steps: warm up, first pass, re-measure, settle, judge."""
+
+    def __init__(self, transport: Transport, programs: Programs, cfg: ProtocolConfig,
+                 on_result: Callable[[OpResult], None] | None, on_sample: Callable[[str], None] | None,
+                 info: ProtocolInfo | None):
+        self.tr, self.cfg, self.on_result, self.on_sample = transport, cfg, on_result, on_sample
+        self.info = info if info is not None else ProtocolInfo()
+        self.ops = list(programs.ops)
+        self.overhead_of = dict(programs.overhead_of)
+        self.ov_keys = list(dict.fromkeys(self.overhead_of[k] for k in self.ops if k in self.overhead_of))
+        ov_set = set(self.ov_keys)
+        self.extra = [k for k in dict.fromkeys(programs.extra) if k not in self.ops and k not in ov_set]
+        self.quiet = ov_set | set(self.extra)  # timed, not reported as ops
+        refs = programs.reference
+        self.refs = list(refs) if refs is not None else pick_references(self.ops, cfg.reference)
+        self.info.reference_keys = self.refs
+        self.settle_keys = list(dict.fromkeys(programs.settle))
+        self.settling = set(self.settle_keys) if cfg.settle_tau > 0 else set()
+        self.per_round: dict[str, list[tuple[int, list[float]]]] = {k: [] for k in [*self.ops, *self.ov_keys,
+                                                                                   *self.extra]}
+        self.ref_meds: list[dict[str, float]] = []  # per global round: reference key -> its median in that round
+        self.baseline: dict[str, float] = {}
+        self.results: dict[str, OpResult] = {}
+
+    def run(self) -> dict[str, OpResult]:
+        if self.cfg.warmup_stable and self.refs:
+            _warm_until_stable(self.tr, self.refs[0], self.cfg, self.info)
+        try:
+            self.remeasure(self.first_pass())
+            self.settle()
+        except AgentError:
+            self.keep_complete()
+            raise
+        finally:
+            self.judge()
+        return self.results
+
+    # -- the samples --------------------------------------------------------------------------
+    def factor(self, r: int) -> float:
+        ratios = [m / self.baseline[k] for k, m in self.ref_meds[r].items() if self.baseline.get(k)]
         return statistics.median(ratios) if ratios else 1.0
 
-    def rounds_of(k: str) -> list[list[float]]:  # the key's samples per round (normalised with cfg.normalize)
-        return [[x / factor(r) for x in xs] if cfg.normalize else list(xs) for r, xs in per_round[k]]
+    def rounds_of(self, k: str) -> list[list[float]]:
+        """The key's samples per round (normalised with ``cfg.normalize``)."""
+        norm = self.cfg.normalize
+        return [[x / self.factor(r) for x in xs] if norm else list(xs) for r, xs in self.per_round[k]]
 
-    def samples(k: str) -> list[float]:
-        return [x for xs in rounds_of(k) for x in xs]
+    def samples(self, k: str) -> list[float]:
+        return [x for xs in self.rounds_of(k) for x in xs]
 
-    def ov_value(key: str) -> float | None:
-        ok = overhead_of.get(key)
-        if ok is None or len(per_round[ok]) < cfg.rounds:
+    def overhead_us(self, key: str) -> float | None:
+        ok = self.overhead_of.get(key)
+        if ok is None or len(self.per_round[ok]) < self.cfg.rounds:
             return None
-        return summarize(samples(ok)).median_us
+        return summarize(self.samples(ok)).median_us
 
-    settling = set(settle_keys) if cfg.settle_tau > 0 else set()
+    def noisy(self, k: str) -> bool:
+        return summarize(self.samples(k)).cv > self.cfg.cv_threshold
 
-    def finish(k: str, remeasured: bool = False, final: bool = False) -> None:
-        xs = samples(k)
-        results[k] = OpResult(k, summarize(xs), xs, ov_value(k), remeasured)
-        if on_result and k not in quiet and (final or k not in settling):  # a settling key: once, when settled
-            on_result(results[k])
+    def finish(self, k: str, remeasured: bool = False, final: bool = False) -> None:
+        xs = self.samples(k)
+        self.results[k] = OpResult(k, summarize(xs), xs, self.overhead_us(k), remeasured)
+        if self.on_result and k not in self.quiet and (final or k not in self.settling):  # settling: once, settled
+            self.on_result(self.results[k])
 
-    def set_baseline() -> None:
-        for k in refs:
-            meds = [m[k] for m in ref_meds if k in m]
+    def set_baseline(self) -> None:
+        for k in self.refs:
+            meds = [m[k] for m in self.ref_meds if k in m]
             if meds:
-                baseline[k] = statistics.median(meds)
+                self.baseline[k] = statistics.median(meds)
 
-    def rounds_over(keys: list[str], n_rounds: int, seed_base: int) -> None:
+    # -- the steps ----------------------------------------------------------------------------
+    def rounds_over(self, keys: list[str], n_rounds: int, seed_base: int) -> None:
         orders = []
         for r in range(n_rounds):
             order = list(keys)
-            random.Random(cfg.seed * 1000 + seed_base + r).shuffle(order)
+            random.Random(self.cfg.seed * 1000 + seed_base + r).shuffle(order)
             orders.append(order)
-        g0 = len(ref_meds)
-        ref_meds.extend({} for _ in orders)
+        g0 = len(self.ref_meds)
+        self.ref_meds.extend({} for _ in orders)
 
         def done(r: int, k: str, xs: list[float]) -> None:
-            if len(xs) != cfg.repeats:
-                raise NoTimingsError(f"{k}: expected {cfg.repeats} timed iterations, got {len(xs)}")
-            per_round[k].append((g0 + r, list(xs)))
-            if k in refs:
-                ref_meds[g0 + r][k] = statistics.median(xs)
-            if on_sample and k not in quiet:
-                on_sample(k)
+            if len(xs) != self.cfg.repeats:
+                raise NoTimingsError(f"{k}: expected {self.cfg.repeats} timed iterations, got {len(xs)}")
+            self.per_round[k].append((g0 + r, list(xs)))
+            if k in self.refs:
+                self.ref_meds[g0 + r][k] = statistics.median(xs)
+            if self.on_sample and k not in self.quiet:
+                self.on_sample(k)
 
-        transport.measure_rounds(orders, cfg.warmup, cfg.repeats, done, cfg.cooldown_s)
+        self.tr.measure_rounds(orders, self.cfg.warmup, self.cfg.repeats, done, self.cfg.cooldown_s)
 
-    def finish_complete() -> None:  # after a failure: keep every op that has all its rounds
-        set_baseline()
-        for k in op_keys:
-            if k not in results and len(per_round[k]) >= cfg.rounds:
-                finish(k)
-
-    high_cv: list[str] = []
-    try:
-        rounds_over([*op_keys, *ov_keys, *extra_keys], cfg.rounds, 0)
-        set_baseline()
-        for k in extra_keys:
-            finish(k)
-        for k in op_keys:
-            if cfg.max_remeasure > 0 and summarize(samples(k)).cv > cfg.cv_threshold:
+    def first_pass(self) -> list[str]:
+        """Every program in ``cfg.rounds`` rounds; the ops that are final now are finished, the noisy
+        ones returned."""
+        self.rounds_over([*self.ops, *self.ov_keys, *self.extra], self.cfg.rounds, 0)
+        self.set_baseline()
+        for k in self.extra:
+            self.finish(k)
+        high_cv = []
+        for k in self.ops:
+            if self.cfg.max_remeasure > 0 and self.noisy(k):
                 high_cv.append(k)
             else:
-                finish(k)
+                self.finish(k)
+        return high_cv
+
+    def remeasure(self, high_cv: list[str]) -> None:
+        """More rounds of the noisy ops (with the references when normalising); all samples are kept:
+        a quieter second set never replaces the first."""
+        cfg = self.cfg
         for i in range(cfg.max_remeasure):
             if not high_cv:
                 break
-            again = list(dict.fromkeys([*high_cv, *(refs if cfg.normalize else [])]))
-            rounds_over(again, cfg.rounds, 100 * (i + 1))
+            again = list(dict.fromkeys([*high_cv, *(self.refs if cfg.normalize else [])]))
+            self.rounds_over(again, cfg.rounds, 100 * (i + 1))
             todo, high_cv = high_cv, []
-            for k in todo:  # all samples kept: a quieter second set never replaces the first
-                if i + 1 < cfg.max_remeasure and summarize(samples(k)).cv > cfg.cv_threshold:
+            for k in todo:
+                if i + 1 < cfg.max_remeasure and self.noisy(k):
                     high_cv.append(k)
                 else:
-                    finish(k, remeasured=True)
-        for k in high_cv:
-            finish(k, remeasured=True)
-        settle = [k for k in dict.fromkeys(settle_keys) if k in results]
-        if len(settle) >= 3:  # the split-half tau is reported even when not settling (settle_tau 0)
+                    self.finish(k, remeasured=True)
+
+    def settle(self) -> None:
+        """The split-half tau of the settle keys (recorded even when not settling); while settling and
+        below ``cfg.settle_tau``, blocks of ``cfg.rounds`` more rounds up to ``cfg.max_rounds``."""
+        cfg = self.cfg
+        settle = [k for k in self.settle_keys if k in self.results]
+        if len(settle) >= 3:
             block = 0
             while True:
-                have = min(len(per_round[k]) for k in settle)
-                tau = split_half_tau({k: rounds_of(k) for k in settle})
-                info.settle.append({"rounds": have, "tau": None if tau is None else round(tau, 4)})
-                if (not settling or (tau is not None and tau >= cfg.settle_tau)
+                have = min(len(self.per_round[k]) for k in settle)
+                tau = split_half_tau({k: self.rounds_of(k) for k in settle})
+                self.info.settle.append({"rounds": have, "tau": None if tau is None else round(tau, 4)})
+                if (not self.settling or (tau is not None and tau >= cfg.settle_tau)
                         or have + cfg.rounds > cfg.max_rounds):
                     break
                 block += 1
-                rounds_over(list(dict.fromkeys([*settle, *refs])), cfg.rounds,
-                            10_000 + 100 * block)
+                self.rounds_over(list(dict.fromkeys([*settle, *self.refs])), cfg.rounds, 10_000 + 100 * block)
         for k in settle:  # every sample: the first pass's and the added rounds'
-            finish(k, remeasured=results[k].remeasured, final=True)
-    except AgentError:
-        finish_complete()
-        raise
-    finally:
-        info.round_factors = [factor(r) for r in range(len(ref_meds))] if refs and baseline else []
+            self.finish(k, remeasured=self.results[k].remeasured, final=True)
+
+    def keep_complete(self) -> None:
+        """After a failure: keep every op that has all its rounds."""
+        self.set_baseline()
+        for k in self.ops:
+            if k not in self.results and len(self.per_round[k]) >= self.cfg.rounds:
+                self.finish(k)
+
+    def judge(self) -> None:
+        """The round factors, their spread and the unstable verdict, into ``info``."""
+        info = self.info
+        info.round_factors = [self.factor(r) for r in range(len(self.ref_meds))] if self.refs and self.baseline else []
         fs = [f for f in info.round_factors if f > 0]
         info.spread = (max(fs) / min(fs) - 1) if len(fs) >= 2 else None
         # a verdict needs enough evidence: two reference ops over three rounds at least
-        info.unstable = (info.spread is not None and len(refs) >= 2 and len(fs) >= 3
-                         and info.spread > cfg.unstable_threshold)
-    return results
+        info.unstable = (info.spread is not None and len(self.refs) >= 2 and len(fs) >= 3
+                         and info.spread > self.cfg.unstable_threshold)
 
 
 def split_half_tau(rounds: dict[str, list[list[float]]]) -> float | None:

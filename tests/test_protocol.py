@@ -10,6 +10,7 @@ import pytest
 
 from device_agents.protocol import (
     NoTimingsError,
+    Programs,
     ProtocolConfig,
     ProtocolInfo,
     Provenance,
@@ -69,7 +70,7 @@ def test_round_factors_normalise_a_drifting_device():
 def test_remeasure_keeps_all_samples_and_overheads_are_shuffled_in():
     dev = DriftingDevice([1.0], noisy={"b"})
     cfg = ProtocolConfig(warmup=0, repeats=4, rounds=3, cv_threshold=0.25, seed=3)
-    res = run_protocol(dev, ["a", "b", "c"], cfg, overhead_of={"a": "ov", "b": "ov", "c": "ov"})
+    res = run_protocol(dev, Programs(["a", "b", "c"], overhead_of={"a": "ov", "b": "ov", "c": "ov"}), cfg)
     assert res["b"].remeasured and res["b"].stats.n == 2 * 12 and not res["a"].remeasured
     assert res["b"].stats.median_us == pytest.approx(statistics.median([100.0, 300.0] * 12))
     assert res["a"].overhead_us == pytest.approx(10.0)
@@ -88,15 +89,15 @@ def test_a_failure_keeps_ops_that_finished_all_rounds():
 
 
 def test_calibration_models_share_the_rounds_but_are_not_reported_as_ops():
-    """Whole calibration models (``extra_keys``) are shuffled into every first-pass round with the ops,
+    """Whole calibration models (``Programs.extra``) are shuffled into every first-pass round with the ops,
     normalised like them, returned, and never sent on as ops (on_result / on_sample) nor re-measured."""
     BASE["model"] = 1600.0
     try:
         dev = DriftingDevice([1.0, 2.0, 1.0], noisy={"model"})
         reported, ticks = [], []
         cfg = ProtocolConfig(warmup=0, repeats=4, rounds=3, cv_threshold=0.25, reference=2, normalize=True)
-        res = run_protocol(dev, ["a", "b", "c", "d"], cfg, on_result=reported.append, on_sample=ticks.append,
-                           extra_keys=["model"])
+        res = run_protocol(dev, Programs(["a", "b", "c", "d"], extra=["model"]), cfg, on_result=reported.append,
+                           on_sample=ticks.append)
     finally:
         del BASE["model"]
     assert all("model" in o for o in dev.orders[:3]) and len(dev.orders) == 3  # not re-measured though noisy
@@ -128,6 +129,7 @@ class MoodyModels(DriftingDevice):
 
 
 MODELS = [f"m{i}" for i in range(6)]
+SETTLE = Programs(["a", *MODELS], reference=["a"], settle=MODELS)
 
 
 def test_models_get_rounds_until_their_ranking_reproduces_itself():
@@ -136,7 +138,7 @@ def test_models_get_rounds_until_their_ranking_reproduces_itself():
     every sample, the ops only their first pass, and each key is reported once."""
     cfg = ProtocolConfig(warmup=0, repeats=4, rounds=3, cv_threshold=10.0, settle_tau=0.9, max_rounds=24)
     dev, info, reported = MoodyModels(), ProtocolInfo(), []
-    res = run_protocol(dev, ["a", "b", *MODELS], cfg, reference_keys=["a"], info=info, settle_keys=MODELS,
+    res = run_protocol(dev, Programs(["a", "b", *MODELS], reference=["a"], settle=MODELS), cfg, info=info,
                        on_result=reported.append)
     # 3 rounds: even and odd rounds rank the models in opposite orders; 6: still the moody rounds' median;
     # 9: both halves' medians are the true costs
@@ -149,14 +151,12 @@ def test_models_get_rounds_until_their_ranking_reproduces_itself():
     assert sorted(r.key for r in reported) == sorted(["a", "b", *MODELS])  # once each, models when settled
 
     capped, info = MoodyModels(), ProtocolInfo()  # --max-rounds stops it, and says where it stood
-    run_protocol(capped, ["a", *MODELS], ProtocolConfig(**{**cfg.__dict__, "max_rounds": 6}), reference_keys=["a"],
-                 info=info, settle_keys=MODELS)
+    run_protocol(capped, SETTLE, ProtocolConfig(**{**cfg.__dict__, "max_rounds": 6}), info=info)
     assert [s["rounds"] for s in info.settle] == [3, 6] and info.split_half_tau < 0.9 and len(capped.orders) == 6
 
     quiet, info = MoodyModels(moody=0), ProtocolInfo()  # a ranking that reproduces at once costs nothing more
-    run_protocol(quiet, ["a", *MODELS], cfg, reference_keys=["a"], info=info, settle_keys=MODELS)
+    run_protocol(quiet, SETTLE, cfg, info=info)
     assert info.settle == [{"rounds": 3, "tau": 1.0}] and len(quiet.orders) == 3
     off, info = MoodyModels(), ProtocolInfo()  # settle_tau 0: the first pass only, its tau still reported
-    run_protocol(off, ["a", *MODELS], ProtocolConfig(**{**cfg.__dict__, "settle_tau": 0.0}), reference_keys=["a"],
-                 info=info, settle_keys=MODELS)
+    run_protocol(off, SETTLE, ProtocolConfig(**{**cfg.__dict__, "settle_tau": 0.0}), info=info)
     assert [s["rounds"] for s in info.settle] == [3] and info.split_half_tau < 0 and len(off.orders) == 3
