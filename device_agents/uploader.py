@@ -1,4 +1,5 @@
-"""Upload to the profiler service: one httpx client, retries with backoff, and a spool on disk.
+"""Upload to the profiler service through :class:`fbnet.client.ServiceClient` (the agent's token,
+retries with backoff and Retry-After), and a spool on disk.
 
 Every run the agent opens has a state file in the spool folder; measurements are written there
 before they are sent, so nothing measured is lost when the service is down or the agent dies. The
@@ -15,12 +16,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import httpx
-
-from fbnet.client import detail
+from fbnet.client import MAX_RETRY_AFTER_S, RetryPolicy, ServiceClient, ServiceDown, ServiceRefused, retry_after_s
 from fbnet.io import atomic_write
 from fbnet.wire import (
-    BatchResult,
     Measurement,
     MeasurementBatch,
     RunCreate,
@@ -31,24 +29,7 @@ from fbnet.wire import (
 )
 
 BATCH = 16
-MAX_RETRY_AFTER_S = 60.0  # a Retry-After above this is capped (a misconfigured proxy must not park the agent)
-
-
-def retry_after_s(r: httpx.Response) -> float | None:
-    """Seconds a 503/429 asks the client to wait (``Retry-After`` in seconds), capped; None if absent."""
-    try:
-        v = float(r.headers.get("retry-after", ""))
-    except ValueError:
-        return None
-    return min(max(v, 0.0), MAX_RETRY_AFTER_S)
-
-
-class UploadError(RuntimeError):
-    """The service refused a request (4xx): retrying will not help."""
-
-
-class ServiceDown(RuntimeError):
-    """The service could not be reached after all retries."""
+UploadError = ServiceRefused  # the service refused a request (4xx): the name the agent's callers know
 
 
 def default_spool_dir() -> Path:
@@ -90,43 +71,15 @@ class Uploader:
                  retries: int = 3, backoff_s: float = 0.5, timeout_s: float = 15.0):
         self.server = server.rstrip("/")
         self.device = device
-        self.retries = retries
-        self.backoff_s = backoff_s
         self.spool_dir = Path(spool_dir) if spool_dir else default_spool_dir()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(base_url=self.server, headers=headers,
-                                   timeout=httpx.Timeout(timeout_s, connect=5.0))
+        self.service = ServiceClient(self.server, token, role="agent", timeout_s=timeout_s,
+                                     retry=RetryPolicy(retries=retries, backoff_s=backoff_s))
 
     def close(self) -> None:
-        self.client.close()
-
-    # -- HTTP with retries ----------------------------------------------------------------
-    def _request(self, method: str, url: str, **kw) -> httpx.Response:
-        """Retries transport errors, 5xx and 429 with exponential backoff; a 503/429 that says
-        ``Retry-After`` (the service's database is busy) is waited out for at least that long."""
-        last: Exception | None = None
-        wait_s = 0.0
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(max(wait_s, self.backoff_s * 2 ** (attempt - 1)))
-            wait_s = 0.0
-            try:
-                r = self.client.request(method, url, **kw)
-            except httpx.TransportError as e:
-                last = e
-                continue
-            if r.status_code >= 500 or r.status_code == 429:
-                last = RuntimeError(f"HTTP {r.status_code}: {detail(r)}")
-                wait_s = retry_after_s(r) or 0.0
-                continue
-            if r.status_code >= 400:
-                raise UploadError(f"{method} {url} refused (HTTP {r.status_code}): {detail(r)}")
-            return r
-        raise ServiceDown(f"service {self.server} unreachable after {self.retries + 1} tries: {last}")
+        self.service.close()
 
     def post_validation(self, v: ValidationCreate) -> ValidationOut:
-        r = self._request("POST", "/validations", json=v.model_dump(mode="json"))
-        return ValidationOut.model_validate(r.json())
+        return self.service.post_validation(v)
 
     # -- runs -----------------------------------------------------------------------------
     def _dir(self) -> Path:
@@ -165,8 +118,7 @@ class Uploader:
 
     def _open(self, st: RunState) -> None:
         if st.run_id is None:
-            r = self._request("POST", "/runs", json=st.run_create)
-            st.run_id = RunOut.model_validate(r.json()).id
+            st.run_id = self.service.create_run(st.run_create).id
             st.save()
 
     def add(self, st: RunState, ms: list[Measurement], flush: bool = False) -> None:
@@ -180,13 +132,12 @@ class Uploader:
                 pass
 
     def send(self, st: RunState) -> None:
-        """Open the run if needed and post every pending measurement. Raises ServiceDown/UploadError."""
+        """Open the run if needed and post every pending measurement. Raises ServiceDown/ServiceRefused."""
         self._open(st)
         while st.pending:
             chunk = st.pending[:BATCH]
             batch = MeasurementBatch(measurements=[Measurement.model_validate(m) for m in chunk])
-            r = self._request("POST", f"/runs/{st.run_id}/measurements", json=batch.model_dump(mode="json"))
-            BatchResult.model_validate(r.json())
+            self.service.post_measurements(st.run_id, batch)
             st.uploaded.extend(m["key"] for m in chunk)
             del st.pending[: len(chunk)]
             st.save()
@@ -198,9 +149,9 @@ class Uploader:
 
     def _complete(self, st: RunState) -> RunOut:
         self.send(st)
-        r = self._request("POST", f"/runs/{st.run_id}/finish", json=st.finish)
+        out = self.service.finish_run(st.run_id, st.finish)
         Path(st.path).unlink(missing_ok=True)
-        return RunOut.model_validate(r.json())
+        return out
 
     def flush_spool(self, exclude: str | None = None) -> list[str]:
         """Send what earlier calls left in the spool; returns one line per run touched."""
@@ -216,3 +167,7 @@ class Uploader:
                 self.send(st)
                 lines.append(f"uploaded {n} spooled measurement(s) to open run {st.run_id} ({st.space})")
         return lines
+
+
+__all__ = ["BATCH", "MAX_RETRY_AFTER_S", "RunState", "ServiceDown", "UploadError", "Uploader", "default_spool_dir",
+           "retry_after_s"]

@@ -62,7 +62,8 @@ class ServiceDown(ServiceError):
 
 
 class ServiceRefused(ServiceError):
-    """The service refused a request (HTTP 4xx): retrying will not help."""
+    """The service refused a request (HTTP 4xx, or another answer the call does not take): retrying
+    will not help. ``status_code`` and ``detail`` are the service's."""
 
     def __init__(self, message: str, status_code: int, detail: str):
         super().__init__(message)
@@ -190,10 +191,8 @@ class ServiceClient:
             if self.retry.retryable(r.status_code):
                 last, wait = f"HTTP {r.status_code}: {detail(r)}", self.retry.retry_after(r)
                 continue
-            d = detail(r)
-            if 400 <= r.status_code < 500:
-                raise ServiceRefused(f"{method} {url} refused (HTTP {r.status_code}): {d}", r.status_code, d)
-            raise ServiceError(f"{method} {url}: unexpected HTTP {r.status_code}: {d}")
+            d = detail(r)  # a 4xx (or an answer this call does not take, e.g. a proxy's redirect)
+            raise ServiceRefused(f"{method} {url} refused (HTTP {r.status_code}): {d}", r.status_code, d)
         tries = f"{self.retry.tries} {'try' if self.retry.tries == 1 else 'tries'}"
         raise ServiceDown(f"service {self.server} unreachable after {tries}: {last}")
 
