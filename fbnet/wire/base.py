@@ -1,7 +1,7 @@
 """What every wire model shares: the base model (unknown fields refused, nothing stored that a
 database cannot hold faithfully), the request limits and the field types reused across models.
 
-Split out of :mod:`fbnet.wire` so that its parts (:mod:`fbnet.wire_runs`, ...) can share it; import
+Shared by the parts of :mod:`fbnet.wire` (:mod:`fbnet.wire.runs`, :mod:`fbnet.wire.resources`); import
 the models themselves from :mod:`fbnet.wire`. Only pydantic is imported here."""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from fbnet.configuration import Precision
-from fbnet.wire_base import MAX_BATCH, MAX_INT, MAX_SAMPLES, DeviceName, FreeForm, WireModel, finite_positive
+from fbnet.wire.base import MAX_BATCH, MAX_INT, MAX_SAMPLES, DeviceName, FreeForm, WireModel, finite_positive
 
 
 def _overhead(v: float | None) -> float | None:

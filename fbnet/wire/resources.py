@@ -1,9 +1,5 @@
-"""Wire schemas: the one definition of every request and response body of the HTTP API.
-
-The server, the device agents and the search client all import these; no other module declares a
-request or response shape. The runs and measurements live in :mod:`fbnet.wire_runs`, the shared base
-and limits in :mod:`fbnet.wire_base`; both are re-exported here, so ``from fbnet.wire import X`` is
-the one import for every model. Only pydantic and the torch-free ``fbnet`` modules are imported."""
+"""Wire schemas of devices, spaces, tables, comparisons, validations and health (part of
+:mod:`fbnet.wire`, which re-exports every name here)."""
 
 from __future__ import annotations
 
@@ -14,32 +10,14 @@ from pydantic import Field, create_model, field_validator
 
 from fbnet.configuration import Configuration, ConfigurationOut, Precision, Selector  # noqa: F401 (the contract)
 from fbnet.ops import OP_FIELDS
-from fbnet.wire_base import (  # noqa: F401 (re-exported: the contract)
-    DEVICE_NAME_PATTERN,
-    MAX_BATCH,
-    MAX_DEPTH,
-    MAX_EXTRA_BYTES,
+from fbnet.wire.base import (
     MAX_ID,
     MAX_INT,
-    MAX_SAMPLES,
     DeviceName,
     FreeForm,
     Platform,
     WireModel,
-    check_json,
     finite_positive,
-)
-from fbnet.wire_runs import (  # noqa: F401 (re-exported: the contract)
-    BatchResult,
-    Measurement,
-    MeasurementBatch,
-    OverheadUs,
-    RunCreate,
-    RunFinish,
-    RunMeasurements,
-    RunOut,
-    RunProvenance,
-    StoredMeasurement,
 )
 
 
