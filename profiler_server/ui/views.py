@@ -8,6 +8,8 @@ admin and to the device's own token (:func:`profiler_server.domain.runs.may_see_
 from __future__ import annotations
 
 import shlex
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -123,11 +125,6 @@ def _last_runs(session: Session) -> dict[int, Run]:
     return {r.device_id: r for r in session.scalars(select(Run).where(Run.id.in_(newest)))}
 
 
-def _last_validation_at(session: Session) -> dict[int, object]:
-    q = select(Validation.device_id, func.max(Validation.created_at)).group_by(Validation.device_id)
-    return dict(session.execute(q).tuples().all())
-
-
 def run_spaces(session: Session) -> list[str]:
     """The spaces some device has runs of (what compare can offer)."""
     q = select(SpaceRow.name).join(Run, Run.space_id == SpaceRow.id).distinct().order_by(SpaceRow.name)
@@ -142,19 +139,64 @@ def space_peers(session: Session, space: str, device_id: int) -> list[str]:
 
 
 # ---- pages ---------------------------------------------------------------------------------------
+class DeviceSummaries:
+    """Per device, what the devices page shows from its runs and validations (configurations with
+    coverage, validation summaries), kept per process and keyed by the device's table generation (any
+    run finished or table imported bumps it) and its validations' count and newest id: a page view
+    recomputes only the devices that changed since the last one."""
+
+    def __init__(self, size: int = 4096):
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple, tuple] = OrderedDict()
+
+    def get(self, session: Session, d: Device, spaces: list[str], val_key: tuple) -> tuple[list, list]:
+        key = (d.id, d.table_gen, tuple(spaces), val_key)
+        with self._lock:
+            if (hit := self._items.get(key)) is not None:
+                self._items.move_to_end(key)
+                return hit
+        configs = [(sp, config_view(d.name, sp, c)) for sp in spaces for c in configurations(session, d, resolve_space(sp))]
+        vals = [s for sp in spaces if (s := validation_summary(session, d.name, sp)).count] if val_key[0] else []
+        with self._lock:
+            for stale in [k for k in self._items if k[0] == d.id]:
+                del self._items[stale]
+            self._items[key] = (configs, vals)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return configs, vals
+
+
+SUMMARIES = DeviceSummaries()
+
+
+def _spaces_by_device(session: Session) -> dict[int, list[str]]:
+    q = (select(Run.device_id, SpaceRow.name).join(SpaceRow, SpaceRow.id == Run.space_id).distinct()
+         .order_by(Run.device_id, SpaceRow.name))
+    out: dict[int, list[str]] = {}
+    for device_id, name in session.execute(q).tuples():
+        out.setdefault(device_id, []).append(name)
+    return out
+
+
+def _validations_by_device(session: Session) -> dict[int, tuple]:
+    """Per device: (count, newest id, newest time) of its validations, in one query."""
+    q = select(Validation.device_id, func.count(), func.max(Validation.id), func.max(Validation.created_at)
+               ).group_by(Validation.device_id)
+    return {row[0]: tuple(row[1:]) for row in session.execute(q).tuples()}
+
+
 def devices_page(session: Session, caller: Caller) -> dict:
     """Every device: model, SoC, OS, runtimes, configurations with coverage, last run, validations."""
-    last_run, last_val = _last_runs(session), _last_validation_at(session)
+    last_run, spaces, vals_of = _last_runs(session), _spaces_by_device(session), _validations_by_device(session)
     rows = []
     for d in devices_dom.list_devices(session):
-        spaces = devices_dom.device_spaces(session, d.id)
-        configs = [(sp, config_view(d.name, sp, c)) for sp in spaces
-                   for c in configurations(session, d, resolve_space(sp))]
-        vals = [s for sp in spaces if (s := validation_summary(session, d.name, sp)).count]
+        val_key = vals_of.get(d.id, (0, None, None))
+        configs, vals = SUMMARIES.get(session, d, spaces.get(d.id, []), val_key[:2])
         run = last_run.get(d.id)
         rows.append({"name": d.name, "model": d.model, "soc": d.soc, "os": d.os, "platform": d.platform,
                      "runtimes": sorted({d.runtime} | {c["runtime"] for _, c in configs}),
-                     "configs": configs, "validations": vals, "last_validation_at": last_val.get(d.id),
+                     "configs": configs, "validations": vals, "last_validation_at": val_key[2],
                      "last_run": run and {"id": run.id, "status": run.status, "unstable": bool(run.unstable),
                                           "at": run.finished_at or run.started_at}})
     return {"title": "Devices", "devices": rows, "spaces": run_spaces(session)}
