@@ -84,8 +84,11 @@ OP_FIELDS: dict[str, object] = {
 }
 
 
-class KeyError_(ValueError):
+class OpKeyError(ValueError):
     """An op key that does not parse."""
+
+
+KeyError_ = OpKeyError  # transitional alias while callers move to OpKeyError
 
 
 @dataclass(frozen=True)
@@ -194,11 +197,11 @@ def parse_key(key: str) -> Op:
         return Op("fc", int(m["cin"]), 1, 1, int(m["cout"]), 1)
     m = _BLOCK_KEY.match(key)
     if not m:
-        raise KeyError_(f"not an op key: {key!r}")
+        raise OpKeyError(f"not an op key: {key!r}")
     block = m["block"]
     cin, h, w, cout, s = (int(m[g]) for g in ("cin", "h", "w", "cout", "stride"))
     if block not in PRIMITIVE_SPECS or block in ("pool", "fc"):
-        raise KeyError_(f"unknown block {block!r} in op key {key!r}")
+        raise OpKeyError(f"unknown block {block!r} in op key {key!r}")
     return block_op(block, cin, h, w, cout, s)
 
 

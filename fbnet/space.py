@@ -27,8 +27,8 @@ from fbnet.ops import (
     PRIMITIVE_SPECS,
     STAGES,
     BlockSpec,
-    KeyError_,
     Op,
+    OpKeyError,
     _out,
     block_op,
     parse_key,
@@ -246,7 +246,7 @@ def list_spaces() -> list[str]:
 
 __all__ = [
     "Arch", "ArchError", "BlockSpec", "CANDIDATES", "CANDIDATE_NAMES", "CANDIDATE_INDEX", "FIXED", "FIXED_KINDS",
-    "KeyError_", "LayerShape", "NUM_LAYERS", "Op", "PREDEFINED", "PREDEFINED_NAMES", "PRIMITIVE_SPECS", "STAGES",
+    "OpKeyError", "LayerShape", "NUM_LAYERS", "Op", "PREDEFINED", "PREDEFINED_NAMES", "PRIMITIVE_SPECS", "STAGES",
     "BY_NAME", "Space", "SpaceError", "asdict",
     "block_op", "get_space", "list_spaces", "parse_key",
 ]

@@ -13,7 +13,7 @@ from fbnet.space import (
     PREDEFINED,
     Arch,
     ArchError,
-    KeyError_,
+    OpKeyError,
     SpaceError,
     get_space,
     list_spaces,
@@ -62,7 +62,7 @@ def test_keys_round_trip_and_match_hwnasbench():
     assert s.layer_op(1, "k3_e6").key == "k3_e6-16x112x112-24-s2"
     assert s.layer_op(1, "skip").key == "skip-16x112x112-24-s2"
     for bad in ["", "k3_e6-16x112-24-s2", "k9_e6-16x112x112-24-s2", "pool-12", "fc-1-x"]:
-        with pytest.raises(KeyError_):
+        with pytest.raises(OpKeyError):
             parse_key(bad)
 
 
