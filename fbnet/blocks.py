@@ -13,7 +13,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fbnet.arch_v2 import ArchV2
+from fbnet.ops_v2 import OpV2, se_width
 from fbnet.space import PRIMITIVE_SPECS, Arch, BlockSpec, Op, Space
+from fbnet.space_v2 import SpaceV2
 
 
 class ConvBNReLU(nn.Sequential):
@@ -82,6 +85,77 @@ class GlobalPool(nn.Module):
         return self.pool(x).flatten(1)
 
 
+# -- FBNetV2 primitives (fbnet.ops_v2): activations, hard-sigmoid squeeze-excite, the v2 inverted
+# residual (no first 1x1 when mid == cin, as mobile-vision builds it) and the ir_pool head.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": lambda: nn.ReLU(inplace=False), "hswish": nn.Hardswish}
+
+
+class ConvBNAct(nn.Sequential):
+    """k x k conv (no bias) + BN + an activation of :data:`ACTIVATIONS` (None: none)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, kernel: int = 1, groups: int = 1,
+                 act: str | None = "relu"):
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act is not None:
+            layers.append(ACTIVATIONS[act]())
+        super().__init__(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    """Global average pool over the (fixed) ``hw`` x ``hw`` map, 1x1 conv to ``mid`` + the block's
+    activation, 1x1 conv back, hard sigmoid, channel-wise scale (mobile-vision ``se_hsig``)."""
+
+    def __init__(self, channels: int, mid: int, hw: int, act: str):
+        super().__init__()
+        self.pool = nn.AvgPool2d(hw)
+        self.reduce = nn.Conv2d(channels, mid, 1)
+        self.act = ACTIVATIONS[act]()
+        self.expand = nn.Conv2d(mid, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+
+
+class IRFBlockV2(nn.Module):
+    """FBNetV2 inverted residual: ``pw`` 1x1 + BN + act (absent when mid == cin), ``dw`` kxk
+    depthwise with the stride + BN + act, ``se`` (optional), ``pwl`` 1x1 + BN; residual when stride 1
+    and channels match. ``hw`` is the input's spatial size (the SE pool's window follows from it)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, *, mid: int, kernel: int, se: bool, act: str, hw: int):
+        super().__init__()
+        self.pw = ConvBNAct(cin, mid, act=act) if mid != cin else None
+        self.dw = ConvBNAct(mid, mid, stride, kernel, groups=mid, act=act)
+        self.se = SqueezeExcite(mid, se_width(mid), (hw - 1) // stride + 1, act) if se else None
+        self.pwl = ConvBNAct(mid, cout, act=None)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(x if self.pw is None else self.pw(x))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.pwl(y)
+        return x + y if self.residual else y
+
+
+class IRPoolHead(nn.Module):
+    """The ``ir_pool`` head: 1x1 to ``mid`` + BN + act, global average pool over the fixed ``hw``
+    map, 1x1 to ``cout`` (no BN, no bias) + act, flattened to (N, cout) for the classifier."""
+
+    def __init__(self, cin: int, cout: int, *, mid: int, hw: int, act: str):
+        super().__init__()
+        self.pw = ConvBNAct(cin, mid, act=act)
+        self.pool = nn.AvgPool2d(hw)
+        self.pwl = nn.Conv2d(mid, cout, 1, bias=False)
+        self.act = ACTIVATIONS[act]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.pwl(self.pool(self.pw(x)))).flatten(1)
+
+
 # A constructor per kind of primitive, all called as ``(cin, cout, stride, *, hw, **spec.kwargs())``
 # (``hw`` is the input's spatial size, which only the pool needs).
 CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
@@ -90,6 +164,11 @@ CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
     "conv": lambda cin, cout, stride, *, hw=None, kernel, groups=1: ConvBNReLU(cin, cout, stride, kernel, groups),
     "pool": lambda cin, cout, stride, *, hw: GlobalPool(hw),
     "fc": lambda cin, cout, stride, *, hw=None: nn.Linear(cin, cout),
+    # FBNetV2 (fbnet.ops_v2.BlockSpecV2.constructor); ``mid`` is the op's inner width
+    "ir2": lambda cin, cout, stride, *, hw, mid, kernel, se, act: IRFBlockV2(cin, cout, stride, mid=mid, kernel=kernel,
+                                                                            se=se, act=act, hw=hw),
+    "conv_act": lambda cin, cout, stride, *, hw=None, kernel, act: ConvBNAct(cin, cout, stride, kernel, act=act),
+    "ir_pool": lambda cin, cout, stride, *, hw, mid, act: IRPoolHead(cin, cout, mid=mid, hw=hw, act=act),
 }
 
 
@@ -103,9 +182,20 @@ def _primitive(spec: BlockSpec) -> Callable[..., nn.Module]:
 PRIMITIVES: dict[str, Callable[..., nn.Module]] = {name: _primitive(spec) for name, spec in PRIMITIVE_SPECS.items()}
 
 
-def build_op(op: Op) -> nn.Module:
-    """The module of one op of a space (searchable block or fixed op)."""
+def build_op(op: Op | OpV2) -> nn.Module:
+    """The module of one op of a space (searchable block or fixed op; v1 or v2)."""
+    if isinstance(op, OpV2):
+        return build_op_v2(op)
     return PRIMITIVES[op.block](op.cin, op.cout, op.stride, hw=op.h)
+
+
+def build_op_v2(op: OpV2) -> nn.Module:
+    """The module of a v2 op (``build_op(parse_key_v2(key))`` builds one from its key)."""
+    spec = op.spec
+    kw = spec.kwargs()
+    if op.mid is not None:
+        kw["mid"] = op.mid
+    return CONSTRUCTORS[spec.constructor](op.cin, op.cout, op.stride, hw=op.h, **kw)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -142,6 +232,25 @@ class FBNet(nn.Module):
         return self.fc(self.features(x))
 
 
+class FBNetV2Net(nn.Module):
+    """A whole v2 architecture at its resolution: stem, the chosen layers (identity skips as
+    ``nn.Identity``), the ir_pool head, the classifier; built from the ops the space prices."""
+
+    def __init__(self, space: SpaceV2, arch: ArchV2):
+        super().__init__()
+        self.space_name = space.name
+        self.arch = arch
+        ops = space.arch_ops(arch, with_identity=True)
+        self.stem = build_op(ops[0])
+        self.layers = nn.Sequential(*(build_op(op) for op in ops[1:-2]))
+        self.head = build_op(ops[-2])
+        self.fc = build_op(ops[-1])
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.layers(self.stem(x))))
+
+
 def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     """The one example input: deterministic N(0, 1) values of ``shape`` (``op.input_shape``,
     ``space.input_shape``), used for export, calibration and eager checks alike."""
@@ -149,5 +258,6 @@ def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=g)
 
 
-__all__ = ["CONSTRUCTORS", "PRIMITIVES", "FBNet", "IRFBlock", "ChannelShuffle", "ConvBNReLU", "GlobalPool", "build_op",
+__all__ = ["ACTIVATIONS", "CONSTRUCTORS", "PRIMITIVES", "FBNet", "FBNetV2Net", "IRFBlock", "IRFBlockV2", "IRPoolHead",
+           "ChannelShuffle", "ConvBNAct", "ConvBNReLU", "GlobalPool", "SqueezeExcite", "build_op", "build_op_v2",
            "example_input", "init_weights"]
