@@ -11,8 +11,9 @@ chosen so that the six released models (:data:`fbnet.arch_v2.REFERENCES`) are ar
 ``fbnetv2-224`` (their expansions are the released constants, off the expansion grid).
 
 The library functions a command line calls: :func:`get_v2_space`, :func:`list_v2_spaces`,
-:func:`arch_summary` (``fbnet-search arch NAME --space fbnetv2-224``), :func:`enumerate_ops` and
-:func:`grid_summary` (``fbnet-search ops --space fbnetv2-cifar``).
+:func:`lookup_space` (v1 or v2 by name), :func:`arch_summary` (``fbnet-search arch NAME --space
+fbnetv2-224``), :func:`enumerate_ops`, :func:`op_list` and :func:`grid_summary` (``fbnet-search ops
+--space fbnetv2-cifar``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from functools import cached_property
 
 from fbnet.arch_v2 import REFERENCE_TABLE, REFERENCES, ArchV2, ArchV2Error, LayerChoice
 from fbnet.ops_v2 import V2_CANDIDATE_NAMES, OpV2, mid_width
+from fbnet.space import Space, get_space
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,12 @@ def enumerate_ops(space: SpaceV2 | str) -> list[OpV2]:
     return list(sp.grid.values())
 
 
+def op_list(space: SpaceV2 | str) -> list[dict]:
+    """The grid as plain dicts (:data:`fbnet.ops_v2.OP_V2_FIELDS` plus MACs and weights), the JSON
+    form of ``fbnet-search ops --space fbnetv2-cifar``."""
+    return [{**op.fields(), "macs": op.macs, "params": op.params} for op in enumerate_ops(space)]
+
+
 def grid_summary(space: SpaceV2 | str) -> dict:
     """The size of ``space``'s op grid (what ``fbnet-search ops`` says): unique ops, identity skips
     among them, by block family, unique ops per resolution, and layer-position combinations before
@@ -346,6 +354,15 @@ def _cached(name: str) -> SpaceV2:
     return _CACHE[name]
 
 
+def lookup_space(name: str) -> Space | SpaceV2:
+    """A v1 or a v2 space by name (what a command taking ``--space`` calls)."""
+    if is_v2_space(name):
+        return get_v2_space(name)
+    if name.startswith("fbnetv2"):
+        raise SpaceV2Error(f"unknown v2 space {name!r}: use {', '.join(_SPACES)}")
+    return get_space(name)
+
+
 def list_v2_spaces() -> list[str]:
     return list(_SPACES)
 
@@ -356,5 +373,5 @@ def is_v2_space(name: str) -> bool:
 
 __all__ = [
     "LayerV2", "SpaceV2", "SpaceV2Error", "StageV2", "WidthRange", "arch_summary", "enumerate_ops",
-    "get_v2_space", "grid_summary", "is_v2_space", "list_v2_spaces",
+    "get_v2_space", "grid_summary", "is_v2_space", "list_v2_spaces", "lookup_space", "op_list",
 ]

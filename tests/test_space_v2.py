@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from fbnet.arch_v2 import REFERENCE_TABLE, REFERENCES, ArchV2, ArchV2Error, LayerChoice
 from fbnet.archfile import ArchFile, ArchFileError, read_arch_file, write_arch_file
 from fbnet.ops_v2 import V2_CANDIDATE_NAMES, OpV2, OpV2KeyError, divisible_width, mid_width, parse_key_v2
-from fbnet.space import KeyError_, get_space, parse_key
+from fbnet.space import OpKeyError, get_space, parse_key
 from fbnet.space_v2 import (
     SpaceV2Error,
     arch_summary,
@@ -22,6 +22,8 @@ from fbnet.space_v2 import (
     get_v2_space,
     grid_summary,
     list_v2_spaces,
+    lookup_space,
+    op_list,
 )
 
 V2_SPACES = ["fbnetv2-224", "fbnetv2-cifar"]
@@ -86,6 +88,9 @@ def test_arch_summary_of_text_and_errors():
     with pytest.raises(SpaceV2Error, match="unknown v2 space"):
         get_v2_space("fbnet-224")
     assert list_v2_spaces() == V2_SPACES
+    assert lookup_space("fbnetv2-cifar") is sp and lookup_space("fbnet-cifar") == get_space("fbnet-cifar")
+    with pytest.raises(SpaceV2Error, match="unknown v2 space 'fbnetv2-96'"):
+        lookup_space("fbnetv2-96")
 
 
 @pytest.mark.parametrize("text, match", [
@@ -155,7 +160,7 @@ def test_key_fields_and_rejections():
                 "ir_k3-016x8x8-m16-24-s1", "ir_k3-0x8x8-m16-24-s1", "fc-10"):
         with pytest.raises(OpV2KeyError):
             parse_key_v2(bad)
-    with pytest.raises(KeyError_):
+    with pytest.raises(OpKeyError):
         parse_key("ir_k5_sehsig_hs-80x14x14-m360-80-s1")  # v1 never reads a v2 inverted residual
     with pytest.raises(OpV2KeyError, match="inner width is required"):
         OpV2("ir_k3", 8, 8, 8, 8, 1)
@@ -167,6 +172,8 @@ def test_grid_size_and_determinism(name):
     assert g["ops"] == GRID_SIZE[name] == len(enumerate_ops(name))
     assert sum(g["by_block"].values()) == g["ops"] and g["identity"] > 0
     assert g["by_position"] > g["ops"] and all(0 < n <= g["ops"] for n in g["by_resolution"].values())
+    rows = op_list(name)
+    assert json.loads(json.dumps(rows)) == rows and rows[0]["key"] == enumerate_ops(name)[0].key
     # the same list, in the same order, in a fresh process
     code = ("import hashlib; from fbnet.space_v2 import enumerate_ops; "
             f"print(hashlib.sha256('|'.join(o.key for o in enumerate_ops({name!r})).encode()).hexdigest())")
