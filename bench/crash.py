@@ -32,7 +32,7 @@ OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 from db.check import check_database  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
-from profiler_server.local import LocalServer, free_port  # noqa: E402
+from profiler_server.launcher import LocalServer, free_port  # noqa: E402
 
 SPACE = "fbnet-cifar"
 

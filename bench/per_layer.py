@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 
-from profiler_server.local import LocalServer  # noqa: E402
+from profiler_server.launcher import LocalServer  # noqa: E402
 
 
 def agent(*args) -> None:

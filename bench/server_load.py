@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 from fbnet.space import get_space  # noqa: E402
-from profiler_server.local import free_port  # noqa: E402
+from profiler_server.launcher import free_port  # noqa: E402
 
 ADMIN = "bench-admin"
 SPACE = "fbnet-cifar"

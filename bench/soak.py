@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 from fbnet.space import get_space  # noqa: E402
-from profiler_server.local import LocalServer  # noqa: E402
+from profiler_server.launcher import LocalServer  # noqa: E402
 
 SPACE = "fbnet-cifar"
 DATA = REPO.parent / "shared" / "data" / "hwnasbench"

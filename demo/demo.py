@@ -33,7 +33,7 @@ from fbnet.archfile import read_arch_file  # noqa: E402
 from fbnet.client import get_table  # noqa: E402
 from fbnet.lut import build_lut, predict  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
-from profiler_server.local import LocalServer  # noqa: E402
+from profiler_server.launcher import LocalServer  # noqa: E402
 from search.data import FASHION_DIR, FASHION_PACKAGE  # noqa: E402
 from search.select import latency_range, random_within  # noqa: E402
 

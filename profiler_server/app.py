@@ -16,14 +16,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
 from db.engine import open_database
+from db.generations import GenerationProbe
 from db.migrate import upgrade_to_head
 from fbnet import wire
 from profiler_server import __version__
 from profiler_server.config import Settings
 from profiler_server.domain.tables import TableCache
 from profiler_server.errors import DomainError
-from profiler_server.generations import GenerationProbe
-from profiler_server.guard import BUSY, Guard, busy_response_headers
+from profiler_server.middleware import BUSY, Guard, busy_response_headers
 from profiler_server.plots import PlotCache
 from profiler_server.routes import compare, devices, health, plots, runs, spaces, tables, validations
 from profiler_server.ui import routes as ui
@@ -63,6 +63,29 @@ def bound_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service; the database is migrated to head and opened when the app starts."""
     settings = settings or Settings()
+    app = FastAPI(title="fbnet-lut profiler service", version=__version__, lifespan=_lifespan(settings),
+                  responses=ERROR_RESPONSES,
+                  description="Per-device operator latency tables for hardware-aware NAS (FBNet).")
+    app.state.settings = settings
+    app.state.table_cache = TableCache(max_runs=settings.table_runs)
+    app.state.plot_cache = PlotCache()
+    _add_error_handlers(app, settings)
+    for r in (health, devices, spaces, runs, tables, compare, validations, plots):
+        app.include_router(r.router)
+    app.include_router(ui.router)  # the read-only pages (/ and /ui)
+    app.add_middleware(Guard, settings=settings)
+    return app
+
+
+ERROR_RESPONSES = {code: {"model": wire.ErrorOut, "description": what} for code, what in (
+    (401, "no or an invalid token"), (403, "the token may not do this"), (404, "unknown device, space or run"),
+    (409, "conflict with stored data"), (413, "request body too large (FBNET_MAX_BODY_BYTES)"),
+    (422, "invalid input; detail names the problem"),
+    (503, "database busy or unavailable: retry after the Retry-After header's seconds"))}
+
+
+def _lifespan(settings: Settings):
+    """Open the database (migrated to head) when the app starts; close it when it stops."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -82,16 +105,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.generations.close()
             app.state.db.dispose()
 
-    errors = {code: {"model": wire.ErrorOut, "description": what} for code, what in (
-        (401, "no or an invalid token"), (403, "the token may not do this"), (404, "unknown device, space or run"),
-        (409, "conflict with stored data"), (413, "request body too large (FBNET_MAX_BODY_BYTES)"),
-        (422, "invalid input; detail names the problem"),
-        (503, "database busy or unavailable: retry after the Retry-After header's seconds"))}
-    app = FastAPI(title="fbnet-lut profiler service", version=__version__, lifespan=lifespan, responses=errors,
-                  description="Per-device operator latency tables for hardware-aware NAS (FBNet).")
-    app.state.settings = settings
-    app.state.table_cache = TableCache(max_runs=settings.table_runs)
-    app.state.plot_cache = PlotCache()
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
+    """Every error answers JSON with a ``detail``: domain errors their status, a busy database 503."""
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError):
@@ -118,9 +136,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _unexpected(_: Request, exc: Exception):
         log.exception("unhandled error")
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
-
-    for r in (health, devices, spaces, runs, tables, compare, validations, plots):
-        app.include_router(r.router)
-    app.include_router(ui.router)  # the read-only pages (/ and /ui)
-    app.add_middleware(Guard, settings=settings)
-    return app

@@ -62,7 +62,7 @@ _bearer = HTTPBearer(auto_error=False, description="the admin's, a device's or t
 async def get_caller(
     request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None
 ) -> Caller:
-    """Who is calling: identified once per request by :class:`profiler_server.guard.Guard`
+    """Who is calling: identified once per request by :class:`profiler_server.middleware.Guard`
     (before any body is read); the bearer scheme is declared here for the OpenAPI document."""
     return request.state.caller
 

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from profiler_server.local import LocalServer, free_port  # noqa: F401 (free_port: tests import it from here)
+from profiler_server.launcher import LocalServer, free_port  # noqa: F401 (free_port: tests import it from here)
 
 ADMIN_TOKEN = "test-admin-token"
 PG_URL = os.environ.get("FBNET_TEST_PG_URL")

@@ -5,7 +5,7 @@ from profiler_server.deps import CacheDep, ReaderDep, ReadSession
 from profiler_server.domain import compare as compare_dom
 from profiler_server.domain import validations as validations_dom
 from profiler_server.domain.spaces import resolve_space
-from profiler_server.routes.compare import SelA, SelB
+from profiler_server.routes.compare import PairDep
 from profiler_server.routes.tables import SelectorDep
 
 router = APIRouter(tags=["plots"])
@@ -35,15 +35,14 @@ async def table_plot(device: str, space: str, request: Request, session: ReadSes
 
 
 @router.get("/plots/compare.png", response_class=Response, responses=PNG)
-async def compare_plot(space: str, a: str, b: str, request: Request, session: ReadSession, cache: CacheDep,
-                       _: ReaderDep, sel_a: SelA, sel_b: SelB):
+async def compare_plot(pair: PairDep, request: Request, session: ReadSession, cache: CacheDep, _: ReaderDep):
     """Per-op latency ratio of two devices, or of two configurations of one device (like /compare)."""
     from profiler_server import plots
 
     def work():
-        ta, tb = cache.table(session, a, space, sel_a), cache.table(session, b, space, sel_b)
-        key = ("compare", a, b, ta.space, ta.version, tb.version)
-        return request.app.state.plot_cache.get(key, lambda: plots.ratio_plot(compare_dom.compare(space, ta, tb)))
+        ta, tb = pair.tables(session, cache)
+        key = ("compare", pair.a, pair.b, ta.space, ta.version, tb.version)
+        return request.app.state.plot_cache.get(key, lambda: plots.ratio_plot(compare_dom.compare(pair.space, ta, tb)))
 
     return await _render(request, work)
 
