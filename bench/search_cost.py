@@ -35,12 +35,12 @@ sys.path.insert(0, str(REPO))
 from fbnet.client import get_table  # noqa: E402
 from fbnet.lut import build_lut  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
-from search.child import ChildConfig, train_child  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
+from search.child import train_child  # noqa: E402
+from search.config import ChildConfig, SearchConfig  # noqa: E402
 from search.data import load_dataset  # noqa: E402
 from search.dist import DistEnv  # noqa: E402
 from search.supernet import ArchParams, Supernet  # noqa: E402
-from search.trainer import run_search, search_resolution  # noqa: E402
+from search.trainer import RunOptions, run_search, search_resolution  # noqa: E402
 
 
 def peak_mb(device: torch.device) -> float:
@@ -152,13 +152,13 @@ def main() -> None:
     data = load_dataset("fashion-mnist", search_resolution(cfg, space), subset=a.subset, seed=0,
                         num_classes=space.num_classes)
     t = time.perf_counter()
-    sr = run_search(cfg, space, lut, data, a.out, progress=False, tensorboard=False, env=DistEnv(device=device))
+    sr = run_search(cfg, space, lut, data, a.out, RunOptions(env=DistEnv(device=device), tensorboard=False))
     search_s = time.perf_counter() - t
     images = len(data.train_y) * a.epochs  # every image passes once per epoch (80% weights + 20% theta)
     t = time.perf_counter()
     data = load_dataset("fashion-mnist", space.resolution, subset=a.subset, seed=0, num_classes=space.num_classes)
     _, child = train_child(space, sr.arch, data, ChildConfig(epochs=a.child_epochs, batch_size=a.batch, seed=0),
-                           progress=False, device=device)
+                           device=device)
     child_s = time.perf_counter() - t
     per_image = search_s / images
     full_images = 60_000 * 90

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
@@ -38,13 +39,13 @@ sys.path.insert(0, str(REPO))
 from fbnet.client import get_table  # noqa: E402
 from fbnet.lut import build_lut, predict  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
-from search.child import ChildConfig, train_child  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
+from search.child import train_child  # noqa: E402
+from search.config import ChildConfig, SearchConfig  # noqa: E402
 from search.data import DataError, load_dataset  # noqa: E402
 from search.dist import DistEnv  # noqa: E402
 from search.select import latency_range, random_within  # noqa: E402
 from search.supernet import ArchParams, Supernet, proxy_space  # noqa: E402
-from search.trainer import LARGEST, run_search, search_resolution  # noqa: E402
+from search.trainer import LARGEST, RunOptions, run_search, search_resolution  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -183,7 +184,7 @@ def child_accs(space, arch, cdata, child_cfg, seeds: list[int], earlier: Earlier
     for seed in seeds:
         hit = earlier.children.get((tuple(arch.blocks), seed))
         if hit is None:
-            _, rep = train_child(space, arch, cdata, dataclasses.replace(child_cfg, seed=seed), progress=False,
+            _, rep = train_child(space, arch, cdata, child_cfg.model_copy(update={"seed": seed}),
                                  device=DEVICE)
             hit = {"test_acc": rep["test_acc"], "n_test": rep["n_test"], "train_acc": rep["train_acc"],
                    "wall_s": rep["wall_s"]}
@@ -199,41 +200,30 @@ def child_accs(space, arch, cdata, child_cfg, seeds: list[int], earlier: Earlier
 
 def search_overrides(items: list[str]) -> dict:
     """``--search-opt KEY=VALUE`` pairs as typed SearchConfig fields (a bad key or value exits with a message)."""
-    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
-    out = {}
+    fields = SearchConfig.model_fields
+    out: dict = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or key not in fields:
             raise SystemExit(f"--search-opt {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
-        default = getattr(SearchConfig(), key)
-        try:
-            if text == "none":
-                out[key] = None
-            elif isinstance(default, bool):
-                out[key] = {"true": True, "false": False}[text.lower()]
-            elif default is None:  # an optional number
-                out[key] = int(text) if text.lstrip("-").isdigit() else float(text)
-            else:
-                out[key] = type(default)(text)
-        except (ValueError, KeyError):
-            kind = "number" if default is None else type(default).__name__
-            raise SystemExit(f"--search-opt {item!r}: {text!r} is not a {kind}") from None
+        out[key] = None if text == "none" else text  # pydantic converts the text to the field's type
     try:
-        SearchConfig(**out).validate()
-    except Exception as e:  # TrainError: one line
-        raise SystemExit(f"--search-opt: {e}") from None
-    return out
+        return SearchConfig(**out).model_dump(include=set(out))
+    except ValidationError as e:  # one line
+        first = e.errors()[0]
+        raise SystemExit(f"--search-opt {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 def search_config(a, target_us: float | None = None) -> SearchConfig:
     """Every search's settings: the command line's budget and seed, --search-opt, the target."""
-    return SearchConfig(epochs=a.epochs, batch_size=a.batch, target_us=target_us, seed=a.seed, **a.search_cfg)
+    return SearchConfig(epochs=a.epochs, batch_size=a.batch, target_ms=None if target_us is None else target_us / 1000,
+                        seed=a.seed, **a.search_cfg)
 
 
 def search(a, space, lut, data, target_us: float, out: Path) -> dict:
     cfg = search_config(a, target_us)
     t, cpu = time.perf_counter(), time.process_time()
-    r = run_search(cfg, space, lut, data, out, progress=False, tensorboard=False, env=DistEnv(device=DEVICE))
+    r = run_search(cfg, space, lut, data, out, RunOptions(env=DistEnv(device=DEVICE), tensorboard=False))
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     acc_t, conv = 0.0, None
     for h in r.history:
@@ -450,7 +440,7 @@ def equal_accuracy_specialisation(a, space, main_lut, versus, sdata, cdata, chil
     def child(arch_) -> dict:
         key = tuple(arch_.blocks)
         if key not in trained:
-            _, rep = train_child(space, arch_, cdata, child_cfg, progress=False, device=DEVICE)
+            _, rep = train_child(space, arch_, cdata, child_cfg, device=DEVICE)
             trained[key] = {"test_acc": rep["test_acc"], "n_test": rep["n_test"], "wall_s": rep["wall_s"]}
         return trained[key]
 

@@ -18,7 +18,7 @@ from fbnet.lut import build_lut
 from fbnet.space import get_space
 from search.config import SearchConfig
 from search.data import load_dataset
-from search.trainer import Searcher, search_resolution
+from search.trainer import RunOptions, Searcher, search_resolution
 
 OUT = Path(__file__).resolve().parent / "out"  # git-ignored: the benchmarks' outputs by default
 
@@ -28,7 +28,7 @@ for spec in sys.argv[2:]:
     kw = json.loads(spec)
     cfg = SearchConfig(**kw)
     ds = load_dataset("fashion-mnist", search_resolution(cfg, space), subset=400, seed=0, num_classes=10)
-    s = Searcher(cfg, space, lut, ds, OUT / "search_scheme_cost", progress=False, tensorboard=False)
+    s = Searcher(cfg, space, lut, ds, OUT / "search_scheme_cost", RunOptions(tensorboard=False))
     x, y = ds.train_x[:64], ds.train_y[:64]
     w, t = [], []
     for _ in range(4):

@@ -20,7 +20,7 @@ from fbnet.lut import build_lut
 from fbnet.space import get_space
 from search.config import SearchConfig
 from search.data import load_dataset
-from search.trainer import Searcher, search_resolution
+from search.trainer import RunOptions, Searcher, search_resolution
 
 OUT = Path(__file__).resolve().parent / "out"  # git-ignored: the benchmarks' outputs by default
 
@@ -61,7 +61,7 @@ cfg = SearchConfig(
     seed=a.seed,
 )
 ds = load_dataset(a.data, search_resolution(cfg, space), subset=a.subset, seed=a.seed, num_classes=10)
-s = Searcher(cfg, space, lut, ds, f"{a.out}/{a.tag}", progress=False, tensorboard=False)
+s = Searcher(cfg, space, lut, ds, f"{a.out}/{a.tag}", RunOptions(tensorboard=False))
 s.net.train()
 torch.manual_seed(a.seed)
 from search.dist import loader  # noqa: E402

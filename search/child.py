@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,21 +11,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fbnet.blocks import FBNet
-from fbnet.progress import progress as progress_bar
 from fbnet.space import Arch, Space
-from search.config import TrainError, scaled_lr
+from search.config import ChildConfig, scaled_lr
 from search.data import Dataset
 from search.dist import DistEnv, loader
-
-
-@dataclass
-class ChildConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float | None = None  # None: 0.1 * batch / 192
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
+from search.history import ProgressFactory, no_progress
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256,
@@ -63,11 +52,10 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 256, device: 
     model.eval()
 
 
-def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, progress: bool = True,
+def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, progress: ProgressFactory = no_progress,
                 device: torch.device | None = None) -> tuple[FBNet, dict]:
-    """Train FBNet(space, arch) from scratch (SGD + cosine); returns the model and its accuracies."""
-    if cfg.epochs < 1:
-        raise TrainError(f"epochs must be >= 1, got {cfg.epochs}")
+    """Train FBNet(space, arch) from scratch (SGD + cosine); returns the model and its accuracies.
+    ``progress``: a progress factory (``fbnet.progress.progress``); silent by default."""
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     model = FBNet(space, arch).to(device)
@@ -78,7 +66,7 @@ def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, pr
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
     history = []
     t0 = time.perf_counter()
-    with progress_bar(enabled=progress, every=1) as prog:  # one line per epoch without a terminal
+    with progress(every=1) as prog:  # one line per epoch without a terminal
         task = prog.add_task("child", total=cfg.epochs, info="")
         for epoch in range(cfg.epochs):
             model.train()

@@ -1,11 +1,14 @@
-"""The search's settings and schedules (no torch).
+"""The search's typed settings (no torch): what a search, a child training and a dataset are, and
+where the latency table comes from. Each model is declared once, here; the library takes it as is
+and ``fbnet-search`` turns its fields into options (a field's description is its option's help,
+``cli(panel=...)`` groups the rarely-used ones), a ``--config run.toml`` and ``--preset`` names.
 
 Defaults are the measured setting for a CPU (``bench/README.md``, "Search quality"): the
 paper's all-candidates Gumbel-softmax mix (its supernet learns; the cheaper single path's does not
 in a short search) on a cheap proxy (width x0.25, 8 px) so that a 10-epoch search on 2000 images fits
-in 10 CPU-minutes. The paper's setting is ``sampler="gumbel"``, ``weights="independent"``,
-``proxy_width=1``, full resolution, 90 epochs with 10 warm-up, theta lr 0.01, batch 192 on
-ImageNet-100 (``--paper`` on the command line).
+in 10 CPU-minutes. The paper's setting (:data:`PAPER`, ``--preset paper``) is ``sampler="gumbel"``,
+``weights="independent"``, ``proxy_width=1``, full resolution, 90 epochs with 10 warm-up, theta lr
+0.01, batch 192 on ImageNet-100.
 
 Schedule scaled to the run: tau goes from ``tau0`` = 5 at the first theta epoch (the first after the
 warm-up) to ``tau_end`` = 0.087 at the last (geometric), so a 10-epoch run anneals as far as the
@@ -16,50 +19,105 @@ paper's share: round(epochs / 9) epochs (10 of 90).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from fbnet.client import DEFAULT_CACHE_DIR, TOKEN_ENV
+from fbnet.options import cli
 
 TAU_END = 5.0 * math.exp(-0.045 * 90)  # 0.0872: where the paper's 90-epoch schedule ends
+METHOD_PANEL = "Search method"
+TUNING_PANEL = "Optimisers and schedule"
+CHILD_PANEL = "Optimiser"
 
 
 class TrainError(RuntimeError):
-    """A configuration or resume problem (one-line message)."""
+    """A resume or training problem (one-line message)."""
 
 
-@dataclass
-class SearchConfig:
-    epochs: int = 10
-    warmup_epochs: int | None = None  # None: round(epochs / 9), the paper's 10 of 90
-    batch_size: int = 64
-    theta_batch_size: int | None = 16  # None: batch_size. Small theta batches: more theta steps per epoch
-    sampler: str = "gumbel"  # "gumbel": the paper's soft Gumbel-softmax over all 9 candidates (the supernet learns);
-    #                          "single": hard Gumbel, straight-through, one candidate runs (GDAS; ~9x cheaper per
-    #                          step, but its weights do not learn in a short search: bench/README.md)
-    paths: int = 1  # single sampler: the weight step splits its batch into this many chunks, each with its own
-    #                 path (per layer distinct candidates drawn from softmax(theta), search.supernet.ArchParams.paths)
-    weight_mix: str = "expected"  # gumbel sampler, weight step: "expected" (softmax(theta), no noise: the supernet
-    #                               is one function that changes only as theta does; it learns best, measured) or
-    #                               "sample" (the paper: a Gumbel-softmax sample at tau, as theta's step)
-    weights: str = "independent"  # "independent": 9 modules per layer (the paper); "shared": a layer's IR
-    #                               candidates slice one set of weights (search.superkernels; experimental, see bench/README.md)
-    anchor: bool = False  # each weight step also trains the largest candidate in every layer (the sandwich rule
-    #                       of slimmable networks / BigNAS; stem, head and fc follow that path only). Experimental
-    proxy_width: float = 0.25  # the supernet's width multiplier (1.0 = the target space's widths)
-    proxy_resolution: int | None = 8  # input resolution of the search (None = the space's)
-    alpha: float = 0.2
-    beta: float = 0.6
-    target_us: float | None = None  # latency target: replaces alpha/beta with the band hinge
-    target_weight: float = 2.0  # lambda of the target term
-    target_band: float = 0.02  # no latency pressure within +-2 % of the target
-    select_band: float = 0.05  # with a target: the most likely architecture within +-5 % is the result
-    w_lr: float | None = None  # None: 0.1 * global batch / 192 (the reimplementations' lr at batch 192)
-    w_momentum: float = 0.9
-    w_weight_decay: float = 1e-4
-    theta_lr: float = 0.3
-    theta_weight_decay: float = 5e-4
-    tau0: float = 5.0
-    tau_end: float = TAU_END
-    w_share: float = 0.8
-    seed: int = 0
+def _none_if_zero(v: Any) -> Any:
+    """0 stands for "not set" where a file or a command line cannot say None (TOML has no null)."""
+    return None if v == 0 and not isinstance(v, bool) else v
+
+
+class SearchConfig(BaseModel):
+    """The settings of one search; checked when built (a bad value is a pydantic ValidationError)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_ms: float | None = Field(
+        None, gt=0, description="latency target: the result is the most likely architecture within "
+        "+-5 % of it (else the paper's alpha/beta loss)")
+    epochs: int = Field(10, ge=1, description="total epochs, warm-up included")
+    batch_size: int = Field(64, ge=1, description="batch per process (rank)", json_schema_extra=cli(short="-b"))
+    alpha: float = Field(0.2, ge=0, description="theta loss CE * alpha * log(LAT)^beta")
+    beta: float = Field(0.6, ge=0, description="latency exponent")
+    seed: int = Field(0, description="random seed")
+
+    warmup_epochs: int | None = Field(
+        None, ge=0, description="weights-only epochs first (default epochs/9)",
+        json_schema_extra=cli(panel=METHOD_PANEL))
+    sampler: Literal["gumbel", "single"] = Field(
+        "gumbel", description="gumbel: all 9 candidates mixed (paper); single: one sampled (GDAS)",
+        json_schema_extra=cli(panel=METHOD_PANEL))
+    paths: int = Field(1, ge=1, le=9, description="single: paths per weight step", json_schema_extra=cli(panel=METHOD_PANEL))
+    weight_mix: Literal["expected", "sample"] = Field(
+        "expected", description="gumbel: the weight step mixes softmax(theta) or a sample (paper)",
+        json_schema_extra=cli(panel=METHOD_PANEL))
+    weights: Literal["independent", "shared"] = Field(
+        "independent", description="shared: a layer's candidates slice one set of weights (experimental)",
+        json_schema_extra=cli(panel=METHOD_PANEL))
+    anchor: bool = Field(False, description="also train the largest path (experimental)", json_schema_extra=cli(panel=METHOD_PANEL))
+    proxy_width: float = Field(0.25, gt=0, le=1, description="supernet width multiplier (paper 1)", json_schema_extra=cli(panel=METHOD_PANEL))
+    proxy_resolution: int | None = Field(8, ge=8, description="search resolution; 0 = the space's (paper)",
+                                         json_schema_extra=cli(panel=METHOD_PANEL))
+
+    theta_batch_size: int | None = Field(16, ge=1, description="theta's batch; 0 = --batch-size", json_schema_extra=cli(panel=TUNING_PANEL))
+    w_lr: float | None = Field(None, gt=0, description="weight SGD lr (default 0.1 * batch / 192)",
+                               json_schema_extra=cli("--lr", panel=TUNING_PANEL))
+    w_momentum: float = Field(0.9, ge=0, description="weight SGD momentum", json_schema_extra=cli(panel=TUNING_PANEL))
+    w_weight_decay: float = Field(1e-4, ge=0, description="weight SGD weight decay",
+                                  json_schema_extra=cli(panel=TUNING_PANEL))
+    theta_lr: float = Field(0.3, gt=0, description="theta Adam lr (paper 0.01)",
+                            json_schema_extra=cli(panel=TUNING_PANEL))
+    theta_weight_decay: float = Field(5e-4, ge=0, description="theta Adam weight decay",
+                                      json_schema_extra=cli(panel=TUNING_PANEL))
+    tau0: float = Field(5.0, gt=0, description="Gumbel tau at the first theta epoch",
+                        json_schema_extra=cli(panel=TUNING_PANEL))
+    tau_end: float = Field(TAU_END, gt=0, validate_default=True, description="Gumbel tau at the last epoch",
+                           json_schema_extra=cli(panel=TUNING_PANEL))
+    w_share: float = Field(0.8, gt=0, lt=1, description="share of images for the weights", json_schema_extra=cli(panel=TUNING_PANEL))
+    target_weight: float = Field(2.0, ge=0, description="target: weight of the hinge",
+                                 json_schema_extra=cli(panel=TUNING_PANEL))
+    target_band: float = Field(0.02, ge=0, lt=1, description="target: hinge-free band",
+                               json_schema_extra=cli(panel=TUNING_PANEL))
+    select_band: float = Field(0.05, gt=0, lt=1, description="target: result band", json_schema_extra=cli(panel=TUNING_PANEL))
+
+    _zero_is_none = field_validator("proxy_resolution", "theta_batch_size", mode="before")(_none_if_zero)
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_before_the_end(cls, v: int | None, info: ValidationInfo) -> int | None:
+        epochs = info.data.get("epochs")
+        if v is not None and epochs is not None and v >= epochs:
+            raise PydanticCustomError("warmup", "must be in 0..epochs-1 (theta is trained after the warm-up), "
+                                      "got {v} with {epochs} epochs", {"v": v, "epochs": epochs})
+        return v
+
+    @field_validator("tau_end")
+    @classmethod
+    def _tau_falls(cls, v: float, info: ValidationInfo) -> float:
+        tau0 = info.data.get("tau0")
+        if tau0 is not None and v > tau0:
+            raise PydanticCustomError("tau", "must be <= tau0 ({tau0}), got {v}", {"v": v, "tau0": tau0})
+        return v
+
+    @property
+    def target_us(self) -> float | None:
+        return None if self.target_ms is None else self.target_ms * 1000
 
     @property
     def warmup(self) -> int:
@@ -77,44 +135,64 @@ class SearchConfig:
     def single(self) -> bool:
         return self.sampler == "single"
 
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise TrainError(f"epochs must be >= 1, got {self.epochs}")
-        if not 0 <= self.warmup < self.epochs:
-            raise TrainError(f"warm-up epochs must be in 0..epochs-1 (theta is trained after the warm-up), "
-                             f"got {self.warmup} with {self.epochs} epochs")
-        if self.batch_size < 1:
-            raise TrainError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.theta_batch_size is not None and self.theta_batch_size < 1:
-            raise TrainError(f"theta batch size must be >= 1, got {self.theta_batch_size}")
-        if self.sampler not in ("single", "gumbel"):
-            raise TrainError(f"sampler must be 'single' or 'gumbel', got {self.sampler!r}")
-        if not 1 <= self.paths <= 9:
-            raise TrainError(f"paths must be in 1..9 (distinct candidates per layer), got {self.paths}")
-        if self.weight_mix not in ("sample", "expected"):
-            raise TrainError(f"weight_mix must be 'sample' or 'expected', got {self.weight_mix!r}")
-        if self.weights not in ("shared", "independent"):
-            raise TrainError(f"weights must be 'shared' or 'independent', got {self.weights!r}")
-        if not 0 < self.proxy_width <= 1:
-            raise TrainError(f"proxy width must be in (0, 1], got {self.proxy_width}")
-        if self.proxy_resolution is not None and self.proxy_resolution < 8:
-            raise TrainError(f"proxy resolution must be >= 8, got {self.proxy_resolution}")
-        if self.alpha < 0 or self.beta < 0:
-            raise TrainError(f"alpha and beta must be >= 0, got {self.alpha}, {self.beta}")
-        if self.target_us is not None and not self.target_us > 0:
-            raise TrainError(f"the latency target must be > 0, got {self.target_us} us")
-        if self.w_lr is not None and not self.w_lr > 0:
-            raise TrainError(f"the weight learning rate must be > 0, got {self.w_lr}")
-        if not self.theta_lr > 0:
-            raise TrainError(f"the theta learning rate must be > 0, got {self.theta_lr}")
-        if not 0 < self.w_share < 1:
-            raise TrainError(f"w_share must be in (0, 1), got {self.w_share}")
-        if not 0 < self.tau_end <= self.tau0:
-            raise TrainError(f"need 0 < tau_end <= tau0, got {self.tau_end}, {self.tau0}")
+
+PAPER: dict[str, Any] = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weight_mix="sample",
+                             weights="independent", anchor=False, proxy_width=1.0, proxy_resolution=None,
+                             theta_lr=0.01, theta_batch_size=None)
+SEARCH_PRESETS: dict[str, dict[str, Any]] = {"paper": PAPER}  # name -> SearchConfig fields (``--preset``)
 
 
-PAPER = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weight_mix="sample", weights="independent", anchor=False, proxy_width=1.0,
-             proxy_resolution=None, theta_lr=0.01, theta_batch_size=None)
+class ChildConfig(BaseModel):
+    """How an architecture is trained from scratch (SGD + cosine)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(10, ge=1, description="training epochs")
+    batch_size: int = Field(64, ge=1, description="batch size", json_schema_extra=cli(short="-b"))
+    lr: float | None = Field(None, gt=0, description="SGD lr (default 0.1 * batch / 192)")
+    seed: int = Field(0, description="seeds the weights and the batches")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum", json_schema_extra=cli(panel=CHILD_PANEL))
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay", json_schema_extra=cli(panel=CHILD_PANEL))
+
+
+class DataConfig(BaseModel):
+    """Which images (``search.data.load_dataset``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field("fashion-mnist", description="fashion-mnist, digits or a folder")
+    subset: int | None = Field(None, ge=1, description="use N training images")
+
+
+class TableSource(BaseModel):
+    """Where the latency table comes from: the space, and a service and a device or a saved table file
+    (the arguments of ``fbnet.client.get_table`` but the selector, which is a
+    ``fbnet.configuration.Selector``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    space: str = Field("fbnet-cifar", description="search space (see `spaces`)",
+                       json_schema_extra=cli(short="-s"))
+    server: str | None = Field(None, description="profiler service URL")
+    device: str | None = Field(None, description="device on the server",
+                               json_schema_extra=cli(short="-d"))
+    table: Path | None = Field(None, description="a saved table (see `fetch`)")
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR, description="table cache")
+    token: str | None = Field(None, description="reader token",
+                              json_schema_extra=cli(envvar=TOKEN_ENV))
+
+
+class Execution(BaseModel):
+    """Where a run writes, what it shows, and whether it may use CUDA (not what it computes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out: Path = Field(Path("runs/search"), description="output folder",
+                      json_schema_extra=cli(short="-o"))
+    resume: bool = Field(False, description="continue from its checkpoint")
+    cpu: bool = Field(False, description="never use CUDA")
+    progress: bool = Field(True, description="show progress")
+    tensorboard: bool = Field(True, description="write DIR/tb")
 
 
 def scaled_lr(batch: int, base: float = 0.1, base_batch: int = 192) -> float:
@@ -129,4 +207,5 @@ def tau_at(epoch: int, epochs: int, tau0: float = 5.0, tau_end: float = TAU_END)
     return tau0 * (tau_end / tau0) ** (epoch / (epochs - 1))
 
 
-__all__ = ["PAPER", "SearchConfig", "TAU_END", "TrainError", "scaled_lr", "tau_at"]
+__all__ = ["PAPER", "SEARCH_PRESETS", "ChildConfig", "DataConfig", "Execution", "SearchConfig", "TAU_END",
+           "TableSource", "TrainError", "scaled_lr", "tau_at"]

@@ -91,7 +91,11 @@ def _normalise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, t
     return (train - mean) / std, (test - mean) / std
 
 
-def _finish(name, trx, tr_y, tex, te_y, classes, resolution, pad=False, scale=255.0) -> Dataset:
+def _finish(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+            classes: list[str], resolution: int, pad: bool = False, scale: float = 255.0) -> Dataset:
+    """(images, labels) of both splits -> normalised tensors at ``resolution`` (28 px images are
+    zero-padded when ``pad``)."""
+    (trx, tr_y), (tex, te_y) = train, test
     a = _to_tensor(trx.astype(np.float32) / scale, resolution, pad_from=28 if pad else None)
     b = _to_tensor(tex.astype(np.float32) / scale, resolution, pad_from=28 if pad else None)
     a, b = _normalise(a, b)
@@ -129,7 +133,7 @@ def load_fashion_mnist(resolution: int, subset: int | None, seed: int, root: Pat
                         _idx(files["train-labels-idx1-ubyte"], 2049, 8), subset, rng)
     tex, tey = _subset(_idx(files["t10k-images-idx3-ubyte"], 2051, 16),
                        _idx(files["t10k-labels-idx1-ubyte"], 2049, 8), _test_size(subset), rng)
-    return _finish("fashion-mnist", trx, try_, tex, tey, FASHION_CLASSES, resolution, pad=True)
+    return _finish("fashion-mnist", (trx, try_), (tex, tey), FASHION_CLASSES, resolution, pad=True)
 
 
 def _test_size(subset: int | None) -> int | None:
@@ -145,7 +149,7 @@ def load_digits(resolution: int, subset: int | None, seed: int) -> Dataset:
     rng = np.random.default_rng(seed)
     trx, try_ = _subset(trx, try_, subset, rng)
     tex, tey = _subset(tex, tey, _test_size(subset), rng)
-    return _finish("digits", trx, try_, tex, tey, [str(i) for i in range(10)], resolution, scale=16.0)
+    return _finish("digits", (trx, try_), (tex, tey), [str(i) for i in range(10)], resolution, scale=16.0)
 
 
 def _is_cifar10(root: Path) -> bool:
@@ -170,7 +174,7 @@ def load_cifar10(root: Path, resolution: int, subset: int | None, seed: int) -> 
     rng = np.random.default_rng(seed)
     trx, try_ = _subset(trx, try_, subset, rng)
     tex, tey = _subset(tex, tey, _test_size(subset), rng)
-    return _finish("cifar10", trx, try_, tex, tey, classes, resolution)
+    return _finish("cifar10", (trx, try_), (tex, tey), classes, resolution)
 
 
 def _scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -218,7 +222,7 @@ def load_image_folder(root: Path, resolution: int, subset: int | None, seed: int
     tr_items, te_items = pick(tr_items, subset), pick(te_items, _test_size(subset))
     trx, try_ = _read_images(tr_items, resolution)
     tex, tey = _read_images(te_items, resolution)
-    return _finish(root.name, trx, try_, tex, tey, classes, resolution)
+    return _finish(root.name, (trx, try_), (tex, tey), classes, resolution)
 
 
 def load_dataset(name: str, resolution: int, *, subset: int | None = None, seed: int = 0,

@@ -1,9 +1,12 @@
-"""The search's log: ``history.csv`` (one row per epoch, rewritten atomically) and TensorBoard scalars."""
+"""The search's log: ``history.csv`` (one row per epoch, rewritten atomically) and TensorBoard scalars;
+the progress-factory protocol the search and the child training report through."""
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from fbnet.io import atomic_write
@@ -43,4 +46,27 @@ class EpochLog:
             self.tb.close()
 
 
-__all__ = ["EpochLog"]
+
+
+# ---- progress ------------------------------------------------------------------------------------
+# The search and the child training report progress through a factory the caller passes
+# (``fbnet.progress.progress`` from the command line): ``factory(every=1, enabled=...)`` is a context
+# manager whose value has ``add_task(description, total=, info=)`` and ``update(task, advance=, info=)``.
+ProgressFactory = Callable[..., AbstractContextManager]
+
+
+class _Silent:
+    def add_task(self, description: str, total: int | None = None, **fields) -> int:
+        return 0
+
+    def update(self, task: int, advance: int = 0, **fields) -> None:
+        pass
+
+
+@contextmanager
+def no_progress(**_) -> Iterator[_Silent]:
+    """The default progress factory of the library: reports nothing."""
+    yield _Silent()
+
+
+__all__ = ["EpochLog", "ProgressFactory", "no_progress"]

@@ -42,7 +42,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,13 +51,12 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from fbnet.archfile import ArchFile, write_arch_file
-from fbnet.progress import progress as progress_bar
 from fbnet.lut import LatencyLUT, predict
 from fbnet.space import CANDIDATE_NAMES, CANDIDATES, Arch, Space
 from search.config import SearchConfig, TrainError, scaled_lr
 from search.data import Dataset
 from search.dist import DistEnv, all_sum, average_grad, broadcast_, loader, same_on_all_ranks
-from search.history import EpochLog
+from search.history import EpochLog, ProgressFactory, no_progress
 from search.loss import expected_latency, fbnet_loss, target_loss
 from search.sampling import argmax_arch
 from search.select import latency_range, most_likely_within
@@ -88,17 +87,40 @@ def split_indices(n: int, w_share: float, seed: int) -> tuple[list[int], list[in
     return sorted(perm[:k]), sorted(perm[k:])
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a search runs, apart from what it computes: the torchrun environment (default: one
+    process on the CPU), the progress factory (default: silent; the command passes
+    ``fbnet.progress.progress``), TensorBoard logging, and the table's configuration to record in
+    arch.json."""
+
+    env: DistEnv | None = None
+    progress: ProgressFactory = no_progress
+    tensorboard: bool = True
+    table_configuration: dict | None = None
+
+
 class Searcher:
     """One search: ``Searcher(cfg, space, lut, data, out).run()`` writes out/arch.json, history.csv,
     tb/ and checkpoint.pt and returns a :class:`SearchResult`."""
 
-    def __init__(self, cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, out: str | os.PathLike, *,
-                 env: DistEnv | None = None, progress: bool = True, tensorboard: bool = True,
-                 table_configuration: dict | None = None):
-        cfg.validate()
+    def __init__(self, cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, out: str | os.PathLike,
+                 options: RunOptions | None = None):
         self.cfg, self.space, self.lut, self.data = cfg, space, lut, data
-        self.table_configuration = table_configuration
+        self.options = options or RunOptions()
+        self.env = self.options.env or DistEnv()
         self.train_space = proxy_space(space, cfg.proxy_width, search_resolution(cfg, space))
+        self._check_inputs()
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build_model()
+        self._build_optimisers()
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self.theta_steps = 0
+
+    def _check_inputs(self) -> None:
+        cfg, lut, data = self.cfg, self.lut, self.data
         if data.train_x.shape[-1] != self.train_space.resolution:
             raise TrainError(f"the data is {data.train_x.shape[-1]} px but the search trains at "
                              f"{self.train_space.resolution} px: load it at search_resolution(cfg, space)")
@@ -107,40 +129,35 @@ class Searcher:
             if not lo * (1 + cfg.select_band) <= cfg.target_us <= hi * (1 - cfg.select_band):
                 raise TrainError(f"target {cfg.target_us / 1000:.4g} ms is outside what {lut.device}'s table allows "
                                  f"with a +-{100 * cfg.select_band:.0f} % band: {lo / 1000:.4g} to {hi / 1000:.4g} ms")
-        self.env = env or DistEnv()
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.progress, self.tensorboard = progress, tensorboard
-        dev = self.env.device
 
+    def _build_model(self) -> None:
+        cfg, dev = self.cfg, self.env.device
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         self.net = Supernet(self.train_space, shared=cfg.weights == "shared").to(dev)
         self.arch = ArchParams().to(dev)
-        self.lat = torch.tensor(lut.matrix, dtype=torch.float32, device=dev)
+        self.lat = torch.tensor(self.lut.matrix, dtype=torch.float32, device=dev)
         # the anchor path of the sandwich rule: the largest candidate (most expansion, then kernel) everywhere
         self.fixed_params = [p for mod in (self.net.stem, self.net.head, self.net.fc) for p in mod.parameters()]
         self.largest = F.one_hot(torch.full((len(self.net.layers),), LARGEST), len(CANDIDATE_NAMES)).float().to(dev)
-        self.fixed = lut.fixed_us
+        self.fixed = self.lut.fixed_us
         if not same_on_all_ranks(self.lat, self.env):  # every rank fetched its own copy
             raise TrainError(f"rank {self.env.rank} holds a different latency table than rank 0")
         self.model: nn.Module = nn.parallel.DistributedDataParallel(
             self.net, device_ids=[dev.index] if dev.type == "cuda" else None,
             find_unused_parameters=cfg.single) if self.env.distributed else self.net
 
+    def _build_optimisers(self) -> None:
+        cfg, data = self.cfg, self.data
         w_idx, t_idx = split_indices(len(data.train_y), cfg.w_share, cfg.seed)
         full = TensorDataset(data.train_x, data.train_y)
         self.w_ds, self.t_ds = Subset(full, w_idx), Subset(full, t_idx)
         self.w_steps = math.ceil(len(self.w_ds) / self.env.world / cfg.batch_size)
         self.t_batch = cfg.theta_batch_size or cfg.batch_size
-
         w_lr = cfg.w_lr if cfg.w_lr is not None else scaled_lr(cfg.batch_size * self.env.world)
         self.w_opt = torch.optim.SGD(self.net.parameters(), lr=w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay)
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs * self.w_steps)
         self.t_opt = torch.optim.Adam(self.arch.parameters(), lr=cfg.theta_lr, weight_decay=cfg.theta_weight_decay)
-        self.history: list[dict] = []
-        self.start_epoch = 0
-        self.theta_steps = 0
 
     # ---- checkpoint / resume -------------------------------------------------------------------
     @property
@@ -148,7 +165,7 @@ class Searcher:
         return self.out / CHECKPOINT
 
     def fingerprint(self) -> dict:
-        return {"config": asdict(self.cfg), "space": self.space.name, "space_version": self.space.version,
+        return {"config": self.cfg.model_dump(), "space": self.space.name, "space_version": self.space.version,
                 "device": self.lut.device, "table_version": self.lut.table_version, "data": self.data.name,
                 "n_train": int(len(self.data.train_y)), "world_size": self.env.world}
 
@@ -276,10 +293,10 @@ class Searcher:
         says ``"finished": false`` until the last epoch."""
         cfg, env = self.cfg, self.env
         end = cfg.epochs if stop_after is None else min(cfg.epochs, self.start_epoch + stop_after)
-        log = EpochLog(self.out, self.tensorboard) if env.main else None
+        log = EpochLog(self.out, self.options.tensorboard) if env.main else None
         try:
             # one step of the bar per epoch (one plain line per epoch without a terminal)
-            with progress_bar(enabled=self.progress and env.main, every=1) as prog:
+            with (self.options.progress if env.main else no_progress)(every=1) as prog:
                 task = prog.add_task("search", total=end - self.start_epoch, info="")
                 for epoch in range(self.start_epoch, end):
                     row = self.train_epoch(epoch, lambda info, adv: prog.update(task, advance=adv, info=info))
@@ -311,28 +328,26 @@ class Searcher:
             write_arch_file(ArchFile(
                 arch=list(best.blocks), predicted_latency_us=pred, space=self.space.name,
                 space_version=self.space.version, device=self.lut.device, table_version=self.lut.table_version,
-                table_configuration=self.table_configuration, theta=theta.double().tolist(),
+                table_configuration=self.options.table_configuration, theta=theta.double().tolist(),
                 theta_entropy=self.arch.entropy(), argmax_prob=self.arch.argmax_prob(), theta_steps=self.theta_steps,
                 target_ms=None if cfg.target_us is None else cfg.target_us / 1000, selection=selection,
                 argmax_arch=list(plain.blocks), argmax_latency_us=predict(self.lut, plain)["latency_us"],
                 history=self.history, data=self.data.name, world_size=self.env.world,
-                config={**asdict(cfg), "search_space": self.train_space.name},
+                config={**cfg.model_dump(), "search_space": self.train_space.name},
                 finished=len(self.history) == cfg.epochs), self.out)
         return SearchResult(theta, self.history, best, pred)
 
 
-def run_search(cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, out: str | os.PathLike, *,
-               resume: bool = False, progress: bool = True, tensorboard: bool = True,
-               env: DistEnv | None = None, stop_after: int | None = None,
-               table_configuration: dict | None = None) -> SearchResult:
+def run_search(cfg: SearchConfig, space: Space, lut: LatencyLUT, data: Dataset, out: str | os.PathLike,
+               options: RunOptions | None = None, *, resume: bool = False, stop_after: int | None = None,
+               ) -> SearchResult:
     """Search; writes out/arch.json, history.csv, tb/, checkpoint.pt. ``resume`` continues from the
     checkpoint (a note is printed when there is none)."""
-    s = Searcher(cfg, space, lut, data, out, env=env, progress=progress, tensorboard=tensorboard,
-                 table_configuration=table_configuration)
+    s = Searcher(cfg, space, lut, data, out, options)
     if resume and not s.resume() and s.env.main:
         print(f"note: no checkpoint in {s.out}; starting from epoch 0")
     return s.run(stop_after=stop_after)
 
 
-__all__ = ["CHECKPOINT", "SearchConfig", "SearchResult", "Searcher", "TrainError", "run_search", "search_resolution",
+__all__ = ["CHECKPOINT", "RunOptions", "SearchConfig", "SearchResult", "Searcher", "TrainError", "run_search", "search_resolution",
            "split_indices"]

@@ -20,9 +20,10 @@ from search.cli import app
 from search.config import SearchConfig
 from search.data import load_dataset
 from search.select import latency_range
-from search.trainer import run_search, search_resolution
+from search.trainer import RunOptions, run_search, search_resolution
 
 SPACE = get_space("fbnet-cifar")
+QUIET = RunOptions(tensorboard=False)
 # Tiny on purpose (2-core CI): 64 digits -> 51 weight / 13 theta images, the default proxy supernet.
 SMALL = ["--data", "digits", "--subset", "64", "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "16",
          "--seed", "0", "--no-progress", "--no-tensorboard"]
@@ -80,16 +81,15 @@ def test_latency_term_lowers_expected_latency_and_resume_continues(devices, tmp_
         lut = build_lut(c.fetch("pixel3", "fbnet-cifar").table, SPACE)
     common = dict(epochs=2, warmup_epochs=0, batch_size=16, seed=0, theta_lr=0.05)
     data = load_dataset("digits", search_resolution(SearchConfig(**common), SPACE), subset=64, seed=0)
-    plain = run_search(SearchConfig(alpha=0.0, **common), SPACE, lut, data, tmp_path / "a0",
-                       progress=False, tensorboard=False)
+    plain = run_search(SearchConfig(alpha=0.0, **common), SPACE, lut, data, tmp_path / "a0", QUIET)
     # the latency-aware run is interrupted after one epoch and resumed from its checkpoint
     # alpha cancels out of the multiplicative loss's trade-off (see search.loss); beta sets the latency
     # pressure, so the "large latency weight" run raises both to see the effect within a few steps.
     cfg = SearchConfig(alpha=5.0, beta=3.0, **common)
-    part = run_search(cfg, SPACE, lut, data, tmp_path / "a5", progress=False, tensorboard=False, stop_after=1)
+    part = run_search(cfg, SPACE, lut, data, tmp_path / "a5", QUIET, stop_after=1)
     assert len(part.history) == 1
     assert json.loads((tmp_path / "a5" / "arch.json").read_text())["finished"] is False
-    aware = run_search(cfg, SPACE, lut, data, tmp_path / "a5", progress=False, resume=True, tensorboard=True)
+    aware = run_search(cfg, SPACE, lut, data, tmp_path / "a5", RunOptions(), resume=True)
     assert len(aware.history) == 2 and aware.history[0] == part.history[0]
     assert (tmp_path / "a5" / "tb").is_dir()
     lat_plain = plain.history[-1]["expected_latency_us"]

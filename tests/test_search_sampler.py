@@ -17,11 +17,12 @@ from search.config import TAU_END, SearchConfig, tau_at
 from search.data import load_dataset
 from search.select import latency_range, most_likely_within, random_within
 from search.supernet import ArchParams, Supernet, proxy_space
-from search.trainer import LARGEST, Searcher, run_search, search_resolution
+from search.trainer import LARGEST, RunOptions, Searcher, run_search, search_resolution
 
 SPACE = get_space("fbnet-cifar")
 LUT = build_lut(macs_table(SPACE), SPACE)
 TINY = dict(proxy_width=0.25, proxy_resolution=8)  # the step logic at a fraction of the cost
+QUIET = RunOptions(tensorboard=False)  # silent (the default progress), no TensorBoard
 
 
 def _data(cfg, n=64):
@@ -40,7 +41,7 @@ def _count_calls(net: Supernet) -> list[list[int]]:
                                                               ("gumbel", False, 9)])
 def test_steps_run_one_candidate_per_layer_on_the_single_path(tmp_path, sampler, anchor, per_layer):
     cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=8, sampler=sampler, anchor=anchor, **TINY)
-    s = Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, progress=False, tensorboard=False)
+    s = Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, QUIET)
     calls = _count_calls(s.net)
     x, y = s.data.train_x[:8], s.data.train_y[:8]
     s.weight_step(x, y, tau=1.0)
@@ -59,7 +60,7 @@ def test_steps_run_one_candidate_per_layer_on_the_single_path(tmp_path, sampler,
 
 def test_k_paths_run_k_distinct_candidates_per_layer_each_on_its_chunk(tmp_path):
     cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=12, sampler="single", paths=3, **TINY)
-    s = Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, progress=False, tensorboard=False)
+    s = Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, QUIET)
     seen = [[[] for _ in layer.candidates] for layer in s.net.layers]
     for li, layer in enumerate(s.net.layers):
         for ci, cand in enumerate(layer.candidates):
@@ -93,13 +94,13 @@ def test_theta_moves_to_the_cheaper_of_two_candidates_that_differ_only_in_latenc
         r[cheap], r[dear] = 10.0, 10_000.0
     lut = dataclasses.replace(LUT, matrix=tuple(tuple(r) for r in rows))
     lo = sum(min(r) for r in rows) + LUT.fixed_us
-    extra = dict(target_us=1.1 * lo) if mode == "target" else dict(alpha=1.0, beta=2.0)
+    extra = dict(target_ms=1.1 * lo / 1000) if mode == "target" else dict(alpha=1.0, beta=2.0)
     # x0.5 / 16 px (the proxy this test was written at): under the soft mix the identical pair also shares a
     # CE gradient whose split between them is (m_cheap - m_dear) * (g - mean g), rich-get-richer noise that is
     # larger at 8 px (measured: 17 of 22 layers right at the x0.25 / 8 px default, 12 or 24 theta steps)
     cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=16, sampler=sampler, proxy_width=0.5,
                        proxy_resolution=16, **extra)
-    s = Searcher(cfg, SPACE, lut, _data(cfg), tmp_path, progress=False, tensorboard=False)
+    s = Searcher(cfg, SPACE, lut, _data(cfg), tmp_path, QUIET)
     for layer in s.net.layers:  # the two candidates compute the same function: only latency tells them apart
         layer.candidates[dear] = layer.candidates[cheap]
     x, y = s.data.train_x[:16], s.data.train_y[:16]
@@ -132,7 +133,7 @@ def test_the_anneal_starts_with_theta_not_with_the_warm_up(warmup):
 
 def test_a_run_with_a_warm_up_samples_theta_from_tau0_down_to_tau_end(tmp_path):
     cfg = SearchConfig(epochs=3, warmup_epochs=1, batch_size=16, theta_batch_size=16, **TINY)
-    r = run_search(cfg, SPACE, LUT, _data(cfg, 32), tmp_path, progress=False, tensorboard=False)
+    r = run_search(cfg, SPACE, LUT, _data(cfg, 32), tmp_path, QUIET)
     assert [h["phase"] for h in r.history] == ["warmup", "search", "search"]
     assert [h["tau"] for h in r.history] == [pytest.approx(5.0), pytest.approx(5.0), pytest.approx(TAU_END)]
 
@@ -156,8 +157,8 @@ def test_selection_is_the_most_likely_in_the_band():
 def test_target_mode_lands_within_ten_percent_and_pulls_theta(tmp_path):
     lo, hi = latency_range(LUT)
     target = lo + 0.25 * (hi - lo)  # well below the uniform distribution's expectation
-    cfg = SearchConfig(epochs=3, warmup_epochs=0, batch_size=16, theta_batch_size=8, target_us=target, seed=0)
-    r = run_search(cfg, SPACE, LUT, _data(cfg, 96), tmp_path, progress=False, tensorboard=False)
+    cfg = SearchConfig(epochs=3, warmup_epochs=0, batch_size=16, theta_batch_size=8, target_ms=target / 1000, seed=0)
+    r = run_search(cfg, SPACE, LUT, _data(cfg, 96), tmp_path, QUIET)
     assert abs(r.predicted_latency_us / target - 1) <= 0.10
     first, last = r.history[0], r.history[-1]
     uniform = float(torch.tensor(LUT.matrix).mean(1).sum()) + LUT.fixed_us
@@ -173,9 +174,9 @@ def test_a_target_outside_the_table_is_refused(tmp_path):
     from search.config import TrainError
 
     lo, _ = latency_range(LUT)
-    cfg = SearchConfig(epochs=2, target_us=0.5 * lo)
+    cfg = SearchConfig(epochs=2, target_ms=0.5 * lo / 1000)
     with pytest.raises(TrainError, match="outside"):
-        Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, progress=False, tensorboard=False)
+        Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, QUIET)
 
 
 def test_proxy_keeps_the_layers_and_the_table(tmp_path):
@@ -196,7 +197,7 @@ def test_the_supernet_learns_under_the_default_scheme(tmp_path):
 
     cfg = SearchConfig(batch_size=32, seed=0)  # the default sampler, weight mix and proxy
     data = load_dataset("digits", search_resolution(cfg, SPACE), subset=600, seed=0)
-    s = Searcher(cfg, SPACE, LUT, data, tmp_path, progress=False, tensorboard=False)
+    s = Searcher(cfg, SPACE, LUT, data, tmp_path, QUIET)
     torch.manual_seed(0)
     accs = []
     for epoch in (0, 1):  # 15 steps an epoch

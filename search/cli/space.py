@@ -1,4 +1,4 @@
-"""`fbnet-search spaces|ops|arch`: inspect the search spaces and architectures."""
+"""``fbnet-search spaces|ops|arch``: inspect the search spaces and architectures."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import typer
 from rich.table import Table as RichTable
 
 from fbnet.space import get_space, list_spaces
-from search.cli import SPACE_OPT, Fmt, _arch, _space, app, console
+from search.cli.common import FMT_OPT, SPACE_OPT, Fmt, console, parse_arch, space_named
+
+commands = typer.Typer()
 
 
-@app.command()
-def spaces(fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json")):
+@commands.command()
+def spaces(fmt: Fmt = FMT_OPT):
     """List the named search spaces with their op counts and versions."""
     rows = []
     for name in list_spaces():
@@ -29,10 +31,10 @@ def spaces(fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json")):
     console.print(t)
 
 
-@app.command()
-def ops(space: str = SPACE_OPT, fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json")):
+@commands.command()
+def ops(space: str = SPACE_OPT, fmt: Fmt = FMT_OPT):
     """Print a space's unique operators (the agents' work list) with their canonical keys."""
-    s = _space(space)
+    s = space_named(space)
     if fmt == Fmt.json:
         print(json.dumps({"space": s.name, "version": s.version, "ops": s.op_list()}, indent=2))
         return
@@ -44,15 +46,15 @@ def ops(space: str = SPACE_OPT, fmt: Fmt = typer.Option(Fmt.text, "--format", he
     console.print(t)
 
 
-@app.command()
+@commands.command()
 def arch(
     name_or_arch: str = typer.Argument(..., help="FBNet-A|B|C, 22 comma-separated block names, or 22 op indices"),
     space: str = SPACE_OPT,
-    fmt: Fmt = typer.Option(Fmt.text, "--format", help="text or json"),
+    fmt: Fmt = FMT_OPT,
 ):
     """Show an architecture: its 22 blocks, parameter count, MFLOPs (multiply-adds) and ops."""
-    s = _space(space)
-    a = _arch(name_or_arch)
+    s = space_named(space)
+    a = parse_arch(name_or_arch)
     out = {"arch": list(a.blocks), "params": s.arch_params(a), "mflops": round(s.arch_mflops(a), 3),
            "ops": [op.key for op in s.arch_ops(a)]}
     if fmt == Fmt.json:
@@ -61,6 +63,3 @@ def arch(
     console.print(f"[bold]{a}[/bold]")
     console.print(f"space {s.name}: {out['params'] / 1e6:.3f} M params, {out['mflops']:.1f} MFLOPs, "
                   f"{len(out['ops'])} ops")
-
-
-# ---- latency tables ---------------------------------------------------------------------------
