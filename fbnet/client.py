@@ -63,12 +63,14 @@ class ServiceDown(ServiceError):
 
 class ServiceRefused(ServiceError):
     """The service refused a request (HTTP 4xx, or another answer the call does not take): retrying
-    will not help. ``status_code`` and ``detail`` are the service's."""
+    will not help. ``status_code`` and ``reason`` (its ``detail``) are the service's; the message
+    names the request too (``fbnet.cli.run`` prints an error's ``detail`` attribute alone, so this one
+    has none)."""
 
-    def __init__(self, message: str, status_code: int, detail: str):
+    def __init__(self, message: str, status_code: int, reason: str):
         super().__init__(message)
         self.status_code = status_code
-        self.detail = detail
+        self.reason = reason
 
 
 class StaleTableWarning(RuntimeWarning):

@@ -71,7 +71,7 @@ def test_the_token_comes_from_the_role_variable(module_server, monkeypatch):
     with ServiceClient(module_server.url, retry=RetryPolicy(retries=0)) as c:  # a reader: no agent token
         with pytest.raises(ServiceRefused, match=r"POST /runs refused \(HTTP 401\)") as e:
             c.create_run(RUN)
-    assert e.value.status_code == 401 and e.value.detail
+    assert e.value.status_code == 401 and e.value.reason
     with pytest.raises(ValueError, match="role"):
         ServiceClient(module_server.url, role="admin")
 
@@ -82,7 +82,7 @@ def test_a_4xx_is_refused_at_once_with_the_detail(module_server):
         with pytest.raises(ServiceRefused, match=r"GET /runs/999999 refused \(HTTP 404\): unknown run 999999") as e:
             c.get_run(999999)
     assert time.monotonic() - t0 < 5.0  # no retry: a 4xx will not change
-    assert e.value.status_code == 404 and e.value.detail == "unknown run 999999"
+    assert e.value.status_code == 404 and e.value.reason == "unknown run 999999"
     assert UploadError is ServiceRefused and UploaderServiceDown is ServiceDown  # the agent's names
 
 
