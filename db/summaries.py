@@ -1,9 +1,10 @@
 """What table assembly reads: per-run per-op summaries and per-configuration coverage counters.
 
 When a run finishes (or an import is stored), in the same transaction, every op it measured becomes
-one narrow ``op_stats`` row (the run's median, the overhead-corrected median, n, std, p10, p90, the
-run's configuration and stability), and ``config_ops`` counts, per (device, space, configuration,
-op), the stable and unstable runs that measured it. A table then reads the summaries of ONE
+one narrow ``op_stats`` row (the run's median, the overhead-corrected median of
+:func:`fbnet.lut.corrected_us`, n, std, p10, p90, the run's configuration and stability), and
+``config_ops`` counts, per (device, space, configuration, op), the stable and unstable runs that
+measured it. A table then reads the summaries of ONE
 configuration and the configuration list reads the counters: never the samples, never another
 configuration's runs. Finished runs never change, so the summaries never need updating; migration
 0005 fills them for the runs finished before it.
@@ -17,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from db.models import ConfigOp, Measurement, OpStat, Run
 from fbnet.configuration import Configuration
+from fbnet.lut import corrected_us, overheads_by_key  # the table maths live in fbnet.lut (torch-free)
 
 IMPORT = "import"  # the transport of an imported table: a configuration of its own
 FINISHED = "finished"
@@ -26,20 +28,6 @@ def run_configuration(precision, runtime, runtime_version, threads, cpu_mask, co
                       transport) -> Configuration:
     return Configuration(precision=precision, runtime=runtime, runtime_version=runtime_version, threads=threads,
                          cpu_mask=cpu_mask, compute_units=compute_units, imported=transport == IMPORT)
-
-
-def overheads_by_key(extra: dict | None) -> dict[str, float]:
-    """The per-input-shape overheads a run recorded in ``extra`` (non-negative numbers only)."""
-    by_key = (extra or {}).get("overhead_us_by_key") or {}
-    return {k: float(v) for k, v in by_key.items() if isinstance(v, int | float) and v >= 0}
-
-
-def corrected_us(median_us: float, key: str, op_overhead: float | None, run_by_key: dict[str, float],
-                 run_overhead: float | None) -> float | None:
-    """The run's median less the per-call overhead for the op's input shape, as stored with the op, else
-    as the run recorded it; None if unknown."""
-    ovh = op_overhead if op_overhead is not None else run_by_key.get(key, run_overhead)
-    return None if ovh is None else max(0.0, median_us - ovh)
 
 
 def _insert(bind):

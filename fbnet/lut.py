@@ -41,7 +41,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from fbnet.ops import KeyError_, parse_key
+from fbnet.ops import OpKeyError, parse_key
 from fbnet.space import CANDIDATE_NAMES, NUM_LAYERS, Arch, Space
 from fbnet.wire import Table, TableEntry
 
@@ -101,6 +101,27 @@ def check_table(table: Table, space: Space, *, require_complete: bool = True) ->
                          f"op(s) have no latency: {fmt_missing(sorted(table.missing))}")
 
 
+# ---- the overhead correction (the server's per-run summaries and the clients' pricing) -------------
+def overhead_corrected_us(median_us: float, overhead_us: float) -> float:
+    """An op's time less the per-call overhead it paid when timed alone: at least 0."""
+    return max(0.0, median_us - overhead_us)
+
+
+def overheads_by_key(extra: dict | None) -> dict[str, float]:
+    """The per-input-shape overheads a run recorded in ``extra`` (non-negative numbers only)."""
+    by_key = (extra or {}).get("overhead_us_by_key") or {}
+    return {k: float(v) for k, v in by_key.items() if isinstance(v, int | float) and v >= 0}
+
+
+def corrected_us(median_us: float, key: str, op_overhead: float | None, run_by_key: dict[str, float],
+                 run_overhead: float | None) -> float | None:
+    """A run's median of op ``key`` less the per-call overhead for the op's input shape, as stored with
+    the op, else as the run recorded it (per shape, else its one overhead); None if unknown. What the
+    server stores as each op's ``corrected_us`` (``db.summaries``)."""
+    ovh = op_overhead if op_overhead is not None else run_by_key.get(key, run_overhead)
+    return None if ovh is None else overhead_corrected_us(median_us, ovh)
+
+
 def _check_pricing(pricing: str, statistic: str = "median") -> None:
     if pricing not in PRICINGS:
         raise TableError(f"pricing {pricing!r}: use one of {', '.join(PRICINGS)}")
@@ -144,7 +165,7 @@ def weight_mb(key: str, precision: str = "fp32") -> float:
     that are not op keys (an imported table's odd entry: no context is made up for it)."""
     try:
         op = parse_key(key)
-    except KeyError_:
+    except OpKeyError:
         return 0.0
     return op.params * BYTES_PER_WEIGHT.get(precision, 4) / 1e6
 
@@ -163,7 +184,7 @@ def _alone_us(e: TableEntry, table: Table, pricing: Pricing, statistic: Statisti
     if e.corrected_us is not None:
         return e.corrected_us
     if table.overhead_us and e.source == "measured":
-        return max(0.0, e.latency_us - table.overhead_us)
+        return overhead_corrected_us(e.latency_us, table.overhead_us)
     return e.latency_us
 
 
@@ -344,5 +365,5 @@ def predict(source: Table | LatencyLUT, arch: Arch, space: Space | None = None, 
 
 
 __all__ = ["PRICINGS", "STATISTICS", "LatencyLUT", "Pricing", "Statistic", "TableError", "build_lut", "check_table",
-           "context_cost", "context_factor", "describe", "entry_us", "in_context_us", "fmt_missing", "latencies", "load_table_file", "model_overhead_us",
-           "parse_table", "predict", "table_context_factor", "table_precision", "weight_mb"]
+           "context_cost", "context_factor", "corrected_us", "describe", "entry_us", "in_context_us", "fmt_missing", "latencies", "load_table_file", "model_overhead_us",
+           "overhead_corrected_us", "overheads_by_key", "parse_table", "predict", "table_context_factor", "table_precision", "weight_mb"]
