@@ -82,19 +82,18 @@ def fetch_table(server: str, token: str, device: str, space: str, cache_dir: Pat
 def calibration_models(server: str, token: str, table) -> dict[str, tuple[object, float]]:
     """The whole calibration models the table's runs timed (``extra.calibration``): program key ->
     (Arch, median us when profiled; the median over the runs that timed it)."""
-    import httpx
-
+    from fbnet.client import ServiceClient, ServiceRefused
     from fbnet.space import Arch
 
     run_ids = sorted({rid for e in table.entries for rid in e.run_ids})
     seen: dict[str, tuple[object, list[float]]] = {}
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(base_url=server, headers=headers, timeout=60) as c:
+    with ServiceClient(server, token, role="agent", timeout_s=60) as c:
         for rid in run_ids:
-            r = c.get(f"/runs/{rid}")
-            if r.status_code != 200:
-                continue
-            for m in ((r.json().get("extra") or {}).get("calibration") or {}).get("models", []):
+            try:
+                run = c.get_run(rid)
+            except ServiceRefused:
+                continue  # a run this token may not read (or one that is gone): its models are left out
+            for m in (run.extra.get("calibration") or {}).get("models", []):
                 a = Arch.parse(m["arch"])
                 seen.setdefault(arch_key(a), (a, []))[1].append(float(m["median_us"]))
     return {k: (a, statistics.median(xs)) for k, (a, xs) in seen.items()}
