@@ -23,10 +23,12 @@
     th.setAttribute("aria-sort", desc ? "descending" : "ascending");
   }
   function filterRows(table, text) {
-    var needle = text.trim().toLowerCase();
+    var needle = text.trim().toLowerCase(), shown = 0;
     Array.prototype.forEach.call(table.tBodies[0].rows, function (r) {
       r.hidden = needle !== "" && r.textContent.toLowerCase().indexOf(needle) < 0;
+      shown += r.hidden ? 0 : 1;
     });
+    document.querySelectorAll("[data-count-for='" + table.id + "']").forEach(function (el) { el.textContent = shown; });
   }
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("table.sortable th[data-sort]").forEach(function (th) {
