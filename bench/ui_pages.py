@@ -29,7 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from fbnet.space import get_space  # noqa: E402
-from profiler_server.local import LocalServer  # noqa: E402
+from profiler_server.launcher import LocalServer  # noqa: E402
 
 SPACE = "fbnet-cifar"
 TARGET_MS = 200.0

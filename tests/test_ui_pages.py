@@ -47,17 +47,20 @@ def import_table(server, device: str, file: str, **fields) -> None:
     assert r.status_code == 200, r.text
 
 
-def measured_run(server, device: str, token: str) -> int:
+def measured_run(server, device: str, token: str, threads: int = 1) -> int:
     """A finished run of three ops with a serial and a host name in its provenance (private fields)."""
     with server.client(token) as c:
         r = c.post("/runs", json={"space": SPACE, "transport": "adb", "agent_version": "t", "runtime": "executorch",
-                                  "runtime_version": "1.5.1 sha256:abcdef012345", "host": HOST, "threads": 1,
+                                  "runtime_version": "1.5.1 sha256:abcdef012345", "host": HOST, "threads": threads,
                                   "build": "fbnet-runner 1 sha256:abcdef012345", "extra": {"serial": SERIAL}})
         assert r.status_code == 201, r.text
         run_id = r.json()["id"]
-        batch = [{"key": k, "n": 10, "median_us": 100.0 * (i + 1), "mean_us": 100.0 * (i + 1), "std_us": 5.0,
-                  "min_us": 90.0, "p10_us": 95.0 * (i + 1), "p90_us": 110.0 * (i + 1)} for i, k in enumerate(OPS)]
+        med = [100.0 * (i + 1) / threads for i in range(len(OPS))]
+        batch = [{"key": k, "n": 10, "median_us": m, "mean_us": m, "std_us": 5.0, "min_us": 0.9 * m, "p10_us": 0.95 * m,
+                  "p90_us": 1.1 * m} for k, m in zip(OPS, med, strict=True)]
         assert c.post(f"/runs/{run_id}/measurements", json={"measurements": batch}).status_code == 200
+        if threads != 1:
+            return c.post(f"/runs/{run_id}/finish", json={}).json()["id"]
         fin = c.post(f"/runs/{run_id}/finish", json={"extra": {"protocol": {"round_factors": [1.0, 1.0123, 0.9931],
                                                                               "spread": 0.0194, "settle": []}}})
         assert fin.status_code == 200, fin.text
@@ -77,6 +80,7 @@ def site(module_server):
     token = s.create_device("phone-a", platform="android", runtime="executorch-xnnpack", model="Phone A",
                             metadata={"serial": SERIAL, "lab": "shelf 3"})
     s.run_id = measured_run(s, "phone-a", token)
+    measured_run(s, "phone-a", token, threads=4)  # a second configuration of the same device
     s.device_token = token
     return s
 
@@ -130,6 +134,17 @@ def test_device_page_shows_runs_and_validations(site):
     assert "sha256:abcdef012345" in html and "agent t" in html  # provenance
     assert "2 whole models" in html and "MAPE" in html and "shelf 3" in html
     assert "vs pixel3" in html and "vs raspi4" in html  # compare links
+
+
+def test_two_configurations_of_one_device(site):
+    html = unescape(get(site, "/ui/devices/phone-a").text)
+    assert "1 thread(s) vs fp32, executorch 1.5.1 sha256:abcdef012345, 4 thread(s)" in html
+    r = get(site, f"/ui/compare?space={SPACE}&a=phone-a&b=phone-a&a_threads=1&b_threads=4")
+    assert r.status_code == 200, r.text
+    ratios = [float(row[5][0]) for row in rows(r.text, "compare-entries") if row[5][0]]
+    assert ratios == [4.0] * len(OPS)  # the 4-thread run measured each op 4x faster
+    assert "b_threads=1" in unescape(r.text)  # the other configuration, one click away
+    assert get(site, f"/ui/compare?space={SPACE}&a=phone-a&b=phone-a&a_threads=1&b_threads=1").status_code == 422
 
 
 def test_serials_and_hosts_only_for_the_admin_and_the_device(site):

@@ -24,7 +24,7 @@ from profiler_server.auth import Caller, identify, require_reader
 from profiler_server.deps import CacheDep, ReadSession
 from profiler_server.errors import DomainError, NotFound
 from profiler_server.routes import plots as plot_routes
-from profiler_server.routes.compare import SelA, SelB
+from profiler_server.routes.compare import PairDep
 from profiler_server.routes.tables import SelectorDep
 from profiler_server.ui import views
 
@@ -183,10 +183,9 @@ async def table_png(device: str, space: str, request: Request, session: ReadSess
 
 
 @router.get("/ui/plots/compare.png")
-async def compare_png(space: str, a: str, b: str, request: Request, session: ReadSession, cache: CacheDep, sel_a: SelA,
-                      sel_b: SelB):
+async def compare_png(pair: PairDep, request: Request, session: ReadSession, cache: CacheDep):
     caller = await _reader(request, session)
-    return await plot_routes.compare_plot(space, a, b, request, session, cache, caller, sel_a, sel_b)
+    return await plot_routes.compare_plot(pair, request, session, cache, caller)
 
 
 @router.get("/ui/plots/validations/{device}.png")

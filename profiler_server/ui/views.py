@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -22,6 +22,7 @@ from db.models import Device, Run, Validation
 from db.models import Space as SpaceRow
 from fbnet import wire
 from fbnet.configuration import SELECTOR_FIELDS, Configuration, Selector
+from fbnet.space import Space
 from profiler_server.auth import Caller
 from profiler_server.domain import compare as compare_dom
 from profiler_server.domain import devices as devices_dom
@@ -283,6 +284,17 @@ def table_page(session: Session, cache: TableCache, device: str, tq: TableQuery,
             "peers": space_peers(session, space, d.id)}
 
 
+def _side(session: Session, sp: Space, t: wire.Table, swap: Callable[[Selector], str]) -> dict:
+    """One side of a comparison: its device, configuration, and its other configurations as links that
+    compare them instead (``swap(selector)``: the compare page's query with this side's selector replaced)."""
+    dev = devices_dom.get_device(session, t.device)
+    current = t.configuration and t.configuration.config_id
+    others = [(c, swap(config_selector(c))) for c in configurations(session, dev, sp) if c.id != current]
+    return {"device": t.device, "configuration": t.configuration and t.configuration.describe(),
+            "others": [(config_view(t.device, sp.name, c)["describe"], params) for c, params in others],
+            "url": table_url(t.device, sp.name, config_selector(t.configuration) if t.configuration else None)}
+
+
 def compare_page(session: Session, cache: TableCache, query: Mapping[str, str], base_url: str) -> dict:
     """Two devices, or two configurations of one, side by side with the per-op ratio plot."""
     spaces = run_spaces(session)
@@ -299,12 +311,8 @@ def compare_page(session: Session, cache: TableCache, query: Mapping[str, str], 
     out = compare_dom.compare(space, ta, tb)
     rows = [{"i": i, "key": e.key, "block": e.block, "a_us": e.a_us, "b_us": e.b_us, "ratio": e.ratio}
             for i, e in enumerate(out.entries)]
-    side = {}
-    for name, t in (("a", ta), ("b", tb)):
-        dev = devices_dom.get_device(session, t.device)
-        side[name] = {"device": t.device, "configuration": t.configuration and t.configuration.describe(),
-                      "configs": [config_view(t.device, space, c) for c in configurations(session, dev, sp)],
-                      "url": table_url(t.device, space, config_selector(t.configuration) if t.configuration else None)}
+    side = {"a": _side(session, sp, ta, lambda c: compare_params(space, a, b, c, sel_b)),
+            "b": _side(session, sp, tb, lambda c: compare_params(space, a, b, sel_a, c))}
     params = compare_params(space, a, b, sel_a, sel_b)
     faster = sum(r["ratio"] < 1 for r in rows if r["ratio"] is not None)
     ctx.update(result=out, rows=rows, side=side, plot=f"/ui/plots/compare.png?{params}",
