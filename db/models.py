@@ -251,3 +251,29 @@ class Validation(Base):
     label: Mapped[str | None] = mapped_column(String(128))
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PlanBatch(Base):
+    """One batch of v2 grid ops the service issued for a device, space and configuration to measure:
+    the first rounds a space-filling design, then adaptive rounds (``profiler_server.domain.planning``).
+    The newest batch of a (device, space, configuration) is the current one until its ops are measured
+    in finished runs (or reported as failed); asking again returns what is left of it."""
+
+    __tablename__ = "plan_batches"
+    __table_args__ = (
+        Index("ix_plan_batches_config", "device_id", "space_id", "config_id"),
+        UniqueConstraint("device_id", "space_id", "config_id", "round", name="uq_plan_batches_round"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id"))
+    config_id: Mapped[str] = mapped_column(String(32))
+    configuration: Mapped[dict[str, Any]] = mapped_column(JSON)
+    round: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(16))  # design | adaptive
+    seed: Mapped[int] = mapped_column(Integer)
+    keys: Mapped[list[Any]] = mapped_column(JSON)
+    # ops the agent reported it could not measure: never issued again
+    failed: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

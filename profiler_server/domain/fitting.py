@@ -1,0 +1,260 @@
+"""The latency model of a v2 space's grid: fitted per device and configuration from a measured sample.
+
+Torch-free (numpy, scipy, scikit-learn under the ``[server]`` extra). One fit per **block family**
+(:func:`family`): ``ir`` (the eight inverted-residual variants pooled; kernel, SE and activation
+enter the features), ``skip`` (a 1x1 projection), and the fixed ``conv_k3_hs`` stem, ``ir_pool_hs``
+head and ``fc`` (few ops each: the first design measures them all).
+
+The model (``kind="padded+gbm"``, :data:`DEFAULT_KIND`) has two stages:
+
+1. A non-negative least-squares fit, in relative error, of latency on **padded multiply-adds**: each
+   primitive's work (1x1 expansion, depthwise, squeeze-excite, 1x1 projection; elementwise volumes;
+   a constant per kernel launched) with every channel count rounded up to a multiple of the vector
+   width ``v`` for ``v`` in :data:`VECTOR_WIDTHS`, one column per primitive and ``v``. The staircase
+   comes from the ceilings: C = 12 costs what C = 16 costs when the fit puts weight on ``v = 8``.
+   A smooth model cannot give two widths the same cost; this one can and extrapolates in width.
+2. Gradient-boosted trees on ``log(measured / stage 1)`` over the raw shape (H, Cin, mid, Cout,
+   stride, kernel, SE, activation) and the padding ratios: what the linear terms miss (efficiency
+   that depends on the spatial size, tiles). Trees alone (``kind="gbm"``, ``"forest"``) on the raw
+   shape learn steps only where they see both sides of one; ``bench/v2_model.py`` compares them.
+
+:func:`heldout` is the honest error: k-fold over the measured ops, each predicted by a fit that did
+not see it. :func:`disagreement` is what adaptive sampling ranks by (the spread of bootstrap fits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import nnls
+
+from fbnet.ops_v2 import OpV2, se_width
+
+VECTOR_WIDTHS = (4, 8, 16, 32)
+DEFAULT_KIND = "padded+gbm"
+KINDS = ("padded+gbm", "padded", "plain", "gbm", "forest")
+FAMILIES = ("ir", "skip", "conv_k3_hs", "ir_pool_hs", "fc")
+MIN_TREES_N = 24  # fewer measured ops in a family: stage 1 only
+# shape columns of an op (``shape_array``)
+_COLS = ("fam", "h", "w", "ho", "wo", "cin", "mid", "cout", "k", "se", "hs", "stride", "has_pw", "residual", "se_w")
+_C = {c: i for i, c in enumerate(_COLS)}
+
+
+def family(op: OpV2) -> str:
+    """The fit an op belongs to: ``ir`` for every inverted residual, else its block."""
+    return "ir" if op.block.startswith("ir_k") else op.block
+
+
+def shape_array(ops: list[OpV2]) -> np.ndarray:
+    """One row of :data:`_COLS` per op (float64): the shape the features are computed from."""
+    rows = []
+    for op in ops:
+        ho, wo = op.out_hw
+        mid = op.mid or 0
+        rows.append((FAMILIES.index(family(op)), op.h, op.w, ho, wo, op.cin, mid, op.cout, op.kernel or 1,
+                     float(op.se), float(op.act == "hswish"), op.stride, float(op.has_pw), float(op.residual),
+                     se_width(mid) if op.se else 0))
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(_COLS))
+
+
+def _pad(c: np.ndarray, v: int) -> np.ndarray:
+    return np.ceil(c / v) * v
+
+
+def _ir_terms(s: np.ndarray, v: int) -> list[np.ndarray]:
+    """Padded work of an inverted residual's primitives at vector width ``v``."""
+    g = {c: s[:, i] for c, i in _C.items()}
+    hw_in, hw_out = g["h"] * g["w"], g["ho"] * g["wo"]
+    mid, cin, cout = _pad(g["mid"], v), _pad(g["cin"], v), _pad(g["cout"], v)
+    k2 = g["k"] ** 2
+    k3, k5 = g["k"] == 3, g["k"] == 5
+    return [g["has_pw"] * cin * mid * hw_in, g["has_pw"] * cin * mid,     # 1x1 expansion: MACs, weights
+            mid * hw_out * k3, mid * hw_out * k2 * k3, mid * k2 * k3,     # depthwise 3x3
+            mid * hw_out * k5, mid * hw_out * k2 * k5, mid * k2 * k5,     # depthwise 5x5
+            g["se"] * (mid * hw_out + mid * _pad(g["se_w"], v)),          # squeeze-excite
+            mid * cout * hw_out, mid * cout,                               # 1x1 projection
+            cout * hw_out]                                                 # projection output
+
+
+def _other_terms(s: np.ndarray, v: int) -> list[np.ndarray]:
+    """Padded work of the stem, the 1x1 skip projection, the head and the classifier."""
+    g = {c: s[:, i] for c, i in _C.items()}
+    hw_in, hw_out = g["h"] * g["w"], g["ho"] * g["wo"]
+    cin, cout, mid = _pad(g["cin"], v), _pad(g["cout"], v), _pad(g["mid"], v)
+    fam = g["fam"]
+    stem, head = fam == FAMILIES.index("conv_k3_hs"), fam == FAMILIES.index("ir_pool_hs")
+    other = ~(stem | head | (fam == FAMILIES.index("ir")))
+    return [np.where(stem, g["cin"] * cout * 9 * hw_out, 0.0), np.where(stem, g["cin"] * cout * 9, 0.0),
+            np.where(head, cin * mid * hw_in + mid * cout, 0.0), np.where(head, cin * mid, 0.0),
+            np.where(other, cin * cout * hw_out, 0.0), np.where(other, cin * cout, 0.0)]
+
+
+def linear_features(s: np.ndarray, widths: tuple[int, ...] = VECTOR_WIDTHS) -> np.ndarray:
+    """Stage-1 columns: per vector width the padded work of every primitive; unpadded elementwise
+    volumes (by activation) and launch constants."""
+    g = {c: s[:, i] for c, i in _C.items()}
+    cols = []
+    for v in widths:
+        cols += _ir_terms(s, v) + _other_terms(s, v)
+    is_ir = g["fam"] == FAMILIES.index("ir")
+    elem = is_ir * (g["mid"] * g["h"] * g["w"] * g["has_pw"] + g["mid"] * g["ho"] * g["wo"])
+    cols += [elem * g["hs"], elem * (1 - g["hs"]), g["residual"] * g["cout"] * g["ho"] * g["wo"],
+             g["cin"] * g["h"] * g["w"], np.ones(len(s)), g["has_pw"], g["se"]]
+    x = np.stack(cols, axis=1)
+    x[:, :] *= 1.0 - ((x == 0).all(axis=0))[None, :]  # all-zero columns stay zero (NNLS ignores them)
+    return x
+
+
+def tree_features(s: np.ndarray, widths: tuple[int, ...] = VECTOR_WIDTHS) -> np.ndarray:
+    """Stage-2 (and tree-only) columns: the raw shape, log MACs, and the padding ratio per width."""
+    g = {c: s[:, i] for c, i in _C.items()}
+    cols = [g[c] for c in ("h", "cin", "mid", "cout", "stride", "k", "se", "hs", "has_pw", "residual")]
+    macs = g["cin"] * np.maximum(g["mid"], 1) * g["h"] * g["w"] + np.maximum(g["mid"], 1) * g["cout"] * g["ho"] * g["wo"]
+    cols.append(np.log(macs + 1.0))
+    for v in widths:
+        for c in ("cin", "mid", "cout"):
+            cols.append(_pad(np.maximum(g[c], 1), v) / np.maximum(g[c], 1))
+    return np.stack(cols, axis=1)
+
+
+@dataclass
+class FamilyFit:
+    """One family's fit: stage-1 weights (on scaled columns) and the stage-2 trees, if any."""
+
+    family: str
+    n: int
+    coef: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    trees: object | None = None
+    const: float = 1.0  # the base of tree-only kinds (the family's median)
+
+    def predict(self, s: np.ndarray, kind: str, widths: tuple[int, ...]) -> np.ndarray:
+        out = np.full(len(s), self.const)
+        if self.coef is not None:
+            out = (linear_features(s, widths) / self.scale) @ self.coef
+            out = np.maximum(out, 1e-3)
+        if self.trees is not None:
+            out = out * np.exp(self.trees.predict(tree_features(s)))
+        return out
+
+
+@dataclass
+class LatencyModel:
+    """A fitted model: one :class:`FamilyFit` per family with measured ops."""
+
+    kind: str
+    widths: tuple[int, ...]
+    fits: dict[str, FamilyFit] = field(default_factory=dict)
+
+    def predict(self, s: np.ndarray) -> np.ndarray:
+        """Predicted latency (us) per row of a :func:`shape_array`; NaN where the family has no fit."""
+        out = np.full(len(s), np.nan)
+        for name, fit in self.fits.items():
+            mask = s[:, _C["fam"]] == FAMILIES.index(name)
+            if mask.any():
+                out[mask] = fit.predict(s[mask], self.kind, self.widths)
+        return out
+
+
+def _stage1(s: np.ndarray, y: np.ndarray, widths: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """NNLS in relative error on scaled columns: (weights, column scales)."""
+    x = linear_features(s, widths)
+    scale = np.abs(x).max(axis=0)
+    scale[scale == 0] = 1.0
+    xs = x / scale
+    coef, _ = nnls(xs / y[:, None], np.ones(len(y)), maxiter=50 * xs.shape[1])
+    return coef, scale
+
+
+def _trees(kind: str, seed: int):
+    from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+
+    if kind == "forest":
+        return RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=seed, n_jobs=1)
+    depth = 3 if kind == "padded+gbm" else 4
+    return GradientBoostingRegressor(n_estimators=60, max_depth=depth, learning_rate=0.15, subsample=1.0,
+                                     min_samples_leaf=3, random_state=seed)
+
+
+def _fit_family(name: str, s: np.ndarray, y: np.ndarray, kind: str, widths: tuple[int, ...], seed: int) -> FamilyFit:
+    fit = FamilyFit(name, len(y))
+    if kind in ("padded+gbm", "padded", "plain"):
+        fit.coef, fit.scale = _stage1(s, y, widths)
+    else:  # tree-only kinds: trees on log(y / the family's median)
+        fit.const = float(np.median(y))
+    if kind in ("padded+gbm", "gbm", "forest") and len(y) >= MIN_TREES_N:
+        base = fit.predict(s, kind, widths)
+        fit.trees = _trees(kind, seed).fit(tree_features(s), np.log(y / base))
+    return fit
+
+
+def fit_model(s: np.ndarray, y: np.ndarray, kind: str = DEFAULT_KIND, seed: int = 0) -> LatencyModel:
+    """Fit ``kind`` (:data:`KINDS`) per family on measured rows ``s`` (:func:`shape_array`) with
+    latencies ``y`` (us, > 0)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; kinds are {', '.join(KINDS)}")
+    widths = (1,) if kind == "plain" else VECTOR_WIDTHS
+    model = LatencyModel(kind, widths)
+    y = np.maximum(np.asarray(y, dtype=np.float64), 1e-3)
+    for i, name in enumerate(FAMILIES):
+        mask = s[:, _C["fam"]] == i
+        if mask.any():
+            model.fits[name] = _fit_family(name, s[mask], y[mask], kind, widths, seed)
+    return model
+
+
+@dataclass
+class HeldOut:
+    """k-fold held-out error over the measured ops: each predicted by a fit that did not see it."""
+
+    n: int
+    folds: int
+    within_10pct: float | None
+    mape: float | None
+    predicted: np.ndarray  # per measured row (NaN: not predictable, e.g. a family with one op)
+
+
+def _folds(s: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold index per row, stratified by family (each family spread over the folds), deterministic."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(s), dtype=int)
+    for f in np.unique(s[:, _C["fam"]]):
+        idx = np.flatnonzero(s[:, _C["fam"]] == f)
+        out[rng.permutation(idx)] = np.arange(len(idx)) % k
+    return out
+
+
+def heldout(s: np.ndarray, y: np.ndarray, kind: str = DEFAULT_KIND, folds: int = 5, seed: int = 0) -> HeldOut:
+    """k-fold held-out predictions of the measured ops and their error (share within ±10 %, MAPE)."""
+    y = np.asarray(y, dtype=np.float64)
+    pred = np.full(len(y), np.nan)
+    if len(y) >= 2 * folds:
+        fold = _folds(s, folds, seed)
+        for f in range(folds):
+            test = fold == f
+            model = fit_model(s[~test], y[~test], kind, seed)
+            pred[test] = model.predict(s[test])
+    ok = np.isfinite(pred)
+    if not ok.any():
+        return HeldOut(0, folds, None, None, pred)
+    err = np.abs(pred[ok] / y[ok] - 1.0)
+    return HeldOut(int(ok.sum()), folds, float(np.mean(err <= 0.10)), float(100 * np.mean(err)), pred)
+
+
+def disagreement(s: np.ndarray, y: np.ndarray, candidates: np.ndarray, kind: str = DEFAULT_KIND,
+                 n_boot: int = 6, seed: int = 0) -> np.ndarray:
+    """Per candidate row, the spread (std of log predictions) of ``n_boot`` fits on bootstrap
+    resamples of the measured rows: where the model is least sure. NaN where no fit predicts."""
+    rng = np.random.default_rng(seed)
+    preds = []
+    for b in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        preds.append(np.log(fit_model(s[idx], np.asarray(y)[idx], kind, seed + b).predict(candidates)))
+    return np.std(np.stack(preds), axis=0)
+
+
+__all__ = [
+    "DEFAULT_KIND", "FAMILIES", "KINDS", "VECTOR_WIDTHS", "FamilyFit", "HeldOut", "LatencyModel",
+    "disagreement", "family", "fit_model", "heldout", "linear_features", "shape_array", "tree_features",
+]
