@@ -10,7 +10,7 @@ single path (``search.supernet``); the supernet may be a narrower / lower-resolu
 space, but latency is always the target space's table.
 
 The theta loss. Without a target, the paper's ``CE * alpha * log(LAT)^beta`` with LAT the latency of
-the Gumbel sample m (``search.loss``). With a target T (``target_us``): ``CE + lambda *
+the Gumbel sample m (``search.loss``). With a target T (``target_ms``): ``CE + lambda *
 max(0, |log(E[LAT] / T)| - band)``, a two-sided hinge on the expected latency under softmax(theta)
 (deterministic: it prices the distribution the result is drawn from, not one noisy sample): outside
 +-band (2 %) it pulls the distribution to T from either side, inside only accuracy counts. The
@@ -330,7 +330,7 @@ class Searcher:
                 space_version=self.space.version, device=self.lut.device, table_version=self.lut.table_version,
                 table_configuration=self.options.table_configuration, theta=theta.double().tolist(),
                 theta_entropy=self.arch.entropy(), argmax_prob=self.arch.argmax_prob(), theta_steps=self.theta_steps,
-                target_ms=None if cfg.target_us is None else cfg.target_us / 1000, selection=selection,
+                target_ms=cfg.target_ms, selection=selection,
                 argmax_arch=list(plain.blocks), argmax_latency_us=predict(self.lut, plain)["latency_us"],
                 history=self.history, data=self.data.name, world_size=self.env.world,
                 config={**cfg.model_dump(), "search_space": self.train_space.name},

@@ -24,7 +24,7 @@ CHILD_RUN = Use(Execution, only=("out", "cpu", "progress"), defaults={"out": Pat
 def train(
     arch: str = ARCH_OPT,
     from_file: Path = typer.Option(None, "--from", help="DIR or DIR/arch.json written by `run` (its argmax)"),
-    space: str = typer.Option(None, "--space", "-s", help="[default: arch.json's space, else fbnet-cifar]"),
+    space: str = typer.Option(None, "--space", "-s", help="(default: arch.json's space, else fbnet-cifar)"),
     *, data: DataConfig, child: ChildConfig, execution: Execution,
 ):
     """Train an architecture from scratch (FBNet(space, arch)) and report its test accuracy."""
@@ -75,11 +75,11 @@ def export(
     arch: str = ARCH_OPT,
     from_file: Path = typer.Option(None, "--from", help="DIR or DIR/arch.json written by `run`"),
     weights: Path = typer.Option(None, "--weights", help="child.pt from `train` (else freshly initialised)"),
-    space: str = typer.Option(None, "--space", "-s", help="[default: from arch.json / child.pt, else fbnet-cifar]"),
+    space: str = typer.Option(None, "--space", "-s", help="(default: from arch.json / child.pt, else fbnet-cifar)"),
     fmt: ExportFmt = typer.Option(ExportFmt.pte, "--format", help="pte (ExecuTorch/XNNPACK) or mlpackage (Core ML)"),
     out: Path = typer.Option(..., "--out", "-o", help="output file (.pte) or folder (.mlpackage)"),
     precision: str = typer.Option(None, "--precision", help="pte: fp32 or int8 (PT2E, XNNPACK quantizer, as the "
-                                  "agents' int8 ops); mlpackage: fp16 [default: fp32 / fp16]"),
+                                  "agents' int8 ops); mlpackage: fp16 (default fp32 / fp16)"),
 ):
     """Export an architecture through the device agents' exporters (.pte or .mlpackage)."""
     state_dict, doc = _weights(weights)

@@ -110,13 +110,18 @@ def _print_prediction(out: dict, a, device: str) -> None:
 @commands.command(epilog=RUN_ENV_HELP)
 @options(presets=PRESETS, config_file=True, source=TableSource, selector=Selector, data=DataConfig,
          search=SearchConfig, execution=Execution)
-def run(*, source: TableSource, selector: Selector, data: DataConfig, search: SearchConfig, execution: Execution):
+def run(
+    paper: bool = typer.Option(False, "--paper", hidden=True, help="replaced by --preset paper"),
+    *, source: TableSource, selector: Selector, data: DataConfig, search: SearchConfig, execution: Execution,
+):
     """FBNet DNAS on a device's latency table; writes DIR/arch.json (under torchrun too).
 
     --preset paper: the paper's setting (90 epochs, full net); --config FILE: a TOML file of these options (names with _); explicit options win. history.csv: per epoch tau, theta entropy, theta steps.
     """
     from search.dist import cleanup_distributed, setup_distributed
 
+    if paper:
+        fail("--paper is now --preset paper")
     env = setup_distributed(prefer_cuda=not execution.cpu)
     try:
         table = load_table(source, selector)
@@ -159,8 +164,8 @@ def _print_search(res, lut, search: SearchConfig, out: Path) -> None:
 
 
 @commands.command(epilog=TOKEN_ENV_HELP)
-@options(source=Use(TableSource, exclude=("space",), help={"device": "[default: the device of arch.json]"}),
-         selector=Selector)
+@options(source=Use(TableSource, exclude=("space",),
+                    help={"device": "device on the server (default: the device of arch.json)"}), selector=Selector)
 def sample(
     from_file: Path = typer.Option(..., "--from", help="DIR or DIR/arch.json written by `run`"),
     k: int = typer.Option(5, "-k", help="how many architectures to draw from softmax(theta)"),
