@@ -48,9 +48,16 @@ def _opt(panel: str = PROTOCOL_PANEL, flag: str | None = None) -> dict:
     return cli(flag, panel=panel)
 
 
+def _rare() -> dict:
+    """A knob left out of ``--help`` (it still takes an option, and a ``--config`` file sets it)."""
+    return cli(panel=NOISE_PANEL, hidden=True)
+
+
 class ProtocolConfig(BaseModel):
     """How every program is timed, for the profile and validate flows alike (a ``--config`` TOML file
-    of these settings is read by both commands). A field's description is its option's help."""
+    of these settings is read by both commands). A field's description is its option's help; the
+    fine-tuning of re-measures and of the stable warm-up (``max_remeasure``, ``stable_tol``,
+    ``max_warmup_batches``) is left out of ``--help``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,7 +71,7 @@ class ProtocolConfig(BaseModel):
     cv_threshold: float = Field(0.25, ge=0, description="re-measure ops whose CV is above this",
                                 json_schema_extra=_opt())
     max_remeasure: int = Field(1, ge=0, description="re-measurements of an op whose CV stays above the "
-                               "threshold (every sample is kept)", json_schema_extra=_opt(NOISE_PANEL))
+                               "threshold (every sample is kept)", json_schema_extra=_rare())
     cooldown_s: float = Field(0.0, ge=0, description="seconds to rest after each op",
                               json_schema_extra=_opt(NOISE_PANEL, "--cooldown"))
     reference: int = Field(0, ge=0, description=(
@@ -77,17 +84,16 @@ class ProtocolConfig(BaseModel):
     warmup_stable: bool = Field(False, description="before the rounds, time a reference op until its median "
                                 "settles", json_schema_extra=_opt(NOISE_PANEL))
     stable_tol: float = Field(0.03, gt=0, description="settled: two consecutive warm-up batch medians within "
-                              "this fraction", json_schema_extra=_opt(NOISE_PANEL))
+                              "this fraction", json_schema_extra=_rare())
     max_warmup_batches: int = Field(10, ge=1, description="at most this many warm-up batches",
-                                    json_schema_extra=_opt(NOISE_PANEL))
+                                    json_schema_extra=_rare())
     # The settle keys (validate: the whole models) get blocks of ``rounds`` more rounds with the
     # references until the split-half Kendall tau of their ranking reaches ``settle_tau`` or they have
     # ``max_rounds`` rounds (0 = off)
     settle_tau: float = Field(0.0, ge=0.0, le=1.0, description=(
-        "add --rounds more rounds of the models until their ranking reproduces itself: the Kendall tau "
-        "between the models' medians over the even and over the odd rounds reaches this (0 = off; the "
-        "last value is printed either way, and it bounds the tau any table can reach against this "
-        "measurement)"), json_schema_extra=_opt(NOISE_PANEL))
+        "add --rounds more rounds of the models until their ranking reproduces itself: the Kendall tau of "
+        "their medians over the even vs the odd rounds reaches this (0 = off; printed either way: it bounds "
+        "the tau any table can reach)"), json_schema_extra=_opt(NOISE_PANEL))
     max_rounds: int = Field(24, ge=1, description="at most this many rounds of the models when settling",
                             json_schema_extra=_opt(NOISE_PANEL))
 

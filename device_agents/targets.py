@@ -1,5 +1,7 @@
-"""What the profile and validate flows share: where the ops run (a transport and its settings), which
-ops and architectures to time, the export cache. Errors name the problem, never a command-line flag.
+"""What the profile and validate flows share: the service account they report to, where the ops run
+(a transport and its settings), the export cache, which ops and architectures to time, and the
+progress factory they take. Each setting is declared once, as a field of a typed config whose
+description is its option's help. Errors name the problem, never a command-line flag.
 """
 
 from __future__ import annotations
@@ -7,9 +9,22 @@ from __future__ import annotations
 import fnmatch
 import os
 import random
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fbnet.configuration import ComputeUnits, Precision
+from fbnet.options import cli
+from fbnet.progress import progress, ticker
+
+# The progress factory a flow takes (``fbnet.progress.progress``'s shape); the library's default is silent.
+ProgressFactory = Callable[[], AbstractContextManager]
+SILENT: ProgressFactory = partial(progress, enabled=False)
+TRANSPORT_PANEL = "Transport settings (native, adb, ios)"
 
 
 class TransportName(StrEnum):
@@ -24,21 +39,72 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FBNET_AGENT_CACHE", Path(base) / "fbnet-agent" / "exports"))
 
 
-@dataclass(frozen=True)
-class Target:
+@contextmanager
+def steps(make: ProgressFactory, label: str, total: int, info: str = "") -> Iterator[Callable[..., None]]:
+    """One bar of the progress factory ``make``; yields a callback ``(key, *_)`` that advances it by one
+    step (the total grows when a step repeats: re-measurements)."""
+    with make() as prog:
+        yield ticker(prog, prog.add_task(label, total=total, info=info))
+
+
+class Service(BaseModel):
+    """The device's account on the profiler service."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: str = Field(description="profiler service URL (required)", json_schema_extra=cli(envvar="FBNET_SERVER"))
+    device: str = Field(description="device name registered on the service (required)")
+    token: str = Field(repr=False, description="the device's agent token (required)",
+                       json_schema_extra=cli(envvar="FBNET_AGENT_TOKEN"))
+    retries: int = Field(3, ge=0, description="retries per request (exponential backoff) before spooling")
+
+
+class Exports(BaseModel):
+    """Which space's programs, where they are cached, how many processes export them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    space: str = Field("fbnet-cifar", description="fbnet-224, fbnet-cifar or fbnet-<res>[-w<width>]")
+    cache_dir: Path | None = Field(None, description="export cache (default: $FBNET_AGENT_CACHE, else "
+                                   "~/.cache/fbnet-agent/exports)")
+    jobs: int = Field(2, ge=1, description="export worker processes for cold exports")
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+
+def _transport_opt(**kw) -> dict:
+    return cli(panel=TRANSPORT_PANEL, **kw)
+
+
+class Target(BaseModel):
     """Where and how the programs run: the transport and its settings (threads, CPU mask, adb/iOS)."""
 
-    transport: TransportName = TransportName.host
-    threads: int = 1
-    cpu_mask: str | None = None
-    serial: str | None = None
-    runner: Path | None = None
-    adb: str = "adb"
-    udid: str | None = None
-    bundle_id: str = "org.fbnetlut.CoreMLBench"
-    compute_units: str = "cpu"
-    xcrun: str = "xcrun"
-    precision: str | None = None  # None: the runtime's own (ExecuTorch fp32, Core ML fp16)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transport: TransportName = Field(TransportName.host, description=(
+        "where the ops run: host (this process), native (fbnet-runner on this machine), adb (an Android "
+        "phone), ios (an iPhone)"))
+    threads: int = Field(1, ge=1, description="runtime threads (host, native and adb)")
+    cpu_mask: str | None = Field(None, max_length=64, description="hex CPU mask (taskset), e.g. 80 = cpu7, "
+                                 "f0 = cpu4-7")
+    precision: Precision | None = Field(None, description=(
+        "fp32 or int8 (ExecuTorch: PT2E, XNNPACK quantizer, per-channel weights, static activations), fp16 "
+        "(Core ML) (default: the runtime's own: fp32, Core ML fp16)"))
+    serial: str | None = Field(None, description="adb: device serial (adb -s)", json_schema_extra=_transport_opt())
+    runner: Path | None = Field(None, description=(
+        "adb: fbnet-runner or upstream executor_runner built for the phone (android/build_runner.sh); "
+        "native: fbnet-runner (default: $FBNET_RUNNER, else build/runner/fbnet-runner from `make runner`)"),
+        json_schema_extra=_transport_opt())
+    adb: str = Field("adb", description="adb: the adb executable", json_schema_extra=_transport_opt())
+    udid: str | None = Field(None, description="ios: the iPhone's UDID / CoreDevice id",
+                             json_schema_extra=_transport_opt())
+    bundle_id: str = Field("org.fbnetlut.CoreMLBench", description="ios: bundle id of the CoreMLBench app",
+                           json_schema_extra=_transport_opt())
+    compute_units: ComputeUnits = Field("cpu", description="ios: Core ML compute units",
+                                        json_schema_extra=_transport_opt())
+    xcrun: str = Field("xcrun", description="ios: the xcrun executable", json_schema_extra=_transport_opt())
 
     @property
     def fmt(self) -> str:
@@ -148,16 +214,14 @@ def reference_ops(space, archs, n: int) -> list:
     return [space.op_by_key[k] for k in keys[::step][:n]]
 
 
-def export_ops(space, fmt: str, cache_dir: Path, ops, jobs: int, *, show: bool = True) -> dict[str, Path]:
+def export_ops(space, fmt: str, cache_dir: Path, ops, jobs: int, *,
+               progress: ProgressFactory = SILENT) -> dict[str, Path]:
     """Export ``ops`` and their per-shape overhead programs into the cache (cached files are reused)."""
     from device_agents.exporters import cache_path, export_space, overhead_key
-    from fbnet.progress import progress
 
     shapes = {op.input_shape for op in ops}
     n_prog = len(ops) + len(shapes)
     cold = sum(not cache_path(op.key, fmt, cache_dir).exists() for op in ops) + sum(
         not cache_path(overhead_key(s), fmt, cache_dir).exists() for s in shapes)
-    with progress(enabled=show) as prog:
-        task = prog.add_task("export", total=n_prog, info=f"{cold} to export, {n_prog - cold} cached")
-        return export_space(space, fmt, cache_dir, ops=ops, jobs=jobs, overheads=True,
-                            progress=lambda key, path, cached: prog.update(task, advance=1, info=key))
+    with steps(progress, "export", n_prog, f"{cold} to export, {n_prog - cold} cached") as tick:
+        return export_space(space, fmt, cache_dir, ops=ops, jobs=jobs, overheads=True, progress=tick)

@@ -1,18 +1,17 @@
-"""A profile session: spool, resume, export, measure, finish.
+"""The profile flow: spool, resume, export, measure, finish.
 
 Every step is a method, so a command (or a test, or a benchmark) runs them in order and prints what it
 likes between them::
 
-    s = ProfileSession(server, token, device, space, target, cfg)
-    s.flush_spool(); s.select(ops, limit); s.resume()   # optional
-    s.export(); s.measure(); s.finish()
+    p = Profiler(service, ProfileConfig(space="fbnet-cifar"), target, protocol)
+    p.flush_spool(); p.resume()   # optional
+    p.export(); p.measure(); p.finish()
 
 With ``calibration`` > 0 the run also times that many whole random models in the same rounds as the
 ops and sends what they cost beyond the sum of their corrected ops per MB of their weights, the run's
 **context cost** (:func:`fbnet.lut.context_cost`), and their ratio to that sum, its **context factor**
-(:func:`fbnet.lut.context_factor`, descriptive); it needs every op of those models in the same
-session (a full run, not ``--ops``/``--limit`` subsets or a resumed remainder), else the run carries
-neither.
+(:func:`fbnet.lut.context_factor`, descriptive); it needs every op of those models in the same run
+(a full run, not a subset of ops or a resumed remainder), else the run carries neither.
 
 Measurements go to the spool file before they are sent (:mod:`device_agents.uploader`), so a failure
 mid-run keeps every finished op: :class:`MeasureFailed` says where they are.
@@ -22,13 +21,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import Field
+
 from device_agents.protocol import (
+    NOISE_PANEL,
     AgentError,
     OpResult,
+    Programs,
     ProtocolConfig,
     ProtocolInfo,
     overhead_summary,
@@ -36,15 +39,36 @@ from device_agents.protocol import (
     to_measurement,
 )
 from device_agents.targets import (
+    SILENT,
+    Exports,
+    ProgressFactory,
+    Service,
     Target,
     arch_folder,
     arch_key,
     calibration_archs,
-    default_cache_dir,
     export_ops,
     select_ops,
+    steps,
 )
 from device_agents.uploader import RunState, ServiceDown, Uploader, UploadError
+from fbnet.options import cli
+
+# What profiling defaults to besides the protocol's own defaults: normalised rounds against 4 reference ops.
+PROFILE_PROTOCOL = {"reference": 4, "normalize": True}
+
+
+class ProfileConfig(Exports):
+    """Which ops of the space a profile run times, where its unsent results wait, its calibration models."""
+
+    ops: str | None = Field(None, description="comma-separated op keys or globs, e.g. 'k3_e6-*,fc-*'")
+    limit: int | None = Field(None, ge=1, description="only the first N selected ops")
+    spool_dir: Path | None = Field(None, description="unsent results (default: ~/.cache/fbnet-agent/spool)")
+    calibration: int = Field(8, ge=0, description=(
+        "whole random models timed in the same rounds as the ops: what they cost beyond their corrected ops, "
+        "per MB of weights, is the run's context cost, which corrected pricing adds to every entry (a layer "
+        "inside a model reloads weights the others evicted); 0 = none; needs a full run"),
+        json_schema_extra=cli("--calibration-models", panel=NOISE_PANEL))
 
 
 class NothingToResume(ValueError):
@@ -60,27 +84,22 @@ class SpooledError(ServiceDown):
 
 
 @dataclass
-class ProfileSession:
-    server: str
-    token: str
-    device: str
-    space: str
+class Profiler:
+    """One profile run of ``config.space``'s selected ops on ``target``, reported to ``service``."""
+
+    service: Service
+    config: ProfileConfig = field(default_factory=ProfileConfig)
     target: Target = field(default_factory=Target)
-    cfg: ProtocolConfig = field(default_factory=ProtocolConfig)
-    cache_dir: Path | None = None
-    spool_dir: Path | None = None
-    jobs: int = 2
-    retries: int = 3
-    show_progress: bool = True
+    protocol: ProtocolConfig = field(default_factory=lambda: ProtocolConfig(**PROFILE_PROTOCOL))
     note: Callable[[str], None] = print
-    calibration: int = 8  # whole random models timed with the ops: the run's context cost
+    progress: ProgressFactory = SILENT
 
     def __post_init__(self) -> None:
         from fbnet.space import get_space
 
-        self.sp = get_space(self.space)
-        self.cache_dir = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
-        self.selected = select_ops(self.sp, None, None)
+        self.sp = get_space(self.config.space)
+        self.cache_dir = self.config.cache
+        self.selected = select_ops(self.sp, self.config.ops, self.config.limit)
         self.state: RunState | None = None
         self.programs: dict[str, Path] = {}
         self.results: dict[str, OpResult] = {}
@@ -94,32 +113,32 @@ class ProfileSession:
         self.context_factor: float | None = None
         self.context_us_per_mb: float | None = None
         self.calibration_report: dict | None = None
+        self.closed: list[str] = []  # runs the spool flush closed (their last ops were spooled)
         self._up: Uploader | None = None
 
     @property
     def up(self) -> Uploader:
         if self._up is None:
-            self._up = Uploader(self.server, self.token, self.device, self.spool_dir, retries=self.retries)
+            sv = self.service
+            self._up = Uploader(sv.server, sv.token, sv.device, self.config.spool_dir, retries=sv.retries)
         return self._up
 
     # -- steps ------------------------------------------------------------------------------
-    def select(self, ops: str | None = None, limit: int | None = None) -> list:
-        self.selected = select_ops(self.sp, ops, limit)
-        return self.selected
-
     def flush_spool(self) -> list[str]:
         """Send what earlier calls left in the spool; a down service is a warning here, not an error."""
         try:
-            return [f"spool: {line}" for line in self.up.flush_spool()]
+            lines = [f"spool: {line}" for line in self.up.flush_spool()]
         except ServiceDown as e:
             return [f"warning: spooled results not sent yet: {e}"]
+        self.closed = [line.removeprefix("spool: ") for line in lines if "closed run" in line]
+        return lines
 
     def resume(self) -> RunState:
         """Continue the last unfinished run of this space and transport: its measured ops are skipped."""
         state = self.up.resumable(self.sp.name, self.target.transport.value, self.target.run_precision)
         if state is None:
             raise NothingToResume(f"no unfinished {self.target.transport.value} run of {self.sp.name} for "
-                                  f"{self.device} in {self.up.spool_dir}")
+                                  f"{self.service.device} in {self.up.spool_dir}")
         self.state = state
         done = state.measured
         self.selected = [op for op in self.selected if op.key not in done]
@@ -127,30 +146,28 @@ class ProfileSession:
         return state
 
     def export(self) -> dict[str, Path]:
-        self.programs = export_ops(self.sp, self.target.fmt, self.cache_dir, self.selected, self.jobs,
-                                   show=self.show_progress)
+        self.programs = export_ops(self.sp, self.target.fmt, self.cache_dir, self.selected, self.config.jobs,
+                                   progress=self.progress)
         self._export_calibration()
         return self.programs
 
     def _export_calibration(self) -> None:
         from device_agents.exporters import export_archs
-        from fbnet.progress import progress
 
         self.calibration_programs = {}
-        if self.calibration <= 0:
+        n = self.config.calibration
+        if n <= 0:
             return
-        archs = calibration_archs(self.calibration, self.cfg.seed)
+        archs = calibration_archs(n, self.protocol.seed)
         have = {op.key for op in self.selected}
         if not all(op.key in have for a in archs for op in self.sp.arch_ops(a)):
-            self.note(f"no context calibration: the {self.calibration} calibration models need every op of "
-                      f"{self.sp.name} in this session (a full run, not a subset or a resumed remainder)")
+            self.note(f"no context calibration: the {n} calibration models need every op of "
+                      f"{self.sp.name} in this run (a full run, not a subset or a resumed remainder)")
             return
         folder = arch_folder(self.cache_dir, self.target.fmt, self.sp)
         todo = {arch_key(a): (a, folder / f"{arch_key(a)}.{self.target.fmt}") for a in archs}
-        with progress(enabled=self.show_progress) as prog:
-            task = prog.add_task("calibration models", total=len(todo), info="")
-            paths = export_archs(self.sp, todo, self.target.fmt, jobs=self.jobs,
-                                 progress=lambda key, path, cached: prog.update(task, advance=1, info=key))
+        with steps(self.progress, "calibration models", len(todo)) as tick:
+            paths = export_archs(self.sp, todo, self.target.fmt, jobs=self.config.jobs, progress=tick)
         self.programs.update(paths)
         self.calibration_programs = {k: todo[k][0] for k in paths}
 
@@ -160,13 +177,13 @@ class ProfileSession:
         from fbnet.wire import RunCreate
 
         prov = tr.provenance()
-        cfg = self.cfg
+        cfg = self.protocol
         return RunCreate(
             **prov.model_dump(exclude={"extra", "precision"}), precision=self.target.run_precision,
             space=self.sp.name, transport=self.target.transport.value, agent_version=__version__,
             warmup=cfg.warmup, repeats=cfg.repeats, rounds=cfg.rounds, temps_before=self.sensors_before[0],
             cpu_freqs_before=self.sensors_before[1], started_at=datetime.now(UTC),
-            extra={**prov.extra, "exporter": library_versions(), "protocol_config": asdict(cfg),
+            extra={**prov.extra, "exporter": library_versions(), "protocol_config": cfg.model_dump(),
                    "seed": cfg.seed, "cv_threshold": cfg.cv_threshold,
                    "cooldown_s": cfg.cooldown_s, "space_version": self.sp.version},
         )
@@ -174,7 +191,6 @@ class ProfileSession:
     def measure(self) -> dict[str, OpResult]:
         """Time every selected op with the protocol; each op is spooled (and sent in batches) as it ends."""
         from device_agents.exporters import overhead_key
-        from fbnet.progress import progress, ticker
 
         if not self.programs:
             self.export()
@@ -190,16 +206,15 @@ class ProfileSession:
             state = self.state
             overhead_of = {op.key: overhead_key(op.input_shape) for op in self.selected}
             t0 = time.monotonic()
-            with progress(enabled=self.show_progress) as prog:
-                task = prog.add_task("measure", total=len(self.selected) * self.cfg.rounds, info="")
 
-                def on_result(r: OpResult) -> None:
-                    self.results[r.key] = r
-                    up.add(state, [to_measurement(r.key, r.stats, r.samples_us, r.overhead_us)])
+            def on_result(r: OpResult) -> None:
+                self.results[r.key] = r
+                up.add(state, [to_measurement(r.key, r.stats, r.samples_us, r.overhead_us)])
 
-                timed = run_protocol(tr, [op.key for op in self.selected], self.cfg, overhead_of,
-                                     on_result=on_result, on_sample=ticker(prog, task), info=self.info,
-                                     extra_keys=list(self.calibration_programs))
+            programs = Programs([op.key for op in self.selected], overhead_of=overhead_of,
+                                extra=list(self.calibration_programs))
+            with steps(self.progress, "measure", len(self.selected) * self.protocol.rounds) as tick:
+                timed = run_protocol(tr, programs, self.protocol, on_result=on_result, on_sample=tick, info=self.info)
             self.measure_s = time.monotonic() - t0
             self.sensors_after = tr.sensors()
         except AgentError as e:
@@ -258,13 +273,14 @@ class ProfileSession:
         from fbnet.wire import RunFinish
 
         # the overheads travel with each op (measurements.overhead_us): the service derives the run's from
-        # ALL its ops, so a resumed session's subset does not overwrite the first session's
+        # ALL its ops, so a resumed run's subset does not overwrite what the first call measured
         fin = RunFinish(temps_after=self.sensors_after[0], cpu_freqs_after=self.sensors_after[1],
                         overhead_us=self.overhead_us, unstable=self.info.unstable,
                         context_factor=self.context_factor, context_us_per_mb=self.context_us_per_mb,
                         extra={"remeasured": [k for k, r in self.results.items() if r.remeasured],
                                "measure_s": round(self.measure_s, 2), "protocol": self.info.to_dict(),
-                               "normalize": self.cfg.normalize, "unstable_threshold": self.cfg.unstable_threshold,
+                               "normalize": self.protocol.normalize,
+                               "unstable_threshold": self.protocol.unstable_threshold,
                                **({"runner_rounds": self.runner_events} if self.runner_events else {}),
                                **({"calibration": self.calibration_report} if self.calibration_report else {})})
         try:
