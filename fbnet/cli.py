@@ -60,16 +60,6 @@ def run(app, errors: Iterable[tuple[type[BaseException] | tuple[type[BaseExcepti
         raise
 
 
-def make_selector(*values):
-    """Transitional: the table selector from (precision, threads, cpu_mask, compute_units,
-    runtime_version, include_unstable); bad values end the command (exit 2). Commands declare
-    ``options(selector=Selector)`` instead; remove when no command calls this."""
-    from fbnet.configuration import Selector
-
-    names = ("precision", "threads", "cpu_mask", "compute_units", "runtime_version", "include_unstable")
-    return _build("selector", Use(Selector), [{k: v for k, v in zip(names, values, strict=False) if v is not None}])
-
-
 # ---- typed configs as options -----------------------------------------------------------------------
 # A model field becomes ``--field-name`` (``--x/--no-x`` for a bool). What a field may say about its
 # option goes in ``Field(json_schema_extra=cli(...))``; the help text is the field's description.
