@@ -212,7 +212,9 @@ def main() -> None:
     t.add_row("exports", f"{out / 'found.pte'}\n{out / 'found.mlpackage'}")
     t.add_row("wall time", f"{time.monotonic() - t0:.0f} s  (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
     console.print(t)
-    console.print(Panel.fit(f"service stopped; everything is under {out}", style="green"))
+    console.print(Panel.fit(f"service stopped; everything is under {out}\nsee it in a browser: {BIN / 'fbnet-server'} "
+                            f"serve --db sqlite:///{out / 'fbnet.db'} --port 8000\n  then open http://127.0.0.1:8000/ui/"
+                            f"devices/{device}  ({device}, its table, the validations, {device} vs pixel3)", style="green"))
 
 
 if __name__ == "__main__":
