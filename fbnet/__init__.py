@@ -3,6 +3,7 @@
 - :mod:`fbnet.space`  spaces, ops, op keys, architectures as text (no torch)
 - :mod:`fbnet.wire`   the pydantic wire contract of the HTTP API (no torch)
 - :mod:`fbnet.lut`    a served table -> latency matrix, ``predict`` (no torch)
+- :mod:`fbnet.client` the one client of the service: typed calls, auth, retries, table cache (no torch)
 - :mod:`fbnet.blocks` the torch block registry (torch)
 - :mod:`fbnet.export` a module -> ``.pte`` / ``.mlpackage`` (torch, executorch, coremltools)
 
