@@ -35,6 +35,7 @@ from profiler_server.errors import Invalid, NotFound
 # the table page's columns a reader may sort by (server-side without JavaScript, in place with it)
 SORTABLE = ("key", "block", "layers", "latency_us", "p10_us", "p90_us", "cv", "n", "runs", "source")
 MAX_FILTER = 100
+MAX_RUNS_SHOWN = 50  # a device's page lists its newest runs; GET /runs?device= has them all
 
 
 # ---- query parsing -------------------------------------------------------------------------------
@@ -223,7 +224,8 @@ def run_view(r: wire.RunOut) -> dict:
 def device_page(session: Session, caller: Caller, name: str) -> dict:
     """One device: its configurations, runs, validations (with their plot) and peers to compare with."""
     d = devices_dom.get_device(session, name)
-    runs = runs_dom.runs_out(session, runs_dom.list_runs(session, name), caller)
+    every_run = runs_dom.list_runs(session, name)
+    runs = runs_dom.runs_out(session, every_run[-MAX_RUNS_SHOWN:], caller)
     spaces = []
     for sp in devices_dom.device_spaces(session, d.id):
         configs = [config_view(d.name, sp, c) for c in configurations(session, d, resolve_space(sp))]
@@ -233,7 +235,7 @@ def device_page(session: Session, caller: Caller, name: str) -> dict:
                        "config_pairs": [(a, b, compare_params(sp, d.name, d.name, a["selector"], b["selector"]))
                                         for a, b in pairs[:6]]})
     return {"title": d.name, "device": d, "metadata": public_metadata(d, caller), "spaces": spaces,
-            "runs": [run_view(r) for r in reversed(runs)],
+            "runs": [run_view(r) for r in reversed(runs)], "older_runs": len(every_run) - len(runs),
             "private_visible": sees_private(caller, d.id)}
 
 
