@@ -25,7 +25,7 @@ from profiler_server.domain.tables import TableCache
 from profiler_server.errors import DomainError
 from profiler_server.middleware import BUSY, Guard, busy_response_headers
 from profiler_server.plots import PlotCache
-from profiler_server.routes import compare, devices, health, plots, runs, spaces, tables, validations
+from profiler_server.routes import compare, devices, health, plans, plots, runs, spaces, tables, validations
 from profiler_server.ui import routes as ui
 
 log = logging.getLogger("profiler_server")
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.table_cache = TableCache(max_runs=settings.table_runs)
     app.state.plot_cache = PlotCache()
     _add_error_handlers(app, settings)
-    for r in (health, devices, spaces, runs, tables, compare, validations, plots):
+    for r in (health, devices, spaces, runs, plans, tables, compare, validations, plots):
         app.include_router(r.router)
     app.include_router(ui.router)  # the read-only pages (/ and /ui)
     app.add_middleware(Guard, settings=settings)

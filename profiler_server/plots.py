@@ -130,3 +130,25 @@ def validation_plot(summary: wire.ValidationSummary) -> bytes:
                  f"tau {f(summary.kendall_tau, '.2f')}", fontsize=9)
     ax.legend(loc="upper left")
     return _png(fig)
+
+
+def width_plot(title: str, widths: list[int], fitted_us: list[float], points: list[tuple[int, float, str]],
+               heldout: str) -> bytes:
+    """Latency (us) against output width for one layer: the fitted model at every width as a staircase,
+    the grid's measured entries as filled dots and its fitted entries as hollow ones."""
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    ax.step(widths, fitted_us, where="mid", color="tab:blue", lw=1.2, label="fitted model, every width")
+    meas = [(w, v) for w, v, s in points if s == "measured"]
+    fit = [(w, v) for w, v, s in points if s == "fitted"]
+    if fit:
+        ax.scatter(*zip(*fit, strict=True), s=40, facecolors="none", edgecolors="tab:orange", zorder=3,
+                   label="grid entry, fitted")
+    if meas:
+        ax.scatter(*zip(*meas, strict=True), s=30, color="tab:red", zorder=4, label="grid entry, measured")
+    ax.set_xlabel("output width (channels)")
+    ax.set_ylabel("latency, corrected (us)")
+    ax.set_title(f"{title}\nheld-out: {heldout}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return _png(fig)

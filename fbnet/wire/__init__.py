@@ -5,7 +5,8 @@ request or response shape. ``from fbnet.wire import X`` is the one import for ev
 
 - :mod:`fbnet.wire.base`: the base model, request limits and field types the others share;
 - :mod:`fbnet.wire.runs`: profiling runs and their measurements;
-- :mod:`fbnet.wire.resources`: devices, spaces, tables, comparisons, validations, health.
+- :mod:`fbnet.wire.resources`: devices, spaces, tables, comparisons, validations, health;
+- :mod:`fbnet.wire.grid`: the v2 grid's sampling plan and its fitted, columnar table.
 
 Only pydantic and the torch-free ``fbnet`` modules are imported here; the apps may import it, it
 imports no app."""
@@ -27,6 +28,16 @@ from fbnet.wire.base import (
     WireModel,
     check_json,
     finite_positive,
+)
+from fbnet.wire.grid import (
+    GridColumns,
+    GridModel,
+    GridSource,
+    GridTable,
+    HeldOutError,
+    PlanOut,
+    PlanRequest,
+    WidthCurveOut,
 )
 from fbnet.wire.resources import (
     CompareEntry,
@@ -77,6 +88,11 @@ __all__ = [
     "DeviceOut",
     "ErrorOut",
     "FreeForm",
+    "GridColumns",
+    "GridModel",
+    "GridSource",
+    "GridTable",
+    "HeldOutError",
     "Health",
     "ImportResult",
     "MAX_BATCH",
@@ -89,6 +105,8 @@ __all__ = [
     "MeasurementBatch",
     "OpFields",
     "OverheadUs",
+    "PlanOut",
+    "PlanRequest",
     "Platform",
     "Precision",
     "RunCreate",
@@ -106,6 +124,7 @@ __all__ = [
     "ValidationCreate",
     "ValidationOut",
     "ValidationSummary",
+    "WidthCurveOut",
     "WireModel",
     "check_json",
     "finite_positive",

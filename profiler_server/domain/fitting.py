@@ -7,16 +7,19 @@ head and ``fc`` (few ops each: the first design measures them all).
 
 The model (``kind="padded+gbm"``, :data:`DEFAULT_KIND`) has two stages:
 
-1. A non-negative least-squares fit, in relative error, of latency on **padded multiply-adds**: each
-   primitive's work (1x1 expansion, depthwise, squeeze-excite, 1x1 projection; elementwise volumes;
-   a constant per kernel launched) with every channel count rounded up to a multiple of the vector
-   width ``v`` for ``v`` in :data:`VECTOR_WIDTHS`, one column per primitive and ``v``. The staircase
-   comes from the ceilings: C = 12 costs what C = 16 costs when the fit puts weight on ``v = 8``.
-   A smooth model cannot give two widths the same cost; this one can and extrapolates in width.
-2. Gradient-boosted trees on ``log(measured / stage 1)`` over the raw shape (H, Cin, mid, Cout,
-   stride, kernel, SE, activation) and the padding ratios: what the linear terms miss (efficiency
-   that depends on the spatial size, tiles). Trees alone (``kind="gbm"``, ``"forest"``) on the raw
-   shape learn steps only where they see both sides of one; ``bench/v2_model.py`` compares them.
+1. A non-negative least-squares fit, in relative error, of latency on **padded work**: each
+   primitive's multiply-adds and weights (1x1 expansion, depthwise 3x3/5x5, squeeze-excite, 1x1
+   projection), elementwise volumes and a constant per kernel launched, with every channel count
+   rounded up to a multiple of the family's vector width ``v``. ``v`` is chosen per family among
+   :data:`VECTOR_WIDTHS` by k-fold error (:func:`select_width`; ``v = 1`` is the smooth model, so a
+   device without steps gets none). The staircase comes from the ceilings: at ``v = 8`` C = 12 costs
+   what C = 16 costs, and every width between two multiples of 8 costs the same.
+2. Gradient-boosted trees on ``log(measured / stage 1)`` over the shape with the channel counts
+   padded to the same ``v`` (H, stride, kernel, SE, activation, padded Cin, mid, Cout, log work):
+   what the linear terms miss (efficiency that depends on the spatial size, cache thresholds). Fed
+   padded counts only, the trees cannot put a step inside a vector either. Trees on the raw shape
+   (``kind="gbm"``, ``"forest"``) learn steps only where they see both sides of one, and split
+   between grid widths wherever they like; ``bench/v2_model.py`` compares the kinds.
 
 :func:`heldout` is the honest error: k-fold over the measured ops, each predicted by a fit that did
 not see it. :func:`disagreement` is what adaptive sampling ranks by (the spread of bootstrap fits).
@@ -31,7 +34,7 @@ from scipy.optimize import nnls
 
 from fbnet.ops_v2 import OpV2, se_width
 
-VECTOR_WIDTHS = (4, 8, 16, 32)
+VECTOR_WIDTHS = (1, 4, 8, 16, 32)  # 1: no staircase
 DEFAULT_KIND = "padded+gbm"
 KINDS = ("padded+gbm", "padded", "plain", "gbm", "forest")
 FAMILIES = ("ir", "skip", "conv_k3_hs", "ir_pool_hs", "fc")
@@ -90,52 +93,49 @@ def _other_terms(s: np.ndarray, v: int) -> list[np.ndarray]:
             np.where(other, cin * cout * hw_out, 0.0), np.where(other, cin * cout, 0.0)]
 
 
-def linear_features(s: np.ndarray, widths: tuple[int, ...] = VECTOR_WIDTHS) -> np.ndarray:
-    """Stage-1 columns: per vector width the padded work of every primitive; unpadded elementwise
-    volumes (by activation) and launch constants."""
+def linear_features(s: np.ndarray, v: int) -> np.ndarray:
+    """Stage-1 columns at vector width ``v``: the padded work of every primitive, elementwise volumes
+    (by activation) and launch constants."""
     g = {c: s[:, i] for c, i in _C.items()}
-    cols = []
-    for v in widths:
-        cols += _ir_terms(s, v) + _other_terms(s, v)
+    cols = _ir_terms(s, v) + _other_terms(s, v)
     is_ir = g["fam"] == FAMILIES.index("ir")
-    elem = is_ir * (g["mid"] * g["h"] * g["w"] * g["has_pw"] + g["mid"] * g["ho"] * g["wo"])
-    cols += [elem * g["hs"], elem * (1 - g["hs"]), g["residual"] * g["cout"] * g["ho"] * g["wo"],
-             g["cin"] * g["h"] * g["w"], np.ones(len(s)), g["has_pw"], g["se"]]
-    x = np.stack(cols, axis=1)
-    x[:, :] *= 1.0 - ((x == 0).all(axis=0))[None, :]  # all-zero columns stay zero (NNLS ignores them)
-    return x
+    mid = _pad(g["mid"], v)
+    elem = is_ir * (mid * g["h"] * g["w"] * g["has_pw"] + mid * g["ho"] * g["wo"])
+    cols += [elem * g["hs"], elem * (1 - g["hs"]), g["residual"] * _pad(g["cout"], v) * g["ho"] * g["wo"],
+             _pad(g["cin"], v) * g["h"] * g["w"], np.ones(len(s)), g["has_pw"], g["se"]]
+    return np.stack(cols, axis=1)
 
 
-def tree_features(s: np.ndarray, widths: tuple[int, ...] = VECTOR_WIDTHS) -> np.ndarray:
-    """Stage-2 (and tree-only) columns: the raw shape, log MACs, and the padding ratio per width."""
+def tree_features(s: np.ndarray, v: int | None) -> np.ndarray:
+    """Stage-2 columns: the shape with channel counts padded to ``v`` (None: raw, for the tree-only
+    kinds) and log multiply-adds. With ``v`` the trees see no channel count finer than a vector: their
+    corrections keep the staircase (a split between two grid widths cannot fall inside a step)."""
     g = {c: s[:, i] for c, i in _C.items()}
-    cols = [g[c] for c in ("h", "cin", "mid", "cout", "stride", "k", "se", "hs", "has_pw", "residual")]
-    macs = g["cin"] * np.maximum(g["mid"], 1) * g["h"] * g["w"] + np.maximum(g["mid"], 1) * g["cout"] * g["ho"] * g["wo"]
-    cols.append(np.log(macs + 1.0))
-    for v in widths:
-        for c in ("cin", "mid", "cout"):
-            cols.append(_pad(np.maximum(g[c], 1), v) / np.maximum(g[c], 1))
+    ch = {c: g[c] if v is None else _pad(g[c], v) for c in ("cin", "mid", "cout")}
+    cols = [g[c] for c in ("h", "stride", "k", "se", "hs", "has_pw", "residual")] + list(ch.values())
+    mid = np.maximum(ch["mid"], 1)
+    cols.append(np.log(ch["cin"] * mid * g["h"] * g["w"] + mid * ch["cout"] * g["ho"] * g["wo"] + 1.0))
     return np.stack(cols, axis=1)
 
 
 @dataclass
 class FamilyFit:
-    """One family's fit: stage-1 weights (on scaled columns) and the stage-2 trees, if any."""
+    """One family's fit: its vector width, stage-1 weights (on scaled columns), stage-2 trees if any."""
 
     family: str
     n: int
+    width: int | None = None  # None: tree-only kinds on raw channel counts
     coef: np.ndarray | None = None
     scale: np.ndarray | None = None
     trees: object | None = None
     const: float = 1.0  # the base of tree-only kinds (the family's median)
 
-    def predict(self, s: np.ndarray, kind: str, widths: tuple[int, ...]) -> np.ndarray:
+    def predict(self, s: np.ndarray) -> np.ndarray:
         out = np.full(len(s), self.const)
         if self.coef is not None:
-            out = (linear_features(s, widths) / self.scale) @ self.coef
-            out = np.maximum(out, 1e-3)
+            out = np.maximum((linear_features(s, self.width) / self.scale) @ self.coef, 1e-3)
         if self.trees is not None:
-            out = out * np.exp(self.trees.predict(tree_features(s)))
+            out = out * np.exp(self.trees.predict(tree_features(s, self.width)))
         return out
 
 
@@ -144,8 +144,12 @@ class LatencyModel:
     """A fitted model: one :class:`FamilyFit` per family with measured ops."""
 
     kind: str
-    widths: tuple[int, ...]
     fits: dict[str, FamilyFit] = field(default_factory=dict)
+
+    @property
+    def widths(self) -> dict[str, int | None]:
+        """The vector width each family's fit chose."""
+        return {f: fit.width for f, fit in self.fits.items()}
 
     def predict(self, s: np.ndarray) -> np.ndarray:
         """Predicted latency (us) per row of a :func:`shape_array`; NaN where the family has no fit."""
@@ -153,18 +157,34 @@ class LatencyModel:
         for name, fit in self.fits.items():
             mask = s[:, _C["fam"]] == FAMILIES.index(name)
             if mask.any():
-                out[mask] = fit.predict(s[mask], self.kind, self.widths)
+                out[mask] = fit.predict(s[mask])
         return out
 
 
-def _stage1(s: np.ndarray, y: np.ndarray, widths: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """NNLS in relative error on scaled columns: (weights, column scales)."""
-    x = linear_features(s, widths)
+def _stage1(s: np.ndarray, y: np.ndarray, v: int) -> tuple[np.ndarray, np.ndarray]:
+    """NNLS in relative error on scaled columns at vector width ``v``: (weights, column scales)."""
+    x = linear_features(s, v)
     scale = np.abs(x).max(axis=0)
     scale[scale == 0] = 1.0
     xs = x / scale
     coef, _ = nnls(xs / y[:, None], np.ones(len(y)), maxiter=50 * xs.shape[1])
     return coef, scale
+
+
+def select_width(s: np.ndarray, y: np.ndarray, widths: tuple[int, ...] = VECTOR_WIDTHS, folds: int = 5) -> int:
+    """The vector width whose stage-1 fit has the lowest k-fold relative error (ties: the smaller);
+    with too few ops to tell, 8."""
+    if len(y) < 2 * folds:
+        return 8
+    fold = np.arange(len(y)) % folds
+    errs = []
+    for v in widths:
+        e = np.empty(len(y))
+        for f in range(folds):
+            coef, scale = _stage1(s[fold != f], y[fold != f], v)
+            e[fold == f] = np.abs((linear_features(s[fold == f], v) / scale) @ coef / y[fold == f] - 1)
+        errs.append(float(np.mean(np.minimum(e, 10.0))))
+    return widths[int(np.argmin(errs))]
 
 
 def _trees(kind: str, seed: int):
@@ -173,19 +193,19 @@ def _trees(kind: str, seed: int):
     if kind == "forest":
         return RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=seed, n_jobs=1)
     depth = 3 if kind == "padded+gbm" else 4
-    return GradientBoostingRegressor(n_estimators=60, max_depth=depth, learning_rate=0.15, subsample=1.0,
-                                     min_samples_leaf=3, random_state=seed)
+    return GradientBoostingRegressor(n_estimators=60, max_depth=depth, learning_rate=0.1, subsample=1.0,
+                                     min_samples_leaf=10, random_state=seed)
 
 
-def _fit_family(name: str, s: np.ndarray, y: np.ndarray, kind: str, widths: tuple[int, ...], seed: int) -> FamilyFit:
+def _fit_family(name: str, s: np.ndarray, y: np.ndarray, kind: str, seed: int) -> FamilyFit:
     fit = FamilyFit(name, len(y))
     if kind in ("padded+gbm", "padded", "plain"):
-        fit.coef, fit.scale = _stage1(s, y, widths)
-    else:  # tree-only kinds: trees on log(y / the family's median)
+        fit.width = 1 if kind == "plain" else select_width(s, y)
+        fit.coef, fit.scale = _stage1(s, y, fit.width)
+    else:  # tree-only kinds: trees on log(y / the family's median), raw channel counts
         fit.const = float(np.median(y))
     if kind in ("padded+gbm", "gbm", "forest") and len(y) >= MIN_TREES_N:
-        base = fit.predict(s, kind, widths)
-        fit.trees = _trees(kind, seed).fit(tree_features(s), np.log(y / base))
+        fit.trees = _trees(kind, seed).fit(tree_features(s, fit.width), np.log(y / fit.predict(s)))
     return fit
 
 
@@ -194,13 +214,12 @@ def fit_model(s: np.ndarray, y: np.ndarray, kind: str = DEFAULT_KIND, seed: int 
     latencies ``y`` (us, > 0)."""
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; kinds are {', '.join(KINDS)}")
-    widths = (1,) if kind == "plain" else VECTOR_WIDTHS
-    model = LatencyModel(kind, widths)
+    model = LatencyModel(kind)
     y = np.maximum(np.asarray(y, dtype=np.float64), 1e-3)
     for i, name in enumerate(FAMILIES):
         mask = s[:, _C["fam"]] == i
         if mask.any():
-            model.fits[name] = _fit_family(name, s[mask], y[mask], kind, widths, seed)
+            model.fits[name] = _fit_family(name, s[mask], y[mask], kind, seed)
     return model
 
 

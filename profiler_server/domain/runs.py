@@ -15,9 +15,12 @@ from db.models import Device, Measurement, Run
 from db.models import Space as SpaceRow
 from db.summaries import summarize_run
 from fbnet import wire
+from fbnet.ops_v2 import OpV2KeyError, parse_key_v2
+from fbnet.space import Space
+from fbnet.space_v2 import SpaceV2
 from profiler_server.auth import Caller, require_writer
 from profiler_server.domain.devices import get_device, touch
-from profiler_server.domain.spaces import ensure_space, resolve_space
+from profiler_server.domain.spaces import ensure_space, resolve_any_space
 from profiler_server.errors import Conflict, Forbidden, Invalid, NotFound
 
 OPEN, FINISHED = "open", "finished"
@@ -47,7 +50,7 @@ def create_run(session: Session, caller: Caller, body: wire.RunCreate) -> tuple[
     device = target_device(session, caller, body.device)
     if body.transport == "import" and not caller.is_admin:
         raise Forbidden("only the admin token may open 'import' runs (use POST /tables/{device}/import)")
-    space = resolve_space(body.space)
+    space = resolve_any_space(body.space)
     key = body.idempotency_key
     if key is not None and (found := _by_key(session, device.id, key)) is not None:
         return _same_run(found, space.name, key), False
@@ -87,7 +90,7 @@ def list_runs(session: Session, device: str | None = None, space: str | None = N
         get_device(session, device)
         q = q.where(Device.name == device)
     if space is not None:
-        resolve_space(space)
+        resolve_any_space(space)
         q = q.where(SpaceRow.name == space)
     return list(session.scalars(q.order_by(Run.id)))
 
@@ -149,17 +152,32 @@ def add_measurements(session: Session, caller: Caller, run_id: int, batch: wire.
     require_writer(caller, run.device.name)
     if run.status != OPEN:
         raise Conflict(f"run {run_id} is {run.status}; open a new run to add measurements")
-    space = resolve_space(run.space.name)
-    bad = [m.key for m in batch.measurements if m.key not in space.op_by_key]
-    if bad:
-        shown = ", ".join(repr(k) for k in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise Invalid(f"op keys not in space {space.name!r}: {shown}; nothing was stored")
+    check_keys(resolve_any_space(run.space.name), [m.key for m in batch.measurements])
     unique: dict[str, dict] = {}
     for m in batch.measurements:
         unique.setdefault(m.key, m.model_dump())
     stored = store_rows(session, run.id, list(unique.values()))
     received = len(batch.measurements)
     return wire.BatchResult(run_id=run.id, received=received, stored=stored, duplicates=received - stored)
+
+
+def check_keys(space: Space | SpaceV2, keys: list[str]) -> None:
+    """Every key must be an op of ``space`` (a v2 space: of its grid, each key first parsed by
+    :func:`fbnet.ops_v2.parse_key_v2` so that a malformed one is named as such); else 422, naming them."""
+    if isinstance(space, SpaceV2):
+        bad = []
+        for k in keys:
+            if k not in space.grid:
+                try:
+                    parse_key_v2(k)
+                    bad.append(f"{k!r} (not in the grid)")
+                except OpV2KeyError as e:
+                    bad.append(str(e))
+    else:
+        bad = [repr(k) for k in keys if k not in space.op_by_key]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise Invalid(f"op keys not in space {space.name!r}: {shown}; nothing was stored")
 
 
 def run_measurements(session: Session, run_id: int) -> wire.RunMeasurements:

@@ -9,6 +9,7 @@ import json
 import threading
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from statistics import median
 
 from sqlalchemy import select
@@ -20,9 +21,10 @@ from db.summaries import run_configuration
 from fbnet import wire
 from fbnet.configuration import SELECTOR_FIELDS, Configuration, Selector
 from fbnet.space import Space
+from fbnet.space_v2 import SpaceV2, get_v2_space, is_v2_space
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.runs import COUNTED_STATUSES
-from profiler_server.domain.spaces import resolve_space
+from profiler_server.domain.spaces import resolve_any_space, resolve_space
 from profiler_server.errors import NotFound
 
 DEFAULT_MAX_RUNS = 16  # the newest runs per op a table takes (FBNET_TABLE_RUNS)
@@ -102,14 +104,25 @@ def finished_runs(session: Session, device: Device, space: Space) -> list[RunInf
             for rid, *cfg, unstable, ovh, ctx, cost in session.execute(q).tuples()]
 
 
-def configurations(session: Session, device: Device, space: Space, *, include_unstable: bool = False,
+def op_keys(space: Space | SpaceV2) -> tuple[frozenset[str], frozenset[str]]:
+    """The keys of ``space``'s ops (a v2 space: its grid) and those of its identity skips."""
+    return _op_keys(space.name, space.version)
+
+
+@lru_cache(maxsize=32)
+def _op_keys(name: str, version: str) -> tuple[frozenset[str], frozenset[str]]:
+    ops = list(get_v2_space(name).grid.values()) if is_v2_space(name) else resolve_space(name).ops
+    return frozenset(op.key for op in ops), frozenset(op.key for op in ops if op.is_identity)
+
+
+def configurations(session: Session, device: Device, space: Space | SpaceV2, *, include_unstable: bool = False,
                    runs: list[RunInfo] | None = None) -> list[wire.ConfigurationOut]:
     """Every configuration of the device's finished runs of ``space``, oldest first, with coverage."""
     runs = finished_runs(session, device, space) if runs is None else runs
     return _configurations(session, device, space, space_id(session, space), runs, include_unstable)[0]
 
 
-def _configurations(session: Session, device: Device, space: Space, sp_id: int | None, runs: list[RunInfo],
+def _configurations(session: Session, device: Device, space: Space | SpaceV2, sp_id: int | None, runs: list[RunInfo],
                     include_unstable: bool) -> tuple[list[wire.ConfigurationOut], dict[str, set[str]]]:
     """:func:`configurations`, and per configuration the keys of the space's ops it has rows for."""
     # coverage from the per-configuration counters: one row per (configuration, op), not per measurement
@@ -123,8 +136,7 @@ def _configurations(session: Session, device: Device, space: Space, sp_id: int |
     groups: dict[Configuration, list[RunInfo]] = {}
     for r in runs:
         groups.setdefault(r.config, []).append(r)
-    ops = set(space.op_by_key)
-    identity = {op.key for op in space.ops if op.is_identity}
+    ops, identity = op_keys(space)
     out, covered = [], {}
     for cfg, rs in groups.items():
         used = [r for r in rs if include_unstable or not r.unstable]
@@ -253,7 +265,11 @@ def assemble(session: Session, device: Device, space: Space, selector: Selector 
     )
 
 
-def to_csv(table: wire.Table) -> str:
+def to_csv(table: wire.Table | wire.GridTable) -> str:
+    if isinstance(table, wire.GridTable):
+        from profiler_server.domain.grid import grid_csv
+
+        return grid_csv(table)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
@@ -265,10 +281,11 @@ def to_csv(table: wire.Table) -> str:
 
 @dataclass
 class CachedTable:
-    table: wire.Table
+    table: wire.Table | wire.GridTable
     json_bytes: bytes
     etag: str
     _csv: bytes | None = field(default=None, repr=False)
+    fit: object | None = field(default=None, repr=False)  # a v2 table's GridFit (domain.grid)
 
     @property
     def csv_bytes(self) -> bytes:
@@ -288,7 +305,7 @@ class TableCache:
 
     def peek(self, device_id: int, gen: int, space_name: str, selector: Selector | None = None) -> CachedTable | None:
         """The cached table of generation ``gen`` of the device, if there is one (no database access)."""
-        space = resolve_space(space_name)
+        space = resolve_any_space(space_name)
         key = (device_id, space.name, space.version, gen, selector or Selector())
         with self._lock:
             hit = self._items.get(key)
@@ -299,7 +316,7 @@ class TableCache:
     def get(self, session: Session, device_name: str, space_name: str,
             selector: Selector | None = None) -> CachedTable:
         selector = selector or Selector()
-        space = resolve_space(space_name)
+        space = resolve_any_space(space_name)
         # the hot path: one narrow query, no ORM object
         row = session.execute(select(Device.id, Device.table_gen).where(Device.name == device_name)).first()
         if row is None:
@@ -307,8 +324,7 @@ class TableCache:
         if (hit := self.peek(row[0], row[1], space_name, selector)) is not None:
             return hit
         key = (row[0], space.name, space.version, row[1], selector)
-        table = assemble(session, get_device(session, device_name), space, selector, self.max_runs)
-        item = CachedTable(table, table.model_dump_json().encode(), f'"{table.version}"')
+        item = self._assemble(session, get_device(session, device_name), space, selector)
         with self._lock:
             # older generations of this table can never be asked for again: drop them (flat memory
             # under steady uploads, instead of a cache full of superseded tables)
@@ -319,8 +335,17 @@ class TableCache:
                 self._items.popitem(last=False)
         return item
 
+    def _assemble(self, session: Session, device: Device, space: Space | SpaceV2, selector: Selector) -> CachedTable:
+        if isinstance(space, SpaceV2):  # the grid: measured entries, the rest fitted (domain.grid)
+            from profiler_server.domain.grid import assemble_v2, grid_json
+
+            table, fit = assemble_v2(session, device, space, selector, self.max_runs)
+            return CachedTable(table, grid_json(table), f'"{table.version}"', fit=fit)
+        table = assemble(session, device, space, selector, self.max_runs)
+        return CachedTable(table, table.model_dump_json().encode(), f'"{table.version}"')
+
     def table(self, session: Session, device_name: str, space_name: str,
-              selector: Selector | None = None) -> wire.Table:
+              selector: Selector | None = None) -> wire.Table | wire.GridTable:
         return self.get(session, device_name, space_name, selector).table
 
 

@@ -15,7 +15,7 @@ from fbnet.space import Arch, ArchError
 from profiler_server.auth import Caller
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.runs import get_run, target_device
-from profiler_server.domain.spaces import ensure_space, resolve_space
+from profiler_server.domain.spaces import ensure_space, resolve_v1_space
 from profiler_server.errors import Invalid
 
 WORST = 5
@@ -31,7 +31,7 @@ def _out(v: Validation, device: str, space: str) -> wire.ValidationOut:
 
 def add_validation(session: Session, caller: Caller, body: wire.ValidationCreate) -> wire.ValidationOut:
     device = target_device(session, caller, body.device)
-    space = resolve_space(body.space)
+    space = resolve_v1_space(body.space)
     try:
         Arch(tuple(body.arch))
     except ArchError as e:
@@ -62,7 +62,7 @@ def summarize(device: str, space: str, items: list[wire.ValidationOut]) -> wire.
 
 def validation_summary(session: Session, device_name: str, space_name: str) -> wire.ValidationSummary:
     device = get_device(session, device_name)
-    space = resolve_space(space_name)
+    space = resolve_v1_space(space_name)
     q = (select(Validation).join(SpaceRow, SpaceRow.id == Validation.space_id)
          .where(Validation.device_id == device.id, SpaceRow.name == space.name).order_by(Validation.id))
     items = [_out(v, device.name, space.name) for v in session.scalars(q)]

@@ -9,6 +9,7 @@ from fbnet import wire
 from fbnet.configuration import Selector
 from profiler_server.deps import CacheDep, ReaderDep, ReadSession
 from profiler_server.domain import compare as dom
+from profiler_server.domain.spaces import resolve_v1_space
 from profiler_server.routes.tables import prefixed_selector
 
 router = APIRouter(tags=["compare"])
@@ -27,6 +28,7 @@ class Pair:
     sel_b: SelB
 
     def tables(self, session, cache):
+        resolve_v1_space(self.space)  # a v2 grid has no per-op comparison (yet): 422, named
         return (cache.table(session, self.a, self.space, self.sel_a),
                 cache.table(session, self.b, self.space, self.sel_b))
 

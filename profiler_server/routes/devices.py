@@ -12,7 +12,11 @@ def _coverage(session, cache, name: str, device_id: int) -> dict[str, dict[str, 
     out = {}
     for space in dom.device_spaces(session, device_id):
         t = cache.table(session, name, space)
-        out[space] = {"ops": len(t.entries), "covered": sum(e.latency_us is not None for e in t.entries)}
+        if isinstance(t, wire.GridTable):  # a v2 grid: covered = measured or identity; fitted apart
+            c = t.counts
+            out[space] = {"ops": len(t.columns.key), "covered": c["measured"] + c["identity"], "fitted": c["fitted"]}
+        else:
+            out[space] = {"ops": len(t.entries), "covered": sum(e.latency_us is not None for e in t.entries)}
     return out
 
 

@@ -16,4 +16,4 @@ def list_spaces(session: ReadSession, _: ReaderDep):
 @router.get("/spaces/{name}", response_model=wire.SpaceOut)
 def get_space(name: str, _: ReaderDep):
     """A space's op list: the agents' work list. Derived spaces (fbnet-<res>[-w<mult>]) work too."""
-    return dom.space_out(dom.resolve_space(name))
+    return dom.space_out(dom.resolve_v1_space(name))

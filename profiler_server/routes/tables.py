@@ -10,12 +10,15 @@ from profiler_server.auth import require_admin
 from profiler_server.deps import CallerDep, ReaderDep, ReadSession, WriteSession
 from profiler_server.domain import importers
 from profiler_server.domain.devices import get_device
-from profiler_server.domain.spaces import resolve_space
+from profiler_server.domain.spaces import resolve_any_space, resolve_v1_space
 from profiler_server.domain.tables import configurations, etag_matches
+from profiler_server.errors import Conflict
 
 router = APIRouter(tags=["tables"])
 
-SpaceQuery = Annotated[str, Query(description="space name, e.g. fbnet-224 or fbnet-cifar")]
+SpaceQuery = Annotated[str, Query(description="space name, e.g. fbnet-224, fbnet-cifar or fbnetv2-cifar")]
+MeasuredOnly = Annotated[bool, Query(description=(
+    "refuse (409) a v2 table with fitted entries; v1 tables are always measured"))]
 
 
 async def selector(  # async: FastAPI would run a plain-def dependency on a worker thread
@@ -59,10 +62,13 @@ async def get_table(
     sel: SelectorDep,
     format: Literal["json", "csv"] = "json",
     if_none_match: Annotated[str | None, Header()] = None,
+    measured_only: MeasuredOnly = False,
 ):
     """The device's latency table of ``space`` (µs) in ONE configuration (finished runs only); the
     selectors pick it, unspecified ones the newest complete configuration. ``ETag`` is the table's
-    version (it covers the configuration)."""
+    version (it covers the configuration). A v2 space (``fbnetv2-*``) answers a ``GridTable``: every
+    grid op in columns, each marked ``measured``, ``fitted``, ``identity`` or ``missing``, with the
+    model's held-out error (``model.heldout``)."""
     item = None
     # the hot path, on the event loop: the device's current generation (SQLite), then the cache (app
     # state read directly: every injected dependency costs the hot path measurably)
@@ -77,6 +83,8 @@ async def get_table(
                 return cache.get(session, device, space, sel)
 
         item = await run_in_threadpool(lookup)
+    if measured_only and isinstance(item.table, wire.GridTable):
+        refuse_fitted(item.table)
     etag = item.etag if format == "json" else f'"{item.table.version}-csv"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(if_none_match, etag):
@@ -86,12 +94,23 @@ async def get_table(
     return Response(item.json_bytes, media_type="application/json", headers=headers)
 
 
+def refuse_fitted(table: wire.GridTable) -> None:
+    """409 when ``table`` serves fitted entries (``measured_only=true``)."""
+    n = table.counts.get("fitted", 0)
+    if n:
+        h = table.model.heldout if table.model else None
+        err = f" (held-out MAPE {h.mape:.1f} % over {h.n} ops)" if h and h.mape is not None else ""
+        raise Conflict(f"{n} of {len(table.columns.key)} entries of {table.space} on {table.device} are fitted, not "
+                       f"measured{err}; measured_only=true refuses them: drop it to take them marked source "
+                       f"'fitted', or measure them (POST /plans/{table.device})")
+
+
 @router.get("/tables/{device}/configurations", response_model=list[wire.ConfigurationOut])
 def list_configurations(device: str, space: SpaceQuery, session: ReadSession, _: ReaderDep,
                         include_unstable: bool = False):
     """The device's configurations of ``space`` (finished runs), oldest first, with coverage; ``default``
     marks the one ``GET /tables/{device}`` serves without selectors."""
-    return configurations(session, get_device(session, device), resolve_space(space),
+    return configurations(session, get_device(session, device), resolve_any_space(space),
                           include_unstable=include_unstable)
 
 
@@ -122,7 +141,7 @@ async def import_table(
     body = await request.body()
 
     def work() -> wire.ImportResult:
-        sp = resolve_space(space)
+        sp = resolve_v1_space(space)
         dev = get_device(session, device)
         doc = importers.load_document(body, format)
         result = importers.import_table(session, dev, sp, format, doc, source, precision)
