@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -57,7 +58,7 @@ def sh(*args: str | Path, env: dict | None = None) -> None:
         raise SystemExit(r.returncode)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "demo-out", help="where the database, results and plots go")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".fbnet-cache", help="export cache (kept between runs)")
@@ -76,118 +77,146 @@ def main() -> None:
         console.print(f"[yellow]Fashion-MNIST is not installed ({FASHION_DIR}; `apt-get install {FASHION_PACKAGE}` "
                       f"as root, or `make demo` does it): this demo uses scikit-learn's digits instead[/yellow]")
         a.data = "digits"
+    return a
 
-    t0 = time.monotonic()
-    out = a.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)  # a fresh service each run; the export cache lives elsewhere
-    out.mkdir(parents=True)
-    cache = a.cache_dir.resolve()
-    exports = cache / "exports"
-    device = "host-cpu"
-    total = 8
-    timings: dict[str, float] = {}
 
-    def timed(name: str, fn) -> None:
+@dataclass
+class Demo:
+    """What the steps share: the options, the output folders, the service, the device's token, the timings."""
+
+    a: argparse.Namespace
+    out: Path
+    cache: Path
+    server: LocalServer
+    device: str = "host-cpu"
+    token: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, fn) -> None:
         s = time.monotonic()
         fn()
-        timings[name] = time.monotonic() - s
+        self.timings[name] = time.monotonic() - s
 
-    step(1, total, "start the profiler service on a SQLite file")
-    server = LocalServer(f"sqlite:///{out / 'fbnet.db'}", out / "server").start()
-    console.print(f"service at {server.url}  (database {out / 'fbnet.db'}, log {server.log_path})")
-    try:
-        step(2, total, "register the host CPU as a device")
-        import platform
+    def agent(self, command: str, *args) -> None:
+        """An fbnet-agent command against the demo's service, as the device."""
+        sh(BIN / "fbnet-agent", command, "--server", self.server.url, "--token", self.token, *args,
+           env={"FBNET_SERVER": self.server.url, "FBNET_AGENT_TOKEN": self.token})
 
-        token = server.create_device(device, platform="linux", runtime="executorch-xnnpack",
+    @property
+    def common(self) -> list[str]:
+        return ["--device", self.device, "--space", self.a.space, "--cache-dir", str(self.cache / "exports")]
+
+
+TOTAL = 8
+
+
+def register(d: Demo) -> None:
+    step(2, TOTAL, "register the host CPU as a device")
+    import platform
+
+    d.token = d.server.create_device(d.device, platform="linux", runtime="executorch-xnnpack",
                                      model=platform.processor() or platform.machine(), os=platform.platform())
-        console.print(f"device [bold]{device}[/bold] registered; its agent token is shown once: {token[:6]}…")
-        agent_env = {"FBNET_SERVER": server.url, "FBNET_AGENT_TOKEN": token}
-        common = ["--device", device, "--space", a.space, "--cache-dir", str(exports)]
+    console.print(f"device [bold]{d.device}[/bold] registered; its agent token is shown once: {d.token[:6]}…")
 
-        step(3, total, f"profile every op of {a.space} on the host with ExecuTorch (XNNPACK, 1 thread)")
-        timed("profile", lambda: sh(BIN / "fbnet-agent", "profile", "--server", server.url, "--token", token,
-                                    "--transport", "host", *common, env=agent_env))
 
-        space = get_space(a.space)
-        table = get_table(space=a.space, server=server.url, device=device, cache_dir=cache / "tables")
-        for _ in range(2):  # a run whose reference ops moved too much is marked unstable and feeds no table
-            if table.configuration is not None:
-                break
-            console.print("[yellow]the profile run was marked unstable (its reference ops moved more than the "
-                          "threshold between rounds: the machine was busy); profiling again[/yellow]")
-            timed("profile again", lambda: sh(BIN / "fbnet-agent", "profile", "--server", server.url, "--token",
-                                              token, "--transport", "host", *common, env=agent_env))
-            table = get_table(space=a.space, server=server.url, device=device, cache_dir=cache / "tables")
-        lut = build_lut(table, space)
-        lo, hi = latency_range(lut)
-        target_ms = (lo + a.target * (hi - lo)) / 1000
-        step(4, total, f"FBNet search on {a.data} with the host table, target {target_ms:.3f} ms "
-                       f"({100 * a.target:.0f} % of the range {lo / 1000:.3f}..{hi / 1000:.3f} ms)")
-        search_dir = out / "search"
-        timed("search", lambda: sh(
-            BIN / "fbnet-search", "run", "--server", server.url, "--device", device, "--space", a.space,
-            "--data", a.data, "--epochs", a.epochs, "--target-ms", f"{target_ms:.4f}", "--subset", a.subset,
-            "--seed", a.seed, "--out", search_dir, "--cache-dir", cache / "tables"))
-        found = read_arch_file(search_dir)
-        arch_text = ",".join(found.arch)
+def profile(d: Demo):
+    """Profile every op; a run whose reference ops moved too much is marked unstable and feeds no table,
+    so profile again (twice at most). Returns the host table's latency matrix."""
+    step(3, TOTAL, f"profile every op of {d.a.space} on the host with ExecuTorch (XNNPACK, 1 thread)")
+    d.timed("profile", lambda: d.agent("profile", "--transport", "host", *d.common))
+    table = get_table(space=d.a.space, server=d.server.url, device=d.device, cache_dir=d.cache / "tables")
+    for _ in range(2):
+        if table.configuration is not None:
+            break
+        console.print("[yellow]the profile run was marked unstable (its reference ops moved more than the "
+                      "threshold between rounds: the machine was busy); profiling again[/yellow]")
+        d.timed("profile again", lambda: d.agent("profile", "--transport", "host", *d.common))
+        table = get_table(space=d.a.space, server=d.server.url, device=d.device, cache_dir=d.cache / "tables")
+    return build_lut(table, get_space(d.a.space))
 
-        step(5, total, f"train the found architecture and {a.randoms} random ones of the same latency (+-5 %), "
-                       f"same budget")
-        pred = predict(lut, found.architecture)["latency_us"]
-        randoms = random_within(lut, 0.95 * pred, 1.05 * pred, a.randoms, seed=a.seed)
-        trained = []
-        for i, arch in enumerate([found.architecture, *randoms]):
-            child_dir = out / ("child" if i == 0 else f"random-{i}")
-            timed(f"train {i}", lambda arch=arch, child_dir=child_dir: sh(
-                BIN / "fbnet-search", "train", "--arch", ",".join(arch.blocks), "--space", a.space, "--data", a.data,
-                "--epochs", a.child_epochs, "--subset", a.child_subset, "--seed", a.seed, "--out", child_dir))
-            trained.append((arch, predict(lut, arch)["latency_us"],
-                            json.loads((child_dir / "child.json").read_text())["test_acc"]))
-        child = json.loads((out / "child" / "child.json").read_text())
-        child_dir = out / "child"
 
-        step(6, total, "export the trained architecture (.pte for ExecuTorch, .mlpackage for Core ML)")
-        timed("export", lambda: (
-            sh(BIN / "fbnet-search", "export", "--from", search_dir, "--weights", child_dir / "child.pt",
-               "--space", a.space, "--format", "pte", "--out", out / "found.pte"),
-            sh(BIN / "fbnet-search", "export", "--from", search_dir, "--weights", child_dir / "child.pt",
-               "--space", a.space, "--format", "mlpackage", "--out", out / "found.mlpackage"),
-        ))
+def search(d: Demo, lut):
+    a = d.a
+    lo, hi = latency_range(lut)
+    target_ms = (lo + a.target * (hi - lo)) / 1000
+    step(4, TOTAL, f"FBNet search on {a.data} with the host table, target {target_ms:.3f} ms "
+                   f"({100 * a.target:.0f} % of the range {lo / 1000:.3f}..{hi / 1000:.3f} ms)")
+    d.timed("search", lambda: sh(
+        BIN / "fbnet-search", "run", "--server", d.server.url, "--device", d.device, "--space", a.space,
+        "--data", a.data, "--epochs", a.epochs, "--target-ms", f"{target_ms:.4f}", "--subset", a.subset,
+        "--seed", a.seed, "--out", d.out / "search", "--cache-dir", d.cache / "tables"))
+    return read_arch_file(d.out / "search")
 
-        step(7, total, "measure it whole on the host (plus FBNet-A/B/C and 3 random archs) and upload")
-        timed("validate", lambda: sh(BIN / "fbnet-agent", "validate", "--server", server.url, "--token", token,
-                                     *common, "--transport", "host", "--arch", arch_text, "--archs", 3,
-                                     "--seed", a.seed, env=agent_env))
 
-        step(8, total, "plots: the host table, predicted vs measured, host vs Pixel 3 (HW-NAS-Bench) per op")
-        plots = out / "plots"
-        plots.mkdir()
-        with httpx.Client(base_url=server.url, timeout=60) as c:
-            # A second device for the per-op ratio figure (the paper's iPhone X vs Samsung S8 plot):
-            # the HW-NAS-Bench Pixel 3 table, imported as an external table.
-            admin = {"Authorization": f"Bearer {server.admin_token}"}
-            c.post("/devices", json={"name": "pixel3", "platform": "android", "runtime": "tflite (HW-NAS-Bench)",
-                                     "model": "Pixel 3"}, headers=admin).raise_for_status()
-            c.post("/tables/pixel3/import", params={"format": "hwnasbench", "space": a.space},
-                   content=PIXEL3.read_bytes(), headers=admin).raise_for_status()
-            for name, path in [("table-heatmap.png", f"/plots/table/{device}.png?space={a.space}"),
-                               ("validations.png", f"/plots/validations/{device}.png?space={a.space}"),
-                               ("host-vs-pixel3.png", f"/plots/compare.png?space={a.space}&a={device}&b=pixel3")]:
-                r = c.get(path)
-                r.raise_for_status()
-                (plots / name).write_bytes(r.content)
-            summary = c.get(f"/validations/{device}", params={"space": a.space}).json()
-        mine = next(v for v in summary["validations"] if v["arch"] == found.arch)
-    finally:
-        server.stop()
+def train(d: Demo, lut, found) -> list[tuple]:
+    """The found architecture and random ones of its predicted latency, each with the same budget:
+    (architecture, predicted us, test accuracy) per child, the found one first."""
+    a = d.a
+    step(5, TOTAL, f"train the found architecture and {a.randoms} random ones of the same latency (+-5 %), "
+                   f"same budget")
+    pred = predict(lut, found.architecture)["latency_us"]
+    randoms = random_within(lut, 0.95 * pred, 1.05 * pred, a.randoms, seed=a.seed)
+    trained = []
+    for i, arch in enumerate([found.architecture, *randoms]):
+        child_dir = d.out / ("child" if i == 0 else f"random-{i}")
+        d.timed(f"train {i}", lambda arch=arch, child_dir=child_dir: sh(
+            BIN / "fbnet-search", "train", "--arch", ",".join(arch.blocks), "--space", a.space, "--data", a.data,
+            "--epochs", a.child_epochs, "--subset", a.child_subset, "--seed", a.seed, "--out", child_dir))
+        trained.append((arch, predict(lut, arch)["latency_us"],
+                        json.loads((child_dir / "child.json").read_text())["test_acc"]))
+    return trained
 
+
+def export(d: Demo) -> None:
+    step(6, TOTAL, "export the trained architecture (.pte for ExecuTorch, .mlpackage for Core ML)")
+    weights = d.out / "child" / "child.pt"
+    d.timed("export", lambda: (
+        sh(BIN / "fbnet-search", "export", "--from", d.out / "search", "--weights", weights,
+           "--space", d.a.space, "--format", "pte", "--out", d.out / "found.pte"),
+        sh(BIN / "fbnet-search", "export", "--from", d.out / "search", "--weights", weights,
+           "--space", d.a.space, "--format", "mlpackage", "--out", d.out / "found.mlpackage"),
+    ))
+
+
+def validate(d: Demo, arch_text: str) -> None:
+    step(7, TOTAL, "measure it whole on the host (plus FBNet-A/B/C and 3 random archs) and upload")
+    d.timed("validate", lambda: d.agent("validate", *d.common, "--transport", "host", "--arch", arch_text,
+                                        "--archs", 3, "--seed", d.a.seed))
+
+
+def plots(d: Demo) -> tuple[Path, dict]:
+    """The service's figures, and its summary of the device's validations."""
+    step(8, TOTAL, "plots: the host table, predicted vs measured, host vs Pixel 3 (HW-NAS-Bench) per op")
+    folder = d.out / "plots"
+    folder.mkdir()
+    space, device = d.a.space, d.device
+    with httpx.Client(base_url=d.server.url, timeout=60) as c:
+        # A second device for the per-op ratio figure (the paper's iPhone X vs Samsung S8 plot):
+        # the HW-NAS-Bench Pixel 3 table, imported as an external table.
+        admin = {"Authorization": f"Bearer {d.server.admin_token}"}
+        c.post("/devices", json={"name": "pixel3", "platform": "android", "runtime": "tflite (HW-NAS-Bench)",
+                                 "model": "Pixel 3"}, headers=admin).raise_for_status()
+        c.post("/tables/pixel3/import", params={"format": "hwnasbench", "space": space},
+               content=PIXEL3.read_bytes(), headers=admin).raise_for_status()
+        for name, path in [("table-heatmap.png", f"/plots/table/{device}.png?space={space}"),
+                           ("validations.png", f"/plots/validations/{device}.png?space={space}"),
+                           ("host-vs-pixel3.png", f"/plots/compare.png?space={space}&a={device}&b=pixel3")]:
+            r = c.get(path)
+            r.raise_for_status()
+            (folder / name).write_bytes(r.content)
+        summary = c.get(f"/validations/{device}", params={"space": space}).json()
+    return folder, summary
+
+
+def report(d: Demo, found, trained: list[tuple], summary: dict, folder: Path, t0: float) -> None:
+    a, out, device = d.a, d.out, d.device
+    mine = next(v for v in summary["validations"] if v["arch"] == found.arch)
+    child = json.loads((out / "child" / "child.json").read_text())
     t = Table(title="fbnet-lut demo: the loop closed on this machine", show_header=False)
     t.add_column(style="bold")
     t.add_column()
     t.add_row("device / space", f"{device} / {a.space}  (table {found.table_version})")
-    t.add_row("found architecture", arch_text)
+    t.add_row("found architecture", ",".join(found.arch))
     t.add_row("search", f"target {1000 * found.target_ms:.0f} us, predicted {found.predicted_latency_us:.0f} us "
                         f"({100 * (found.predicted_latency_us / (1000 * found.target_ms) - 1):+.1f} %); final theta "
                         f"entropy {found.theta_entropy:.2f} nats (uniform 2.20) after {found.theta_steps} theta steps")
@@ -208,13 +237,38 @@ def main() -> None:
     t.add_row("all validations", f"{summary['count']} archs: MAPE {summary['mape']:.1f}%, "
                                  f"within ±10% {100 * summary['within_10pct']:.0f}%, "
                                  f"Kendall tau {summary['kendall_tau']:.2f}")
-    t.add_row("plots", "\n".join(str(p) for p in sorted(plots.glob("*.png"))))
+    t.add_row("plots", "\n".join(str(p) for p in sorted(folder.glob("*.png"))))
     t.add_row("exports", f"{out / 'found.pte'}\n{out / 'found.mlpackage'}")
-    t.add_row("wall time", f"{time.monotonic() - t0:.0f} s  (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
+    t.add_row("wall time", f"{time.monotonic() - t0:.0f} s  ("
+              + ", ".join(f"{k} {v:.0f} s" for k, v in d.timings.items()) + ")")
     console.print(t)
     console.print(Panel.fit(f"service stopped; everything is under {out}\nsee it in a browser: {BIN / 'fbnet-server'} "
                             f"serve --db sqlite:///{out / 'fbnet.db'} --port 8000\n  then open http://127.0.0.1:8000/ui/"
                             f"devices/{device}  ({device}, its table, the validations, {device} vs pixel3)", style="green"))
+
+
+def main() -> None:
+    a = parse_args()
+    t0 = time.monotonic()
+    out = a.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)  # a fresh service each run; the export cache lives elsewhere
+    out.mkdir(parents=True)
+    step(1, TOTAL, "start the profiler service on a SQLite file")
+    server = LocalServer(f"sqlite:///{out / 'fbnet.db'}", out / "server").start()
+    console.print(f"service at {server.url}  (database {out / 'fbnet.db'}, log {server.log_path})")
+    d = Demo(a, out, a.cache_dir.resolve(), server)
+    try:
+        register(d)
+        lut = profile(d)
+        found = search(d, lut)
+        trained = train(d, lut, found)
+        export(d)
+        validate(d, ",".join(found.arch))
+        folder, summary = plots(d)
+    finally:
+        server.stop()
+    report(d, found, trained, summary, folder, t0)
 
 
 if __name__ == "__main__":
