@@ -85,3 +85,22 @@ def require_reader(caller: Caller, settings: Settings) -> None:
     if settings.read_token is None or caller.kind != "anonymous":
         return
     raise Unauthorized("this server requires a token to read (Authorization: Bearer <token>)")
+
+
+# provenance that identifies a unit or a person (serials, UDIDs, host and device names): shown
+# only to the admin and to the device's own token
+PRIVATE_EXTRA = frozenset({"device_name", "serial", "udid", "hostname", "host"})
+
+
+def redact(value):
+    """``value`` without private keys at any depth (a serial nested in ``{"adb": {...}}`` too)."""
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items() if k not in PRIVATE_EXTRA}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def sees_private(caller: Caller | None, device_id: int) -> bool:
+    """Whether the caller may see a device's serials and host names (the admin, or the device's own token)."""
+    return caller is not None and (caller.is_admin or (caller.kind == "device" and caller.device_id == device_id))

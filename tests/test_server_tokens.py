@@ -144,3 +144,23 @@ def test_plots_are_cached_concurrent_and_behind_the_reader_check(tmp_path, hwnas
         assert [r.content for r in got[:3]] == [r.content for r in got[3:]]  # same content, same bytes
     finally:
         cleanup()
+
+
+def test_serials_nested_in_device_metadata_or_run_extra_are_hidden_from_readers(module_server):
+    name = module_server.unique("nest")
+    with module_server.admin as c:
+        r = c.post("/devices", json={"name": name, "platform": "android", "runtime": "executorch-xnnpack",
+                                     "metadata": {"lab": "rack 3", "adb": {"serial": "R58M123", "port": 5555},
+                                                  "units": [{"udid": "00008030-XYZ", "slot": 1}]}})
+        assert r.status_code == 201
+        token = r.json()["token"]
+    with module_server.client(token) as c:
+        rid = c.post("/runs", json={**RUN, "extra": {"adb": {"serial": "R58M123", "abi": "arm64-v8a"}}}).json()["id"]
+    for who, private in ((None, False), (token, True), (module_server.admin_token, True)):
+        with module_server.client(who) as c:
+            for text in (c.get(f"/devices/{name}").text, c.get("/devices").text):
+                assert ("R58M123" in text) is private and ("00008030-XYZ" in text) is private, text[:300]
+            assert ("R58M123" in c.get(f"/runs/{rid}").text) is private
+            meta = c.get(f"/devices/{name}").json()["metadata"]
+            assert meta["lab"] == "rack 3" and meta["adb"]["port"] == 5555 and meta["units"][0]["slot"] == 1
+            assert c.get(f"/runs/{rid}").json()["extra"]["adb"]["abi"] == "arm64-v8a"

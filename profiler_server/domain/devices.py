@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from db.models import Device, DeviceToken, Run
 from db.models import Space as SpaceRow
 from fbnet import wire
-from profiler_server.auth import hash_token, new_token
+from profiler_server.auth import Caller, hash_token, new_token, redact, sees_private
 from profiler_server.errors import Conflict, NotFound
 
 
@@ -63,9 +63,13 @@ def device_spaces(session: Session, device_id: int) -> list[str]:
     return sorted(session.scalars(q))
 
 
-def device_out(device: Device, coverage: dict[str, dict[str, int]] | None = None) -> wire.DeviceOut:
+def device_out(device: Device, coverage: dict[str, dict[str, int]] | None = None,
+               caller: Caller | None = None) -> wire.DeviceOut:
+    """The device as the API shows it; serials and host names in its metadata (at any depth) only to
+    the admin and the device's own token."""
+    meta = device.meta or {}
     return wire.DeviceOut(
         name=device.name, platform=device.platform, runtime=device.runtime, precision=device.precision,
-        model=device.model, soc=device.soc, os=device.os, metadata=device.meta or {},
+        model=device.model, soc=device.soc, os=device.os, metadata=meta if sees_private(caller, device.id) else redact(meta),
         created_at=device.created_at, coverage=coverage or {},
     )

@@ -18,18 +18,13 @@ from fbnet import wire
 from fbnet.ops_v2 import OpV2KeyError, parse_key_v2
 from fbnet.space import Space
 from fbnet.space_v2 import SpaceV2
-from profiler_server.auth import Caller, require_writer
+from profiler_server.auth import PRIVATE_EXTRA, Caller, redact, require_writer, sees_private  # noqa: F401 (PRIVATE_EXTRA: the pages read it here)
 from profiler_server.domain.devices import get_device, touch
 from profiler_server.domain.spaces import ensure_space, resolve_any_space
 from profiler_server.errors import Conflict, Forbidden, Invalid, NotFound
 
 OPEN, FINISHED = "open", "finished"
 COUNTED_STATUSES = (FINISHED,)  # open, failed and aborted runs never reach a table
-# provenance that identifies a unit or a person (serials, UDIDs, host and device names): shown
-# only to the admin and to the device's own token
-PRIVATE_EXTRA = frozenset({"device_name", "serial", "udid", "hostname", "host"})
-
-
 def target_device(session: Session, caller: Caller, named: str | None) -> Device:
     """The device a write is for: ``named`` or the token's own; checks the caller may write it."""
     if named is None:
@@ -103,7 +98,7 @@ def n_measurements(session: Session, run_ids: list[int]) -> dict[int, int]:
 
 
 def may_see_private(caller: Caller | None, run: Run) -> bool:
-    return caller is not None and (caller.is_admin or (caller.kind == "device" and caller.device_id == run.device_id))
+    return sees_private(caller, run.device_id)
 
 
 def run_out(run: Run, n: int = 0, caller: Caller | None = None) -> wire.RunOut:
@@ -121,7 +116,7 @@ def run_out(run: Run, n: int = 0, caller: Caller | None = None) -> wire.RunOut:
         temps_before=run.temps_before or {}, temps_after=run.temps_after or {},
         cpu_freqs_before=run.cpu_freqs_before or {}, cpu_freqs_after=run.cpu_freqs_after or {},
         status=run.status, started_at=run.started_at, finished_at=run.finished_at, n_measurements=n,
-        extra=extra if private else {k: v for k, v in extra.items() if k not in PRIVATE_EXTRA},
+        extra=extra if private else redact(extra),
     )
 
 

@@ -26,19 +26,19 @@ def create_device(body: wire.DeviceCreate, session: WriteSession, caller: Caller
     require_admin(caller)
     device, token = dom.create_device(session, body)
     session.commit()
-    return wire.DeviceCreated(**dom.device_out(device).model_dump(), token=token)
+    return wire.DeviceCreated(**dom.device_out(device, caller=caller).model_dump(), token=token)
 
 
 @router.get("/devices", response_model=list[wire.DeviceOut])
-def list_devices(session: ReadSession, cache: CacheDep, _: ReaderDep):
-    """Devices with per-space coverage."""
-    return [dom.device_out(d, _coverage(session, cache, d.name, d.id)) for d in dom.list_devices(session)]
+def list_devices(session: ReadSession, cache: CacheDep, reader: ReaderDep):
+    """Devices with per-space coverage (serials in their metadata only to the admin and the device)."""
+    return [dom.device_out(d, _coverage(session, cache, d.name, d.id), reader) for d in dom.list_devices(session)]
 
 
 @router.get("/devices/{name}", response_model=wire.DeviceOut)
-def get_device(name: str, session: ReadSession, cache: CacheDep, _: ReaderDep):
+def get_device(name: str, session: ReadSession, cache: CacheDep, reader: ReaderDep):
     d = dom.get_device(session, name)
-    return dom.device_out(d, _coverage(session, cache, d.name, d.id))
+    return dom.device_out(d, _coverage(session, cache, d.name, d.id), reader)
 
 
 @router.post("/devices/{name}/token", response_model=wire.DeviceCreated)
@@ -47,7 +47,7 @@ def rotate_token(name: str, session: WriteSession, caller: CallerDep):
     require_admin(caller)
     device, token = dom.rotate_token(session, name)
     session.commit()
-    return wire.DeviceCreated(**dom.device_out(device).model_dump(), token=token)
+    return wire.DeviceCreated(**dom.device_out(device, caller=caller).model_dump(), token=token)
 
 
 @router.delete("/devices/{name}/token", response_model=wire.DeviceOut)

@@ -103,15 +103,13 @@ def search_command(base_url: str, device: str, space: str, sel: Selector) -> str
 
 
 # ---- shared pieces -------------------------------------------------------------------------------
-def sees_private(caller: Caller, device_id: int) -> bool:
-    """Whether the caller may see a device's serials and host names (the admin, or the device's own token)."""
-    return caller.is_admin or (caller.kind == "device" and caller.device_id == device_id)
+sees_private = runs_dom.sees_private
 
 
 def public_metadata(device: Device, caller: Caller) -> dict:
     """The device's metadata as this caller may see it."""
     meta = device.meta or {}
-    return dict(meta) if sees_private(caller, device.id) else {k: v for k, v in meta.items() if k not in runs_dom.PRIVATE_EXTRA}
+    return dict(meta) if sees_private(caller, device.id) else runs_dom.redact(meta)
 
 
 def config_view(device: str, space: str, c: wire.ConfigurationOut) -> dict:
