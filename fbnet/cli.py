@@ -140,10 +140,11 @@ def _parameter(name: str, info: FieldInfo, use: Use) -> inspect.Parameter:
     tp, choices, optional = _choices(info.annotation)
     choices = meta.get("choices") or choices
     flag = _flag(name, info)
+    default = use.defaults.get(name, None if info.is_required() else info.get_default(call_default_factory=True))
+    # every switch has both forms: a preset or a --config file may have turned on what is off by default
     names = [flag + "/--no-" + flag[2:]] if tp is bool else [flag]
     if meta.get("short"):
         names.append(meta["short"])
-    default = use.defaults.get(name, None if info.is_required() else info.get_default(call_default_factory=True))
     if isinstance(default, Enum):
         default = default.value
     opt = typer.Option(*names, help=use.help.get(name, info.description), envvar=meta.get("envvar"),
@@ -243,8 +244,8 @@ def _file_and_preset_parameters(presets, config_file: bool) -> list[inspect.Para
                                      "--config and explicit options override it")]))
     if config_file:
         out.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-            Path | None, typer.Option("--config", help="a TOML file of settings ([group] tables or top-level "
-                                      "option names with _); explicit options override it")]))
+            Path | None, typer.Option("--config", help="a TOML file of settings: option names with _ at the top "
+                                      "level or in a table per group; explicit options override it")]))
     return out
 
 
