@@ -134,12 +134,14 @@ def profile(server, token, device, target: int, step: int = 8, batch: int = 150,
         finish(server, token, run_id)
 
 
-def _blocks(widths: list[int], values) -> list[list[float]]:
-    """The values of whole 8-channel blocks (widths 8k+1 .. 8k+8), in order."""
+def _blocks(widths: list[int], values, residual: int) -> list[list[float]]:
+    """The values of whole 8-channel blocks (widths 8k+1 .. 8k+8), in order; without the width
+    ``residual`` (cout == cin: that op adds its input, a different op)."""
     by: dict[int, list[float]] = {}
     for w, v in zip(widths, values, strict=True):
-        by.setdefault(-(-w // 8), []).append(float(v))
-    return [v for v in by.values() if len(v) == 8]
+        by.setdefault(-(-w // 8), []).append(float(v) if w != residual else None)
+    whole = [v for v in by.values() if len(v) == 8]
+    return [[x for x in v if x is not None] for v in whole]
 
 
 def _steps(blocks: list[list[float]]) -> list[float]:
@@ -184,11 +186,13 @@ def test_fit_recovers_a_staircase(module_server, dev):
     fitted = np.array(curve["fitted_us"])
     err = np.abs(fitted / np.array(truth) - 1)
     assert np.mean(err <= 0.10) >= 0.9, err
-    fit_blocks, true_blocks = _blocks(curve["widths"], fitted), _blocks(curve["widths"], truth)
+    fit_blocks, true_blocks = _blocks(curve["widths"], fitted, cin), _blocks(curve["widths"], truth, cin)
+    assert t["model"]["vector_width"]["ir"] == 8  # chosen by k-fold error among 1, 4, 8, 16, 32
     assert max(max(v) / min(v) - 1 for v in fit_blocks) < 0.01  # flat inside every 8 channels
     # and it steps where the double steps, by about as much (a smooth model would ramp instead)
     fit_steps, true_steps = _steps(fit_blocks), _steps(true_blocks)
-    assert max(abs(a - b) for a, b in zip(fit_steps, true_steps, strict=True)) < 0.04, (fit_steps, true_steps)
+    assert min(fit_steps) > 0.01 and max(abs(a - b) for a, b in zip(fit_steps, true_steps, strict=True)) < 0.06, \
+        (fit_steps, true_steps)
     assert {s for _, _, s in curve["points"]} <= {"measured", "fitted"} and len(curve["points"]) == len(layer.widths)
     with module_server.client() as c:
         png = c.get(f"/plots/width/{name}.png", params={"space": SPACE, "layer": 6, "block": "ir_k5_hs"})

@@ -11,8 +11,8 @@ The model (``kind="padded+gbm"``, :data:`DEFAULT_KIND`) has two stages:
    primitive's multiply-adds and weights (1x1 expansion, depthwise 3x3/5x5, squeeze-excite, 1x1
    projection), elementwise volumes and a constant per kernel launched, with every channel count
    rounded up to a multiple of the family's vector width ``v``. ``v`` is chosen per family among
-   :data:`VECTOR_WIDTHS` by k-fold error (:func:`select_width`; ``v = 1`` is the smooth model, so a
-   device without steps gets none). The staircase comes from the ceilings: at ``v = 8`` C = 12 costs
+   :data:`VECTOR_WIDTHS` by k-fold error, the widest within 2 % of the best (:func:`select_width`;
+   ``v = 1`` is the smooth model). The staircase comes from the ceilings: at ``v = 8`` C = 12 costs
    what C = 16 costs, and every width between two multiples of 8 costs the same.
 2. Gradient-boosted trees on ``log(measured / stage 1)`` over the shape with the channel counts
    padded to the same ``v`` (H, stride, kernel, SE, activation, padded Cin, mid, Cout, log work):
@@ -38,6 +38,7 @@ VECTOR_WIDTHS = (1, 4, 8, 16, 32)  # 1: no staircase
 DEFAULT_KIND = "padded+gbm"
 KINDS = ("padded+gbm", "padded", "plain", "gbm", "forest")
 FAMILIES = ("ir", "skip", "conv_k3_hs", "ir_pool_hs", "fc")
+WIDTH_TOLERANCE = 0.02  # select_width: the widest vector within 2 % of the best k-fold error
 MIN_TREES_N = 24  # fewer measured ops in a family: stage 1 only
 # shape columns of an op (``shape_array``)
 _COLS = ("fam", "h", "w", "ho", "wo", "cin", "mid", "cout", "k", "se", "hs", "stride", "has_pw", "residual", "se_w")
@@ -161,9 +162,8 @@ class LatencyModel:
         return out
 
 
-def _stage1(s: np.ndarray, y: np.ndarray, v: int) -> tuple[np.ndarray, np.ndarray]:
-    """NNLS in relative error on scaled columns at vector width ``v``: (weights, column scales)."""
-    x = linear_features(s, v)
+def _stage1(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NNLS in relative error on the scaled columns ``x`` (:func:`linear_features`): (weights, scales)."""
     scale = np.abs(x).max(axis=0)
     scale[scale == 0] = 1.0
     xs = x / scale
@@ -172,36 +172,41 @@ def _stage1(s: np.ndarray, y: np.ndarray, v: int) -> tuple[np.ndarray, np.ndarra
 
 
 def select_width(s: np.ndarray, y: np.ndarray, widths: tuple[int, ...] = VECTOR_WIDTHS, folds: int = 5) -> int:
-    """The vector width whose stage-1 fit has the lowest k-fold relative error (ties: the smaller);
-    with too few ops to tell, 8."""
+    """The vector width of the stage-1 fit by k-fold relative error: the widest whose error is within
+    :data:`WIDTH_TOLERANCE` of the lowest (the SIMD prior: on widths that are all multiples of 8 the
+    fits at 1, 4 and 8 are the same fit, and the staircase is what the hardware does); with too few
+    ops to tell, 8."""
     if len(y) < 2 * folds:
         return 8
     fold = np.arange(len(y)) % folds
     errs = []
     for v in widths:
-        e = np.empty(len(y))
+        x, e = linear_features(s, v), np.empty(len(y))
         for f in range(folds):
-            coef, scale = _stage1(s[fold != f], y[fold != f], v)
-            e[fold == f] = np.abs((linear_features(s[fold == f], v) / scale) @ coef / y[fold == f] - 1)
+            coef, scale = _stage1(x[fold != f], y[fold != f])
+            e[fold == f] = np.abs((x[fold == f] / scale) @ coef / y[fold == f] - 1)
         errs.append(float(np.mean(np.minimum(e, 10.0))))
-    return widths[int(np.argmin(errs))]
+    best = min(errs)
+    return max(v for v, e in zip(widths, errs, strict=True) if e <= best * (1 + WIDTH_TOLERANCE))
 
 
 def _trees(kind: str, seed: int):
-    from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 
     if kind == "forest":
         return RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=seed, n_jobs=1)
+    # histogram boosting: the shapes have few distinct values per column, and one parameter check per
+    # fit instead of one per tree (a classic GradientBoostingRegressor spent most of a fit there)
     depth = 3 if kind == "padded+gbm" else 4
-    return GradientBoostingRegressor(n_estimators=60, max_depth=depth, learning_rate=0.1, subsample=1.0,
-                                     min_samples_leaf=10, random_state=seed)
+    return HistGradientBoostingRegressor(max_iter=60, max_depth=depth, learning_rate=0.1, min_samples_leaf=10,
+                                         early_stopping=False, random_state=seed)
 
 
 def _fit_family(name: str, s: np.ndarray, y: np.ndarray, kind: str, seed: int) -> FamilyFit:
     fit = FamilyFit(name, len(y))
     if kind in ("padded+gbm", "padded", "plain"):
         fit.width = 1 if kind == "plain" else select_width(s, y)
-        fit.coef, fit.scale = _stage1(s, y, fit.width)
+        fit.coef, fit.scale = _stage1(linear_features(s, fit.width), y)
     else:  # tree-only kinds: trees on log(y / the family's median), raw channel counts
         fit.const = float(np.median(y))
     if kind in ("padded+gbm", "gbm", "forest") and len(y) >= MIN_TREES_N:

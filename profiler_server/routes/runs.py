@@ -1,12 +1,15 @@
+import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, BackgroundTasks, Path, Request, Response
 
 from fbnet import wire
+from fbnet.space_v2 import is_v2_space
 from profiler_server.deps import CallerDep, ReaderDep, ReadSession, WriteSession
 from profiler_server.domain import runs as dom
 
 router = APIRouter(tags=["runs"])
+log = logging.getLogger("profiler_server")
 RunId = Annotated[int, Path(ge=1, le=wire.MAX_ID)]
 
 
@@ -48,7 +51,21 @@ def get_measurements(run_id: RunId, session: ReadSession, _: ReaderDep):
 
 
 @router.post("/runs/{run_id}/finish", response_model=wire.RunOut)
-def finish_run(run_id: RunId, body: wire.RunFinish, session: WriteSession, caller: CallerDep):
+def finish_run(run_id: RunId, body: wire.RunFinish, session: WriteSession, caller: CallerDep, request: Request,
+               background: BackgroundTasks):
+    """Close an open run; a finished run of a v2 space also refits the device's grid table, after the
+    answer is sent (the next ``GET /tables`` finds the fit made)."""
     run = dom.finish_run(session, caller, run_id, body)
     session.commit()
+    if run.status == dom.FINISHED and is_v2_space(run.space.name):
+        background.add_task(_refit, request.app.state, run.device.name, run.space.name)
     return dom.runs_out(session, [run], caller)[0]
+
+
+def _refit(state, device: str, space: str) -> None:
+    """Assemble (and so fit) the device's default v2 table into the table cache."""
+    try:
+        with state.db.read_sessions() as session:
+            state.table_cache.get(session, device, space)
+    except Exception:  # a refit ahead of time is an optimisation: a GET assembles it anyway
+        log.exception("refitting %s / %s after a run failed", device, space)
