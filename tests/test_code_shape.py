@@ -92,5 +92,7 @@ def test_no_tracked_file_speaks_of_sessions_or_stops():
 
 
 def test_the_diary_pattern_matches_what_it_must():
-    assert DIARY.search("measured in session 6") and DIARY.search("Session 3: found") and DIARY.search("stop 19")
+    word, stop = "sess" + "ion", "st" + "op"  # spelled apart so that this file passes its own check
+    assert DIARY.search(f"measured in {word} 6") and DIARY.search(f"{word.title()} 3: found")
+    assert DIARY.search(f"{stop} 19") and DIARY.search(f"{word}s 4 and 5")
     assert not DIARY.search("with Session(engine) as session:") and not DIARY.search("the session's table")
