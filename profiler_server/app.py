@@ -21,6 +21,7 @@ from db.migrate import upgrade_to_head
 from fbnet import wire
 from profiler_server import __version__
 from profiler_server.config import Settings
+from profiler_server.domain.grid import cached_grid_table
 from profiler_server.domain.tables import TableCache
 from profiler_server.errors import DomainError
 from profiler_server.middleware import BUSY, Guard, busy_response_headers
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   responses=ERROR_RESPONSES,
                   description="Per-device operator latency tables for hardware-aware NAS (FBNet).")
     app.state.settings = settings
-    app.state.table_cache = TableCache(max_runs=settings.table_runs)
+    app.state.table_cache = TableCache(max_runs=settings.table_runs, grid_assembler=cached_grid_table)
     app.state.plot_cache = PlotCache()
     _add_error_handlers(app, settings)
     for r in (health, devices, spaces, runs, plans, tables, compare, validations, plots):

@@ -30,7 +30,7 @@ from fbnet.configuration import Configuration, Selector
 from fbnet.ops_v2 import OpV2
 from fbnet.space_v2 import SpaceV2, get_v2_space
 from profiler_server.domain import fitting
-from profiler_server.domain.tables import _configurations, _newest_rows, finished_runs, pick, space_id
+from profiler_server.domain.tables import CachedTable, _configurations, _newest_rows, finished_runs, pick, space_id
 
 FIT_FOLDS = 5
 GRID_RULE = (
@@ -222,6 +222,13 @@ def assemble_v2(session: Session, device: Device, space: SpaceV2, selector: Sele
                               folds=FIT_FOLDS),
         columns=wire.GridColumns.model_construct(**cols))
     return table, fit
+
+
+def cached_grid_table(session: Session, device: Device, space: SpaceV2, selector: Selector,
+                      max_runs: int) -> CachedTable:
+    """The table cache's entry of a v2 table (:class:`profiler_server.domain.tables.TableCache`)."""
+    table, fit = assemble_v2(session, device, space, selector, max_runs)
+    return CachedTable(table, grid_json(table), f'"{table.version}"', fit=fit, csv_fn=grid_csv)
 
 
 def grid_json(table: wire.GridTable) -> bytes:

@@ -8,6 +8,7 @@ import io
 import json
 import threading
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from statistics import median
@@ -25,7 +26,7 @@ from fbnet.space_v2 import SpaceV2, get_v2_space, is_v2_space
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.runs import COUNTED_STATUSES
 from profiler_server.domain.spaces import resolve_any_space, resolve_space
-from profiler_server.errors import NotFound
+from profiler_server.errors import Invalid, NotFound
 
 DEFAULT_MAX_RUNS = 16  # the newest runs per op a table takes (FBNET_TABLE_RUNS)
 
@@ -265,11 +266,7 @@ def assemble(session: Session, device: Device, space: Space, selector: Selector 
     )
 
 
-def to_csv(table: wire.Table | wire.GridTable) -> str:
-    if isinstance(table, wire.GridTable):
-        from profiler_server.domain.grid import grid_csv
-
-        return grid_csv(table)
+def to_csv(table: wire.Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
@@ -286,11 +283,12 @@ class CachedTable:
     etag: str
     _csv: bytes | None = field(default=None, repr=False)
     fit: object | None = field(default=None, repr=False)  # a v2 table's GridFit (domain.grid)
+    csv_fn: Callable[[object], str] | None = field(default=None, repr=False)  # a v2 table's (domain.grid)
 
     @property
     def csv_bytes(self) -> bytes:
         if self._csv is None:
-            self._csv = to_csv(self.table).encode()
+            self._csv = (self.csv_fn or to_csv)(self.table).encode()
         return self._csv
 
 
@@ -298,8 +296,10 @@ class TableCache:
     """Assembled tables per (device, space, device generation); any write to a device bumps its
     generation, so a hit is always current, also with several server processes."""
 
-    def __init__(self, size: int = 256, max_runs: int = DEFAULT_MAX_RUNS):
-        self._size, self.max_runs = size, max_runs
+    def __init__(self, size: int = 256, max_runs: int = DEFAULT_MAX_RUNS, grid_assembler: Callable | None = None):
+        """``grid_assembler(session, device, space, selector, max_runs) -> CachedTable`` serves v2 spaces
+        (:func:`profiler_server.domain.grid.cached_grid_table`; None: v2 spaces are refused)."""
+        self._size, self.max_runs, self._grid = size, max_runs, grid_assembler
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple, CachedTable] = OrderedDict()
 
@@ -337,10 +337,9 @@ class TableCache:
 
     def _assemble(self, session: Session, device: Device, space: Space | SpaceV2, selector: Selector) -> CachedTable:
         if isinstance(space, SpaceV2):  # the grid: measured entries, the rest fitted (domain.grid)
-            from profiler_server.domain.grid import assemble_v2, grid_json
-
-            table, fit = assemble_v2(session, device, space, selector, self.max_runs)
-            return CachedTable(table, grid_json(table), f'"{table.version}"', fit=fit)
+            if self._grid is None:
+                raise Invalid(f"{space.name} is a v2 space; this table cache serves v1 spaces only")
+            return self._grid(session, device, space, selector, self.max_runs)
         table = assemble(session, device, space, selector, self.max_runs)
         return CachedTable(table, table.model_dump_json().encode(), f'"{table.version}"')
 
