@@ -4,8 +4,8 @@
 whose table latency is in [lo, hi]": a knapsack-style dynamic programme over the 22 layers with the
 latency discretised into ``resolution`` buckets, every candidate re-priced exactly with the table
 afterwards (so rounding can never admit an architecture outside the band). The search uses it to end
-on an architecture within the target band; the benchmark uses it with random logits to draw random
-architectures of a given latency. No torch.
+on an architecture within the target band. :func:`random_within` draws random architectures uniform
+in latency within a band (:mod:`search.band`), the baseline of found-vs-random comparisons. No torch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from fbnet.lut import LatencyLUT, predict
 from fbnet.space import Arch
+from search.band import uniform_in_band
 
 
 def latency_range(lut: LatencyLUT) -> tuple[float, float]:
@@ -71,18 +72,12 @@ def most_likely_within(theta, lut: LatencyLUT, lo_us: float, hi_us: float, *, re
 
 
 def random_within(lut: LatencyLUT, lo_us: float, hi_us: float, k: int, seed: int = 0) -> list[Arch]:
-    """``k`` distinct random architectures with table latency in [lo, hi]: each is the constrained
-    argmax of i.i.d. Gumbel logits (without the band, that is a uniform draw per layer)."""
-    rng = np.random.default_rng(seed)
-    shape = np.asarray(lut.matrix).shape
-    out: list[Arch] = []
-    for _ in range(20 * k):
-        a = most_likely_within(rng.gumbel(size=shape), lut, lo_us, hi_us, resolution=1000, tries=20)
-        if a is not None and a not in out:
-            out.append(a)
-        if len(out) == k:
-            break
-    return out
+    """``k`` distinct random architectures uniform in table latency within [lo, hi]: equal shares of
+    the band's 20 latency bins, uniform among the architectures of a bin (exact, by rejection:
+    :func:`search.band.uniform_in_band`). A band the space cannot fill raises
+    :class:`search.band.BandError`. (It replaced the constrained argmax of Gumbel logits, which
+    piled its draws at the band edge nearest the unconstrained mean.)"""
+    return uniform_in_band(lut, lo_us, hi_us, k, seed)
 
 
 __all__ = ["latency_range", "most_likely_within", "random_within"]
