@@ -6,8 +6,9 @@ specialisation with cross-evaluation, and the search's cost per sampler.
 
 (``--server URL --device D [--versus D2]`` reads the tables from a service instead.) For each of 3
 targets spread over the table's range it searches with ``--target-ms``, then trains the found
-architecture and ``--randoms`` random architectures whose predicted latency is within +-5 % of it,
-all with the same child-training budget, and reports accuracy against latency (and a Pareto PNG).
+architecture and ``--randoms`` random architectures drawn uniformly in predicted latency within +-5 %
+of it (``search.band``: equal shares of 20 latency bins, uniform among a bin's architectures), all
+with the same child-training budget, and reports accuracy against latency (and a Pareto PNG).
 For each ``--versus`` table it measures specialisation at an equivalent budget: a reference
 architecture R (``--reference``, FBNet-B by default) sets each device's target to R's latency on
 that device's own table, each device searches at its target, and each device's architecture is
@@ -48,6 +49,7 @@ from search.supernet import ArchParams, Supernet, proxy_space  # noqa: E402
 from search.trainer import LARGEST, RunOptions, run_search, search_resolution  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+RANDOM_SAMPLER = "uniform in latency within the band: search.band.uniform_in_band, 20 bins, exact rejection"
 
 
 def lut_of(a, spec: str | None, space):
@@ -130,7 +132,7 @@ def noise_floor(a, space, cdata, child_cfg, device: str, earlier: Earlier) -> li
 
 class Earlier:
     """What ``--reuse`` runs already measured with the same child budget, data and seed: child accuracies per
-    (architecture, child seed), the random architectures per device, and searches with the same settings
+    (architecture, child seed) and searches with the same settings
     and the same tau schedule (each search records the tau of every epoch, so a search made under another
     schedule is never taken for one of this code's)."""
 
@@ -139,7 +141,6 @@ class Earlier:
 
     def __init__(self, a):
         self.children: dict[tuple, dict] = {}
-        self.randoms: dict[str, list[tuple]] = {}
         self.searches: list[tuple[dict, dict]] = []
         for path in a.reuse:
             try:
@@ -157,8 +158,6 @@ class Earlier:
                     seeds = c.get("seeds") or [c.get("child_seed", st["seed"])]
                     for seed, acc in zip(seeds, accs, strict=True):
                         self.children.setdefault((tuple(c["arch"]), seed), {"test_acc": acc, "reused": True})
-                    if not c["found"]:
-                        self.randoms.setdefault(t["device"], []).append(tuple(c["arch"]))
             for row in old.get("noise", []):
                 for c in row["archs"]:
                     for k, acc in enumerate(c["accs"]):
@@ -274,9 +273,9 @@ def main() -> None:
                    help="train every random architecture with this many child seeds (its accuracy is their mean)")
     p.add_argument("--reuse", type=Path, action="append", default=[],
                    help="an earlier --json of this script with the same child budget, data and seed: its children's "
-                        "accuracies (per architecture and child seed) are taken instead of training again, its "
-                        "random architectures within +-5 %% of the found one count towards --randoms, and its "
-                        "searches with the same settings and tau schedule are taken instead of searching again")
+                        "accuracies (per architecture and child seed) are taken instead of training again and its "
+                        "searches with the same settings and tau schedule are taken instead of searching again "
+                        "(random architectures are always drawn afresh, uniform in latency within the band)")
     p.add_argument("--out", type=Path, default=OUT / "search_quality",
                    help="the searches' and children's run folders (default: bench/out/search_quality)")
     p.add_argument("--json", type=Path, default=OUT / "search_quality.json",
@@ -344,10 +343,12 @@ def main() -> None:
         r_seeds = [a.seed + k for k in range(a.random_seeds)]
         trained = [{**child_accs(space, found, cdata, child_cfg, f_seeds, earlier, f"found  {pred:9.0f} us"),
                     "latency_us": pred, "found": True}]
-        pool = [_arch(b) for b in dict.fromkeys(earlier.randoms.get(main_lut.device, []))]
-        pool = [x for x in pool if 0.95 * pred <= predict(main_lut, x)["latency_us"] <= 1.05 * pred and x != found]
-        draws = random_within(main_lut, 0.95 * pred, 1.05 * pred, a.randoms + len(pool), seed=a.seed + int(frac * 1000))
-        pool += [x for x in draws if x not in pool and x != found]
+        # uniform in latency within the band (search.band); fresh draws, never an earlier run's pool (a pool
+        # drawn for another band, or by the old edge-piling sampler, would not be uniform in this one). The
+        # draws are deterministic, so a rerun trains the same architectures and --reuse finds their accuracies.
+        band = (0.95 * pred, 1.05 * pred)
+        draws = random_within(main_lut, *band, a.randoms + 1, seed=a.seed + int(frac * 1000))
+        pool = [x for x in draws if x != found]
         for arch_ in pool[:a.randoms]:
             lat = predict(main_lut, arch_)["latency_us"]
             trained.append({**child_accs(space, arch_, cdata, child_cfg, r_seeds, earlier, f"random {lat:9.0f} us"),
@@ -356,6 +357,7 @@ def main() -> None:
         accs = [t["test_acc"] for t in trained[1:]]
         s.update(frac=frac, children=trained, found_acc=statistics.fmean(found_accs), found_accs=found_accs,
                  found_seeds=len(f_seeds), random_seeds=len(r_seeds), n_reused=sum(t["reused"] for t in trained),
+                 random_sampler=RANDOM_SAMPLER, random_band_us=list(band),
                  random_median=statistics.median(accs), random_mean=statistics.fmean(accs),
                  random_sd=statistics.stdev(accs) if len(accs) > 1 else 0.0, random_max=max(accs), n_random=len(accs))
         res["targets"].append(s)
