@@ -230,7 +230,7 @@ class Profiler:
         """The run's context cost and factor: each calibration model's median against the sum of its ops'
         corrected medians from this run and its weight MB (fbnet.lut.context_cost and context_factor, the
         per-model overhead taken off)."""
-        from fbnet.lut import context_cost, context_factor, weight_mb
+        from fbnet.lut import context_cost, context_factor, overhead_corrected_us, weight_mb
 
         if not self.calibration_programs:
             return
@@ -238,7 +238,7 @@ class Profiler:
         precision = self.target.run_precision
         for key, arch in self.calibration_programs.items():
             ops = self.sp.arch_ops(arch)
-            ops_sum = sum(max(0.0, self.results[op.key].stats.median_us - (self.results[op.key].overhead_us or 0.0))
+            ops_sum = sum(overhead_corrected_us(self.results[op.key].stats.median_us, self.results[op.key].overhead_us or 0.0)
                           for op in ops)
             mb = sum(weight_mb(op.key, precision) for op in ops)
             measured = timed[key].stats.median_us
