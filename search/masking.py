@@ -41,6 +41,10 @@ at the op it wraps: later 3x3 convolutions see zero rows and columns in the smal
 components, so the supernet's accuracy signal for r < R is approximate. The cost is not: it prices
 every layer at each resolution's own sizes. The child runs at its resolution without masks.
 
+**Cost of a step**: every block type of a layer runs at max width (the paper's mix over block
+types), except in a weight step with a hard draw (``sample(tau, hard=True).detach()``), where the
+blocks weighted 0 are skipped: one block per layer, widths still masked.
+
 **One draw per step**: :meth:`V2ArchParams.sample` gives a :class:`MixWeights` (resolution, stem width,
 per layer block, width and expansion, head width), which drives both :meth:`MaskedSupernet.forward`
 and :func:`search.v2_cost.expected_cost`.
@@ -314,12 +318,15 @@ class MaskedLayer(nn.Module):
                           pair(e, self.k_bypass), pair(g_out, self.k_ident), pair(g_out, self.k_proj))
 
     def forward(self, x: torch.Tensor, g_in: torch.Tensor, g_out: torch.Tensor, e: torch.Tensor,
-                m: torch.Tensor) -> torch.Tensor:
+                m: torch.Tensor, idle: list[bool] | None = None) -> torch.Tensor:
         """``x``: the previous layer's masked output (max width); ``g_in``/``g_out``: input/output width
-        weights; ``e``: expansion weights; ``m``: block weights."""
+        weights; ``e``: expansion weights; ``m``: block weights; ``idle``: blocks not to run (their
+        weight is 0 and needs no gradient: their output would be exactly 0)."""
         k = self.masks(g_in, g_out, e)
         out = None if k.ident is None else _fit(x, self.shape.cout) * _col(k.ident * m.sum())
         for b, block in enumerate(self.blocks):
+            if idle is not None and idle[b]:
+                continue
             y = block(x, k, m[b])
             if y is not None:
                 out = y if out is None else out + y
@@ -396,12 +403,17 @@ class MaskedSupernet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, w: MixWeights) -> torch.Tensor:
+        """Logits of ``x`` under the weights ``w``. A block whose weight is 0 in a ``w`` without a
+        gradient to the block weights (a hard draw for the weight step) is not run: the single path
+        over block types, at the same result."""
         if x.shape[-1] != self.max_res or x.shape[-2] != self.max_res:
             raise ValueError(f"the masked supernet of {self.space_name} takes {self.max_res} px inputs, got "
                              f"{tuple(x.shape[-2:])}")
         x = self._stem(x, w)
+        # block weights without a gradient (the weight step): blocks weighted 0 (a hard draw) do not run
+        idle = (w.blocks == 0).tolist() if not w.blocks.requires_grad else [None] * len(self.layers)
         for i, layer in enumerate(self.layers):
-            x = layer(x, w.width_in(i), w.widths[i], w.expansions[i], w.blocks[i])
+            x = layer(x, w.width_in(i), w.widths[i], w.expansions[i], w.blocks[i], idle[i])
         return self.fc(self.head(x, w.widths[-1], w.head))
 
 

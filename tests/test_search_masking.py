@@ -248,3 +248,17 @@ def test_the_cifar_space_builds_and_prices_in_one_draw():
     assert arch_cost(cost_tables(space, flops_price), space, a) == pytest.approx(space.arch_mflops(a), rel=1e-9)
     assert set(params.entropies()) == {"resolution", "stem", "blocks", "widths", "expansions", "head"}
     assert params.entropies()["widths"] == pytest.approx(math.log(max(len(ls.widths) for ls in space.layers)), rel=1e-6)
+
+
+def test_a_hard_draw_without_gradient_runs_only_the_chosen_blocks_at_the_same_result():
+    torch.manual_seed(0)
+    net = MaskedSupernet(TINY)
+    x, y = torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 2, 0])
+    arch = arch_of(TINY, 12, 16, [("ir_k5_sehsig_hs", 16, 2.0), ("skip", 24, None)], 24)
+    w = one_hot_weights(TINY, arch)
+    w_grad = replace(w, blocks=w.blocks.clone().requires_grad_())
+    torch.testing.assert_close(net(x, w), net(x, w_grad))
+    net.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(net(x, w), y).backward()
+    assert net.layers[0].blocks[0].pw[0].weight.grad is None  # ir_k3 of layer 0 did not run
+    assert net.layers[0].blocks[1].pw[0].weight.grad is not None
