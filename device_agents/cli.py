@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from device_agents.profiling import PROFILE_PROTOCOL, ProfileConfig
+from device_agents.profiling_v2 import V2Sampling
 from device_agents.protocol import ProtocolConfig
 from device_agents.targets import Service, Target, default_cache_dir, export_ops, select_ops
 from device_agents.validate import VALIDATE_PROTOCOL, ValidationConfig
@@ -101,16 +102,26 @@ def _print_finished(console, p, out) -> None:
 @app.command(epilog=envvars_help(**_SERVICE_ENV, **_CACHE_ENV, **_RUNNER_ENV))
 @options(config_file=True, service=Service,
          protocol=Use(ProtocolConfig, exclude=("settle_tau", "max_rounds"), defaults=PROFILE_PROTOCOL),
-         plan=ProfileConfig, target=Target)
+         plan=ProfileConfig, sampling=V2Sampling, target=Target)
 def profile(
     resume: Annotated[bool, typer.Option("--resume", help="continue the last unfinished run of this space")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan; export, run and upload nothing")] = False,
-    *, service: Service, plan: ProfileConfig, target: Target, protocol: ProtocolConfig,
+    *, service: Service, plan: ProfileConfig, sampling: V2Sampling, target: Target, protocol: ProtocolConfig,
 ):
-    """Export every op of SPACE, time it on the target with the shared protocol, upload the statistics."""
+    """Export every op of SPACE, time it on the target with the shared protocol, upload the statistics.
+
+    A v2 space (fbnetv2-cifar) is sampled: the service plans batches of ops (a space-filling design, then
+    where its latency model is least sure), each batch is exported, timed and uploaded as one run, until
+    --budget ops are measured or the model's held-out error meets --goal."""
     from device_agents.profiling import MeasureFailed, NothingToResume, Profiler, SpooledError
+    from fbnet.space_v2 import is_v2_space
 
     console = _console()
+    if is_v2_space(plan.space):
+        if dry_run or plan.ops or plan.limit:
+            fail("a v2 space is profiled by sample: the service plans the ops (no --dry-run, --ops or --limit)")
+        return _profile_v2(console, resume, service=service, plan=plan, sampling=sampling, target=target,
+                           protocol=protocol)
     p = Profiler(service, plan, target, protocol, note=console.print, progress=progress)
     if dry_run:
         return _print_plan(console, p)
@@ -136,6 +147,33 @@ def profile(
     except SpooledError as e:
         fail(str(e), Exit.UNREACHABLE)
     _print_finished(console, p, out)
+
+
+def _profile_v2(console, resume: bool, *, service: Service, plan: ProfileConfig, sampling: V2Sampling,
+                target: Target, protocol: ProtocolConfig) -> None:
+    from device_agents.profiling_v2 import NothingToResume, V2Profiler
+    from device_agents.protocol import AgentError
+
+    p = V2Profiler(service, plan, sampling, target, protocol, note=console.print, progress=progress)
+    try:
+        if resume:
+            try:
+                p.resume()
+            except NothingToResume as e:
+                console.print(f"--resume: {e}; the service's plan continues where it stopped")
+        try:
+            last = p.run()
+        except AgentError as e:
+            kept = f"; {len(p.state.measured)} finished ops spooled in {p.state.path}" if p.state else ""
+            fail(f"{e}{kept}; rerun with --resume to continue", Exit.FAILED)
+    finally:
+        p.close()
+    h = last.heldout
+    err = (f"; held-out {100 * h.within_10pct:.1f} % within ±10 %, MAPE {h.mape:.1f} % over {h.n} ops"
+           if h and h.within_10pct is not None else "")
+    console.print(f"{p.sp.name} on {service.device}: {last.measured} of {last.grid} grid ops measured in "
+                  f"{len(p.rounds)} batch(es) this call; {'done (' + str(last.reason) + ')' if last.done else 'not done'}"
+                  f"{err}")
 
 
 @app.command(epilog=envvars_help(**_CACHE_ENV))
@@ -186,12 +224,19 @@ def validate(
 
     With --per-layer, each layer's cost inside the model (prefix-model differences) is shown next to its table entry, so you see which layers make the table's error."""
     from device_agents.validate import validate as run_validate
+    from device_agents.validate_v2 import validate_v2
+    from fbnet.space_v2 import is_v2_space
 
     if (per_layer_json or plot) and not models.per_layer:
         fail("--per-layer-json and --plot need --per-layer")
+    v2 = is_v2_space(models.space)
+    if v2 and (models.per_layer or models.raw or models.statistic != "median"):
+        fail(f"{models.space} is validated with corrected medians, whole models only (no --per-layer, --raw, "
+             "--statistic p10)")
     console = _console()
-    rep = run_validate(service, models, target=target, protocol=protocol, selector=selector, progress=progress,
-                       note=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    rep = (validate_v2 if v2 else run_validate)(
+        service, models, target=target, protocol=protocol, selector=selector, progress=progress,
+        note=lambda m: console.print(m, highlight=False, soft_wrap=True))
     _print_validation(console, rep, models)
     if models.per_layer:
         _print_per_layer(console, rep, per_layer_json, plot)

@@ -74,9 +74,11 @@ def _export_task(job: tuple) -> tuple[str, str]:
         return payload.key, str(export_op(payload, fmt, target))
     if kind == "arch":
         key, space_name, arch_text = payload
-        from fbnet.space import get_space
+        from fbnet.arch_v2 import ArchV2
+        from fbnet.space_v2 import is_v2_space, lookup_space
 
-        return key, str(export_arch(get_space(space_name), Arch.parse(arch_text), fmt, target))
+        arch = ArchV2.parse(arch_text) if is_v2_space(space_name) else Arch.parse(arch_text)
+        return key, str(export_arch(lookup_space(space_name), arch, fmt, target))
     if kind == "prefix":
         key, space_name, arch_text, k = payload
         from fbnet.space import get_space
@@ -85,25 +87,45 @@ def _export_task(job: tuple) -> tuple[str, str]:
     return overhead_key(payload), str(export_overhead(payload, fmt, target))
 
 
+def _job_key(job: tuple) -> str:
+    kind, payload = job[0], job[1]
+    if kind == "op":
+        return payload.key
+    return payload[0] if kind in ("arch", "prefix") else overhead_key(payload)
+
+
+def _done(key: str, path: str, done: dict[str, Path], progress) -> None:
+    done[key] = Path(path)
+    if progress:
+        progress(key, Path(path), False)
+
+
 def _run_jobs(cold: list[tuple], jobs: int, done: dict[str, Path],
-              progress: Callable[[str, Path, bool], None] | None) -> dict[str, Path]:
-    """Run export jobs, in ``jobs`` spawned worker processes (one torch thread each) when > 1."""
+              progress: Callable[[str, Path, bool], None] | None,
+              failed: dict[str, str] | None = None) -> dict[str, Path]:
+    """Run export jobs, in ``jobs`` spawned worker processes (one torch thread each) when > 1. With
+    ``failed`` given, a job's :class:`ExportError` is recorded there (key -> message) and the rest go
+    on; without, it is raised."""
     if jobs <= 1 or len(cold) <= 1:
         for job in cold:
-            key, p = _export_task(job)
-            done[key] = Path(p)
-            if progress:
-                progress(key, Path(p), False)
+            try:
+                _done(*_export_task(job), done, progress)
+            except ExportError as e:
+                if failed is None:
+                    raise
+                failed[_job_key(job)] = str(e)
         return done
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(cold)), mp_context=ctx, initializer=_worker_init) as pool:
-        futures = [pool.submit(_export_task, job) for job in cold]
+        futures = {pool.submit(_export_task, job): _job_key(job) for job in cold}
         try:
             for fut in as_completed(futures):
-                key, p = fut.result()
-                done[key] = Path(p)
-                if progress:
-                    progress(key, Path(p), False)
+                try:
+                    _done(*fut.result(), done, progress)
+                except ExportError as e:
+                    if failed is None:
+                        raise
+                    failed[futures[fut]] = str(e)
         except BrokenProcessPool as e:
             raise ExportError(f"an export worker died ({e}); out of memory? retry with --jobs 1") from e
         except BaseException:
@@ -121,13 +143,16 @@ def export_space(
     jobs: int = 2,
     overheads: bool = False,
     progress: Callable[[str, Path, bool], None] | None = None,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Export the space's ops (or ``ops``) into the cache ``out_dir``; key -> path.
 
     Identity skips are left out. Ops already in the cache cost nothing; the rest are exported by
     ``jobs`` worker processes (spawned, one torch thread each). With ``overheads`` the identity-like
     programs of every input shape come too, under ``overhead-<shape>`` keys. ``progress(key, path,
-    cached)`` is called once per program.
+    cached)`` is called once per program. With ``failed`` (a dict), ops that fail to export are recorded
+    there (key -> message) instead of raising. Works for v1 ops and v2 ops (:class:`fbnet.ops_v2.OpV2`)
+    alike: the cache is keyed by the op key, which is the op's configuration.
     """
     check_format(fmt)
     ops = [op for op in (space.ops if ops is None else ops) if not op.is_identity]
@@ -145,7 +170,7 @@ def export_space(
                 progress(key, path, True)
         else:
             cold.append(job)
-    return _run_jobs(cold, jobs, done, progress)
+    return _run_jobs(cold, jobs, done, progress, failed)
 
 
 def export_archs(space: Space, archs: dict[str, tuple[Arch, Path]], fmt: str, jobs: int = 2,

@@ -215,8 +215,9 @@ def reference_ops(space, archs, n: int) -> list:
 
 
 def export_ops(space, fmt: str, cache_dir: Path, ops, jobs: int, *,
-               progress: ProgressFactory = SILENT) -> dict[str, Path]:
-    """Export ``ops`` and their per-shape overhead programs into the cache (cached files are reused)."""
+               progress: ProgressFactory = SILENT, failed: dict[str, str] | None = None) -> dict[str, Path]:
+    """Export ``ops`` and their per-shape overhead programs into the cache (cached files are reused);
+    with ``failed`` (a dict) an op that fails to export is recorded there instead of raising."""
     from device_agents.exporters import cache_path, export_space, overhead_key
 
     shapes = {op.input_shape for op in ops}
@@ -224,4 +225,4 @@ def export_ops(space, fmt: str, cache_dir: Path, ops, jobs: int, *,
     cold = sum(not cache_path(op.key, fmt, cache_dir).exists() for op in ops) + sum(
         not cache_path(overhead_key(s), fmt, cache_dir).exists() for s in shapes)
     with steps(progress, "export", n_prog, f"{cold} to export, {n_prog - cold} cached") as tick:
-        return export_space(space, fmt, cache_dir, ops=ops, jobs=jobs, overheads=True, progress=tick)
+        return export_space(space, fmt, cache_dir, ops=ops, jobs=jobs, overheads=True, progress=tick, failed=failed)

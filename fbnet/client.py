@@ -31,10 +31,14 @@ from pydantic import BaseModel
 from fbnet.configuration import ConfigurationOut, Selector
 from fbnet.io import atomic_write
 from fbnet.lut import TableError, load_table_file, parse_table
+from fbnet.space_v2 import is_v2_space
 from fbnet.wire import (
     BatchResult,
+    GridTable,
     Health,
     MeasurementBatch,
+    PlanOut,
+    PlanRequest,
     RunCreate,
     RunFinish,
     RunMeasurements,
@@ -137,12 +141,34 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(retries=0)
 
 
+AnyTable = Table | GridTable
+
+
+def parse_any_table(data: str | bytes | dict, space: str, origin: str) -> AnyTable:
+    """A v1 :class:`Table` or, for a v2 space (``fbnetv2-*``), a columnar :class:`GridTable`."""
+    if not is_v2_space(space):
+        return parse_table(data, origin)
+    try:
+        return (GridTable.model_validate(data) if isinstance(data, dict)
+                else GridTable.model_validate_json(data))
+    except ValueError as e:
+        raise TableError(f"{origin} is not a v2 grid table: {str(e).splitlines()[0]}") from None
+
+
+def refuse_fitted(table: AnyTable) -> None:
+    """:class:`TableError` when a v2 table serves fitted entries (what ``measured_only`` asks)."""
+    n = table.counts.get("fitted", 0) if isinstance(table, GridTable) else 0
+    if n:
+        raise TableError(f"{n} of {len(table.columns.key)} entries of {table.space} on {table.device} are fitted, "
+                         f"not measured; measured-only refuses them (measure them, or drop measured-only)")
+
+
 @dataclass(frozen=True)
 class TableReply:
     """One answer of ``GET /tables/{device}``: the table (None when the server answered 304 to the
-    ETag given) and its ETag."""
+    ETag given) and its ETag; a v2 space's is a :class:`GridTable`."""
 
-    table: Table | None
+    table: AnyTable | None
     etag: str | None
     url: str
 
@@ -200,17 +226,25 @@ class ServiceClient:
 
     # -- tables ------------------------------------------------------------------------------
     def table(self, device: str, space: str, selector: Selector | None = None, *,
-              etag: str | None = None) -> TableReply:
+              etag: str | None = None, measured_only: bool = False) -> TableReply:
         """``GET /tables/{device}`` in the configuration ``selector`` picks; with ``etag``, a table
-        that did not change comes back as None (304)."""
+        that did not change comes back as None (304). A v2 space answers a :class:`GridTable`;
+        ``measured_only`` makes the service refuse (409, :class:`ServiceRefused`) one with fitted entries."""
         url = f"/tables/{quote(device, safe='')}"
         params = {"space": space, **(selector or Selector()).params()}
+        if measured_only:
+            params["measured_only"] = "true"
         r = self.request("GET", url, params=params, headers={"If-None-Match": etag} if etag else {},
                          expect=(200, 304))
         if r.status_code == 304:
             return TableReply(None, r.headers.get("ETag", etag), str(r.request.url))
-        return TableReply(parse_table(r.content, f"the response of {self.server}{url}"), r.headers.get("ETag"),
-                          str(r.request.url))
+        return TableReply(parse_any_table(r.content, space, f"the response of {self.server}{url}"),
+                          r.headers.get("ETag"), str(r.request.url))
+
+    def plan(self, device: str, req: PlanRequest | Mapping) -> PlanOut:
+        """``POST /plans/{device}``: the v2 grid ops the device should measure now (agent token)."""
+        r = self.request("POST", f"/plans/{quote(device, safe='')}", json=_body(req))
+        return PlanOut.model_validate(r.json())
 
     def configurations(self, device: str, space: str, include_unstable: bool = False) -> list[ConfigurationOut]:
         r = self.request("GET", f"/tables/{quote(device, safe='')}/configurations",
@@ -254,7 +288,7 @@ def save_table(table: Table, path: str | os.PathLike) -> Path:
 
 @dataclass(frozen=True)
 class Fetched:
-    table: Table
+    table: AnyTable
     source: str  # "server" (200), "revalidated" (304, cached copy is current) or "cache" (offline)
     etag: str | None
 
@@ -291,26 +325,38 @@ class TableClient:
         tag = "" if sel.is_default else f".{sel.slug()}"
         return self.cache_dir / "tables" / _slug(self.server) / _slug(device) / f"{_slug(space)}{tag}.json"
 
-    def _read_cache(self, device: str, space: str, sel: Selector) -> tuple[Table, str | None, str] | None:
+    def _read_cache(self, device: str, space: str, sel: Selector) -> tuple[AnyTable, str | None, str] | None:
         p = self.cache_path(device, space, sel)
         if not p.is_file():
             return None
         try:
             blob = json.loads(p.read_text())
-            return parse_table(blob["table"], f"cached table {p}"), blob.get("etag"), blob.get("fetched_at", "?")
+            table = parse_any_table(blob["table"], space, f"cached table {p}")
+            return table, blob.get("etag"), blob.get("fetched_at", "?")
         except (ValueError, KeyError, TableError):
             # A corrupt cache file is not a measurement; it is ignored (and overwritten on success).
             return None
 
-    def fetch(self, device: str, space: str, selector: Selector | None = None) -> Fetched:
+    def fetch(self, device: str, space: str, selector: Selector | None = None, *,
+              measured_only: bool = False) -> Fetched:
         """The table of ``device`` for ``space`` in the configuration ``selector`` picks (default: the
-        server's rule, the newest complete one); see the module docstring for the offline rule."""
+        server's rule, the newest complete one); see the module docstring for the offline rule. A v2
+        space's is a :class:`GridTable` (cached and revalidated alike); ``measured_only`` refuses one
+        with fitted entries (:class:`TableError`), from the service or from the cache."""
         sel = selector or Selector()
         cached = self._read_cache(device, space, sel)
         try:
-            reply = self.service.table(device, space, sel, etag=cached[1] if cached else None)
+            reply = self.service.table(device, space, sel, etag=cached[1] if cached else None,
+                                       measured_only=measured_only)
         except ServiceDown as e:
-            return self._offline(device, space, cached, str(e))
+            got = self._offline(device, space, cached, str(e))
+            if measured_only:
+                refuse_fitted(got.table)
+            return got
+        except ServiceRefused as e:
+            if e.status_code == 409 and measured_only:
+                raise TableError(f"{device}/{space}: {e.reason}") from None
+            raise TableError(str(e)) from None
         except ServiceError as e:
             raise TableError(str(e)) from None
         if reply.table is None:
@@ -354,6 +400,18 @@ def get_table(*, space: str, server: str | None = None, device: str | None = Non
         return client.fetch(device, space, sel).table
 
 
-__all__ = ["DEFAULT_CACHE_DIR", "NO_RETRY", "TOKEN_ENVS", "Fetched", "RetryPolicy", "ServiceClient", "ServiceDown",
+def get_grid_table(*, space: str, server: str, device: str, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+                   token: str | None = None, on_warning: Callable[[str], None] | None = None,
+                   selector: Selector | None = None, measured_only: bool = False) -> GridTable:
+    """The served v2 grid table of ``device`` (through the ETag cache); ``measured_only`` refuses fitted
+    entries (:class:`TableError`)."""
+    if not is_v2_space(space):
+        raise TableError(f"{space!r} is not a v2 space: its table is a v1 table (get_table)")
+    with TableClient(server, cache_dir, token=token, on_warning=on_warning) as client:
+        return client.fetch(device, space, selector, measured_only=measured_only).table
+
+
+__all__ = ["DEFAULT_CACHE_DIR", "NO_RETRY", "TOKEN_ENVS", "AnyTable", "Fetched", "get_grid_table", "parse_any_table",
+           "refuse_fitted", "RetryPolicy", "ServiceClient", "ServiceDown",
            "ServiceError", "ServiceRefused", "StaleTableWarning", "TableClient", "TableReply", "auth_headers",
            "detail", "get_table", "retry_after_s", "save_table"]

@@ -1,0 +1,137 @@
+"""The sampled profile of a v2 space end to end: a real server plans, the agent exports real ExecuTorch
+programs, times them on the host transport and uploads; the finished runs refit the served grid.
+Kill and resume: a real agent process killed mid-batch, and a batch left half measured, both finish
+without measuring an op twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from doubles.support import QUICK, run_agent
+
+from fbnet.client import ServiceClient, TableClient
+from fbnet.lut import TableError
+from fbnet.space_v2 import get_v2_space
+from fbnet.wire import GridTable, PlanRequest
+
+SPACE = "fbnetv2-cifar"
+SP = get_v2_space(SPACE)
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = ["--budget", "24", "--batch", "12", "--design", "24"]
+
+
+def agent_args(server, device, token, spool, *extra) -> list[str]:
+    return ["profile", "--server", server.url, "--device", device, "--token", token, "--space", SPACE,
+            "--transport", "host", "--spool-dir", str(spool), "--calibration-models", "0", *QUICK, *SAMPLE, *extra]
+
+
+def measured_keys(server, device) -> dict[int, list[str]]:
+    """run id -> the keys it holds, for every run of the device."""
+    out = {}
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for run in c.get("/runs", params={"device": device}).json():
+            ms = c.get(f"/runs/{run['id']}/measurements").json()["measurements"]
+            out[run["id"]] = [m["key"] for m in ms]
+    return out
+
+
+def test_sampled_profile_fills_the_grid(module_server, tmp_path):
+    name = module_server.unique("v2host")
+    token = module_server.create_device(name)
+    code, out = run_agent(*agent_args(module_server, name, token, tmp_path / "spool"))
+    assert code == 0, out
+    assert "round 0 (design): 12/12 ops measured" in out and "round 1 (design)" in out, out
+    assert "24 of" in out and "done (budget)" in out, out
+    by_run = measured_keys(module_server, name)
+    keys = [k for ks in by_run.values() for k in ks]
+    assert len(by_run) == 2 and len(keys) == len(set(keys)) == 24 and set(keys) <= set(SP.grid)
+    with TableClient(module_server.url, tmp_path / "cache") as tc:
+        first = tc.fetch(name, SPACE)
+        assert isinstance(first.table, GridTable) and first.source == "server"
+        t = first.table
+        assert t.counts["measured"] == 24 and t.counts.get("fitted", 0) > 0
+        src = dict(zip(t.columns.key, t.columns.source, strict=True))
+        assert all(src[k] == "measured" for k in keys)
+        again = tc.fetch(name, SPACE)  # the ETag cache: revalidated, not sent again
+        assert again.source == "revalidated" and again.table.version == t.version
+        with pytest.raises(TableError, match="measured_only=true refuses them"):
+            tc.fetch(name, SPACE, measured_only=True)
+    # the plan says done with the budget reached (asked in the configuration the runs have)
+    with httpx.Client(base_url=module_server.url, timeout=30) as c:
+        run = c.get("/runs", params={"device": name}).json()[0]
+    cfg = {k: run[k] for k in ("runtime", "runtime_version", "precision", "threads", "cpu_mask")}
+    with ServiceClient(module_server.url, token, role="agent") as sc:
+        p = sc.plan(name, PlanRequest(space=SPACE, budget=24, batch=12, design=24, **cfg))
+    assert p.done and p.reason == "budget" and p.measured == 24 and not p.keys
+
+
+def test_killed_agent_resumes_without_measuring_twice(module_server, tmp_path):
+    name = module_server.unique("v2kill")
+    token = module_server.create_device(name)
+    spool = tmp_path / "spool"
+    argv = [sys.executable, "-m", "device_agents.cli", *agent_args(module_server, name, token, spool, "--cooldown", "0.5")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed_run = None
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:  # the second batch's run is open: kill
+            with httpx.Client(base_url=module_server.url, timeout=30) as c:
+                runs = c.get("/runs", params={"device": name}).json()
+            if any(r["status"] == "finished" for r in runs) and any(r["status"] == "open" for r in runs):
+                killed_run = next(r["id"] for r in runs if r["status"] == "open")
+                time.sleep(1.0)  # mid-timing (0.5 s of cooldown after every op)
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None and killed_run is None:
+            proc.kill()
+        out = proc.communicate()[0]
+    assert killed_run is not None, out
+    code, out = run_agent(*agent_args(module_server, name, token, spool, "--resume"))
+    assert code == 0, out
+    assert f"resuming run {killed_run}" in out and "done (budget)" in out, out
+    by_run = measured_keys(module_server, name)
+    keys = [k for ks in by_run.values() for k in ks]
+    assert len(keys) == len(set(keys)) == 24, by_run  # nothing measured twice
+    assert len(by_run) == 2 and by_run[killed_run]  # the killed run was continued, not a new one
+
+
+def test_half_measured_batch_resumes_with_the_rest(module_server, tmp_path):
+    """A batch left half measured in an open run (the agent died after 6 of its 12 ops landed): the
+    resumed profile asks the plan with that run and measures only the other 6."""
+    from device_agents.profiling import ProfileConfig
+    from device_agents.profiling_v2 import V2Profiler, V2Sampling
+    from device_agents.protocol import ProtocolConfig
+    from device_agents.targets import Service, Target
+
+    name = module_server.unique("v2half")
+    token = module_server.create_device(name)
+    service = Service(server=module_server.url, device=name, token=token)
+    cfg = ProfileConfig(space=SPACE, spool_dir=tmp_path / "spool", calibration=0)
+    sampling = V2Sampling(budget=12, batch=12, design=12)
+    proto = ProtocolConfig(warmup=2, repeats=5, rounds=2)
+    lines: list[str] = []
+    first = V2Profiler(service, cfg, sampling, Target(), proto, note=lines.append)
+    plan = first.plan()
+    programs = first.export(plan.keys)
+    first.measure(plan.keys[:6], programs, "half")
+    first.up.send(first.state)  # landed on the service; the agent dies here (the run stays open)
+    run_id = first.state.run_id
+    first.close()
+    second = V2Profiler(service, cfg, sampling, Target(), proto, note=lines.append)
+    second.resume()
+    assert second.plan().keys == plan.keys[6:]
+    last = second.run()
+    second.close()
+    assert last.done and last.measured == 12
+    by_run = measured_keys(module_server, name)
+    assert list(by_run) == [run_id] and sorted(by_run[run_id]) == sorted(plan.keys)
