@@ -27,6 +27,10 @@ Prices: :func:`flops_price` (MFLOPs, multiply-adds), :func:`params_price` (milli
 :func:`fbnet.space_v2.enumerate_ops`'s keys; identity skips cost 0 unless the table gives them a value,
 as the served v2 tables do). :func:`cost_tables` builds the tensors once per search;
 :func:`expected_cost` is the per-step term; :func:`cost_range` the cheapest and dearest architecture.
+
+With :func:`search.loss.fbnet_loss` mind its floor: it clamps the cost to at least e before the log,
+and fbnetv2-cifar's architectures hold 0.32-4.2 M parameters, so a params search in these units
+belongs with the relative target hinge (:func:`search.loss.target_loss`).
 """
 
 from __future__ import annotations
