@@ -93,6 +93,10 @@ def score_variants(rows: list[dict], table: dict, space_name: str, statistic: st
 
 
 def main() -> None:
+    if any(x.startswith("fbnetv2") for x in sys.argv[1:]):  # a v2 space: profile by sample (lut_fidelity_v2)
+        from lut_fidelity_v2 import main as main_v2
+
+        return main_v2()
     p = argparse.ArgumentParser(description="LUT fidelity on the host: table-predicted vs measured whole models")
     p.add_argument("--archs", type=int, default=50, help="random architectures")
     p.add_argument("--seed", type=int, default=0)

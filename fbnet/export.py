@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from fbnet import blocks
+from fbnet.arch_v2 import ArchV2
 from fbnet.io import atomic_target
 from fbnet.space import Arch, Op, Space
+from fbnet.space_v2 import SpaceV2
 
 # executorch pulls in torchao, which logs a warning per CUDA kernel library it cannot load on a
 # CPU-only machine, and torch's pytree a deprecation per process: noise in every export.
@@ -184,16 +186,20 @@ class CallOverhead(nn.Module):
         return x + 1.0
 
 
-def export_arch(space: Space, arch: Arch, fmt: str, path: str | Path, state_dict: dict | None = None) -> Path:
-    """A whole architecture (``fbnet.blocks.FBNet``) to one program at ``path``."""
+def export_arch(space: Space | SpaceV2, arch: Arch | ArchV2, fmt: str, path: str | Path,
+                state_dict: dict | None = None) -> Path:
+    """A whole architecture (``fbnet.blocks.FBNet``; a v2 one: ``fbnet.blocks.FBNetV2Net`` at its
+    resolution) to one program at ``path``."""
     check_format(fmt)
+    v2 = isinstance(space, SpaceV2)
     with torch.random.fork_rng():
         torch.manual_seed(WEIGHT_SEED)
-        model = blocks.FBNet(space, arch)
+        model = blocks.FBNetV2Net(space, arch) if v2 else blocks.FBNet(space, arch)
     if state_dict is not None:
         model.load_state_dict(state_dict)
+    shape = space.input_shape(arch.resolution) if v2 else space.input_shape
     try:
-        return export_module(model.eval(), blocks.example_input(space.input_shape), fmt, path)
+        return export_module(model.eval(), blocks.example_input(shape), fmt, path)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"export of {arch.to_text()} to {fmt} failed: {type(e).__name__}: {e}") from e
 

@@ -143,7 +143,9 @@ class CompareOut(WireModel):
 class ValidationCreate(WireModel):
     space: str
     device: DeviceName | None = Field(default=None, description="default: the token's device (required with admin's)")
-    arch: list[str] = Field(min_length=22, max_length=22, description="22 block names")
+    arch: list[str] = Field(min_length=22, max_length=64, description=(
+        "a v1 space: 22 block names; a v2 space (fbnetv2-*): the architecture text's comma-separated tokens "
+        "(res:R, stem:C, block:width[:eE] per layer, head:C)"))
     predicted_us: float
     measured_us: float
     n: int = Field(ge=1, le=MAX_INT)

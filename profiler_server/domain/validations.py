@@ -11,11 +11,13 @@ from sqlalchemy.orm import Session
 from db.models import Space as SpaceRow
 from db.models import Validation
 from fbnet import wire
+from fbnet.arch_v2 import ArchV2, ArchV2Error
 from fbnet.space import Arch, ArchError
+from fbnet.space_v2 import SpaceV2
 from profiler_server.auth import Caller
 from profiler_server.domain.devices import get_device
 from profiler_server.domain.runs import get_run, target_device
-from profiler_server.domain.spaces import ensure_space, resolve_v1_space
+from profiler_server.domain.spaces import ensure_space, resolve_any_space
 from profiler_server.errors import Invalid
 
 WORST = 5
@@ -31,11 +33,8 @@ def _out(v: Validation, device: str, space: str) -> wire.ValidationOut:
 
 def add_validation(session: Session, caller: Caller, body: wire.ValidationCreate) -> wire.ValidationOut:
     device = target_device(session, caller, body.device)
-    space = resolve_v1_space(body.space)
-    try:
-        Arch(tuple(body.arch))
-    except ArchError as e:
-        raise Invalid(f"arch: {e}") from None
+    space = resolve_any_space(body.space)
+    check_arch(space, body.arch)
     if body.run_id is not None and get_run(session, body.run_id).device_id != device.id:
         raise Invalid(f"run {body.run_id} belongs to another device")
     row = ensure_space(session, space)
@@ -45,6 +44,20 @@ def add_validation(session: Session, caller: Caller, body: wire.ValidationCreate
     session.add(v)
     session.flush()
     return _out(v, device.name, space.name)
+
+
+def check_arch(space, arch: list[str]) -> None:
+    """422 unless ``arch`` is an architecture of ``space``: 22 block names (v1), or a v2 architecture
+    text's tokens that fit the v2 space (its layers, widths and resolution)."""
+    try:
+        if isinstance(space, SpaceV2):
+            space.check_arch(ArchV2.parse(",".join(arch)))
+        else:
+            if len(arch) != 22:
+                raise ArchError(f"a v1 architecture has 22 block names, not {len(arch)}")
+            Arch(tuple(arch))
+    except (ArchError, ArchV2Error) as e:
+        raise Invalid(f"arch: {e}") from None
 
 
 def summarize(device: str, space: str, items: list[wire.ValidationOut]) -> wire.ValidationSummary:
@@ -62,7 +75,7 @@ def summarize(device: str, space: str, items: list[wire.ValidationOut]) -> wire.
 
 def validation_summary(session: Session, device_name: str, space_name: str) -> wire.ValidationSummary:
     device = get_device(session, device_name)
-    space = resolve_v1_space(space_name)
+    space = resolve_any_space(space_name)
     q = (select(Validation).join(SpaceRow, SpaceRow.id == Validation.space_id)
          .where(Validation.device_id == device.id, SpaceRow.name == space.name).order_by(Validation.id))
     items = [_out(v, device.name, space.name) for v in session.scalars(q)]

@@ -67,19 +67,28 @@ def fetch(
 @commands.command(epilog=TOKEN_ENV_HELP)
 @options(source=TableSource, selector=Selector)
 def predict(
-    arch: str = typer.Option(..., "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices"),
+    arch: str = typer.Option(..., "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices; a v2 "
+                             "space: a v2 architecture text (with its resolution) or FBNetV2-F1..L2"),
     fmt: Fmt = FMT_OPT,
     raw: bool = typer.Option(
         False, "--raw", help="price the raw medians (each op with the per-call overhead it paid alone) instead "
         "of the overhead-corrected values + the overhead once"),
+    measured_only: bool = typer.Option(
+        False, "--measured-only", help="v2 spaces: refuse fitted (model-predicted) entries of the grid table"),
     *, source: TableSource, selector: Selector,
 ):
     """An architecture's latency on a device: its ops' corrected table entries in their model context
     (the table's cost per MB of weights; identity skips as served) plus the per-call overhead once
-    (fbnet.lut's one pricing rule)."""
+    (fbnet.lut's one pricing rule). A v2 space (fbnetv2-cifar) is priced from the served grid table at
+    the architecture's resolution, saying how many entries were measured and how many fitted."""
     from fbnet.lut import TableError
     from fbnet.lut import predict as _predict
+    from fbnet.space_v2 import is_v2_space
 
+    if is_v2_space(source.space):
+        return _predict_v2(arch, fmt, raw, measured_only, source, selector)
+    if measured_only:
+        fail(f"--measured-only is for v2 spaces; every entry of a v1 table ({source.space}) is measured")
     s = space_named(source.space)
     a = parse_arch(arch)
     t = load_table(source, selector)
@@ -93,6 +102,45 @@ def predict(
                           "configuration": cfg}, indent=2))
         return
     _print_prediction(out, a, t.device)
+
+
+def _predict_v2(arch: str, fmt: Fmt, raw: bool, measured_only: bool, source: TableSource, selector: Selector):
+    from fbnet.arch_v2 import REFERENCES, ArchV2, ArchV2Error
+    from fbnet.client import get_grid_table
+    from fbnet.lut import TableError
+    from fbnet.lut_v2 import predict_v2
+    from fbnet.space_v2 import get_v2_space
+
+    if raw:
+        fail("--raw is for v1 tables; a v2 grid serves corrected entries (measured or fitted)")
+    if source.server is None or source.device is None or source.table is not None:
+        fail("a v2 space is priced from the served grid table: give --server and --device (no --table)")
+    s = get_v2_space(source.space)
+    named = {n.lower(): a for n, a in REFERENCES.items()}
+    try:
+        a = named.get(arch.strip().lower()) or ArchV2.parse(arch)
+        s.check_arch(a)
+        t = get_grid_table(space=s.name, server=source.server, device=source.device, cache_dir=source.cache_dir,
+                           token=source.token, on_warning=warn, selector=selector, measured_only=measured_only)
+        out = predict_v2(t, s, a, measured_only=measured_only)
+    except (ArchV2Error, TableError) as e:
+        fail(str(e))
+    h = t.model.heldout if t.model else None
+    if fmt == Fmt.json:
+        cfg = t.configuration.model_dump() if t.configuration else None
+        print(json.dumps({**out, "arch": a.to_text(), "device": t.device, "space": s.name, "configuration": cfg,
+                          "heldout": h.model_dump() if h else None}, indent=2))
+        return
+    rt = RichTable("op", "latency (us)", "source", title=f"{a.to_text()} on {t.device}")
+    for p in out["per_op"]:
+        rt.add_row(p["key"], f"{p['latency_us']:.2f}", p["source"])
+    console.print(rt)
+    src = ", ".join(f"{n} {k}" for k, n in sorted(out["sources"].items()))
+    err = f"; the model's held-out error: {100 * h.within_10pct:.1f} % within ±10 %, MAPE {h.mape:.1f} %" if (
+        h and h.within_10pct is not None) else ""
+    console.print(f"[bold]{out['latency_us']:.1f} us[/bold] ({out['latency_us'] / 1000:.3f} ms at resolution "
+                  f"{a.resolution}; corrected entries + overhead {out['overhead_us']:.1f} us once; entries: {src}{err})",
+                  highlight=False)
 
 
 def _print_prediction(out: dict, a, device: str) -> None:

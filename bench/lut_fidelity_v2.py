@@ -1,0 +1,157 @@
+"""LUT fidelity on a v2 space (``bench/lut_fidelity.py --space fbnetv2-cifar`` runs this): profile by
+sample, fit, validate whole random architectures, and the learning curve (held-out error vs measured
+ops), on the host, against its own server.
+
+    python bench/lut_fidelity.py --space fbnetv2-cifar --budget 300 --archs 50 [--transport native]
+
+Steps: a fresh server and a cold export cache; ``fbnet-agent profile --space fbnetv2-cifar --budget B``
+(the service plans every batch; the wall time is the cold profile time, split into export and timing
+from the agent's round lines); ``fbnet-agent validate --space fbnetv2-cifar --archs N`` (each model whole at
+its resolution against the served grid); then the learning curve: the service's own model
+(``profiler_server.domain.fitting.heldout``) on the first n measured ops in the order they were
+measured. Writes ``bench/out/lut_fidelity_v2.json`` and ``bench/out/lut_fidelity_v2_curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"
+sys.path.insert(0, str(REPO))
+
+from profiler_server.launcher import LocalServer  # noqa: E402
+
+BIN = Path(sys.executable).parent
+ROUND = re.compile(r"round (\d+) \((\w+)\): (\d+)/(\d+) ops measured.*?\(export ([\d.]+) s, timing ([\d.]+) s\)")
+
+
+def agent(*args, log: Path) -> str:
+    """``fbnet-agent ARGS``, its output teed to ``log``; returns it."""
+    cmd = [str(BIN / "fbnet-agent"), *map(str, args)]
+    with open(log, "a") as f:
+        r = subprocess.run(cmd, env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+        f.write(r.stdout)
+    print(r.stdout[-3000:], flush=True)
+    if r.returncode:
+        raise SystemExit(f"fbnet-agent {args[0]} exited with {r.returncode}")
+    return r.stdout
+
+
+def learning_curve(server: str, device: str, space: str, steps: int = 8) -> list[dict]:
+    """Held-out error of the service's model fitted on the first n measured ops (run order)."""
+    import numpy as np
+
+    from fbnet.space_v2 import get_v2_space
+    from profiler_server.domain import fitting
+
+    sp = get_v2_space(space)
+    table = httpx.get(f"{server}/tables/{device}", params={"space": space}, timeout=60).json()
+    c = table["columns"]
+    corrected = {k: v for k, v, s in zip(c["key"], c["corrected_us"], c["source"], strict=True) if s == "measured"}
+    order: list[str] = []
+    for run in sorted(httpx.get(f"{server}/runs", params={"device": device}, timeout=60).json(), key=lambda r: r["id"]):
+        ms = httpx.get(f"{server}/runs/{run['id']}/measurements", timeout=60).json()["measurements"]
+        order += [m["key"] for m in ms if m["key"] in corrected and m["key"] not in order]
+    curve = []
+    for n in sorted({int(x) for x in np.linspace(min(40, len(order)), len(order), steps)}):
+        keys = [k for k in order[:n] if corrected[k] and corrected[k] > 0]
+        s = fitting.shape_array([sp.grid[k] for k in keys])
+        h = fitting.heldout(s, np.array([corrected[k] for k in keys]))
+        curve.append({"measured": n, "heldout_n": h.n, "within_10pct": h.within_10pct, "mape": h.mape})
+    return curve
+
+
+def plot(curve: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p["measured"] for p in curve]
+    ax.plot(xs, [100 * (p["within_10pct"] or 0) for p in curve], "o-", label="held-out within ±10 % (%)")
+    ax.plot(xs, [p["mape"] or 0 for p in curve], "s--", label="held-out MAPE (%)")
+    ax.axhline(95, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("measured ops")
+    ax.set_ylabel("%")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="v2 LUT fidelity: sampled profile, fit, whole-model validation")
+    p.add_argument("--space", default="fbnetv2-cifar")
+    p.add_argument("--budget", type=int, default=300)
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--design", type=int, default=300)
+    p.add_argument("--archs", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--transport", choices=["host", "native"], default="host")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--cache-dir", type=Path, default=None, help="export cache (default: a fresh one: cold)")
+    p.add_argument("--json", type=Path, default=OUT / "lut_fidelity_v2.json")
+    a = p.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    device, log = "host-cpu", a.json.with_suffix(".log")
+    log.write_text("")
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fbnet-fidelity-v2-") as tmp, \
+            LocalServer(f"sqlite:///{tmp}/fbnet.db", tmp) as server:
+        token = server.create_device(device, platform="linux", runtime="executorch-xnnpack")
+        cache = a.cache_dir or Path(tmp) / "exports"
+        common = ["--server", server.url, "--device", device, "--token", token, "--space", a.space,
+                  "--transport", a.transport, "--warmup", a.warmup, "--repeats", a.repeats, "--rounds", a.rounds,
+                  "--cache-dir", cache, "--jobs", a.jobs]
+        t_prof = time.monotonic()
+        out = agent("profile", *common, "--budget", a.budget, "--batch", a.batch, "--design", a.design,
+                    "--spool-dir", Path(tmp) / "spool", log=log)
+        t_val = time.monotonic()
+        agent("validate", *common, "--archs", a.archs, "--seed", a.seed, log=log)
+        t_end = time.monotonic()
+        summary = httpx.get(f"{server.url}/validations/{device}", params={"space": a.space}, timeout=60).json()
+        table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space}, timeout=60).json()
+        curve = learning_curve(server.url, device, a.space)
+    rounds = [dict(zip(("round", "phase", "measured", "asked", "export_s", "timing_s"), m.groups(), strict=True))
+              for m in ROUND.finditer(out)]
+    export_s = sum(float(r["export_s"]) for r in rounds)
+    timing_s = sum(float(r["timing_s"]) for r in rounds)
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "space": a.space, "transport": a.transport, "budget": a.budget,
+        "batch": a.batch, "protocol": {"warmup": a.warmup, "repeats": a.repeats, "rounds": a.rounds}, "jobs": a.jobs,
+        "measured_ops": table["counts"].get("measured"), "counts": table["counts"],
+        "heldout": table["model"]["heldout"] if table.get("model") else None,
+        "whole_models": {"n": summary["count"], "within_10pct": summary["within_10pct"],
+                         "kendall_tau": summary["kendall_tau"], "mape": summary["mape"]},
+        "cold_profile_s": round(t_val - t_prof, 1), "export_s": round(export_s, 1), "timing_s": round(timing_s, 1),
+        "validate_s": round(t_end - t_val, 1), "total_s": round(time.monotonic() - t0, 1), "rounds": rounds,
+        "learning_curve": curve,
+        "archs": [{"label": v["label"], "arch": ",".join(v["arch"]), "predicted_us": v["predicted_us"],
+                   "measured_us": v["measured_us"], "error_pct": v["error_pct"], "sources": v["extra"].get("sources"),
+                   "drift": v["extra"].get("drift")} for v in summary["validations"]],
+    }
+    a.json.write_text(json.dumps(result, indent=1))
+    png = a.json.with_name(a.json.stem + "_curve.png")
+    plot(curve, png, f"{a.space} on the host ({a.transport}): held-out error vs measured ops")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("archs", "rounds")}, indent=1))
+    print(f"wrote {a.json} and {png}")
+
+
+if __name__ == "__main__":
+    main()
