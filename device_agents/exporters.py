@@ -8,9 +8,10 @@ nothing. Cold exports run in spawned worker processes, one torch thread each.
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -100,13 +101,31 @@ def _done(key: str, path: str, done: dict[str, Path], progress) -> None:
         progress(key, Path(path), False)
 
 
+_POOL: dict[int, ProcessPoolExecutor] = {}  # jobs -> the pool a ``worker_pool`` block keeps
+
+
+@contextmanager
+def worker_pool(jobs: int) -> Iterator[None]:
+    """Keep ``jobs`` spawned export workers alive for the block: every export call inside it reuses them,
+    so torch, executorch and the lowering's first-call cost are paid once, not once per call (a sampled
+    profile exports a batch per round)."""
+    if jobs <= 1 or jobs in _POOL:
+        yield
+        return
+    _POOL[jobs] = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    try:
+        yield
+    finally:
+        _POOL.pop(jobs).shutdown(cancel_futures=True)
+
+
 def _run_jobs(cold: list[tuple], jobs: int, done: dict[str, Path],
               progress: Callable[[str, Path, bool], None] | None,
               failed: dict[str, str] | None = None) -> dict[str, Path]:
-    """Run export jobs, in ``jobs`` spawned worker processes (one torch thread each) when > 1. With
-    ``failed`` given, a job's :class:`ExportError` is recorded there (key -> message) and the rest go
-    on; without, it is raised."""
-    if jobs <= 1 or len(cold) <= 1:
+    """Run export jobs, in ``jobs`` spawned worker processes (one torch thread each) when > 1 (those of
+    an open :func:`worker_pool` when there is one). With ``failed`` given, a job's :class:`ExportError` is
+    recorded there (key -> message) and the rest go on; without, it is raised."""
+    if jobs <= 1 or (len(cold) <= 1 and jobs not in _POOL):
         for job in cold:
             try:
                 _done(*_export_task(job), done, progress)
@@ -115,23 +134,30 @@ def _run_jobs(cold: list[tuple], jobs: int, done: dict[str, Path],
                     raise
                 failed[_job_key(job)] = str(e)
         return done
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(cold)), mp_context=ctx, initializer=_worker_init) as pool:
-        futures = {pool.submit(_export_task, job): _job_key(job) for job in cold}
-        try:
-            for fut in as_completed(futures):
-                try:
-                    _done(*fut.result(), done, progress)
-                except ExportError as e:
-                    if failed is None:
-                        raise
-                    failed[futures[fut]] = str(e)
-        except BrokenProcessPool as e:
-            raise ExportError(f"an export worker died ({e}); out of memory? retry with --jobs 1") from e
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    if jobs in _POOL:
+        return _pool_jobs(_POOL[jobs], cold, done, progress, failed)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(cold)), mp_context=mp.get_context("spawn"),
+                             initializer=_worker_init) as pool:
+        return _pool_jobs(pool, cold, done, progress, failed)
+
+
+def _pool_jobs(pool: ProcessPoolExecutor, cold: list[tuple], done: dict[str, Path],
+               progress: Callable[[str, Path, bool], None] | None, failed: dict[str, str] | None) -> dict[str, Path]:
+    futures = {pool.submit(_export_task, job): _job_key(job) for job in cold}
+    try:
+        for fut in as_completed(futures):
+            try:
+                _done(*fut.result(), done, progress)
+            except ExportError as e:
+                if failed is None:
+                    raise
+                failed[futures[fut]] = str(e)
+    except BrokenProcessPool as e:
+        raise ExportError(f"an export worker died ({e}); out of memory? retry with --jobs 1") from e
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
     return done
 
 
@@ -234,6 +260,6 @@ def export_prefixes(space: Space, prefixes: dict[str, tuple[Arch, int, Path]], f
 
 
 __all__ = [
-    "FORMATS", "CallOverhead", "ExportError", "Prefix", "cache_path", "export_arch", "export_archs", "export_op",
+    "FORMATS", "CallOverhead", "ExportError", "Prefix", "cache_path", "worker_pool", "export_arch", "export_archs", "export_op",
     "export_overhead", "export_prefix", "export_prefixes", "export_space", "fingerprint", "library_versions", "op_module", "overhead_key",
 ]

@@ -226,7 +226,14 @@ class V2Profiler:
         return rep
 
     def run(self) -> PlanOut:
-        """Plan and measure rounds until the plan is done (or ``max_rounds`` rounds); the last plan."""
+        """Plan and measure rounds until the plan is done (or ``max_batches`` rounds); the last plan. The
+        export workers stay alive across the rounds (:func:`device_agents.exporters.worker_pool`)."""
+        from device_agents.exporters import worker_pool
+
+        with worker_pool(self.config.jobs):
+            return self._rounds()
+
+    def _rounds(self) -> PlanOut:
         while True:
             plan = self.plan()
             self.failed = []

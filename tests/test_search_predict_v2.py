@@ -1,0 +1,61 @@
+"""``fbnet-search predict --space fbnetv2-cifar``: a v2 architecture priced from the served grid table
+(a real server fitted on the staircase double's measurements through the real API): the sum of its ops'
+corrected entries at its resolution plus the overhead once, measured vs fitted entries counted;
+``--measured-only`` refuses fitted entries; the client's ETag cache serves the grid."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from doubles.staircase import measure, measurement
+from typer.testing import CliRunner
+
+from fbnet.client import TableClient
+from fbnet.ops_v2 import parse_key_v2
+from fbnet.space_v2 import get_v2_space
+from search.cli import app
+
+SPACE = "fbnetv2-cifar"
+SP = get_v2_space(SPACE)
+CFG = {"runtime": "executorch", "runtime_version": "1.0"}
+
+
+def fitted_device(server) -> str:
+    name = server.unique("v2pred")
+    token = server.create_device(name)
+    rng = random.Random(0)
+    with server.client(token) as c:
+        keys = c.post(f"/plans/{name}", json={"space": SPACE, **CFG, "batch": 120, "design": 120}).json()["keys"]
+        run_id = c.post("/runs", json={"space": SPACE, "agent_version": "test", **CFG}).json()["id"]
+        rows = [measurement(k, measure(parse_key_v2(k), rng, 8)) for k in keys]
+        assert c.post(f"/runs/{run_id}/measurements", json={"measurements": rows}).status_code == 200
+        assert c.post(f"/runs/{run_id}/finish", json={"overhead_us": 7.0}).status_code == 200
+    return name
+
+
+def test_predict_prices_a_v2_arch_from_the_grid(module_server, tmp_path):
+    name = fitted_device(module_server)
+    arch = SP.random_arch(random.Random(5))
+    args = ["predict", "--space", SPACE, "--server", module_server.url, "--device", name, "--arch", arch.to_text(),
+            "--cache-dir", str(tmp_path / "cache")]
+    r = CliRunner().invoke(app, [*args, "--format", "json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{"):])
+    with TableClient(module_server.url, tmp_path / "cache") as tc:
+        got = tc.fetch(name, SPACE)
+    assert got.source == "revalidated"  # the command cached it; the ETag revalidates it
+    t = got.table
+    corr = dict(zip(t.columns.key, t.columns.corrected_us, strict=True))
+    ops = SP.arch_ops(arch, with_identity=True)
+    want = sum(0.0 if op.is_identity else corr[op.key] for op in ops) + (t.overhead_us or 0.0)
+    assert abs(out["latency_us"] - want) < 1e-6 * want and out["resolution"] == arch.resolution
+    assert sum(out["sources"].values()) == len(ops) and out["sources"].get("fitted", 0) > 0
+    assert out["per_op"][0]["key"].startswith("conv_k3_hs-3x") and out["per_op"][-1]["key"].startswith("fc-")
+    text = CliRunner().invoke(app, args)
+    assert text.exit_code == 0 and "fitted" in text.output and f"resolution {arch.resolution}" in text.output
+    refused = CliRunner().invoke(app, [*args, "--measured-only"])
+    assert refused.exit_code == 2 and "measured_only=true refuses them" in refused.output, refused.output
+    bad_arch = "res:64," + arch.to_text().split(",", 1)[1]
+    bad = CliRunner().invoke(app, [*args[:-3], bad_arch, *args[-2:]])
+    assert bad.exit_code == 2 and "resolution 64" in bad.output, bad.output
