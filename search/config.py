@@ -51,6 +51,10 @@ class SearchConfig(BaseModel):
     target_ms: float | None = Field(
         None, gt=0, description="latency target: the result is the most likely architecture within "
         "+-5 % of it (else the paper's alpha/beta loss)")
+    cost: Literal["latency", "flops", "params"] = Field(
+        "latency", description="what the search prices: latency (the table), flops or params (v2 spaces)")
+    target_mflops: float | None = Field(None, gt=0, description="v2 FLOPs target (--cost flops), millions of multiply-adds")
+    target_mparams: float | None = Field(None, gt=0, description="v2 parameter target (--cost params), millions")
     epochs: int = Field(10, ge=1, description="total epochs, warm-up included")
     batch_size: int = Field(64, ge=1, description="batch per process (rank)", json_schema_extra=cli(short="-b"))
     alpha: float = Field(0.2, ge=0, description="theta loss CE * alpha * log(LAT)^beta")

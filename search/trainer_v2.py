@@ -1,0 +1,326 @@
+"""The DMaskingNAS search over a v2 space (``fbnet-search run --space fbnetv2-cifar``): the masked
+supernet (:mod:`search.masking`), its distributions (:class:`search.masking.V2ArchParams`) and a cost
+(:mod:`search.v2_cost`: latency from a grid table, FLOPs or parameters), on v1's schedule
+(:mod:`search.trainer`): per epoch the weights on ``w_share`` of the training images, then -- after
+the warm-up -- the distributions on the rest; tau from ``tau0`` at the first theta epoch to
+``tau_end`` at the last; checkpoint and resume.
+
+The weight step draws one **hard** architecture (``sample(tau, hard=True).detach()``): the blocks
+weighted 0 are not run, one block per layer with its widths masked (about 9x cheaper on the CPU than
+the soft mix). The theta step draws one **soft** Gumbel sample that drives the masks and the cost
+alike (the issue's "one draw per step"): loss = CE + ``target_weight`` * max(0, |log(E[cost] / T)| -
+``target_band``) with E[cost] the exact expectation under the draw's weights (v1's target hinge);
+without a target, v1's ``CE * alpha * log(cost)^beta``.
+
+**Proxy**: the supernet is built on the space with every width scaled by ``proxy_width`` (the v1
+default 0.25; 1 = the paper's full size), so a CPU search fits in minutes; the width options keep
+their count and order (an option index means the same width in the proxy and the space), and the
+cost is always the space's own. The data is at the space's largest resolution (the supernet searches
+the resolution by subsampling). The result is chosen as in v1: the most likely architecture whose
+cost is within +-``select_band`` of the target (:func:`search.select_v2.most_likely_within_v2`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Subset, TensorDataset
+
+from fbnet.arch_v2 import ArchV2
+from fbnet.archfile import ArchFile, write_arch_file
+from fbnet.space_v2 import SpaceV2, StageV2, WidthRange
+from search.config import SearchConfig, TrainError, scaled_lr
+from search.data import Dataset
+from search.dist import DistEnv, loader
+from search.history import EpochLog, no_progress
+from search.loss import fbnet_loss, target_loss
+from search.masking import MaskedSupernet, V2ArchParams
+from search.select_v2 import most_likely_within_v2
+from search.trainer import CHECKPOINT, RunOptions, split_indices
+from search.v2_cost import COSTS, CostTables, arch_cost, cost_range, expected_cost
+
+KINDS = ("resolution", "stem", "blocks", "widths", "expansions", "head")
+
+
+@dataclass(frozen=True)
+class V2Cost:
+    """What a v2 search prices: ``kind`` (latency|flops|params), the space's :class:`CostTables`,
+    ``offset`` added once per architecture (a latency table's per-call overhead, us), and where the
+    table came from (``device``, ``table_version``; None for FLOPs and params)."""
+
+    kind: str
+    tables: CostTables
+    offset: float = 0.0
+    device: str | None = None
+    table_version: str | None = None
+
+    @property
+    def unit(self) -> str:
+        return COSTS[self.kind]
+
+    def range(self) -> tuple[float, float]:
+        lo, hi = cost_range(self.tables)
+        return lo + self.offset, hi + self.offset
+
+    def of(self, space: SpaceV2, arch: ArchV2) -> float:
+        return arch_cost(self.tables, space, arch) + self.offset
+
+
+def target_of(cfg: SearchConfig) -> float | None:
+    """The target in the cost's unit (us, MFLOPs, M params); one-line TrainError for a target of
+    another cost."""
+    given = {"latency": cfg.target_ms, "flops": cfg.target_mflops, "params": cfg.target_mparams}
+    names = {"latency": "--target-ms", "flops": "--target-mflops", "params": "--target-mparams"}
+    for kind, v in given.items():
+        if v is not None and kind != cfg.cost:
+            raise TrainError(f"{names[kind]} is a {kind} target but the search prices {cfg.cost} "
+                             f"(use --cost {kind} or {names[cfg.cost]})")
+    v = given[cfg.cost]
+    return None if v is None else v * 1000 if cfg.cost == "latency" else v
+
+
+def _scaled(r: WidthRange, f: float) -> WidthRange:
+    lo, step = max(1, round(r.lo * f)), max(1, round(r.step * f))
+    return WidthRange(lo, lo + step * (len(r.options) - 1), step)
+
+
+def proxy_space_v2(space: SpaceV2, width: float) -> SpaceV2:
+    """``space`` with every width option scaled by ``width`` (same number of options per choice)."""
+    if width == 1:
+        return space
+    stages = tuple(StageV2(st.stride, tuple(_scaled(r, width) for r in st.widths)) for st in space.stages)
+    heads = tuple(max(1, round(h * width)) for h in space.head_widths)
+    if len(set(heads)) != len(heads):
+        raise TrainError(f"proxy width {width} merges the head widths {list(space.head_widths)}")
+    return dataclasses.replace(space, name=f"{space.name}-w{width:g}", stem_widths=_scaled(space.stem_widths, width),
+                               stages=stages, head_widths=heads)
+
+
+class V2Searcher:
+    """One v2 search: ``V2Searcher(cfg, space, cost, data, out).run()`` writes out/arch.json,
+    history.csv and checkpoint.pt (module docstring)."""
+
+    def __init__(self, cfg: SearchConfig, space: SpaceV2, cost: V2Cost, data: Dataset, out: str | os.PathLike,
+                 options: RunOptions | None = None):
+        self.cfg, self.space, self.cost, self.data = cfg, space, cost, data
+        self.options = options or RunOptions()
+        self.env = self.options.env or DistEnv()
+        if self.env.distributed:
+            raise TrainError("a v2 search runs in one process (no torchrun yet)")
+        self.target = target_of(cfg)
+        self._check_inputs()
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build()
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        self.theta_steps = 0
+
+    def _check_inputs(self) -> None:
+        res = max(self.space.resolutions)
+        if self.data.train_x.shape[-1] != res:
+            raise TrainError(f"the data is {self.data.train_x.shape[-1]} px but a {self.space.name} search "
+                             f"trains at its largest resolution, {res} px")
+        if self.target is not None:
+            lo, hi = self.cost.range()
+            band = self.cfg.select_band
+            if not lo * (1 + band) <= self.target <= hi * (1 - band):
+                raise TrainError(f"target {self.target:.4g} {self.cost.unit} is outside what {self.space.name} "
+                                 f"allows with a +-{100 * band:.0f} % band: {lo:.4g} to {hi:.4g} {self.cost.unit}")
+
+    def _build(self) -> None:
+        cfg, dev = self.cfg, self.env.device
+        torch.manual_seed(cfg.seed)
+        self.train_space = proxy_space_v2(self.space, cfg.proxy_width)
+        self.net = MaskedSupernet(self.train_space).to(dev)
+        self.arch = V2ArchParams(self.space).to(dev)
+        self.tables = self.cost.tables.to(dev)
+        w_idx, t_idx = split_indices(len(self.data.train_y), cfg.w_share, cfg.seed)
+        full = TensorDataset(self.data.train_x, self.data.train_y)
+        self.w_ds, self.t_ds = Subset(full, w_idx), Subset(full, t_idx)
+        self.w_steps = math.ceil(len(self.w_ds) / cfg.batch_size)
+        self.t_batch = cfg.theta_batch_size or cfg.batch_size
+        w_lr = cfg.w_lr if cfg.w_lr is not None else scaled_lr(cfg.batch_size)
+        self.w_opt = torch.optim.SGD(self.net.parameters(), lr=w_lr, momentum=cfg.w_momentum,
+                                     weight_decay=cfg.w_weight_decay)
+        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs * self.w_steps)
+        self.t_opt = torch.optim.Adam(self.arch.parameters(), lr=cfg.theta_lr, weight_decay=cfg.theta_weight_decay)
+
+    # ---- checkpoint / resume -------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+    def fingerprint(self) -> dict:
+        return {"config": self.cfg.model_dump(), "space": self.space.name, "space_version": self.space.version,
+                "cost": self.cost.kind, "device": self.cost.device, "table_version": self.cost.table_version,
+                "data": self.data.name, "n_train": int(len(self.data.train_y))}
+
+    def save_checkpoint(self, epoch: int) -> None:
+        state = {"epoch": epoch, "fingerprint": self.fingerprint(), "net": self.net.state_dict(),
+                 "arch": self.arch.state_dict(), "w_opt": self.w_opt.state_dict(), "w_sched": self.w_sched.state_dict(),
+                 "t_opt": self.t_opt.state_dict(), "history": self.history, "theta_steps": self.theta_steps}
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def resume(self) -> bool:
+        """Load checkpoint.pt if there is one (refused if it was made with other settings)."""
+        if not self.checkpoint_path.is_file():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.env.device, weights_only=False)
+        fp = self.fingerprint()
+        diff = {k: (state["fingerprint"].get(k), v) for k, v in fp.items() if state["fingerprint"].get(k) != v}
+        if diff:
+            raise TrainError(f"cannot resume {self.checkpoint_path}: it was made with different settings: "
+                             + "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items()))
+        for name in ("net", "arch", "w_opt", "w_sched", "t_opt"):
+            getattr(self, name).load_state_dict(state[name])
+        self.history, self.theta_steps = state["history"], state["theta_steps"]
+        self.start_epoch = state["epoch"] + 1
+        return True
+
+    # ---- steps ---------------------------------------------------------------------------------
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, int]:
+        """One SGD step of the weights on one hard draw (no gradient to the distributions)."""
+        w = self.arch.sample(tau, hard=True).detach()
+        self.w_opt.zero_grad(set_to_none=True)
+        logits = self.net(x, w)
+        ce = F.cross_entropy(logits, y)
+        ce.backward()
+        self.w_opt.step()
+        self.w_sched.step()
+        return ce.item(), int((logits.argmax(1) == y).sum())
+
+    def theta_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, float, int]:
+        """One Adam step of the distributions on one soft draw (masks and cost): (loss, ce, correct)."""
+        cfg = self.cfg
+        w = self.arch.sample(tau)
+        logits = self.net(x, w)
+        cost = expected_cost(self.tables, w) + self.cost.offset
+        if self.target is None:
+            loss, ce = fbnet_loss(logits, y, cost, cfg.alpha, cfg.beta)
+        else:
+            loss, ce = target_loss(logits, y, cost, self.target, cfg.target_weight, cfg.target_band)
+        self.t_opt.zero_grad(set_to_none=True)
+        self.net.zero_grad(set_to_none=True)
+        loss.backward()
+        self.t_opt.step()
+        self.net.zero_grad(set_to_none=True)
+        self.theta_steps += 1
+        return loss.item(), ce.item(), int((logits.argmax(1) == y).sum())
+
+    def _theta_epoch(self, epoch: int, tau: float, tick) -> dict:
+        dev, cfg = self.env.device, self.cfg
+        t_loss = t_ce = t_correct = t_seen = 0.0
+        for x, y in loader(self.t_ds, self.t_batch, self.env, cfg.seed + 1, epoch):
+            x, y = x.to(dev), y.to(dev)
+            loss, ce, ok = self.theta_step(x, y, tau)
+            t_loss, t_ce, t_correct, t_seen = t_loss + loss * len(y), t_ce + ce * len(y), t_correct + ok, t_seen + len(y)
+            tick(f"epoch {epoch + 1}/{cfg.epochs} theta loss {loss:.3f}", 0)
+        return {"theta_loss": t_loss / t_seen, "theta_ce": t_ce / t_seen, "theta_acc": t_correct / t_seen}
+
+    def train_epoch(self, epoch: int, tick=lambda info, advance: None) -> dict:
+        cfg, dev = self.cfg, self.env.device
+        torch.manual_seed(cfg.seed * 100_003 + epoch * 1_009)  # a resumed run draws what the whole one did
+        tau, t0 = cfg.tau(epoch), time.perf_counter()
+        self.net.train()
+        ce_sum = correct = seen = 0.0
+        for x, y in loader(self.w_ds, cfg.batch_size, self.env, cfg.seed, epoch):
+            x, y = x.to(dev), y.to(dev)
+            ce, ok = self.weight_step(x, y, tau)
+            ce_sum, correct, seen = ce_sum + ce * len(y), correct + ok, seen + len(y)
+            tick(f"epoch {epoch + 1}/{cfg.epochs} weights ce {ce:.3f}", 0)
+        row = {"epoch": epoch, "phase": "search" if epoch >= cfg.warmup else "warmup", "tau": tau,
+               "lr": self.w_opt.param_groups[0]["lr"], "w_ce": ce_sum / seen, "w_acc": correct / seen}
+        if epoch >= cfg.warmup:
+            row.update(self._theta_epoch(epoch, tau, tick))
+        else:
+            row.update(theta_loss=None, theta_ce=None, theta_acc=None)
+        with torch.no_grad():
+            row["expected_cost"] = float(expected_cost(self.tables, self.arch.probs())) + self.cost.offset
+        row["argmax_cost"] = self.cost.of(self.space, self.arch.argmax_arch(self.space))
+        row.update({f"entropy_{k}": v for k, v in self.arch.entropies().items()})
+        row["theta_steps"], row["time_s"] = self.theta_steps, time.perf_counter() - t0
+        tick(f"epoch {epoch + 1}/{cfg.epochs} tau {tau:.3f} E[{self.cost.kind}] {row['expected_cost']:.4g} "
+             f"{self.cost.unit}, entropy max {max(self.arch.entropies().values()):.3f}", 1)
+        return row
+
+    # ---- the whole run ---------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> V2Result:
+        cfg = self.cfg
+        end = cfg.epochs if stop_after is None else min(cfg.epochs, self.start_epoch + stop_after)
+        log = EpochLog(self.out, self.options.tensorboard)
+        try:
+            with self.options.progress(every=1) as prog:
+                task = prog.add_task("search", total=end - self.start_epoch, info="")
+                for epoch in range(self.start_epoch, end):
+                    self.history.append(self.train_epoch(epoch, lambda i, a: prog.update(task, advance=a, info=i)))
+                    log.write(self.history)
+                    self.save_checkpoint(epoch)
+        finally:
+            log.close()
+        return self.finish()
+
+    def select(self) -> tuple[ArchV2, str]:
+        """The result: the most likely architecture within the band (the argmax without a target)."""
+        plain = self.arch.argmax_arch(self.space)
+        if self.target is None:
+            return plain, "argmax"
+        band, off = self.cfg.select_band, self.cost.offset
+        lo, hi = self.target * (1 - band), self.target * (1 + band)
+        if lo <= self.cost.of(self.space, plain) <= hi:
+            return plain, f"argmax (within +-{100 * band:g} % of the target)"
+        best = most_likely_within_v2(self.space, self.cost.tables, self.arch.probs(), lo - off, hi - off)
+        if best is None:
+            raise TrainError(f"no architecture of {self.space.name} found within +-{100 * band:g} % of "
+                             f"{self.target:.4g} {self.cost.unit}")
+        return best, f"most likely within +-{100 * band:g} % of the target"
+
+    def finish(self) -> V2Result:
+        best, selection = self.select()
+        plain = self.arch.argmax_arch(self.space)
+        cost = self.cost.of(self.space, best)
+        theta = {k: v.detach().cpu().double().tolist() for k, v in self.arch.state_dict().items()}
+        ents = self.arch.entropies()
+        write_arch_file(ArchFile(
+            arch=best.to_text(), predicted_latency_us=cost if self.cost.kind == "latency" else None,
+            space=self.space.name, space_version=self.space.version, device=self.cost.device,
+            table_version=self.cost.table_version, table_configuration=self.options.table_configuration,
+            theta_steps=self.theta_steps, target_ms=self.cfg.target_ms, selection=selection,
+            argmax_arch=plain.to_text(), argmax_latency_us=self.cost.of(self.space, plain)
+            if self.cost.kind == "latency" else None, history=self.history, data=self.data.name,
+            config={**self.cfg.model_dump(), "search_space": self.train_space.name, "cost": self.cost.kind,
+                    "cost_unit": self.cost.unit, "target": self.target, "cost_value": cost,
+                    "argmax_cost": self.cost.of(self.space, plain), "entropies": ents, "v2_logits": theta},
+            finished=len(self.history) == self.cfg.epochs), self.out)
+        return V2Result(best, cost, self.cost.unit, selection, ents, self.history)
+
+
+@dataclass
+class V2Result:
+    arch: ArchV2
+    cost: float
+    unit: str
+    selection: str
+    entropies: dict
+    history: list[dict]
+
+
+def run_search_v2(cfg: SearchConfig, space: SpaceV2, cost: V2Cost, data: Dataset, out: str | os.PathLike,
+                  options: RunOptions | None = None, *, resume: bool = False) -> V2Result:
+    """A v2 search; writes out/arch.json, history.csv, checkpoint.pt (``resume``: from the checkpoint)."""
+    s = V2Searcher(cfg, space, cost, data, out, options or RunOptions(progress=no_progress))
+    if resume and not s.resume():
+        print(f"note: no checkpoint in {s.out}; starting from epoch 0")
+    return s.run()
+
+
+__all__ = ["KINDS", "V2Cost", "V2Result", "V2Searcher", "proxy_space_v2", "run_search_v2", "target_of"]
