@@ -1,4 +1,5 @@
-"""Child training: an architecture from scratch (FBNet(space, arch)), BN recalibration, evaluation."""
+"""Child training: an architecture from scratch (FBNet(space, arch); a v2 one: FBNetV2Net(space, arch),
+the child without masks at its widths, trained at its resolution), BN recalibration, evaluation."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from fbnet.blocks import FBNet
+from fbnet.arch_v2 import ArchV2
+from fbnet.blocks import FBNet, FBNetV2Net
 from fbnet.space import Arch, Space
+from fbnet.space_v2 import SpaceV2
 from search.config import ChildConfig, scaled_lr
 from search.data import Dataset
 from search.dist import DistEnv, loader
@@ -52,13 +55,24 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 256, device: 
     model.eval()
 
 
-def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, progress: ProgressFactory = no_progress,
-                device: torch.device | None = None) -> tuple[FBNet, dict]:
-    """Train FBNet(space, arch) from scratch (SGD + cosine); returns the model and its accuracies.
-    ``progress``: a progress factory (``fbnet.progress.progress``); silent by default."""
+def build_child(space: Space | SpaceV2, arch: Arch | ArchV2) -> nn.Module:
+    """The child network: FBNet (v1) or FBNetV2Net (v2: plain convolutions at the chosen widths)."""
+    return FBNetV2Net(space, arch) if isinstance(space, SpaceV2) else FBNet(space, arch)
+
+
+def arch_label(arch: Arch | ArchV2) -> list[str] | str:
+    """What child.json and child.pt record: v1's block names, a v2 architecture's text."""
+    return arch.to_text() if isinstance(arch, ArchV2) else list(arch.blocks)
+
+
+def train_child(space: Space | SpaceV2, arch: Arch | ArchV2, data: Dataset, cfg: ChildConfig, *,
+                progress: ProgressFactory = no_progress, device: torch.device | None = None) -> tuple[nn.Module, dict]:
+    """Train the child (:func:`build_child`) from scratch (SGD + cosine) on ``data`` (at the child's
+    resolution); returns the model and its accuracies. ``progress``: a progress factory
+    (``fbnet.progress.progress``); silent by default."""
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
-    model = FBNet(space, arch).to(device)
+    model = build_child(space, arch).to(device)
     ds = TensorDataset(data.train_x, data.train_y)
     steps = math.ceil(len(ds) / cfg.batch_size)
     lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.batch_size)
@@ -87,9 +101,9 @@ def train_child(space: Space, arch: Arch, data: Dataset, cfg: ChildConfig, *, pr
                                               f"train acc {history[-1]['train_acc']:.3f}")
     recalibrate_bn(model, data.train_x, device=device)
     test_acc = evaluate(model, data.test_x, data.test_y, device=device)
-    return model, {"arch": list(arch.blocks), "space": space.name, "data": data.name, "test_acc": test_acc,
+    return model, {"arch": arch_label(arch), "space": space.name, "data": data.name, "test_acc": test_acc,
                    "train_acc": history[-1]["train_acc"], "n_train": len(ds), "n_test": len(data.test_y),
                    "epochs": cfg.epochs, "wall_s": time.perf_counter() - t0, "history": history}
 
 
-__all__ = ["ChildConfig", "evaluate", "recalibrate_bn", "train_child"]
+__all__ = ["ChildConfig", "arch_label", "build_child", "evaluate", "recalibrate_bn", "train_child"]

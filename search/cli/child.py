@@ -1,4 +1,6 @@
-"""``fbnet-search train|export``: train an architecture from scratch; export it (.pte / .mlpackage)."""
+"""``fbnet-search train|export``: train an architecture from scratch; export it (.pte / .mlpackage).
+A v2 architecture (``--from DIR`` of a v2 search, or ``--arch TEXT --space fbnetv2-cifar``) is the
+child without masks (:class:`fbnet.blocks.FBNetV2Net`) at its widths and its resolution."""
 
 from __future__ import annotations
 
@@ -10,13 +12,42 @@ from pathlib import Path
 import typer
 
 from fbnet.cli import Use, fail, options
-from search.cli.common import DATA_ENV_HELP, arch_from, console, space_named
+from fbnet.arch_v2 import ArchV2, ArchV2Error
+from fbnet.space_v2 import SpaceV2, get_v2_space, is_v2_space
+from search.cli.common import DATA_ENV_HELP, arch_from, console, read_arch, space_named
 from search.config import ChildConfig, DataConfig, Execution
 
 commands = typer.Typer()
-ARCH_OPT = typer.Option(None, "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices")
+ARCH_OPT = typer.Option(None, "--arch", "-a", help="FBNet-A|B|C, 22 block names or 22 op indices; with a v2 "
+                        "--space a v2 architecture text or FBNetV2-F1..L2")
 CHILD_RUN = Use(Execution, only=("out", "cpu", "progress"), defaults={"out": Path("runs/child")},
                 help={"out": "output folder (child.pt, child.json)", "progress": "progress bar"})
+
+
+def _v2_arch(text: str, space: SpaceV2) -> ArchV2:
+    try:
+        a = ArchV2.parse(text)
+        space.check_arch(a)
+    except ArchV2Error as e:
+        fail(str(e))
+    return a
+
+
+def arch_and_space(arch: str | None, from_file: Path | None, space: str | None):
+    """(architecture, space, arch.json's arch/space) from ``--arch``/``--from`` and ``--space``: v1 or v2."""
+    name = space
+    if from_file is not None and arch is None:
+        doc = read_arch(from_file)
+        name = name or doc.space
+        if doc.is_v2:
+            if not is_v2_space(name or ""):
+                fail(f"{from_file} holds a v2 architecture; its space ({name}) is not a v2 space")
+            return doc.architecture, get_v2_space(name), {"arch": doc.arch, "space": name}
+    elif arch is not None and from_file is None and is_v2_space(name or ""):
+        s = get_v2_space(name)
+        return _v2_arch(arch, s), s, {}
+    a, doc = arch_from(arch, from_file)
+    return a, space_named(name or doc.get("space") or "fbnet-cifar"), doc
 
 
 @commands.command(epilog=DATA_ENV_HELP)
@@ -35,18 +66,18 @@ def train(
     from search.config import TrainError
     from search.data import DataError, load_dataset
 
-    a, doc = arch_from(arch, from_file)
-    s = space_named(space or doc.get("space") or "fbnet-cifar")
+    a, s, _ = arch_and_space(arch, from_file, space)
     device = torch.device("cuda") if (torch.cuda.is_available() and not execution.cpu) else torch.device("cpu")
+    res = a.resolution if isinstance(s, SpaceV2) else s.resolution
     try:
-        ds = load_dataset(data.data, s.resolution, subset=data.subset, seed=child.seed, num_classes=s.num_classes)
+        ds = load_dataset(data.data, res, subset=data.subset, seed=child.seed, num_classes=s.num_classes)
         model, report = train_child(s, a, ds, child, progress=partial(progress, enabled=execution.progress),
                                     device=device)
     except (DataError, TrainError) as e:
         fail(str(e))
     out = execution.out
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"space": s.name, "arch": list(a.blocks), "state_dict": model.cpu().state_dict()}, out / "child.pt")
+    torch.save({"space": s.name, "arch": report["arch"], "state_dict": model.cpu().state_dict()}, out / "child.pt")
     (out / "child.json").write_text(json.dumps(report, indent=1))
     console.print(f"[bold]{a}[/bold]\ntest accuracy {report['test_acc']:.4f} on {report['n_test']} {ds.name} "
                   f"images after {child.epochs} epochs; wrote {out / 'child.pt'}", highlight=False)
@@ -84,12 +115,13 @@ def export(
     """Export an architecture through the device agents' exporters (.pte or .mlpackage)."""
     state_dict, doc = _weights(weights)
     if state_dict is not None and arch is None and from_file is None:
-        arch = ",".join(doc["arch"])
-    a, doc2 = arch_from(arch, from_file)
+        arch = doc["arch"] if isinstance(doc["arch"], str) else ",".join(doc["arch"])
+    a, s, doc2 = arch_and_space(arch, from_file, space or doc.get("space"))
     doc = {**doc, **doc2}
-    if state_dict is not None and list(a.blocks) != list(doc["arch"]):
+    from search.child import arch_label
+
+    if state_dict is not None and arch_label(a) != doc["arch"]:
         fail(f"--weights {weights} belong to another architecture")
-    s = space_named(space or doc.get("space") or "fbnet-cifar")
     from fbnet.export import ExportError, export_arch, export_format
 
     try:

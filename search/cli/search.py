@@ -162,14 +162,23 @@ def run(
     paper: bool = typer.Option(False, "--paper", hidden=True, help="replaced by --preset paper"),
     *, source: TableSource, selector: Selector, data: DataConfig, search: SearchConfig, execution: Execution,
 ):
-    """FBNet DNAS on a device's latency table; writes DIR/arch.json (under torchrun too).
+    """FBNet DNAS on a device's latency table; writes DIR/arch.json (under torchrun too). A v2 space
+    (--space fbnetv2-cifar): the DMaskingNAS search priced by --cost latency|flops|params.
 
     --preset paper: the paper's setting (90 epochs, full net); --config FILE: a TOML file of these options (names with _); explicit options win. history.csv: per epoch tau, theta entropy, theta steps.
     """
+    from fbnet.space_v2 import is_v2_space
     from search.dist import cleanup_distributed, setup_distributed
 
     if paper:
         fail("--paper is now --preset paper")
+    if is_v2_space(source.space):
+        from search.cli.search_v2 import run_v2
+
+        return run_v2(source, selector, data, search, execution)
+    if search.cost != "latency" or search.target_mflops is not None or search.target_mparams is not None:
+        fail(f"--cost flops|params and --target-mflops/--target-mparams are for v2 spaces (fbnetv2-cifar); "
+             f"{source.space} searches latency (--target-ms)")
     env = setup_distributed(prefer_cuda=not execution.cpu)
     try:
         table = load_table(source, selector)
