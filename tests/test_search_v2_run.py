@@ -1,0 +1,163 @@
+"""The v2 search end to end, CPU-small (200 digits, 2 epochs, the 0.25-width proxy supernet):
+``fbnet-search run --space fbnetv2-cifar`` priced in FLOPs and in latency (a saved grid table),
+lands within +-10 % of its target and writes a v2 arch.json; the child built from it has the recorded
+widths and no masks; train and export read it; bad input is one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from fbnet.arch_v2 import ArchV2
+from fbnet.configuration import Configuration
+from fbnet.lut_v2 import predict_v2
+from fbnet.space_v2 import get_v2_space
+from fbnet.wire import GridTable
+from search.child import build_child
+from search.cli import app
+from search.masking import MaskedLayer, MaskedSupernet, V2ArchParams
+from search.select_v2 import most_likely_within_v2
+from search.v2_cost import arch_cost, cost_range, cost_tables, flops_price, price_for
+
+SPACE = get_v2_space("fbnetv2-cifar")
+SMALL = ["--data", "digits", "--subset", "200", "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "32",
+         "--seed", "0", "--no-progress", "--no-tensorboard"]
+
+
+def grid_table_json(drop: int = 0) -> dict:
+    """A saved v2 grid table of fbnetv2-cifar whose corrected entries are 2 us + 1 us per 10 k MACs
+    (``drop`` entries missing)."""
+    ops = list(SPACE.grid.values())
+    src = ["identity" if op.is_identity else "measured" for op in ops]
+    us = [None if op.is_identity else 2.0 + op.macs / 1e4 for op in ops]
+    for i in [i for i, s in enumerate(src) if s == "measured"][:drop]:
+        src[i], us[i] = "missing", None
+    n = len(ops)
+    return GridTable(
+        device="double", space=SPACE.name, space_version=SPACE.version, version="t1", complete=drop == 0,
+        counts={s: src.count(s) for s in set(src)}, missing=[op.key for op, s in zip(ops, src) if s == "missing"],
+        overhead_us=30.0, configuration=Configuration(runtime="host", runtime_version="1", precision="fp32"),
+        rule="test double", model=None,
+        columns={"key": [op.key for op in ops], "latency_us": us, "corrected_us": us, "source": src,
+                 "n": [0] * n, "runs": [0] * n}).model_dump(mode="json")
+
+
+@pytest.fixture(scope="module")
+def flops_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("v2flops")
+    lo, hi = cost_range(cost_tables(SPACE, flops_price))
+    target = lo + 0.15 * (hi - lo)
+    r = CliRunner().invoke(app, ["run", "--space", "fbnetv2-cifar", "--cost", "flops", "--target-mflops", str(target),
+                                 "--out", str(out), *SMALL])
+    assert r.exit_code == 0, r.output
+    return out, target
+
+
+def test_flops_search_lands_within_the_target_and_writes_a_v2_arch(flops_run):
+    out, target = flops_run
+    doc = json.loads((out / "arch.json").read_text())
+    arch = ArchV2.parse(doc["arch"])
+    SPACE.check_arch(arch)
+    assert doc["space"] == "fbnetv2-cifar" and doc["config"]["cost"] == "flops"
+    assert abs(SPACE.arch_mflops(arch) / target - 1) <= 0.10
+    assert doc["config"]["cost_value"] == pytest.approx(SPACE.arch_mflops(arch), rel=1e-6)
+    assert len(doc["history"]) == 2
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"expected_cost", "entropy_blocks", "entropy_widths", "entropy_expansions", "entropy_resolution",
+            "theta_steps"} <= set(header)
+    assert (out / "checkpoint.pt").is_file()
+    # every layer records block, width and expansion (None only for a skip), and the resolution
+    assert arch.resolution in SPACE.resolutions
+    assert all((c.expansion is None) == (c.block == "skip") for c in arch.layers)
+
+
+def _conv_out_widths(model: nn.Module) -> list[int]:
+    """Output channels of each layer's last convolution (a skip with identity: its input's)."""
+    return [next((m.out_channels for m in reversed(list(layer.modules())) if isinstance(m, nn.Conv2d)), -1)
+            for layer in model.layers]
+
+
+def test_the_child_from_arch_json_has_the_recorded_widths_and_no_masks(flops_run, tmp_path):
+    out, _ = flops_run
+    arch = ArchV2.parse(json.loads((out / "arch.json").read_text())["arch"])
+    child = build_child(SPACE, arch)
+    assert not any(isinstance(m, (MaskedSupernet, MaskedLayer)) for m in child.modules())
+    widths = _conv_out_widths(child)
+    for i, (c, w) in enumerate(zip(arch.layers, widths, strict=True)):
+        if w != -1:  # an identity skip has no convolution
+            assert w == c.width, f"layer {i}"
+    assert child.stem[0].out_channels == arch.stem if isinstance(child.stem, nn.Sequential) else True
+    assert child(torch.randn(2, 3, arch.resolution, arch.resolution)).shape == (2, 10)
+
+    r = CliRunner().invoke(app, ["train", "--from", str(out), "--data", "digits", "--subset", "100", "--epochs", "1",
+                                 "--out", str(tmp_path / "child"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    ck = torch.load(tmp_path / "child" / "child.pt", weights_only=False)
+    assert ck["arch"] == arch.to_text() and ck["space"] == "fbnetv2-cifar"
+    assert json.loads((tmp_path / "child" / "child.json").read_text())["arch"] == arch.to_text()
+
+
+def test_latency_search_on_a_saved_grid_table_prices_as_predict(tmp_path):
+    table = tmp_path / "grid.json"
+    table.write_text(json.dumps(grid_table_json()))
+    t = GridTable.model_validate_json(table.read_text())
+    prices = {op.key: 2.0 + op.macs / 1e4 for op in SPACE.grid.values() if not op.is_identity}
+    lo, hi = cost_range(cost_tables(SPACE, price_for("latency", SPACE, prices)))
+    target_ms = (30.0 + lo + 0.3 * (hi - lo)) / 1000
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["run", "--space", "fbnetv2-cifar", "--table", str(table), "--target-ms",
+                                 str(target_ms), "--out", str(out), *SMALL])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "arch.json").read_text())
+    arch = ArchV2.parse(doc["arch"])
+    pred = predict_v2(t, SPACE, arch)["latency_us"]
+    assert doc["predicted_latency_us"] == pytest.approx(pred, rel=1e-9)
+    assert abs(pred / 1000 / target_ms - 1) <= 0.10
+    assert doc["device"] == "double" and doc["table_version"] == "t1"
+
+
+def test_selection_is_the_argmax_when_it_is_in_the_band_and_in_the_band_otherwise():
+    tables = cost_tables(SPACE, flops_price)
+    params = V2ArchParams(SPACE)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in params.parameters():
+            p.normal_(0, 2)
+    plain = params.argmax_arch(SPACE)
+    c = arch_cost(tables, SPACE, plain)
+    assert most_likely_within_v2(SPACE, tables, params.probs(), c * 0.97, c * 1.03) == plain
+    got = most_likely_within_v2(SPACE, tables, params.probs(), 3 * c * 0.97, 3 * c * 1.03)
+    assert got is not None and 3 * c * 0.97 <= arch_cost(tables, SPACE, got) <= 3 * c * 1.03
+
+
+def _one_line_error(r, *words):
+    assert r.exit_code == 2, r.output
+    err = r.output.strip()
+    assert err.startswith("error:") and len(err.splitlines()) <= 3, err  # rich may wrap one line
+    for w in words:
+        assert w in err, err
+
+
+def test_bad_input_is_one_line(tmp_path):
+    runner = CliRunner()
+    base = ["run", "--space", "fbnetv2-cifar", "--out", str(tmp_path / "x"), *SMALL]
+    _one_line_error(runner.invoke(app, [*base, "--cost", "flops", "--target-mflops", "5000"]), "outside", "MFLOPs")
+    _one_line_error(runner.invoke(app, [*base, "--cost", "flops", "--target-ms", "3"]), "--target-ms")
+    v1 = tmp_path / "v1.json"
+    v1.write_text(json.dumps({"device": "pixel3", "space": "fbnet-cifar", "entries": []}))
+    _one_line_error(runner.invoke(app, [*base, "--table", str(v1), "--target-ms", "1"]), "no v2 grid")
+    holes = tmp_path / "holes.json"
+    holes.write_text(json.dumps(grid_table_json(drop=3)))
+    _one_line_error(runner.invoke(app, [*base, "--table", str(holes), "--target-ms", "1"]), "lacks 3")
+    _one_line_error(runner.invoke(app, ["run", "--space", "fbnet-cifar", "--cost", "flops", "--target-mflops", "5",
+                                        *SMALL]), "v2 spaces")
+    _one_line_error(runner.invoke(app, ["train", "--space", "fbnetv2-cifar", "--arch", "res:32,stem:8,bogus",
+                                        "--out", str(tmp_path / "c")]), "bogus")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "arch.json").write_text(json.dumps({"arch": "res:31,stem:8,skip:8,head:640", "space": "fbnetv2-cifar"}))
+    _one_line_error(runner.invoke(app, ["train", "--from", str(bad), "--out", str(tmp_path / "c")]), "arch.json")
