@@ -19,11 +19,12 @@ from search.cli import app
 SPACE = "fbnetv2-cifar"
 SP = get_v2_space(SPACE)
 CFG = {"runtime": "executorch", "runtime_version": "1.0"}
+AGENT_TOKENS: dict[str, str] = {}
 
 
 def fitted_device(server) -> str:
     name = server.unique("v2pred")
-    token = server.create_device(name)
+    token = AGENT_TOKENS[name] = server.create_device(name)
     rng = random.Random(0)
     with server.client(token) as c:
         keys = c.post(f"/plans/{name}", json={"space": SPACE, **CFG, "batch": 120, "design": 120}).json()["keys"]
@@ -59,3 +60,28 @@ def test_predict_prices_a_v2_arch_from_the_grid(module_server, tmp_path):
     bad_arch = "res:64," + arch.to_text().split(",", 1)[1]
     bad = CliRunner().invoke(app, [*args[:-3], bad_arch, *args[-2:]])
     assert bad.exit_code == 2 and "resolution 64" in bad.output, bad.output
+
+
+def test_agent_validates_a_v2_arch_whole_against_the_grid(module_server, tmp_path):
+    """``fbnet-agent validate --space fbnetv2-cifar``: one random v2 model exported whole at its resolution,
+    timed on the host, uploaded against the grid's prediction (the staircase double's table: the numbers
+    differ, the flow and the prediction are checked)."""
+    from doubles.support import QUICK, run_agent
+
+    from fbnet.arch_v2 import ArchV2
+    from fbnet.lut_v2 import predict_v2
+    from fbnet.wire import GridTable
+
+    name = fitted_device(module_server)
+    code, out = run_agent("validate", "--server", module_server.url, "--device", name, "--token", AGENT_TOKENS[name],
+                          "--space", SPACE, "--transport", "host", "--archs", "1", "--reference-ops", "0",
+                          "--max-rounds", "2", "--cache-dir", str(tmp_path / "exports"), *QUICK)
+    assert code == 0, out
+    with module_server.client() as c:
+        s = c.get(f"/validations/{name}", params={"space": SPACE}).json()
+        t = GridTable.model_validate(c.get(f"/tables/{name}", params={"space": SPACE}).json())
+    (v,) = s["validations"]
+    a = ArchV2.parse(",".join(v["arch"]))
+    assert v["predicted_us"] == predict_v2(t, SP, a)["latency_us"] and v["measured_us"] > 0
+    assert v["extra"]["resolution"] == a.resolution and v["extra"]["sources"].get("fitted", 0) > 0
+    assert "1 validations uploaded" in out
