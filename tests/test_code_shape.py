@@ -96,3 +96,15 @@ def test_the_diary_pattern_matches_what_it_must():
     assert DIARY.search(f"measured in {word} 6") and DIARY.search(f"{word.title()} 3: found")
     assert DIARY.search(f"{stop} 19") and DIARY.search(f"{word}s 4 and 5")
     assert not DIARY.search("with Session(engine) as session:") and not DIARY.search("the session's table")
+
+
+def test_bench_is_a_suite_not_a_notebook():
+    out = subprocess.run(["git", "ls-files", "bench"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files cannot be listed")
+    files = out.stdout.split()
+    scripts = [f for f in files if f.endswith(".py")]
+    readmes = [f for f in files if f.endswith(".md")]
+    artefacts = [f for f in files if f not in scripts and f not in readmes]
+    assert readmes == ["bench/README.md"], readmes
+    assert len(artefacts) <= 10 and all(f.startswith("bench/results/") for f in artefacts), artefacts
