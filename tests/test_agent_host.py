@@ -70,7 +70,10 @@ def test_calibration_model_gives_the_run_its_context_cost(module_server, cache, 
 
 def test_host_profile_fills_table(module_server, cache, tmp_path):
     token = module_server.create_device("host-cpu")
-    code, out = run_agent(*profile_args(module_server, "host-cpu", token, cache, tmp_path / "spool"))
+    # the claim is the table, not the stability verdict: on a loaded 2-core machine two short rounds can
+    # spread past the default threshold, and an unstable run is (rightly) left out of the default table
+    code, out = run_agent(*profile_args(module_server, "host-cpu", token, cache, tmp_path / "spool",
+                                        "--unstable-threshold", "100"))
     assert code == 0, out
     tab = table(module_server, "host-cpu")
     got = measured(tab)
