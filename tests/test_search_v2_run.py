@@ -39,7 +39,7 @@ def grid_table_json(drop: int = 0) -> dict:
     n = len(ops)
     return GridTable(
         device="double", space=SPACE.name, space_version=SPACE.version, version="t1", complete=drop == 0,
-        counts={s: src.count(s) for s in set(src)}, missing=[op.key for op, s in zip(ops, src) if s == "missing"],
+        counts={s: src.count(s) for s in set(src)}, missing=[op.key for op, s in zip(ops, src, strict=True) if s == "missing"],
         overhead_us=30.0, configuration=Configuration(runtime="host", runtime_version="1", precision="fp32"),
         rule="test double", model=None,
         columns={"key": [op.key for op in ops], "latency_us": us, "corrected_us": us, "source": src,

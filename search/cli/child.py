@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 
-from fbnet.cli import Use, fail, options
 from fbnet.arch_v2 import ArchV2, ArchV2Error
+from fbnet.cli import Use, fail, options
 from fbnet.space_v2 import SpaceV2, get_v2_space, is_v2_space
 from search.cli.common import DATA_ENV_HELP, arch_from, console, read_arch, space_named
 from search.config import ChildConfig, DataConfig, Execution
