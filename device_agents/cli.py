@@ -110,9 +110,7 @@ def profile(
 ):
     """Export every op of SPACE, time it on the target with the shared protocol, upload the statistics.
 
-    A v2 space (fbnetv2-cifar) is sampled: the service plans batches of ops (a space-filling design, then
-    where its latency model is least sure), each batch is exported, timed and uploaded as one run, until
-    --budget ops are measured or the model's held-out error meets --goal."""
+    A v2 space (fbnetv2-cifar) is sampled: the service plans batches of ops (a space-filling design, then where its latency model is least sure), each batch is exported, timed and uploaded as one run, until --budget ops are measured or the model's held-out error meets --goal."""  # noqa: E501 (one paragraph: rich keeps line breaks)
     from device_agents.profiling import MeasureFailed, NothingToResume, Profiler, SpooledError
     from fbnet.space_v2 import is_v2_space
 
@@ -178,7 +176,7 @@ def _profile_v2(console, resume: bool, *, service: Service, plan: ProfileConfig,
 
 @app.command(epilog=envvars_help(**_CACHE_ENV))
 def export(
-    space: Annotated[str, typer.Option(help="fbnet-224, fbnet-cifar or fbnet-<res>[-w<width>]")] = "fbnet-cifar",
+    space: Annotated[str, typer.Option(help="fbnet-224, fbnet-cifar, fbnet-<res>[-w<width>], fbnetv2-224 or fbnetv2-cifar")] = "fbnet-cifar",
     fmt: Annotated[Fmt, typer.Option("--format", help="pte (ExecuTorch, XNNPACK fp32) or mlpackage (Core ML fp16)")] = Fmt.pte,
     out: Annotated[Path | None, typer.Option("--out", help="export cache folder (default: $FBNET_AGENT_CACHE, else "
                                              "~/.cache/fbnet-agent/exports)")] = None,

@@ -64,7 +64,7 @@ class Exports(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    space: str = Field("fbnet-cifar", description="fbnet-224, fbnet-cifar or fbnet-<res>[-w<width>]")
+    space: str = Field("fbnet-cifar", description="fbnet-224, fbnet-cifar, fbnet-<res>[-w<width>], fbnetv2-224 or fbnetv2-cifar")
     cache_dir: Path | None = Field(None, description="export cache (default: $FBNET_AGENT_CACHE, else "
                                    "~/.cache/fbnet-agent/exports)")
     jobs: int = Field(2, ge=1, description="export worker processes for cold exports")

@@ -31,7 +31,7 @@ class Fmt(StrEnum):
     json = "json"
 
 
-SPACE_OPT = typer.Option("fbnet-cifar", "--space", "-s", help="fbnet-224, fbnet-cifar or fbnet-<res>[-w<width>]")
+SPACE_OPT = typer.Option("fbnet-cifar", "--space", "-s", help="fbnet-224, fbnet-cifar, fbnet-<res>[-w<width>], fbnetv2-224 or fbnetv2-cifar")
 FMT_OPT = typer.Option(Fmt.text, "--format", help="text or json")
 
 
