@@ -203,7 +203,7 @@ def upload(spool_dir: SpoolDir = None, *, service: Service):
     """Send results that an earlier call could not upload (the service was down)."""
     from device_agents.uploader import Uploader
 
-    up = Uploader(service.server, service.token, service.device, spool_dir, retries=service.retries)
+    up = Uploader.for_service(service, spool_dir)
     lines = up.flush_spool()
     _console().print("\n".join(lines) if lines else "nothing spooled")
 

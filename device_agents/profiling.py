@@ -119,8 +119,7 @@ class Profiler:
     @property
     def up(self) -> Uploader:
         if self._up is None:
-            sv = self.service
-            self._up = Uploader(sv.server, sv.token, sv.device, self.config.spool_dir, retries=sv.retries)
+            self._up = Uploader.for_service(self.service, self.config.spool_dir)
         return self._up
 
     # -- steps ------------------------------------------------------------------------------

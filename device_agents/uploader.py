@@ -75,6 +75,12 @@ class Uploader:
         self.service = ServiceClient(self.server, token, role="agent", timeout_s=timeout_s,
                                      retry=RetryPolicy(retries=retries, backoff_s=backoff_s))
 
+
+    @classmethod
+    def for_service(cls, service, spool_dir: str | Path | None = None) -> Uploader:
+        """The uploader of a :class:`device_agents.targets.Service` (its server, token, device, retries)."""
+        return cls(service.server, service.token, service.device, spool_dir, retries=service.retries)
+
     def close(self) -> None:
         self.service.close()
 

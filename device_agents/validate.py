@@ -343,8 +343,7 @@ class Validation:
         from fbnet.lut import predict
 
         report = self.report()
-        sv = self.service
-        up = Uploader(sv.server, sv.token, sv.device, retries=sv.retries)
+        up = Uploader.for_service(self.service)
         try:
             for label, a in self.labelled:
                 pred = predict(self.table, a, self.sp, pricing=self.config.pricing, statistic=self.config.statistic)

@@ -129,8 +129,7 @@ class V2Validation:
         report = ValidationReport(self.sp.name, self.service.device, self.target.transport.value, t.overhead_us,
                                   "corrected", f"table {t.version}", drift=drift, drift_adjusted=scale != 1.0,
                                   protocol=self.info.to_dict(), reference_ops=list(self.refs))
-        sv = self.service
-        up = Uploader(sv.server, sv.token, sv.device, retries=sv.retries)
+        up = Uploader.for_service(self.service)
         try:
             for label, a in self.labelled:
                 pred, r = self.preds[label], self.results[self.keys[label]]

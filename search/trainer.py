@@ -100,6 +100,16 @@ class RunOptions:
     table_configuration: dict | None = None
 
 
+def make_optimizers(cfg: SearchConfig, net, arch, w_steps: int, global_batch: int):
+    """The weights' SGD (lr scaled to the global batch unless given) with its cosine schedule over the
+    run, and theta's Adam: the same for the v1 and the v2 search."""
+    w_lr = cfg.w_lr if cfg.w_lr is not None else scaled_lr(global_batch)
+    w_opt = torch.optim.SGD(net.parameters(), lr=w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
+    w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs * w_steps)
+    t_opt = torch.optim.Adam(arch.parameters(), lr=cfg.theta_lr, weight_decay=cfg.theta_weight_decay)
+    return w_opt, w_sched, t_opt
+
+
 class Searcher:
     """One search: ``Searcher(cfg, space, lut, data, out).run()`` writes out/arch.json, history.csv,
     tb/ and checkpoint.pt and returns a :class:`SearchResult`."""
@@ -153,11 +163,8 @@ class Searcher:
         self.w_ds, self.t_ds = Subset(full, w_idx), Subset(full, t_idx)
         self.w_steps = math.ceil(len(self.w_ds) / self.env.world / cfg.batch_size)
         self.t_batch = cfg.theta_batch_size or cfg.batch_size
-        w_lr = cfg.w_lr if cfg.w_lr is not None else scaled_lr(cfg.batch_size * self.env.world)
-        self.w_opt = torch.optim.SGD(self.net.parameters(), lr=w_lr, momentum=cfg.w_momentum,
-                                     weight_decay=cfg.w_weight_decay)
-        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs * self.w_steps)
-        self.t_opt = torch.optim.Adam(self.arch.parameters(), lr=cfg.theta_lr, weight_decay=cfg.theta_weight_decay)
+        self.w_opt, self.w_sched, self.t_opt = make_optimizers(cfg, self.net, self.arch, self.w_steps,
+                                                               cfg.batch_size * self.env.world)
 
     # ---- checkpoint / resume -------------------------------------------------------------------
     @property

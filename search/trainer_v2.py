@@ -36,14 +36,14 @@ from torch.utils.data import Subset, TensorDataset
 from fbnet.arch_v2 import ArchV2
 from fbnet.archfile import ArchFile, write_arch_file
 from fbnet.space_v2 import SpaceV2, StageV2, WidthRange
-from search.config import SearchConfig, TrainError, scaled_lr
+from search.config import SearchConfig, TrainError
 from search.data import Dataset
 from search.dist import DistEnv, loader
 from search.history import EpochLog, no_progress
 from search.loss import fbnet_loss, target_loss
 from search.masking import MaskedSupernet, V2ArchParams
 from search.select_v2 import most_likely_within_v2
-from search.trainer import CHECKPOINT, RunOptions, split_indices
+from search.trainer import CHECKPOINT, RunOptions, make_optimizers, split_indices
 from search.v2_cost import COSTS, CostTables, arch_cost, cost_range, expected_cost
 
 KINDS = ("resolution", "stem", "blocks", "widths", "expansions", "head")
@@ -147,11 +147,7 @@ class V2Searcher:
         self.w_ds, self.t_ds = Subset(full, w_idx), Subset(full, t_idx)
         self.w_steps = math.ceil(len(self.w_ds) / cfg.batch_size)
         self.t_batch = cfg.theta_batch_size or cfg.batch_size
-        w_lr = cfg.w_lr if cfg.w_lr is not None else scaled_lr(cfg.batch_size)
-        self.w_opt = torch.optim.SGD(self.net.parameters(), lr=w_lr, momentum=cfg.w_momentum,
-                                     weight_decay=cfg.w_weight_decay)
-        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs * self.w_steps)
-        self.t_opt = torch.optim.Adam(self.arch.parameters(), lr=cfg.theta_lr, weight_decay=cfg.theta_weight_decay)
+        self.w_opt, self.w_sched, self.t_opt = make_optimizers(cfg, self.net, self.arch, self.w_steps, cfg.batch_size)
 
     # ---- checkpoint / resume -------------------------------------------------------------------
     @property
