@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from doubles.support import run_temp
 
 from profiler_server.launcher import LocalServer, free_port  # noqa: F401 (free_port: tests import it from here)
 
@@ -136,7 +137,7 @@ def session_export_cache(tmp_path_factory) -> Path:
     """One export cache for the whole test run (``doubles.support.export_cache`` fills it): an agent run
     without ``--cache-dir`` (and the agents the tests start as processes) use it too, never ~/.cache,
     so every test run starts cold, as CI does, and exports each program once."""
-    cache = tmp_path_factory.getbasetemp() / "agent-exports"
+    cache = run_temp(tmp_path_factory) / "agent-exports"
     old = os.environ.get("FBNET_AGENT_CACHE")
     os.environ["FBNET_AGENT_CACHE"] = str(cache)
     yield cache

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from doubles.support import QUICK, SPACE, measured, run_agent, runs, table, use_doubles
+from doubles.support import QUICK, SPACE, measured, run_agent, run_temp, runs, table, use_doubles
 
 IOS_OPS = ["skip-16x32x32-24-s1", "fc-1504-10"]
 UDID = "00008110-000A1B2C3D4E5F60"
@@ -17,7 +17,7 @@ def ml_cache(tmp_path_factory):
     from device_agents.exporters import export_space
     from fbnet.space import get_space
 
-    cache = tmp_path_factory.getbasetemp() / "agent-exports"
+    cache = run_temp(tmp_path_factory) / "agent-exports"
     sp = get_space(SPACE)
     export_space(sp, "mlpackage", cache, ops=[sp.op_by_key[k] for k in IOS_OPS], jobs=1, overheads=True)
     return cache

@@ -20,12 +20,20 @@ ADB_OPS = ["k3_e1-16x32x32-16-s1", "skip-16x32x32-24-s1"]
 QUICK = ["--warmup", "2", "--repeats", "5", "--rounds", "2"]
 
 
+def run_temp(tmp_path_factory) -> Path:
+    """The test run's temporary folder, shared by all pytest-xdist workers (each worker's own basetemp
+    is a ``popen-gwN`` folder inside it): what is cached there is made once per run, not per worker."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def export_cache(tmp_path_factory, fmt: str = "pte", keys=HOST_OPS) -> Path:
-    """One export cache for the whole test run (cached files make later calls free)."""
+    """One export cache for the whole test run (cached files make later calls free; the exporter writes
+    each program atomically, so two workers exporting the same op at once leave one good file)."""
     from device_agents.exporters import export_space
     from fbnet.space import get_space
 
-    cache = tmp_path_factory.getbasetemp() / "agent-exports"
+    cache = run_temp(tmp_path_factory) / "agent-exports"
     sp = get_space(SPACE)
     export_space(sp, fmt, cache, ops=[sp.op_by_key[k] for k in keys], jobs=1, overheads=True)
     return cache
