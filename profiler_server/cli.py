@@ -84,13 +84,16 @@ def serve(
 
     if db:
         os.environ["FBNET_DB_URL"] = db  # workers are fresh processes: the environment carries it
+    from profiler_server.transport import uvicorn_limits
+
+    settings = _settings(db)  # the transport limits: header timeout, connections, backlog, keep-alive
     if workers > 1:
         _serve_workers(uvicorn.Config("profiler_server.app:create_app", factory=True, host=host, port=port,
-                                      workers=workers, log_level=log_level))
+                                      workers=workers, log_level=log_level, **uvicorn_limits(settings)))
     else:
         from profiler_server.app import create_app
 
-        uvicorn.run(create_app(_settings(db)), host=host, port=port, log_level=log_level)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, **uvicorn_limits(settings))
 
 
 @app.command("create-device")

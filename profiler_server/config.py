@@ -37,6 +37,22 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(default=2, ge=1)
     # Concurrent plot renderings per process (CPU-heavy; the table route must not starve behind them).
     plot_concurrency: int = Field(default=2, ge=1)
+    # Transport (uvicorn): a connection must deliver a whole request head (request line and headers)
+    # within this many seconds of opening, or of the first byte of its next request; else 408 and closed.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # A request body must arrive within this many seconds of its head (408 otherwise).
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    # Open connections per process (idle kept-alive ones count too); a request above it gets 503 and
+    # its connection is closed (uvicorn's limit_concurrency).
+    max_connections: int = Field(default=1000, ge=1)
+    # The listening socket's queue of not-yet-accepted connections (listen(2) backlog).
+    backlog: int = Field(default=1024, ge=1)
+    # A kept-alive connection with no request in progress is closed after this many seconds.
+    keep_alive_s: int = Field(default=5, ge=1)
+    # Admission: requests handled at once per process; a request waits at most admission_wait_s for a
+    # slot, then is answered 503 + Retry-After (overload is refused quickly instead of queued).
+    max_inflight: int = Field(default=32, ge=1)
+    admission_wait_s: float = Field(default=0.25, ge=0)
 
     def resolved_db_url(self) -> str:
         return self.db_url or default_db_url()

@@ -10,6 +10,14 @@ For every HTTP request, before any route runs or any body is parsed:
    the body is read here, counted chunk by chunk, and replayed to the route.
 
 A database that is busy or down answers 503 with ``Retry-After`` (never 500).
+
+Before all of that, admission: at most ``FBNET_MAX_INFLIGHT`` requests are handled at once per
+process, and a request waits at most ``FBNET_ADMISSION_WAIT_S`` for a slot; beyond that it is answered
+503 with ``Retry-After`` at once, without touching a worker thread or the database. Without this an
+overload queued without bound in front of the worker threads (the database pool matches the thread
+count, so its timeout never fired): every request got slower, none was refused. ``/healthz`` has a
+small lane of its own, so that a health check is answered while the main lane is full and a flood of
+health checks cannot take the slots of real requests.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 
+import anyio
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
@@ -31,6 +40,35 @@ WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BUSY = (OperationalError, PoolTimeout)
 
 
+HEALTH_PATH = "/healthz"
+HEALTH_LANE = 4  # /healthz requests handled at once (their own lane)
+
+
+class Admission:
+    """At most ``limit`` requests at once; one waits at most ``wait_s`` seconds (FIFO) for a slot."""
+
+    def __init__(self, limit: int, wait_s: float):
+        self.limit, self.wait_s = limit, wait_s
+        self._slots: anyio.Semaphore | None = None  # made on first use, inside the event loop
+
+    async def enter(self) -> bool:
+        """Take a slot; ``False`` when none came free within ``wait_s``."""
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self.limit)
+        try:
+            self._slots.acquire_nowait()
+            return True
+        except anyio.WouldBlock:
+            pass
+        with anyio.move_on_after(self.wait_s):
+            await self._slots.acquire()
+            return True
+        return False
+
+    def leave(self) -> None:
+        self._slots.release()
+
+
 def busy_response_headers(settings: Settings) -> dict[str, str]:
     return {"Retry-After": str(settings.retry_after_s)}
 
@@ -39,7 +77,7 @@ async def send_json(send: Send, status: int, detail, headers: dict[str, str] | N
     body = json.dumps({"detail": detail}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    if status in (401, 413):
+    if status in (401, 408, 413) and "Connection" not in (headers or {}):
         raw.append((b"connection", b"close"))  # the unread body is not worth keeping the connection
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
@@ -58,11 +96,27 @@ class Guard:
     def __init__(self, app: ASGIApp, settings: Settings):
         self.app = app
         self.settings = settings
+        self.admission = Admission(settings.max_inflight, settings.admission_wait_s)
+        self.health_lane = Admission(HEALTH_LANE, settings.admission_wait_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        lane = self.health_lane if scope["path"] == HEALTH_PATH else self.admission
+        if not await lane.enter():
+            headers = busy_response_headers(self.settings)
+            if scope["method"] in WRITES:
+                headers["Connection"] = "close"  # its body is not read
+            await send_json(send, 503, f"overloaded: more than {lane.limit} requests in progress; retry after "
+                                       "the Retry-After delay", headers)
+            return
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            lane.leave()
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         try:
             caller = await self._identify(scope, headers.get(b"authorization", b"").decode("latin-1"))
@@ -115,17 +169,19 @@ class Guard:
         """The whole body, counted chunk by chunk; ``None`` when the client went away."""
         limit = self.settings.max_body_bytes
         chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                raise _Refused(413, f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        with anyio.move_on_after(self.settings.body_timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limit:
+                    raise _Refused(413, f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        raise _Refused(408, f"request body not received within {self.settings.body_timeout_s:g} s")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
