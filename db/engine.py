@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_POOL = 16  # the service passes its worker-thread count
@@ -14,6 +16,20 @@ DEFAULT_SQLITE_CACHE_KIB = 256  # per connection (SQLite's own default: 2000)
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+def create_private_sqlite_file(url: str) -> None:
+    """Create the SQLite file of ``url`` readable by its owner only (0600) when it does not exist yet
+    (SQLite would create it 0644 under the usual umask; it holds token hashes and private provenance).
+    SQLite gives the ``-wal`` and ``-shm`` files it makes beside it the database file's mode. An existing
+    file keeps its mode."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError:  # created meanwhile by another process, or a folder SQLite will report itself
+        pass
 
 
 def make_engine(url: str, *, immediate: bool = False, pool_size: int = DEFAULT_POOL,
@@ -41,6 +57,7 @@ def make_engine(url: str, *, immediate: bool = False, pool_size: int = DEFAULT_P
 
         return engine
     busy_ms = int(wait_s * 1000)
+    create_private_sqlite_file(url)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": wait_s}, **pool)
 
     @event.listens_for(engine, "connect")

@@ -212,7 +212,9 @@ _BASE = {
         description="32x32 input, the HW-NAS-Bench CIFAR layout, 10 classes",
     ),
 }
-_DERIVED = re.compile(r"^fbnet-(?P<res>\d+)(?:-w(?P<mult>\d+(?:\.\d+)?))?$")
+# ASCII digits only, a few of them (int() of thousands of digits raises; \d takes other scripts' digits)
+_DERIVED = re.compile(r"fbnet-(?P<res>[0-9]{1,5})(?:-w(?P<mult>[0-9]{1,3}(?:\.[0-9]{1,6})?))?", re.ASCII)
+MAX_NAME = 64  # characters of a space name
 
 
 class SpaceError(ValueError):
@@ -224,7 +226,9 @@ def get_space(name: str) -> Space:
     from ``fbnet-224`` (e.g. ``fbnet-96-w0.35``, the paper's 96-pixel 0.35-width model)."""
     if name in _BASE:
         return Space(name=name, **_BASE[name])
-    m = _DERIVED.match(name)
+    if len(name) > MAX_NAME:
+        raise SpaceError(f"unknown space {name[:24]!r}... ({len(name)} characters; a space name has at most {MAX_NAME})")
+    m = _DERIVED.fullmatch(name)
     if not m:
         raise SpaceError(f"unknown space {name!r}: use {', '.join(_BASE)} or fbnet-<resolution>[-w<width>]")
     res = int(m["res"])

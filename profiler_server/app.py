@@ -23,7 +23,7 @@ from profiler_server import __version__
 from profiler_server.config import Settings
 from profiler_server.domain.grid import cached_grid_table
 from profiler_server.domain.tables import TableCache
-from profiler_server.errors import DomainError
+from profiler_server.errors import CONFLICT_DETAIL, DomainError, validation_errors
 from profiler_server.middleware import BUSY, Guard, busy_response_headers
 from profiler_server.plots import PlotCache
 from profiler_server.routes import compare, devices, health, plans, plots, runs, spaces, tables, validations
@@ -119,11 +119,12 @@ def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(validation_errors(exc.errors())))}, status_code=422)
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_: Request, exc: IntegrityError):
-        return JSONResponse({"detail": f"conflict with stored data: {exc.orig}"}, status_code=409)
+        log.warning("conflict with stored data (answered 409): %s", exc.orig)
+        return JSONResponse({"detail": CONFLICT_DETAIL}, status_code=409)
 
     async def _db_busy(_: Request, exc: Exception):
         log.error("database busy or down: %s", exc)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from db.models import Device, DeviceToken
 from profiler_server.config import Settings
-from profiler_server.errors import Forbidden, Unauthorized
+from profiler_server.errors import DomainError, Forbidden, Unauthorized
+from profiler_server.privacy import public
 
 
 def new_token() -> str:
@@ -87,20 +93,71 @@ def require_reader(caller: Caller, settings: Settings) -> None:
     raise Unauthorized("this server requires a token to read (Authorization: Bearer <token>)")
 
 
-# provenance that identifies a unit or a person (serials, UDIDs, host and device names): shown
-# only to the admin and to the device's own token
+# provenance that identifies a unit or a person (serials, UDIDs, host and device names): the device's
+# page lists these apart for the callers that see them. What others see is decided by an allow-list
+# (profiler_server.privacy), not by this list.
 PRIVATE_EXTRA = frozenset({"device_name", "serial", "udid", "hostname", "host"})
 
 
 def redact(value):
-    """``value`` without private keys at any depth (a serial nested in ``{"adb": {...}}`` too)."""
-    if isinstance(value, dict):
-        return {k: redact(v) for k, v in value.items() if k not in PRIVATE_EXTRA}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
+    """``value`` as anonymous readers and other devices see it: only the public keys, at any depth."""
+    return public(value)
 
 
 def sees_private(caller: Caller | None, device_id: int) -> bool:
     """Whether the caller may see a device's serials and host names (the admin, or the device's own token)."""
     return caller is not None and (caller.is_admin or (caller.kind == "device" and caller.device_id == device_id))
+
+
+class TooManyFailures(DomainError):
+    status_code = 429
+
+    def __init__(self, retry_after_s: int):
+        super().__init__(f"too many invalid tokens from this address; retry after {retry_after_s} s")
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class FailedTokens:
+    """Invalid tokens per client address in a sliding window: once an address has ``limit`` failures
+    within ``window_s``, its requests with a token are refused (429 + Retry-After) without a lookup
+    until the oldest failure leaves the window. In memory, per process, and bounded: at most
+    ``max_clients`` addresses (the least recently failed are forgotten) of ``limit`` timestamps each."""
+
+    def __init__(self, limit: int, window_s: float, max_clients: int = 4096):
+        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
+        self._fails: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str, now: float | None = None) -> int | None:
+        """Seconds until ``client`` may try a token again; ``None`` when it may now."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            fails = self._fails.get(client)
+            if fails is None or len(fails) < self.limit:
+                return None
+            wait = fails[0] + self.window_s - now
+            if wait <= 0:
+                return None
+            return max(1, math.ceil(wait))
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            fails = self._fails.pop(client, None) or deque(maxlen=self.limit)
+            while fails and fails[0] <= now - self.window_s:
+                fails.popleft()
+            fails.append(now)
+            self._fails[client] = fails  # the most recent at the end
+            while len(self._fails) > self.max_clients:
+                self._fails.popitem(last=False)
+
+    async def identify(self, client: str, lookup: Callable[[], Awaitable[Caller]]) -> Caller:
+        """``await lookup()`` (which identifies the caller of a request with a token) unless ``client``
+        is over the limit (:class:`TooManyFailures`); an invalid token counts against it."""
+        if (wait := self.retry_after(client)) is not None:
+            raise TooManyFailures(wait)
+        try:
+            return await lookup()
+        except Unauthorized:
+            self.failed(client)
+            raise

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from profiler_server.errors import DomainError
+
 MiB = 1024 * 1024
+MIN_ADMIN_TOKEN = 32  # characters: secrets.token_urlsafe(24) and longer
+
+
+class SettingsError(DomainError):
+    """A setting the service must not start with (the CLI prints it as one line; it names no secret)."""
 
 
 def default_db_url() -> str:
@@ -53,6 +60,33 @@ class Settings(BaseSettings):
     # slot, then is answered 503 + Retry-After (overload is refused quickly instead of queued).
     max_inflight: int = Field(default=32, ge=1)
     admission_wait_s: float = Field(default=0.25, ge=0)
+
+    # Failed tokens: after this many from one client address within auth_fail_window_s, its requests
+    # with a token are answered 429 + Retry-After without a lookup until the window has passed.
+    auth_fail_limit: int = Field(default=20, ge=1)
+    auth_fail_window_s: float = Field(default=60.0, gt=0)
+
+    # pydantic only wraps ValueError in its ValidationError (which would print the value it refused):
+    # SettingsError passes through, one line, no secret in it
+    @field_validator("admin_token", "read_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, v):
+        """``FBNET_READ_TOKEN=`` (docker-compose's ``${FBNET_READ_TOKEN:-}``) or blanks mean no token."""
+        if isinstance(v, SecretStr):
+            v = v.get_secret_value()
+        if isinstance(v, str):
+            v = v.strip()  # the header's token is read stripped too
+            return v or None
+        return v
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, v: SecretStr | None):
+        if v is not None and len(v.get_secret_value()) < MIN_ADMIN_TOKEN:
+            raise SettingsError(
+                f"FBNET_ADMIN_TOKEN has {len(v.get_secret_value())} characters; it needs at least {MIN_ADMIN_TOKEN} "
+                "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        return v
 
     def resolved_db_url(self) -> str:
         return self.db_url or default_db_url()

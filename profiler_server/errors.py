@@ -29,3 +29,14 @@ class Unauthorized(DomainError):
 
 class Forbidden(DomainError):
     status_code = 403
+
+
+# What a request that meets a stored row's constraint is told (409). The driver's message stays in the
+# log: on PostgreSQL it quotes the key values of the row it met.
+CONFLICT_DETAIL = "conflict with stored data (another request stored the same item at the same time); retry"
+
+
+def validation_errors(errors: list[dict]) -> list[dict]:
+    """Request validation errors without the ``input`` each carries: a 422 names the field and the
+    problem, it does not send the request's body (tokens, serials) back."""
+    return [{k: v for k, v in e.items() if k != "input"} for e in errors]

@@ -31,7 +31,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from profiler_server.auth import ANONYMOUS, identify
+from profiler_server.auth import ANONYMOUS, FailedTokens, identify
 from profiler_server.config import Settings
 from profiler_server.errors import DomainError
 
@@ -98,6 +98,7 @@ class Guard:
         self.settings = settings
         self.admission = Admission(settings.max_inflight, settings.admission_wait_s)
         self.health_lane = Admission(HEALTH_LANE, settings.admission_wait_s)
+        self.failed_tokens = FailedTokens(settings.auth_fail_limit, settings.auth_fail_window_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -146,10 +147,11 @@ class Guard:
                 return identify(s, self.settings, authorization)
 
         try:
-            return await run_in_threadpool(lookup)
+            client = (scope.get("client") or ("unknown",))[0]
+            return await self.failed_tokens.identify(client, lambda: run_in_threadpool(lookup))
         except DomainError as e:
-            raise _Refused(e.status_code, e.detail,
-                           {"WWW-Authenticate": "Bearer"} if e.status_code == 401 else None) from None
+            headers = {"WWW-Authenticate": "Bearer"} if e.status_code == 401 else getattr(e, "headers", None)
+            raise _Refused(e.status_code, e.detail, headers) from None
         except BUSY as e:
             log.error("database busy or down: %s", e)
             raise _Refused(503, "database busy or unavailable; retry after the Retry-After delay",

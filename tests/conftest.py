@@ -19,7 +19,7 @@ from doubles.support import run_temp
 
 from profiler_server.launcher import LocalServer, free_port  # noqa: F401 (free_port: tests import it from here)
 
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = "test-admin-token-of-at-least-32-characters"
 PG_URL = os.environ.get("FBNET_TEST_PG_URL")
 ENGINES = ["sqlite"] + (["postgresql"] if PG_URL else [])
 REPO = Path(__file__).resolve().parent.parent

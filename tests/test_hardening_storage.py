@@ -6,13 +6,27 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
+import httpx
 import pytest
+from conftest import REPO, start_server
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from db.backup import backup_sqlite
+from fbnet.space import get_space
+
+RUN = {"space": "fbnet-cifar", "agent_version": "1", "runtime": "x", "runtime_version": "1"}
+MEASURED = [{"key": "fc-1504-10", "n": 1, "median_us": 5.0, "mean_us": 5.0, "std_us": 0.0, "min_us": 5.0,
+             "p10_us": 5.0, "p90_us": 5.0}]
+ARCH = ["k3_e1"] * 22
 
 
 def _big_wal_database(path: Path, mib: int) -> None:
@@ -103,3 +117,195 @@ def test_backup_is_fsynced_before_it_replaces_the_target_and_a_failed_one_leaves
         backup_sqlite(f"sqlite:///{bad}", target)
     assert target.read_bytes() == b"the previous backup"
     assert not [p.name for p in tmp_path.iterdir() if ".partial" in p.name or p.name.endswith("-journal")]
+
+
+# ---- a server as docker-compose starts it: FBNET_READ_TOKEN present and empty ---------------------------
+
+
+@pytest.fixture(scope="module")
+def compose_server(tmp_path_factory):
+    """``FBNET_READ_TOKEN: ${FBNET_READ_TOKEN:-}`` with the variable unset on the host: present, empty."""
+    server, cleanup = start_server("sqlite", tmp_path_factory.mktemp("compose"), extra_env={"FBNET_READ_TOKEN": ""})
+    yield server
+    cleanup()
+
+
+def _finished_run(server, token: str, **body) -> int:
+    with server.client(token) as c:
+        rid = c.post("/runs", json={**RUN, **body}).json()["id"]
+        assert c.post(f"/runs/{rid}/measurements", json={"measurements": MEASURED}).status_code == 200
+        assert c.post(f"/runs/{rid}/finish", json={}).status_code == 200
+    return rid
+
+
+def test_an_empty_read_token_means_anonymous_reads_work(compose_server, monkeypatch):
+    name = compose_server.unique("open")
+    _finished_run(compose_server, compose_server.create_device(name))
+    for path in ("/devices", f"/devices/{name}", "/spaces", f"/tables/{name}?space=fbnet-cifar",
+                 f"/runs?device={name}", f"/ui/devices/{name}"):
+        r = httpx.get(compose_server.url + path, timeout=30)
+        assert r.status_code == 200, (path, r.status_code, r.text[:200])
+    table = httpx.get(f"{compose_server.url}/tables/{name}?space=fbnet-cifar").json()
+    assert {e["key"]: e["latency_us"] for e in table["entries"]}["fc-1504-10"] == 5.0
+    from profiler_server.config import Settings
+
+    for blank in ("", "   ", "\t"):
+        monkeypatch.setenv("FBNET_READ_TOKEN", blank)
+        monkeypatch.setenv("FBNET_ADMIN_TOKEN", blank)
+        s = Settings()
+        assert s.read_token is None and s.admin_token is None
+    monkeypatch.setenv("FBNET_READ_TOKEN", " reader ")  # the header's token is read stripped: so is this one
+    assert Settings().read_token.get_secret_value() == "reader"
+
+
+ODD_NAMES = ["fbnet-" + "9" * 5000, "fbnet-96-w" + "1" * 5000, "fbnet-" + "1" * 4299, "fbnet-" + "0" * 4400 + "96",
+             "fbnet-\u0669\u0666", "fbnet-96\n", "fbnet-96-w0." + "5" * 400, "x" * 6000, "fbnet-1e309",
+             "fbnet-96-winf", "fbnet-96-wnan", "fbnet--1", "\x00", "fbnet-\ufeff96"]
+
+
+def _assert_4xx_json(r: httpx.Response, what: str) -> None:
+    assert 400 <= r.status_code < 500, (what[:60], r.status_code, r.text[:200])
+    assert isinstance(r.json()["detail"], str | list), r.text[:200]
+    assert len(r.content) < 4096, (what[:60], len(r.content))  # the error does not send the huge name back
+
+
+def _three_routes(server, device: str, token: str, name: str) -> None:
+    with server.client(token) as c:
+        r = c.get(f"/spaces/{quote(name, safe='')}")
+        if "/" in name or name in (".", ".."):  # another route (or a redirect) once the path is normalised
+            assert r.status_code < 500, (name, r.status_code)
+        else:
+            _assert_4xx_json(r, name)
+        _assert_4xx_json(c.get(f"/tables/{device}", params={"space": name}), name)
+        _assert_4xx_json(c.post("/runs", json={**RUN, "space": name}), name)
+
+
+@pytest.fixture(scope="module")
+def space_target(compose_server):
+    name = compose_server.unique("space")
+    token = compose_server.create_device(name)
+    _finished_run(compose_server, token)
+    return name, token
+
+
+def test_huge_or_odd_space_names_are_a_clean_4xx_on_every_route(compose_server, space_target):
+    device, token = space_target
+    for name in ODD_NAMES:
+        _three_routes(compose_server, device, token, name)
+    log = compose_server.log()
+    assert "Traceback" not in log and "unhandled error" not in log, log[-2000:]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.one_of(st.from_regex(r"fbnet-[0-9]{0,6000}(-w[0-9.]{0,3000})?", fullmatch=True),
+                      st.text(min_size=1, max_size=300).filter(lambda n: n not in ("fbnet-224", "fbnet-cifar"))))
+def test_generated_space_names_never_give_a_5xx(compose_server, space_target, name):
+    try:
+        get_space(name)  # a name that IS a space is not what this test is about
+        return
+    except ValueError:
+        pass
+    _three_routes(compose_server, *space_target, name)
+    assert "Traceback" not in compose_server.log()
+
+
+# ---- private fields: an allow-list at every depth ---------------------------------------------------------
+
+META = {"model": "Pixel 3", "lab": "rack 3", "owner": "SER-Ann", "adb": {"serial": "SER-M1", "port": 5555},
+        "units": [{"udid": "SER-M2", "slot": 1}]}
+RUN_EXTRA = {"abi": "arm64-v8a", "nested": {"serial": "SER-R1"}, "runner": {"version": "1.2", "board_id": "SER-R2"},
+             "protocol": {"spread": 0.01, "settle": [{"rounds": 2, "tau": 0.9, "owner": "SER-R3"}]},
+             "max_freqs_mhz": {"cpu0": 1800.0, "SER-R4 key": "SER-R5"}, "exporter": {"torch": "2.5"}}
+VALIDATION_EXTRA = {"drift": 1.01, "nested": {"serial": "SER-V1"}, "configuration": {"threads": 4, "host": "SER-V2"},
+                    "sources": {"measured": 22, "who": "SER-V3"}}
+
+
+def test_the_allow_list_covers_what_the_agents_upload():
+    """Every key the agents' own structures put in ``extra`` is public: a new one fails here until it is
+    added to profiler_server.privacy (or named private on purpose)."""
+    from device_agents.protocol import ProtocolConfig, ProtocolInfo
+    from fbnet.configuration import Configuration
+    from profiler_server.privacy import PUBLIC_KEYS, public
+
+    info = ProtocolInfo()
+    info.settle.append({"rounds": 2, "tau": 0.5})
+    samples = [ProtocolConfig().model_dump(), info.to_dict(), Configuration(precision="fp32", runtime="x",
+                                                                            runtime_version="1").model_dump()]
+    for d in samples:
+        assert public(d) == d, set(d) - PUBLIC_KEYS
+
+
+# ---- admin tokens of at least 32 characters; failed tokens limited per address ----------------------------
+
+
+def test_a_short_admin_token_stops_the_server_at_start_with_one_line(tmp_path):
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "FBNET_ADMIN_TOKEN": "short-secret-x"}
+    out = subprocess.run([sys.executable, "-m", "profiler_server.cli", "serve", "--db", f"sqlite:///{tmp_path}/f.db",
+                          "--port", "1"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "FBNET_ADMIN_TOKEN" in lines[0] and "at least 32" in lines[0] and "short-secret-x" not in out.stderr
+    assert not (tmp_path / "f.db").exists()  # refused before anything was opened
+
+
+def test_failed_tokens_from_one_address_are_answered_429_for_a_while(tmp_path):
+    server, cleanup = start_server("sqlite", tmp_path / "s", extra_env={"FBNET_AUTH_FAIL_LIMIT": "3",
+                                                                       "FBNET_AUTH_FAIL_WINDOW_S": "2"})
+    try:
+        token = server.create_device("limited")
+        with server.client("not-a-token") as bad, server.client(token) as good, server.client() as anon:
+            assert [bad.get("/devices").status_code for _ in range(3)] == [401] * 3
+            r = bad.get("/devices")
+            assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 2, (r.status_code, r.headers)
+            assert "too many invalid tokens" in r.json()["detail"]
+            assert good.get("/devices").status_code == 429  # no lookup at all while the address is refused
+            assert anon.get("/devices").status_code == 200  # anonymous reads carry no token: not limited
+            time.sleep(int(r.headers["Retry-After"]) + 0.2)
+            assert good.get("/devices").status_code == 200
+            assert bad.get("/devices").status_code == 401  # one failure left in a fresh window, not a block
+    finally:
+        cleanup()
+
+
+# ---- errors: no driver messages, no echoed bodies; the database file is the owner's -----------------------
+
+
+def test_422_names_the_field_without_sending_the_body_back(compose_server, space_target):
+    _, token = space_target
+    with compose_server.client(token) as c:
+        for body, field in (({**RUN, "threads": "SECRET-422-A", "host": "SECRET-422-B"}, "threads"),  # a wrong type
+                            ({"host": "SECRET-422-C", "extra": {"serial": "SECRET-422-D"}}, "space")):  # missing
+            r = c.post("/runs", json=body)
+            assert r.status_code == 422 and "SECRET-422" not in r.text, r.text
+            assert all("msg" in e and "input" not in e for e in r.json()["detail"]), r.text
+            assert field in {e["loc"][-1] for e in r.json()["detail"]}, r.text
+
+
+def test_the_sqlite_file_and_its_wal_are_readable_by_the_owner_only(compose_server):
+    path = Path(compose_server.db_url.removeprefix("sqlite:///"))
+    files = [p for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")) if p.exists()]
+    assert len(files) == 3, files
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o600" for p in files}
+
+
+@pytest.mark.pg  # the driver's message is the engine's: PostgreSQL quotes the key values
+def test_a_constraint_conflict_answers_a_generic_409(engine, tmp_path):
+    server, cleanup = start_server(engine, tmp_path / "s")
+    try:
+        details = []
+        for i in range(6):  # racing registrations of one name: on PostgreSQL some meet the unique index
+            name = f"race-dev-{i}"
+            with ThreadPoolExecutor(8) as pool, server.admin as c:
+                got = list(pool.map(lambda _, n=name: c.post("/devices", json={"name": n, "platform": "linux",
+                                                                               "runtime": "x"}), range(8)))
+            assert sorted(r.status_code for r in got) == [201] + [409] * 7, [r.text for r in got]
+            details += [r.json()["detail"] for r in got if r.status_code == 409]
+        assert not [d for d in details if "race-dev" in d and "already exists" not in d], set(details)
+        assert not [d for d in details if "Key (" in d or "constraint" in d.lower() or "duplicate" in d], set(details)
+        if engine == "postgresql":  # the race did reach the handler: its message, the driver's text in the log
+            from profiler_server.errors import CONFLICT_DETAIL
+
+            assert CONFLICT_DETAIL in details, set(details)
+            assert "Key (name)=(race-dev-" in server.log()
+    finally:
+        cleanup()
