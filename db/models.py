@@ -236,7 +236,10 @@ class Validation(Base):
     """A whole architecture measured on the device against the table's prediction."""
 
     __tablename__ = "validations"
-    __table_args__ = (Index("ix_validations_device_space", "device_id", "space_id"),)
+    __table_args__ = (
+        Index("ix_validations_device_space", "device_id", "space_id"),
+        UniqueConstraint("device_id", "idempotency_key", name="uq_validations_device_idempotency_key"),
+    )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
@@ -251,6 +254,10 @@ class Validation(Base):
     label: Mapped[str | None] = mapped_column(String(128))
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # the client's Idempotency-Key: a retried POST /validations with the same key (and the same body,
+    # whose SHA-256 is kept beside it) answers this row instead of storing the validation twice
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class PlanBatch(Base):
