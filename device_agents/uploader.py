@@ -84,8 +84,10 @@ class Uploader:
     def close(self) -> None:
         self.service.close()
 
-    def post_validation(self, v: ValidationCreate) -> ValidationOut:
-        return self.service.post_validation(v)
+    def post_validation(self, v: ValidationCreate, idempotency_key: str | None = None) -> ValidationOut:
+        """Upload one validation under one ``Idempotency-Key`` (new unless given) that every retry of the
+        service client repeats: a POST retried after a timeout is stored once."""
+        return self.service.post_validation(v, idempotency_key or uuid.uuid4().hex)
 
     # -- runs -----------------------------------------------------------------------------
     def _dir(self) -> Path:

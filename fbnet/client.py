@@ -17,8 +17,9 @@ import json
 import os
 import re
 import time
+import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,9 @@ from fbnet.io import atomic_write
 from fbnet.lut import TableError, load_table_file, parse_table
 from fbnet.space_v2 import is_v2_space
 from fbnet.wire import (
+    MAX_PAGE_LIMIT,
     BatchResult,
+    DeviceOut,
     GridTable,
     Health,
     MeasurementBatch,
@@ -46,6 +49,7 @@ from fbnet.wire import (
     Table,
     ValidationCreate,
     ValidationOut,
+    ValidationSummary,
 )
 
 DEFAULT_CACHE_DIR = Path(".fbnet-cache")
@@ -266,16 +270,51 @@ class ServiceClient:
     def get_run(self, run_id: int) -> RunOut:
         return RunOut.model_validate(self.request("GET", f"/runs/{run_id}").json())
 
-    def runs(self, device: str | None = None, space: str | None = None) -> list[RunOut]:
-        params = {k: v for k, v in (("device", device), ("space", space)) if v is not None}
-        return [RunOut.model_validate(x) for x in self.request("GET", "/runs", params=params).json()]
+    # -- lists: every page, following ``next`` --------------------------------------------------
+    def pages(self, url: str, params: Mapping | None = None, limit: int = MAX_PAGE_LIMIT) -> Iterator[dict]:
+        """Every page of a list route (``GET /runs``, ``/devices``, ``/validations/{d}``,
+        ``/runs/{id}/measurements``): each answer's ``next`` is sent back as ``cursor`` until it is null."""
+        params, seen = {**(params or {}), "limit": limit}, set()
+        while True:
+            page = self.request("GET", url, params=params).json()
+            yield page
+            cursor = page.get("next")
+            if cursor is None:
+                return
+            if cursor in seen:  # a server that hands the same cursor back would loop forever
+                raise ServiceError(f"GET {url} answered the cursor {cursor!r} twice: the pages do not advance")
+            seen.add(cursor)
+            params["cursor"] = cursor
 
-    def run_measurements(self, run_id: int) -> RunMeasurements:
-        return RunMeasurements.model_validate(self.request("GET", f"/runs/{run_id}/measurements").json())
+    def runs(self, device: str | None = None, space: str | None = None) -> list[RunOut]:
+        """Every run (of ``device``, in ``space``), oldest first, through all pages of ``GET /runs``."""
+        params = {k: v for k, v in (("device", device), ("space", space)) if v is not None}
+        return [RunOut.model_validate(x) for page in self.pages("/runs", params) for x in page["runs"]]
+
+    def run_measurements(self, run_id: int, *, samples: bool = False) -> RunMeasurements:
+        """Every measurement of the run (through all pages; the raw samples only with ``samples``)."""
+        pages = list(self.pages(f"/runs/{run_id}/measurements", {"samples": "true"} if samples else {}))
+        ms = [m for p in pages for m in p["measurements"]]
+        return RunMeasurements.model_validate({**pages[0], "measurements": ms, "keys": [m["key"] for m in ms],
+                                               "next": None})
+
+    def devices(self) -> list[DeviceOut]:
+        """Every device, by name, through all pages of ``GET /devices``."""
+        return [DeviceOut.model_validate(x) for page in self.pages("/devices") for x in page["devices"]]
 
     # -- validations, health -----------------------------------------------------------------
-    def post_validation(self, v: ValidationCreate) -> ValidationOut:
-        return ValidationOut.model_validate(self.request("POST", "/validations", json=_body(v)).json())
+    def post_validation(self, v: ValidationCreate, idempotency_key: str | None = None) -> ValidationOut:
+        """``POST /validations`` with an ``Idempotency-Key`` (a new one unless given), the same on every
+        retry: a try whose answer was lost (a timeout) is not stored twice."""
+        key = idempotency_key or uuid.uuid4().hex
+        r = self.request("POST", "/validations", json=_body(v), headers={"Idempotency-Key": key})
+        return ValidationOut.model_validate(r.json())
+
+    def validations(self, device: str, space: str) -> ValidationSummary:
+        """The summary of the device's validations in ``space`` with every validation (all pages)."""
+        pages = list(self.pages(f"/validations/{quote(device, safe='')}", {"space": space}))
+        vs = [v for p in pages for v in p["validations"]]
+        return ValidationSummary.model_validate({**pages[0], "validations": vs, "next": None})
 
     def health(self) -> Health:
         return Health.model_validate(self.request("GET", "/healthz").json())

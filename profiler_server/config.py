@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(default=2, ge=1)
     # Concurrent plot renderings per process (CPU-heavy; the table route must not starve behind them).
     plot_concurrency: int = Field(default=2, ge=1)
+    # How long a plot request waits for a rendering slot before it answers 503 with Retry-After.
+    plot_wait_s: float = Field(default=5.0, gt=0)
+    # A page of a list (runs, measurements, validations, devices) ends early once its items' JSON
+    # passes this many bytes (at least one item a page; ``next`` says more follow).
+    page_bytes: int = Field(default=1 * MiB, ge=16 * 1024)
     # Transport (uvicorn): a connection must deliver a whole request head (request line and headers)
     # within this many seconds of opening, or of the first byte of its next request; else 408 and closed.
     header_timeout_s: float = Field(default=10.0, gt=0)

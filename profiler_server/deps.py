@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from db.engine import Database
+from fbnet.wire import MAX_PAGE_LIMIT, PAGE_LIMIT
 from profiler_server.auth import Caller, require_reader
 from profiler_server.config import Settings
 from profiler_server.domain.tables import TableCache
@@ -76,3 +78,26 @@ async def get_reader(caller: CallerDep, settings: SettingsDep) -> Caller:
 
 
 ReaderDep = Annotated[Caller, Depends(get_reader)]
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    cursor: str | None
+
+
+async def page_params(  # async: FastAPI would run a plain-def dependency on a worker thread
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT, description=(
+        f"items per page (default {PAGE_LIMIT}; above {MAX_PAGE_LIMIT}: 422, not clamped)"))] = PAGE_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=80, description="the 'next' of the page before")] = None,
+) -> PageParams:
+    """``?limit=&cursor=`` of every list route (:mod:`profiler_server.domain.paging`)."""
+    return PageParams(limit, cursor)
+
+
+PageDep = Annotated[PageParams, Depends(page_params)]
+
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", pattern=r"^[A-Za-z0-9._:-]{8,64}$", description=(
+    "client-chosen, one per request it may retry: a retry with the same key (and body) answers what the first "
+    "try stored (200) instead of storing it again; the same key with another body is refused (409)"))]

@@ -30,12 +30,17 @@ class PlotCache:
         self._lock = threading.Lock()
         self._items: OrderedDict[Hashable, bytes] = OrderedDict()
 
-    def get(self, key: Hashable, draw: Callable[[], bytes]) -> bytes:
+    def peek(self, key: Hashable) -> bytes | None:
+        """The cached figure of ``key``, or None (nothing drawn)."""
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
-                return hit
+            return hit
+
+    def get(self, key: Hashable, draw: Callable[[], bytes]) -> bytes:
+        if (hit := self.peek(key)) is not None:
+            return hit
         png = draw()
         with self._lock:
             self._items[key] = png

@@ -36,7 +36,7 @@ def measured_keys(server, device) -> dict[int, list[str]]:
     """run id -> the keys it holds, for every run of the device."""
     out = {}
     with httpx.Client(base_url=server.url, timeout=30) as c:
-        for run in c.get("/runs", params={"device": device}).json():
+        for run in c.get("/runs", params={"device": device}).json()["runs"]:
             ms = c.get(f"/runs/{run['id']}/measurements").json()["measurements"]
             out[run["id"]] = [m["key"] for m in ms]
     return out
@@ -65,7 +65,7 @@ def test_sampled_profile_fills_the_grid(module_server, tmp_path):
             tc.fetch(name, SPACE, measured_only=True)
     # the plan says done with the budget reached (asked in the configuration the runs have)
     with httpx.Client(base_url=module_server.url, timeout=30) as c:
-        run = c.get("/runs", params={"device": name}).json()[0]
+        run = c.get("/runs", params={"device": name}).json()["runs"][0]
     cfg = {k: run[k] for k in ("runtime", "runtime_version", "precision", "threads", "cpu_mask")}
     with ServiceClient(module_server.url, token, role="agent") as sc:
         p = sc.plan(name, PlanRequest(space=SPACE, budget=24, batch=12, design=24, **cfg))
@@ -84,7 +84,7 @@ def test_killed_agent_resumes_without_measuring_twice(module_server, tmp_path):
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:  # the second batch's run is open: kill
             with httpx.Client(base_url=module_server.url, timeout=30) as c:
-                runs = c.get("/runs", params={"device": name}).json()
+                runs = c.get("/runs", params={"device": name}).json()["runs"]
             if any(r["status"] == "finished" for r in runs) and any(r["status"] == "open" for r in runs):
                 killed_run = next(r["id"] for r in runs if r["status"] == "open")
                 time.sleep(1.0)  # mid-timing (0.5 s of cooldown after every op)

@@ -53,7 +53,7 @@ def _runs(server) -> list[dict]:
         r = httpx.get(f"{server.url}/runs", params={"device": "crash"}, timeout=5)
     except httpx.TransportError:
         return []
-    return r.json() if r.status_code == 200 else []
+    return r.json()["runs"] if r.status_code == 200 else []
 
 
 def _stored_exactly_once(server) -> None:

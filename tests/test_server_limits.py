@@ -157,4 +157,4 @@ def test_busy_database_is_503_with_retry_after_and_the_uploader_waits(busy_serve
             pass
     assert st.run_id is not None
     with httpx.Client(base_url=busy_server.url) as c:
-        assert [x["id"] for x in c.get("/runs", params={"device": "busy"}).json()] == [st.run_id]
+        assert [x["id"] for x in c.get("/runs", params={"device": "busy"}).json()["runs"]] == [st.run_id]

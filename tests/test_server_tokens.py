@@ -62,7 +62,7 @@ def test_retried_run_creation_returns_the_same_run(module_server):
         assert r.status_code == 409 and "agent-run-0123456789" in r.json()["detail"]
         assert c.post("/runs", json={**body, "idempotency_key": "bad key!"}).status_code == 422
         assert c.post("/runs", json=RUN).json()["id"] != first.json()["id"]  # no key: a new run
-        assert len(c.get("/runs", params={"device": name}).json()) == 2
+        assert len(c.get("/runs", params={"device": name}).json()["runs"]) == 2
     other = module_server.create_device(module_server.unique("idem"))
     with module_server.client(other) as c:  # keys are per device
         assert c.post("/runs", json=body).status_code == 201
@@ -74,7 +74,7 @@ def test_only_the_admin_opens_import_runs(module_server):
     with module_server.client(token) as c:
         r = c.post("/runs", json={**RUN, "transport": "import"})
         assert r.status_code == 403 and "admin" in r.json()["detail"]
-        assert c.get("/runs", params={"device": name}).json() == []
+        assert c.get("/runs", params={"device": name}).json()["runs"] == []
     with module_server.admin as c:
         assert c.post("/runs", json={**RUN, "transport": "import", "device": name}).status_code == 201
 
@@ -88,7 +88,7 @@ def test_serials_and_host_names_only_for_admin_and_own_device(module_server):
                                                                                  "abi": "arm64-v8a"}}).json()["id"]
     for who, private in ((None, False), (other, False), (token, True), (module_server.admin_token, True)):
         with module_server.client(who) as c:
-            for run in (c.get(f"/runs/{rid}").json(), c.get("/runs", params={"device": name}).json()[0]):
+            for run in (c.get(f"/runs/{rid}").json(), c.get("/runs", params={"device": name}).json()["runs"][0]):
                 assert (run["host"] == "SERIAL-R58M123") is private and (run["host"] is None) is not private
                 assert ("device_name" in run["extra"]) is private and run["extra"]["abi"] == "arm64-v8a"
 
@@ -134,6 +134,10 @@ def test_plots_are_cached_concurrent_and_behind_the_reader_check(tmp_path, hwnas
                            content=(hwnasbench_dir / f"{dev}_latency.json").read_bytes(),
                            headers={"content-type": "application/json"})
                 assert r.status_code == 200, r.text
+        with server.admin as c:  # a validation plot is of a device's validations (404 without any)
+            r = c.post("/validations", json={"space": "fbnet-cifar", "device": "pixel3", "arch": ["k3_e1"] * 22,
+                                             "predicted_us": 100.0, "measured_us": 110.0, "n": 1})
+            assert r.status_code == 201, r.text
         paths = ["/plots/table/pixel3.png?space=fbnet-cifar", "/plots/compare.png?space=fbnet-cifar&a=pixel3&b=raspi4",
                  "/plots/validations/pixel3.png?space=fbnet-cifar"]
         for p in paths:

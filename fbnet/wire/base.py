@@ -19,6 +19,12 @@ MAX_INT = 2_000_000_000  # fits a 32-bit INTEGER column on every engine
 MAX_ID = 2**63 - 1
 MAX_DEPTH = 8  # nesting of any JSON value in a request (free-form dicts included)
 MAX_EXTRA_BYTES = 64 * 1024  # free-form ``extra`` / ``metadata`` as compact JSON
+# Every list the API serves is paged: ``?limit=`` (default PAGE_LIMIT, at most MAX_PAGE_LIMIT: above it
+# 422) and ``?cursor=`` (the ``next`` of the page before); ``next`` is null on the last page.
+PAGE_LIMIT = 100
+MAX_PAGE_LIMIT = 1000
+NEXT_DOC = ("more items follow: pass this as ?cursor= for the next page (a page also ends early at the "
+            "server's byte cap); null on the last page")
 
 DeviceName = Annotated[str, Field(pattern=DEVICE_NAME_PATTERN, description="slug: a-z, 0-9 and '-'")]
 Platform = Literal["android", "ios", "linux", "macos", "windows", "other"]

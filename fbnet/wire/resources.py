@@ -13,6 +13,7 @@ from fbnet.ops import OP_FIELDS
 from fbnet.wire.base import (
     MAX_ID,
     MAX_INT,
+    NEXT_DOC,
     DeviceName,
     FreeForm,
     Platform,
@@ -44,6 +45,13 @@ class DeviceOut(WireModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
     coverage: dict[str, dict[str, int]] = Field(default_factory=dict, description="space -> {'ops', 'covered'}")
+
+
+class DevicePage(WireModel):
+    """One page of ``GET /devices`` (by name)."""
+
+    devices: list[DeviceOut]
+    next: str | None = Field(None, description=NEXT_DOC)
 
 
 class DeviceCreated(DeviceOut):
@@ -169,6 +177,8 @@ class ValidationOut(ValidationCreate):
 
 
 class ValidationSummary(WireModel):
+    """The statistics of every validation of a device in a space, and one page of them (oldest first)."""
+
     device: str
     space: str
     count: int
@@ -176,7 +186,8 @@ class ValidationSummary(WireModel):
     within_10pct: float | None = Field(description="share of |error| <= 10%")
     kendall_tau: float | None
     worst: list[ValidationOut]
-    validations: list[ValidationOut]
+    validations: list[ValidationOut] = Field(description="this page of the validations (count has them all)")
+    next: str | None = Field(None, description=NEXT_DOC)
 
 
 # ---- misc --------------------------------------------------------------------------------

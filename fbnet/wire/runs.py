@@ -11,7 +11,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from fbnet.configuration import Precision
-from fbnet.wire.base import MAX_BATCH, MAX_INT, MAX_SAMPLES, DeviceName, FreeForm, WireModel, finite_positive
+from fbnet.wire.base import (
+    MAX_BATCH,
+    MAX_INT,
+    MAX_SAMPLES,
+    NEXT_DOC,
+    DeviceName,
+    FreeForm,
+    WireModel,
+    finite_positive,
+)
 
 
 def _overhead(v: float | None) -> float | None:
@@ -113,6 +122,13 @@ class RunOut(WireModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+class RunPage(WireModel):
+    """One page of ``GET /runs`` (oldest first, by id)."""
+
+    runs: list[RunOut]
+    next: str | None = Field(None, description=NEXT_DOC)
+
+
 class Measurement(WireModel):
     """Robust statistics of one op in one run, in microseconds."""
 
@@ -168,17 +184,20 @@ class StoredMeasurement(WireModel):
     min_us: float
     p10_us: float
     p90_us: float
-    samples_us: list[float] | None = None
+    samples_us: list[float] | None = Field(None, description="the raw samples: only with ?samples=true")
     overhead_us: float | None = None
 
 
 class RunMeasurements(WireModel):
+    """One page of a run's measurements (in the order they were stored)."""
+
     run_id: int
     device: str
     space: str
     status: str
-    keys: list[str] = Field(description="op keys this run already has (what --resume skips)")
+    keys: list[str] = Field(description="op keys of this page's measurements (what --resume skips)")
     measurements: list[StoredMeasurement]
+    next: str | None = Field(None, description=NEXT_DOC)
 
 
 class BatchResult(WireModel):

@@ -49,8 +49,10 @@ def revoke_tokens(session: Session, name: str) -> Device:
     return device
 
 
-def list_devices(session: Session) -> list[Device]:
-    return list(session.scalars(select(Device).order_by(Device.name)))
+def list_devices(session: Session, after: str | None = None, limit: int | None = None) -> list[Device]:
+    """The devices by name (``after`` a name, at most ``limit``: a page of ``GET /devices``)."""
+    q = select(Device) if after is None else select(Device).where(Device.name > after)
+    return list(session.scalars(q.order_by(Device.name).limit(limit)))
 
 
 def touch(session: Session, device_id: int) -> None:

@@ -20,6 +20,7 @@ from fbnet.space import Space
 from fbnet.space_v2 import SpaceV2
 from profiler_server.auth import PRIVATE_EXTRA, Caller, redact, require_writer, sees_private  # noqa: F401 (PRIVATE_EXTRA: the pages read it here)
 from profiler_server.domain.devices import get_device, touch
+from profiler_server.domain.paging import Page, id_cursor, paginate
 from profiler_server.domain.spaces import ensure_space, resolve_any_space
 from profiler_server.errors import Conflict, Forbidden, Invalid, NotFound
 
@@ -79,7 +80,7 @@ def get_run(session: Session, run_id: int, *, lock: bool = False) -> Run:
     return run
 
 
-def list_runs(session: Session, device: str | None = None, space: str | None = None) -> list[Run]:
+def _runs_query(session: Session, device: str | None, space: str | None):
     q = select(Run).join(Device, Device.id == Run.device_id).join(SpaceRow, SpaceRow.id == Run.space_id)
     if device is not None:
         get_device(session, device)
@@ -87,7 +88,23 @@ def list_runs(session: Session, device: str | None = None, space: str | None = N
     if space is not None:
         resolve_any_space(space)
         q = q.where(SpaceRow.name == space)
-    return list(session.scalars(q.order_by(Run.id)))
+    return q.order_by(Run.id)
+
+
+def list_runs(session: Session, device: str | None = None, space: str | None = None) -> list[Run]:
+    return list(session.scalars(_runs_query(session, device, space)))
+
+
+def runs_page(session: Session, caller: Caller | None, filters: tuple[str | None, str | None], limit: int,
+              cursor: str | None, budget: int) -> Page:
+    """One page of the runs (``filters``: device, space), oldest first (:mod:`.paging`)."""
+    q = _runs_query(session, *filters)
+
+    def fetch(after: int | None, n: int):
+        runs = list(session.scalars((q if after is None else q.where(Run.id > after)).limit(n)))
+        return [(r.id, out) for r, out in zip(runs, runs_out(session, runs, caller), strict=True)]
+
+    return paginate(fetch, limit, budget, id_cursor(cursor))
 
 
 def n_measurements(session: Session, run_ids: list[int]) -> dict[int, int]:
@@ -175,19 +192,29 @@ def check_keys(space: Space | SpaceV2, keys: list[str]) -> None:
         raise Invalid(f"op keys not in space {space.name!r}: {shown}; nothing was stored")
 
 
-def run_measurements(session: Session, run_id: int) -> wire.RunMeasurements:
+_STATS = (Measurement.key, Measurement.n, Measurement.median_us, Measurement.mean_us, Measurement.std_us,
+          Measurement.min_us, Measurement.p10_us, Measurement.p90_us, Measurement.overhead_us)
+
+
+def run_measurements(session: Session, run_id: int, page: tuple[int, str | None, int],
+                     samples: bool = False) -> wire.RunMeasurements:
+    """One page (``page``: limit, cursor, byte budget) of the run's measurements in the order they were
+    stored; the raw samples only when asked for (read a few rows at a time, the page capped in bytes)."""
     run = get_run(session, run_id)
-    rows = session.scalars(select(Measurement).where(Measurement.run_id == run_id).order_by(Measurement.id)).all()
-    ms = [
-        wire.StoredMeasurement(
-            key=m.key, n=m.n, median_us=m.median_us, mean_us=m.mean_us, std_us=m.std_us, min_us=m.min_us,
-            p10_us=m.p10_us, p90_us=m.p90_us, samples_us=m.samples_us, overhead_us=m.overhead_us,
-        )
-        for m in rows
-    ]
+    cols = (Measurement.id, *_STATS, *((Measurement.samples_us,) if samples else ()))
+
+    def fetch(after: int | None, n: int):
+        q = select(*cols).where(Measurement.run_id == run_id)
+        q = q if after is None else q.where(Measurement.id > after)
+        rows = session.execute(q.order_by(Measurement.id).limit(n)).all()
+        return [(r.id, wire.StoredMeasurement.model_construct(**{k: v for k, v in r._asdict().items() if k != "id"}))
+                for r in rows]
+
+    limit, cursor, budget = page
+    got = paginate(fetch, limit, budget, id_cursor(cursor), chunk=8 if samples else 256)
     return wire.RunMeasurements(
         run_id=run.id, device=run.device.name, space=run.space.name, status=run.status,
-        keys=[m.key for m in ms], measurements=ms,
+        keys=[m.key for m in got.items], measurements=got.items, next=got.next,
     )
 
 

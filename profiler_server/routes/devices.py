@@ -2,8 +2,9 @@ from fastapi import APIRouter
 
 from fbnet import wire
 from profiler_server.auth import require_admin
-from profiler_server.deps import CacheDep, CallerDep, ReaderDep, ReadSession, WriteSession
+from profiler_server.deps import CacheDep, CallerDep, PageDep, ReaderDep, ReadSession, SettingsDep, WriteSession
 from profiler_server.domain import devices as dom
+from profiler_server.domain.paging import paginate
 
 router = APIRouter(tags=["devices"])
 
@@ -29,10 +30,17 @@ def create_device(body: wire.DeviceCreate, session: WriteSession, caller: Caller
     return wire.DeviceCreated(**dom.device_out(device, caller=caller).model_dump(), token=token)
 
 
-@router.get("/devices", response_model=list[wire.DeviceOut])
-def list_devices(session: ReadSession, cache: CacheDep, reader: ReaderDep):
-    """Devices with per-space coverage (serials in their metadata only to the admin and the device)."""
-    return [dom.device_out(d, _coverage(session, cache, d.name, d.id), reader) for d in dom.list_devices(session)]
+@router.get("/devices", response_model=wire.DevicePage)
+def list_devices(session: ReadSession, cache: CacheDep, reader: ReaderDep, settings: SettingsDep, page: PageDep):
+    """Devices by name with per-space coverage, one page at a time (``next``: the cursor of the next
+    page); serials in their metadata only to the admin and the device."""
+
+    def fetch(after: str | None, n: int):
+        return [(d.name, dom.device_out(d, _coverage(session, cache, d.name, d.id), reader))
+                for d in dom.list_devices(session, after, n)]
+
+    got = paginate(fetch, page.limit, settings.page_bytes, page.cursor, chunk=16)
+    return wire.DevicePage(devices=got.items, next=got.next)
 
 
 @router.get("/devices/{name}", response_model=wire.DeviceOut)

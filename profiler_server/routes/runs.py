@@ -1,12 +1,13 @@
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Path, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Request, Response
 
 from fbnet import wire
 from fbnet.space_v2 import is_v2_space
-from profiler_server.deps import CallerDep, ReaderDep, ReadSession, WriteSession
+from profiler_server.deps import CallerDep, IdempotencyKey, PageDep, ReaderDep, ReadSession, SettingsDep, WriteSession
 from profiler_server.domain import runs as dom
+from profiler_server.errors import Invalid
 
 router = APIRouter(tags=["runs"])
 log = logging.getLogger("profiler_server")
@@ -15,9 +16,15 @@ RunId = Annotated[int, Path(ge=1, le=wire.MAX_ID)]
 
 @router.post("/runs", status_code=201, response_model=wire.RunOut,
              responses={200: {"model": wire.RunOut, "description": "the run this idempotency key already opened"}})
-def create_run(body: wire.RunCreate, session: WriteSession, caller: CallerDep, response: Response):
+def create_run(body: wire.RunCreate, session: WriteSession, caller: CallerDep, response: Response,
+               idempotency_key: IdempotencyKey = None):
     """Open a profiling run for the token's device (or ``device``, which the token must be allowed to write).
-    With an ``idempotency_key`` the device already used, the run it opened is returned (200)."""
+    With an ``idempotency_key`` (in the body, or the ``Idempotency-Key`` header) the device already used,
+    the run it opened is returned (200)."""
+    if idempotency_key is not None:
+        if body.idempotency_key not in (None, idempotency_key):
+            raise Invalid("the Idempotency-Key header and the body's idempotency_key differ; send one of them")
+        body = body.model_copy(update={"idempotency_key": idempotency_key})
     run, created = dom.create_run(session, caller, body)
     session.commit()
     if not created:
@@ -25,10 +32,13 @@ def create_run(body: wire.RunCreate, session: WriteSession, caller: CallerDep, r
     return dom.runs_out(session, [run], caller)[0]
 
 
-@router.get("/runs", response_model=list[wire.RunOut])
-def list_runs(session: ReadSession, caller: ReaderDep, device: str | None = None, space: str | None = None):
-    """Runs with provenance; serials and host names only for the admin and the device's own token."""
-    return dom.runs_out(session, dom.list_runs(session, device, space), caller)
+@router.get("/runs", response_model=wire.RunPage)
+def list_runs(session: ReadSession, caller: ReaderDep, settings: SettingsDep, page: PageDep,
+              device: str | None = None, space: str | None = None):
+    """Runs with provenance, oldest first, one page at a time (``next``: the cursor of the next page);
+    serials and host names only for the admin and the device's own token."""
+    got = dom.runs_page(session, caller, (device, space), page.limit, page.cursor, settings.page_bytes)
+    return wire.RunPage(runs=got.items, next=got.next)
 
 
 @router.get("/runs/{run_id}", response_model=wire.RunOut)
@@ -45,9 +55,11 @@ def add_measurements(run_id: RunId, batch: wire.MeasurementBatch, session: Write
 
 
 @router.get("/runs/{run_id}/measurements", response_model=wire.RunMeasurements)
-def get_measurements(run_id: RunId, session: ReadSession, _: ReaderDep):
-    """What a run already holds (the agents' --resume reads the keys)."""
-    return dom.run_measurements(session, run_id)
+def get_measurements(run_id: RunId, session: ReadSession, _: ReaderDep, settings: SettingsDep, page: PageDep,
+                     samples: Annotated[bool, Query(description="include each op's raw samples")] = False):
+    """What a run holds, one page at a time in the order it was stored (``next``: the cursor of the next
+    page); the raw samples only with ``samples=true`` (a page ends early at the byte cap)."""
+    return dom.run_measurements(session, run_id, (page.limit, page.cursor, settings.page_bytes), samples)
 
 
 @router.post("/runs/{run_id}/finish", response_model=wire.RunOut)
