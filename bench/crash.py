@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 from db.check import check_database  # noqa: E402
+from fbnet.client import NO_RETRY, ServiceClient  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
 from profiler_server.launcher import LocalServer, free_port  # noqa: E402
 
@@ -57,7 +58,7 @@ def wait_for_finish(url: str, device: str, p: subprocess.Popen) -> float:
     """When the agent's run was finished on the service (its last upload), or it exited."""
     while p.poll() is None:
         try:
-            runs = httpx.get(f"{url}/runs", params={"device": device}, timeout=10).json()
+            runs = httpx.get(f"{url}/runs", params={"device": device, "limit": 1000}, timeout=10).json()["runs"]
         except httpx.HTTPError:
             runs = []
         if any(r["status"] == "finished" for r in runs):
@@ -131,17 +132,16 @@ def main() -> None:
                 # an open run is resumed; a run never spooled is profiled afresh
                 code, rec = agent("upload", *base, wait=True)
                 how = "upload"
-                states = httpx.get(f"{server.url}/runs", params={"device": dev}, timeout=30).json()
+                states = httpx.get(f"{server.url}/runs", params={"device": dev, "limit": 1000}, timeout=30).json()["runs"]
                 if code == 0 and any(r["status"] == "open" for r in states):
                     code, rec = agent("profile", *base, *common, "--resume", wait=True)
                     how = "upload, --resume"
                 elif code == 0 and not states and not list(spool.rglob("*.json")):
                     code, rec = agent("profile", *base, *common, wait=True)
                     how = "fresh"
-            runs = httpx.get(f"{server.url}/runs", params={"device": dev}, timeout=30).json()
-            keys = []
-            for r in runs:
-                keys += httpx.get(f"{server.url}/runs/{r['id']}/measurements", timeout=30).json()["keys"]
+            with ServiceClient(server.url, retry=NO_RETRY, timeout_s=30) as sc:  # every page
+                runs = [r.model_dump(mode="json") for r in sc.runs(dev)]
+                keys = [k for r in runs for k in sc.run_measurements(r["id"]).keys]
             ok = (code == 0 and len(runs) == 1 and runs[0]["status"] == "finished" and sorted(keys) == sorted(ops))
             rows.append({"mode": mode, "i": i, "kill_at_s": round(kill_at, 2), "agent_rc": agent_rc,
                          "recovery": how, "recovery_rc": code, "runs": len(runs), "stored": len(keys),

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 
+from fbnet.client import ServiceClient  # noqa: E402
 from profiler_server.launcher import LocalServer  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -152,10 +153,11 @@ def main() -> None:
             *([] if a.settle_tau is None else ["--settle-tau", a.settle_tau]),
             *([] if a.max_rounds is None else ["--max-rounds", a.max_rounds]))
         t_end = time.monotonic()
-        summary = httpx.get(f"{server.url}/validations/{device}", params={"space": a.space}, timeout=60).json()
+        with ServiceClient(server.url, timeout_s=60) as sc:  # every page
+            summary = sc.validations(device, a.space).model_dump(mode="json")
+            run_info = sc.runs(device)[-1].model_dump(mode="json")
         table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space, "precision": a.precision,
                                                                    "include_unstable": "true"}, timeout=60).json()
-        run_info = httpx.get(f"{server.url}/runs", params={"device": device}, timeout=60).json()[-1]
 
     rows = sorted(summary["validations"], key=lambda v: v["measured_us"])
     t = Table(title=f"LUT fidelity: {a.space} on the host ({a.transport} transport, {a.threads} thread), "

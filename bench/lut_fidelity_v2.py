@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 sys.path.insert(0, str(REPO))
 
+from fbnet.client import ServiceClient  # noqa: E402
 from profiler_server.launcher import LocalServer  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -61,9 +62,9 @@ def learning_curve(server: str, device: str, space: str, steps: int = 8) -> list
     c = table["columns"]
     corrected = {k: v for k, v, s in zip(c["key"], c["corrected_us"], c["source"], strict=True) if s == "measured"}
     order: list[str] = []
-    for run in sorted(httpx.get(f"{server}/runs", params={"device": device}, timeout=60).json(), key=lambda r: r["id"]):
-        ms = httpx.get(f"{server}/runs/{run['id']}/measurements", timeout=60).json()["measurements"]
-        order += [m["key"] for m in ms if m["key"] in corrected and m["key"] not in order]
+    with ServiceClient(server, timeout_s=60) as sc:  # every page of the runs and of their measurements
+        for run in sc.runs(device):
+            order += [k for k in sc.run_measurements(run.id).keys if k in corrected and k not in order]
     curve = []
     for n in sorted({int(x) for x in np.linspace(min(40, len(order)), len(order), steps)}):
         keys = [k for k in order[:n] if corrected[k] and corrected[k] > 0]
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         t_val = time.monotonic()
         agent("validate", *common, "--archs", a.archs, "--seed", a.seed, log=log)
         t_end = time.monotonic()
-        summary = httpx.get(f"{server.url}/validations/{device}", params={"space": a.space}, timeout=60).json()
+        with ServiceClient(server.url, timeout_s=60) as sc:
+            summary = sc.validations(device, a.space).model_dump(mode="json")
         table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space}, timeout=60).json()
         curve = learning_curve(server.url, device, a.space)
     rounds = [dict(zip(("round", "phase", "measured", "asked", "export_s", "timing_s"), m.groups(), strict=True))

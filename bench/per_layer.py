@@ -21,12 +21,11 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
 sys.path.insert(0, str(REPO))
 
+from fbnet.client import ServiceClient  # noqa: E402
 from profiler_server.launcher import LocalServer  # noqa: E402
 
 
@@ -76,7 +75,8 @@ def main() -> None:
         agent("validate", *common, "--archs", 0, "--no-predefined", *archs, "--per-layer", "--per-layer-json",
               rows_path, "--include-unstable", *extra)
         got = json.loads(rows_path.read_text())
-        run_info = httpx.get(f"{server.url}/runs", params={"device": device}, timeout=60).json()[-1]
+        with ServiceClient(server.url, timeout_s=60) as sc:  # every page: the newest run is on the last
+            run_info = sc.runs(device)[-1].model_dump(mode="json")
 
     by_kind: dict[str, list[float]] = defaultdict(list)
     print("| arch | table sum us | in context us | table - in context us | largest per-layer errors |")

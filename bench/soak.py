@@ -340,7 +340,9 @@ def main() -> None:
     lost, extra = 0, 0
     with httpx.Client(base_url=server.url, timeout=60) as c:
         for rid, ks in sent.items():
-            got = c.get(f"/runs/{rid}/measurements").json()["keys"]
+            page = c.get(f"/runs/{rid}/measurements", params={"limit": 1000}).json()  # one page: <= 112 ops
+            assert page["next"] is None, f"run {rid}: more than one page of measurements"
+            got = page["keys"]
             lost += len(ks - set(got))
             extra += len(got) - len(set(got)) + len(set(got) - ks)
     size = db_bytes(db_url)

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fbnet.archfile import read_arch_file  # noqa: E402
-from fbnet.client import get_table  # noqa: E402
+from fbnet.client import ServiceClient, get_table  # noqa: E402
 from fbnet.lut import build_lut, predict  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
 from profiler_server.launcher import LocalServer  # noqa: E402
@@ -204,7 +204,8 @@ def plots(d: Demo) -> tuple[Path, dict]:
             r = c.get(path)
             r.raise_for_status()
             (folder / name).write_bytes(r.content)
-        summary = c.get(f"/validations/{device}", params={"space": space}).json()
+        with ServiceClient(d.server.url, timeout_s=60) as sc:  # the summary with every page of validations
+            summary = sc.validations(device, space).model_dump(mode="json")
     return folder, summary
 
 
