@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import REPO, start_server
+from conftest import REPO, free_port, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -220,6 +220,40 @@ VALIDATION_EXTRA = {"drift": 1.01, "nested": {"serial": "SER-V1"}, "configuratio
                     "sources": {"measured": 22, "who": "SER-V3"}}
 
 
+def test_private_fields_are_filtered_by_an_allow_list_at_any_depth(compose_server):
+    name, other_name = compose_server.unique("allow"), compose_server.unique("allow")
+    with compose_server.admin as c:
+        r = c.post("/devices", json={"name": name, "platform": "android", "runtime": "executorch-xnnpack",
+                                     "metadata": META})
+        assert r.status_code == 201, r.text
+        token = r.json()["token"]
+    other = compose_server.create_device(other_name)
+    rid = _finished_run(compose_server, token, extra=RUN_EXTRA)
+    with compose_server.client(token) as c:
+        r = c.post("/validations", json={"space": "fbnet-cifar", "arch": ARCH, "predicted_us": 100.0,
+                                         "measured_us": 110.0, "n": 3, "run_id": rid, "extra": VALIDATION_EXTRA})
+        assert r.status_code == 201, r.text
+        assert r.json()["extra"] == VALIDATION_EXTRA  # the device sees what it sent
+    paths = ["/devices", f"/devices/{name}", f"/runs?device={name}", f"/runs/{rid}",
+             f"/validations/{name}?space=fbnet-cifar", f"/ui/devices/{name}"]
+    for who, private in ((None, False), (other, False), (token, True), (compose_server.admin_token, True)):
+        with compose_server.client(who) as c:
+            texts = {p: c.get(p).text for p in paths}
+            run = c.get(f"/runs/{rid}").json()
+            meta = c.get(f"/devices/{name}").json()["metadata"]
+            val = c.get(f"/validations/{name}", params={"space": "fbnet-cifar"}).json()["validations"][0]
+        if private:
+            assert run["extra"] == RUN_EXTRA and meta == META and val["extra"] == VALIDATION_EXTRA
+            continue
+        leaks = {p: t[t.index("SER-"):][:40] for p, t in texts.items() if "SER-" in t}
+        assert not leaks, leaks
+        assert meta == {"model": "Pixel 3", "lab": "rack 3"}
+        assert run["extra"] == {"abi": "arm64-v8a", "runner": {"version": "1.2"}, "exporter": {"torch": "2.5"},
+                                "protocol": {"spread": 0.01, "settle": [{"rounds": 2, "tau": 0.9}]},
+                                "max_freqs_mhz": {"cpu0": 1800.0}}
+        assert val["extra"] == {"drift": 1.01, "configuration": {"threads": 4}, "sources": {"measured": 22}}
+
+
 def test_the_allow_list_covers_what_the_agents_upload():
     """Every key the agents' own structures put in ``extra`` is public: a new one fails here until it is
     added to profiler_server.privacy (or named private on purpose)."""
@@ -241,7 +275,7 @@ def test_the_allow_list_covers_what_the_agents_upload():
 def test_a_short_admin_token_stops_the_server_at_start_with_one_line(tmp_path):
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "FBNET_ADMIN_TOKEN": "short-secret-x"}
     out = subprocess.run([sys.executable, "-m", "profiler_server.cli", "serve", "--db", f"sqlite:///{tmp_path}/f.db",
-                          "--port", "1"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+                          "--port", str(free_port())], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert "FBNET_ADMIN_TOKEN" in lines[0] and "at least 32" in lines[0] and "short-secret-x" not in out.stderr
@@ -289,12 +323,15 @@ def test_the_sqlite_file_and_its_wal_are_readable_by_the_owner_only(compose_serv
 
 
 @pytest.mark.pg  # the driver's message is the engine's: PostgreSQL quotes the key values
-def test_a_constraint_conflict_answers_a_generic_409(engine, tmp_path):
-    server, cleanup = start_server(engine, tmp_path / "s")
+def test_a_constraint_conflict_answers_a_generic_409(engine, tmp_path, request):
+    if engine == "sqlite":  # the module's server will do
+        server, cleanup = request.getfixturevalue("compose_server"), (lambda: None)
+    else:
+        server, cleanup = start_server(engine, tmp_path / "s")
     try:
         details = []
         for i in range(6):  # racing registrations of one name: on PostgreSQL some meet the unique index
-            name = f"race-dev-{i}"
+            name = f"race-dev-{i}-{engine}"
             with ThreadPoolExecutor(8) as pool, server.admin as c:
                 got = list(pool.map(lambda _, n=name: c.post("/devices", json={"name": n, "platform": "linux",
                                                                                "runtime": "x"}), range(8)))
