@@ -11,4 +11,8 @@ ENV FBNET_DB_URL=sqlite:////data/fbnet.db
 VOLUME /data
 EXPOSE 8000
 HEALTHCHECK CMD python -c "import httpx; httpx.get('http://127.0.0.1:8000/healthz').raise_for_status()"
+# 0.0.0.0 inside the container: its own network namespace, reachable only through a published port
+# (bound to 127.0.0.1 it would be reachable from nowhere). Who reaches it is the publish address's
+# decision: docker-compose.yml publishes on the host's loopback only, for a reverse proxy on the host
+# (README, "Deployment"). The limits (FBNET_HEADER_TIMEOUT_S, FBNET_MAX_INFLIGHT, ...) have their defaults.
 CMD ["fbnet-server", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -61,9 +61,12 @@ class Settings(BaseSettings):
     backlog: int = Field(default=1024, ge=1)
     # A kept-alive connection with no request in progress is closed after this many seconds.
     keep_alive_s: int = Field(default=5, ge=1)
-    # Admission: requests handled at once per process; a request waits at most admission_wait_s for a
-    # slot, then is answered 503 + Retry-After (overload is refused quickly instead of queued).
-    max_inflight: int = Field(default=32, ge=1)
+    # Admission: requests handled at once per process; as many again wait, each at most admission_wait_s
+    # for a slot; the rest are answered 503 + Retry-After at once (overload is refused, not queued).
+    # Small on purpose: a process runs Python on one core, and with 16 or 32 requests at once their
+    # worker threads starved the event loop that must refuse the excess (at 4x the sustainable rate the
+    # answered requests' p99 went over 1 s; with 8, ~150 ms: bench/server_load.py --parts overload).
+    max_inflight: int = Field(default=8, ge=1)
     admission_wait_s: float = Field(default=0.25, ge=0)
 
     # Failed tokens: after this many from one client address within auth_fail_window_s, its requests

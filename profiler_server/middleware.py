@@ -11,13 +11,11 @@ For every HTTP request, before any route runs or any body is parsed:
 
 A database that is busy or down answers 503 with ``Retry-After`` (never 500).
 
-Before all of that, admission: at most ``FBNET_MAX_INFLIGHT`` requests are handled at once per
-process, and a request waits at most ``FBNET_ADMISSION_WAIT_S`` for a slot; beyond that it is answered
-503 with ``Retry-After`` at once, without touching a worker thread or the database. Without this an
-overload queued without bound in front of the worker threads (the database pool matches the thread
-count, so its timeout never fired): every request got slower, none was refused. ``/healthz`` has a
-small lane of its own, so that a health check is answered while the main lane is full and a flood of
-health checks cannot take the slots of real requests.
+Before all of that, admission (``admission.py``): at most ``FBNET_MAX_INFLIGHT`` requests are handled
+at once per process, at most as many wait, each at most ``FBNET_ADMISSION_WAIT_S`` for a slot; beyond
+that a request is answered 503 with ``Retry-After`` at once, without touching a worker thread or the
+database. ``/healthz`` has a small lane of its own, so that a health check is answered while the main
+lane is full and a flood of health checks cannot take the slots of real requests.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from profiler_server.admission import HEALTH_LANE, HEALTH_PATH, Admission, register_main
 from profiler_server.auth import ANONYMOUS, FailedTokens, identify
 from profiler_server.config import Settings
 from profiler_server.errors import DomainError
@@ -38,35 +37,6 @@ from profiler_server.errors import DomainError
 log = logging.getLogger("profiler_server")
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BUSY = (OperationalError, PoolTimeout)
-
-
-HEALTH_PATH = "/healthz"
-HEALTH_LANE = 4  # /healthz requests handled at once (their own lane)
-
-
-class Admission:
-    """At most ``limit`` requests at once; one waits at most ``wait_s`` seconds (FIFO) for a slot."""
-
-    def __init__(self, limit: int, wait_s: float):
-        self.limit, self.wait_s = limit, wait_s
-        self._slots: anyio.Semaphore | None = None  # made on first use, inside the event loop
-
-    async def enter(self) -> bool:
-        """Take a slot; ``False`` when none came free within ``wait_s``."""
-        if self._slots is None:
-            self._slots = anyio.Semaphore(self.limit)
-        try:
-            self._slots.acquire_nowait()
-            return True
-        except anyio.WouldBlock:
-            pass
-        with anyio.move_on_after(self.wait_s):
-            await self._slots.acquire()
-            return True
-        return False
-
-    def leave(self) -> None:
-        self._slots.release()
 
 
 def busy_response_headers(settings: Settings) -> dict[str, str]:
@@ -97,6 +67,7 @@ class Guard:
         self.app = app
         self.settings = settings
         self.admission = Admission(settings.max_inflight, settings.admission_wait_s)
+        register_main(self.admission)  # the transport refuses early while it is saturated
         self.health_lane = Admission(HEALTH_LANE, settings.admission_wait_s)
         self.failed_tokens = FailedTokens(settings.auth_fail_limit, settings.auth_fail_window_s)
 

@@ -8,6 +8,11 @@ is uvicorn's h11 protocol plus one timer: it runs from the moment a connection o
 first byte of the next request on a kept-alive connection, until the request head (request line and
 every header) has arrived; when it fires first the connection is answered ``408`` and closed. A body
 is not covered here: the gate (``middleware.Guard``) reads bodies under a bound of its own.
+
+The same protocol refuses a new GET (not ``/healthz``) from its first bytes while admission is
+saturated (``admission.saturated``): a canned 503 with ``Retry-After``, and the connection closed,
+without parsing the request or creating its ASGI task. Under a flood most requests are refused, and
+this refusal costs a small part of one that goes through the whole stack.
 """
 
 from __future__ import annotations
@@ -18,18 +23,27 @@ from functools import cache
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from profiler_server import admission
 from profiler_server.config import Settings
 
+SPARED = b"GET " + admission.HEALTH_PATH.encode()  # health checks have a lane of their own
 _TIMEOUT_BODY = b"request head not complete in time\n"
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
 
 
 @cache
-def header_timeout_s() -> float:
-    """FBNET_HEADER_TIMEOUT_S, read once per process (the protocol is built by uvicorn, per connection,
-    from its own config, in worker processes that only inherit the environment)."""
-    return Settings().header_timeout_s
+def _settings() -> Settings:
+    """The settings, read once per process: the protocol is built by uvicorn, per connection, from
+    uvicorn's own config, in worker processes that only inherit the environment."""
+    return Settings()
+
+
+@cache
+def _overloaded() -> bytes:
+    body = b'{"detail":"overloaded: retry after the Retry-After delay"}'
+    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: %d\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (_settings().retry_after_s, len(body), body))
 
 
 class HeadTimeoutH11Protocol(H11Protocol):
@@ -43,8 +57,13 @@ class HeadTimeoutH11Protocol(H11Protocol):
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self.conn.their_state is h11.IDLE:
-            self._arm_head_timer()  # the next request on a kept-alive connection has begun
+        if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:  # a new request begins
+            if data.startswith(b"GET /") and not data.startswith(SPARED) and admission.saturated():
+                self.transport.write(_overloaded())
+                self.transport.close()
+                return
+            if self._head_timer is None:
+                self._arm_head_timer()  # the next request on a kept-alive connection
         self._head_bytes += len(data)
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the head is parsed: the request runs, no deadline
@@ -57,7 +76,7 @@ class HeadTimeoutH11Protocol(H11Protocol):
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(header_timeout_s(), self._head_timed_out)
+        self._head_timer = self.loop.call_later(_settings().header_timeout_s, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:

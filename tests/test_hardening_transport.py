@@ -11,7 +11,8 @@ import time
 
 import httpx
 import pytest
-from conftest import start_server
+import yaml
+from conftest import REPO, start_server
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 3.0
@@ -157,3 +158,14 @@ def test_a_flood_is_answered_200_or_503_with_retry_after(server):
     assert codes.count(503) > 0 and codes.count(200) >= MAX_INFLIGHT
     assert all(r.headers.get("retry-after") == "3" for r in answers if r.status_code == 503)
     assert wall < 20
+
+
+def test_compose_publishes_the_service_on_loopback_only():
+    """The container binds 0.0.0.0 in its own namespace (it must); the host side is loopback only, for a
+    reverse proxy on the host (README, Deployment)."""
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    published = {name: s.get("ports", []) for name, s in services.items() if s.get("ports")}
+    assert published, "the service is published"
+    for name, ports in published.items():
+        for p in ports:
+            assert str(p).startswith("127.0.0.1:"), f"{name} publishes {p} on every interface of the host"
