@@ -20,14 +20,18 @@ import asyncio
 from collections import deque
 
 HEALTH_PATH = "/healthz"
-HEALTH_LANE = 4  # /healthz requests handled at once: a lane of their own
+# /healthz has a lane of its own: 4 at once (each is one short database round trip), and many may wait
+# their turn (waiting costs nothing), so that monitors and load balancers polling it are not refused
+HEALTH_LANE, HEALTH_QUEUE = 4, 64
 
 
 class Admission:
-    """At most ``limit`` requests at once; at most ``limit`` more wait, each at most ``wait_s`` seconds."""
+    """At most ``limit`` requests at once; at most ``queue`` (default ``limit``) more wait, each at most
+    ``wait_s`` seconds."""
 
-    def __init__(self, limit: int, wait_s: float):
+    def __init__(self, limit: int, wait_s: float, queue: int | None = None):
         self.limit, self.wait_s = limit, wait_s
+        self.queue = limit if queue is None else queue
         self._free = limit
         self._waiters: deque[asyncio.Future] = deque()
 
@@ -38,7 +42,7 @@ class Admission:
     def saturated(self) -> bool:
         """Every slot taken and the wait queue full: a new request would be refused."""
         self._purge()
-        return self._free == 0 and len(self._waiters) >= self.limit
+        return self._free == 0 and len(self._waiters) >= self.queue
 
     async def enter(self) -> bool:
         """Take a slot; ``False`` when none came free within ``wait_s`` or the wait queue is full."""
@@ -46,7 +50,7 @@ class Admission:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return True
-        if self.wait_s <= 0 or len(self._waiters) >= self.limit:
+        if self.wait_s <= 0 or len(self._waiters) >= self.queue:
             return False
         loop = asyncio.get_running_loop()
         fut = loop.create_future()

@@ -40,10 +40,11 @@ def _settings() -> Settings:
 
 
 @cache
-def _overloaded() -> bytes:
+def _overloaded(keep_alive: bool) -> bytes:
     body = b'{"detail":"overloaded: retry after the Retry-After delay"}'
     return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: %d\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (_settings().retry_after_s, len(body), body))
+            b"content-length: %d\r\n%s\r\n%s" % (_settings().retry_after_s, len(body),
+                                                   b"" if keep_alive else b"connection: close\r\n", body))
 
 
 class HeadTimeoutH11Protocol(H11Protocol):
@@ -59,8 +60,7 @@ class HeadTimeoutH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:  # a new request begins
             if data.startswith(b"GET /") and not data.startswith(SPARED) and admission.saturated():
-                self.transport.write(_overloaded())
-                self.transport.close()
+                self._refuse(data)
                 return
             if self._head_timer is None:
                 self._arm_head_timer()  # the next request on a kept-alive connection
@@ -69,6 +69,17 @@ class HeadTimeoutH11Protocol(H11Protocol):
         if self.conn.their_state is not h11.IDLE:  # the head is parsed: the request runs, no deadline
             self._cancel_head_timer()
             self._head_bytes = 0
+
+    def _refuse(self, data: bytes) -> None:
+        """503 without parsing. One whole GET head and nothing else (the usual case): the connection
+        stays open for the next request (reconnecting costs the process more than the refusal);
+        anything else (a head in pieces, pipelined requests): closed."""
+        whole = data.endswith(b"\r\n\r\n") and data.count(b"\r\n\r\n") == 1
+        self.transport.write(_overloaded(whole))
+        if whole:
+            self._arm_head_timer()  # the next request's deadline (and an idle connection's)
+        else:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()

@@ -169,3 +169,45 @@ def test_compose_publishes_the_service_on_loopback_only():
     for name, ports in published.items():
         for p in ports:
             assert str(p).startswith("127.0.0.1:"), f"{name} publishes {p} on every interface of the host"
+
+
+def _status(s: socket.socket, timeout: float = 10) -> tuple[int, bytes]:
+    """The status of the next answer on a blocking socket, and the head it came with."""
+    s.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = s.recv(65536)
+        if not more:
+            break
+        data += more
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    return int(data.split(b" ", 2)[1]), head
+
+
+def test_while_saturated_a_get_is_refused_before_it_is_parsed_and_the_connection_kept(tmp_path):
+    """One slot, one waiter (waiting up to 5 s): the next GET is answered 503 at once by the transport,
+    on a connection that stays usable; /healthz still answers from its own lane."""
+    srv, cleanup = start_server("sqlite", tmp_path / "s", extra_env={
+        "FBNET_MAX_INFLIGHT": "1", "FBNET_ADMISSION_WAIT_S": "5", "FBNET_RETRY_AFTER_S": "3"})
+    holder = waiter = None
+    try:
+        holder = _hold_slot(srv)
+        time.sleep(0.3)
+        waiter = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        waiter.sendall(b"GET /spaces HTTP/1.1\r\nHost: x\r\n\r\n")  # waits for the slot
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            for _ in range(2):  # twice on one connection: it is kept open
+                t = time.monotonic()
+                s.sendall(b"GET /spaces HTTP/1.1\r\nHost: x\r\n\r\n")
+                status, head = _status(s)
+                assert status == 503 and b"retry-after: 3" in head and b"connection: close" not in head, head
+                assert time.monotonic() - t < 3, "refused at once, not after the wait"
+        assert httpx.get(f"{srv.url}/healthz", timeout=10).status_code == 200
+        holder.close()  # the slot comes free: the waiter is served
+        assert _status(waiter)[0] == 200
+    finally:
+        for s in (holder, waiter):
+            if s is not None:
+                s.close()
+        cleanup()
