@@ -387,7 +387,11 @@ def main() -> None:
                           [float(f) for f in args.overload_factors.split(",")], client_cpus)
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # still working through a queue it accepted (no admission control)
+            proc.kill()
+            proc.wait()
 
     print(f"server: {db_url.split(':')[0]}, {args.workers} worker(s) on CPU(s) {server_cpus or 'any'}; load "
           f"on CPU(s) {client_cpus or 'any'}; {n} CPUs; {args.seconds:g} s per step")
