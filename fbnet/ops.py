@@ -88,9 +88,6 @@ class OpKeyError(ValueError):
     """An op key that does not parse."""
 
 
-KeyError_ = OpKeyError  # transitional alias while callers move to OpKeyError
-
-
 @dataclass(frozen=True)
 class Op:
     """An operator: a block applied to one input shape. ``h``/``w`` are the input resolution."""
