@@ -29,7 +29,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from profiler_server.admission import HEALTH_LANE, HEALTH_PATH, HEALTH_QUEUE, Admission, register_main
+from profiler_server.admission import HEALTH_LANE, HEALTH_PATH, HEALTH_QUEUE, HEALTH_WAIT_S, Admission, register_main
 from profiler_server.auth import ANONYMOUS, FailedTokens, identify
 from profiler_server.config import Settings
 from profiler_server.errors import DomainError
@@ -68,7 +68,7 @@ class Guard:
         self.settings = settings
         self.admission = Admission(settings.max_inflight, settings.admission_wait_s)
         register_main(self.admission)  # the transport refuses early while it is saturated
-        self.health_lane = Admission(HEALTH_LANE, settings.admission_wait_s, HEALTH_QUEUE)
+        self.health_lane = Admission(HEALTH_LANE, max(HEALTH_WAIT_S, settings.admission_wait_s), HEALTH_QUEUE)
         self.failed_tokens = FailedTokens(settings.auth_fail_limit, settings.auth_fail_window_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
