@@ -8,7 +8,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -283,4 +296,27 @@ class PlanBatch(Base):
     keys: Mapped[list[Any]] = mapped_column(JSON)
     # ops the agent reported it could not measure: never issued again
     failed: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class GridFitRow(Base):
+    """A fitted latency model's output over a v2 grid, keyed by the content hash of what it was fitted
+    on (the measured entries, the space version, the model kind and revision): a restarted server
+    reads it instead of refitting (``profiler_server.domain.grid.fit_grid``). ``predicted`` is the
+    corrected us per grid op in grid order, little-endian float64, zlib-compressed; ``meta`` the
+    held-out error, the vector widths and the families' sizes as JSON text (key order kept). The
+    newest few rows per device, space and configuration are kept."""
+
+    __tablename__ = "grid_fits"
+    __table_args__ = (Index("ix_grid_fits_config", "device_id", "space_id", "config_id"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id"))
+    config_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    n_ops: Mapped[int] = mapped_column(Integer)
+    predicted: Mapped[bytes] = mapped_column(LargeBinary)
+    meta: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

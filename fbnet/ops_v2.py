@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 WIDTH_DIVISOR = 8
 SE_RATIO = 0.25
@@ -39,6 +40,7 @@ def divisible_width(value: float, divisor: int = WIDTH_DIVISOR) -> int:
     return max(out, divisor)
 
 
+@lru_cache(maxsize=4096)  # the grid asks it for every (input width, expansion) of every layer
 def mid_width(cin: int, expansion: float) -> int:
     """The inner width of an inverted residual: ``cin * expansion`` rounded to a multiple of 8."""
     return divisible_width(cin * expansion)

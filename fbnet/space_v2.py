@@ -116,21 +116,34 @@ class SpaceV2:
     # -- ops ----------------------------------------------------------------------------------
     def layer_op(self, layer: int, resolution: int, cin: int, choice: LayerChoice) -> OpV2:
         """The op of ``choice`` at ``layer`` with input width ``cin`` at ``resolution``."""
+        return OpV2(*self._layer_args(layer, resolution, cin, choice))
+
+    def _layer_args(self, layer: int, resolution: int, cin: int, choice: LayerChoice) -> tuple:
+        """:meth:`layer_op`'s fields (the grid dedupes these before it builds ops)."""
         h = self.layer_hw(resolution)[layer]
         stride = self.layers[layer].stride
         if choice.block == "skip":
-            return OpV2("skip", cin, h, h, choice.width, stride)
-        return OpV2(choice.block, cin, h, h, choice.width, stride, mid_width(cin, choice.expansion))
+            return ("skip", cin, h, h, choice.width, stride, None)
+        return (choice.block, cin, h, h, choice.width, stride, mid_width(cin, choice.expansion))
 
     def stem_op(self, resolution: int, width: int) -> OpV2:
-        return OpV2("conv_k3_hs", self.in_channels, resolution, resolution, width, self.stem_stride)
+        return OpV2(*self._stem_args(resolution, width))
+
+    def _stem_args(self, resolution: int, width: int) -> tuple:
+        return ("conv_k3_hs", self.in_channels, resolution, resolution, width, self.stem_stride, None)
 
     def head_op(self, resolution: int, cin: int, width: int) -> OpV2:
+        return OpV2(*self._head_args(resolution, cin, width))
+
+    def _head_args(self, resolution: int, cin: int, width: int) -> tuple:
         h = self.layer_hw(resolution)[-1]
-        return OpV2("ir_pool_hs", cin, h, h, width, 1, mid_width(cin, self.head_expansion))
+        return ("ir_pool_hs", cin, h, h, width, 1, mid_width(cin, self.head_expansion))
 
     def fc_op(self, head_width: int) -> OpV2:
-        return OpV2("fc", head_width, 1, 1, self.num_classes, 1)
+        return OpV2(*self._fc_args(head_width))
+
+    def _fc_args(self, head_width: int) -> tuple:
+        return ("fc", head_width, 1, 1, self.num_classes, 1, None)
 
     def arch_ops(self, arch: ArchV2, *, with_identity: bool = False) -> list[OpV2]:
         """Ops of ``arch`` in execution order; identity skips only with ``with_identity``."""
@@ -195,7 +208,8 @@ class SpaceV2:
     @cached_property
     def grid(self) -> dict[str, OpV2]:
         """Every op a search over this space can price, by key (see :func:`enumerate_ops`)."""
-        return {op.key: op for op in _grid_ops(self)}
+        ops = (OpV2(*args) for args in dict.fromkeys(_grid_args(self)))  # an op's fields are its key
+        return {op.key: op for op in ops}
 
     @cached_property
     def version(self) -> str:
@@ -219,22 +233,27 @@ def _layer_choices(space: SpaceV2, layer: int):
                 yield LayerChoice(block, width, e)
 
 
-def _grid_ops(space: SpaceV2):
-    """Ops in a fixed order: per resolution the stem, the layers in order (input width, output
+def _grid_args(space: SpaceV2):
+    """Ops' fields in a fixed order: per resolution the stem, the layers in order (input width, output
     width, block, expansion), the head; then the classifiers. Duplicates are dropped later."""
     for r in space.resolutions:
         for w in space.stem_widths.options:
-            yield space.stem_op(r, w)
+            yield space._stem_args(r, w)
         for i in range(space.num_layers):
             choices = list(_layer_choices(space, i))
             for cin in space.input_widths(i):
                 for choice in choices:
-                    yield space.layer_op(i, r, cin, choice)
+                    yield space._layer_args(i, r, cin, choice)
         for cin in space.layers[-1].widths:
             for w in space.head_widths:
-                yield space.head_op(r, cin, w)
+                yield space._head_args(r, cin, w)
     for w in space.head_widths:
-        yield space.fc_op(w)
+        yield space._fc_args(w)
+
+
+def _grid_ops(space: SpaceV2):
+    """:func:`_grid_args` as ops (with their duplicates)."""
+    return (OpV2(*args) for args in _grid_args(space))
 
 
 def enumerate_ops(space: SpaceV2 | str) -> list[OpV2]:

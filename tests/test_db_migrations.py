@@ -61,3 +61,33 @@ def test_0004_backfills_run_precision_from_the_device(fresh_url):
         row = conn.execute(text("SELECT precision, unstable FROM runs WHERE id = 7")).one()
     engine.dispose()
     assert row[0] == "fp16" and not row[1]
+
+
+def test_0010_adds_grid_fits_to_a_database_at_0009(fresh_url):
+    """A database at 0009 gains an empty grid_fits (one row per content hash); 0010 downgrades."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from db.migrate import alembic_config
+
+    command.upgrade(alembic_config(fresh_url), "0009_validation_idempotency_key")
+    engine = create_engine(fresh_url)
+    now = "2026-01-01 00:00:00+00:00"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO devices (id, name, platform, runtime, precision, metadata, table_gen, "
+                          "created_at) VALUES (1, 'phone', 'android', 'x', 'fp32', '{}', 0, :t)"), {"t": now})
+        conn.execute(text("INSERT INTO spaces (id, name, version, n_ops, registered_at) "
+                          "VALUES (1, 'fbnetv2-cifar', 'v', 1, :t)"), {"t": now})
+    upgrade_to_head(fresh_url)
+    row = ("INSERT INTO grid_fits (content_hash, device_id, space_id, config_id, kind, n_ops, predicted, meta, "
+           "created_at) VALUES ('h', 1, 1, 'c', 'padded+gbm', 1, :p, '{}', :t)")
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM grid_fits")).scalar() == 0
+        conn.execute(text(row), {"p": b"\x00" * 8, "t": now})
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(row), {"p": b"\x00" * 8, "t": now})
+    command.downgrade(alembic_config(fresh_url), "0009_validation_idempotency_key")
+    with engine.connect() as conn:
+        assert "grid_fits" not in inspect(conn).get_table_names()
+    engine.dispose()

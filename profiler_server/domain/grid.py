@@ -8,23 +8,30 @@ measured entries of that configuration), ``identity`` (cost 0) or ``missing`` (n
 The table carries the model's held-out error (k-fold over the measured ops). The fit is a function of
 the measured entries: tables are cached per device generation like v1 ones, so a finished run
 (which bumps the generation) refits, and the version (the ETag) hashes the measured entries, the
-configuration and the model's kind.
+configuration and the model's kind. Fits are stored in the database by the content hash of what they
+were fitted on (``grid_fits``: the grid's predictions, the held-out error): a restarted server reads
+the stored fit instead of refitting, and serves the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
+import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib.metadata import version
 from statistics import median
 
 import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from db.models import Device
+from db.models import Device, GridFitRow
 from fbnet import wire
 from fbnet.configuration import Configuration, Selector
 from fbnet.ops_v2 import OpV2
@@ -33,6 +40,9 @@ from profiler_server.domain import fitting
 from profiler_server.domain.tables import CachedTable, _configurations, _newest_rows, finished_runs, pick, space_id
 
 FIT_FOLDS = 5
+MODEL_REVISION = 1  # raise it when a change to domain.fitting changes what a fit predicts (stored fits are keyed by it)
+KEEP_FITS = 4  # grid_fits rows kept per device, space and configuration (the newest)
+log = logging.getLogger(__name__)
 GRID_RULE = (
     "A v2 table serves every op of the space's grid in grid order, as columns. Measured entries are assembled "
     "as in a v1 table from the FINISHED runs of ONE configuration (the newest {max_runs} runs per op; latency_us "
@@ -55,13 +65,10 @@ class Grid:
 
     space: SpaceV2
     ops: tuple[OpV2, ...]
+    keys: tuple[str, ...]
     index: dict[str, int]
     shapes: np.ndarray
     identity: np.ndarray  # bool per op
-
-    @property
-    def keys(self) -> list[str]:
-        return [op.key for op in self.ops]
 
     @property
     def priced(self) -> int:
@@ -71,8 +78,8 @@ class Grid:
 @lru_cache(maxsize=8)
 def _grid(name: str, version: str) -> Grid:
     sp = get_v2_space(name)
-    ops = tuple(sp.grid.values())
-    return Grid(sp, ops, {op.key: i for i, op in enumerate(ops)}, fitting.shape_array(list(ops)),
+    ops, keys = tuple(sp.grid.values()), tuple(sp.grid)
+    return Grid(sp, ops, keys, {k: i for i, k in enumerate(keys)}, fitting.shape_array(list(ops)),
                 np.array([op.is_identity for op in ops]))
 
 
@@ -82,19 +89,32 @@ def grid_of(space: SpaceV2) -> Grid:
 
 @dataclass
 class GridFit:
-    """A fit of one configuration's measured entries, its held-out error and its grid predictions."""
+    """A fit of one configuration's measured entries, its held-out error and its grid predictions.
+    ``shapes``/``y`` are the measured rows it was fitted on: the model itself is refitted from them
+    only when something asks for it (a width curve) after the fit was read from the database."""
 
-    model: fitting.LatencyModel
+    kind: str
+    widths: dict[str, int | None]
     heldout: fitting.HeldOut
     predicted: np.ndarray  # corrected us per grid op (NaN: no fit covers the op)
     families: dict[str, int]
+    shapes: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    fitted: fitting.LatencyModel | None = field(default=None, repr=False)
+    stored: bool = False  # a grid_fits row holds it
+
+    @property
+    def model(self) -> fitting.LatencyModel:
+        if self.fitted is None:  # read from the database: the same deterministic fit of the same rows
+            self.fitted = fitting.fit_model(self.shapes, self.y, self.kind)
+        return self.fitted
 
     def heldout_out(self) -> wire.HeldOutError:
         h = self.heldout
         return wire.HeldOutError(n=h.n, folds=h.folds, within_10pct=h.within_10pct, mape=h.mape)
 
     def model_out(self) -> wire.GridModel:
-        return wire.GridModel(kind=self.model.kind, families=self.families, vector_width=self.model.widths,
+        return wire.GridModel(kind=self.kind, families=self.families, vector_width=self.widths,
                               heldout=self.heldout_out())
 
 
@@ -102,27 +122,102 @@ _FITS: OrderedDict[str, GridFit] = OrderedDict()
 _FIT_LOCK = threading.Lock()  # one fit at a time: two readers of a new generation share it
 
 
-def fit_grid(grid: Grid, measured: dict[str, float], kind: str = fitting.DEFAULT_KIND) -> GridFit | None:
+def fit_grid(grid: Grid, measured: dict[str, float], kind: str = fitting.DEFAULT_KIND,
+             store: FitStore | None = None) -> GridFit | None:
     """The fit of ``measured`` (key -> corrected us, grid ops, no identity skips) over ``grid``;
-    cached by content (the same measured entries are fitted once per process). None: nothing measured."""
+    cached by content: once per process, and in the database through ``store`` (a restarted server
+    reads the stored fit instead of refitting). None: nothing measured."""
     keys = sorted(k for k in measured if not grid.identity[grid.index[k]])
     if not keys:
         return None
-    blob = json.dumps([grid.space.version, kind, [(k, measured[k]) for k in keys]], separators=(",", ":"))
-    ck = hashlib.sha256(blob.encode()).hexdigest()
+    ck = fit_hash(grid, kind, [(k, measured[k]) for k in keys])
     with _FIT_LOCK:
-        if (hit := _FITS.get(ck)) is not None:
+        fit = _FITS.get(ck)
+        if fit is not None:
             _FITS.move_to_end(ck)
-            return hit
-        idx = np.array([grid.index[k] for k in keys])
-        s, y = grid.shapes[idx], np.array([max(measured[k], 1e-3) for k in keys])
-        model = fitting.fit_model(s, y, kind)
-        fam = {f: int((s[:, 0] == i).sum()) for i, f in enumerate(fitting.FAMILIES) if (s[:, 0] == i).any()}
-        fit = GridFit(model, fitting.heldout(s, y, kind, FIT_FOLDS), model.predict(grid.shapes), fam)
-        _FITS[ck] = fit
-        while len(_FITS) > 32:
-            _FITS.popitem(last=False)
-        return fit
+        else:
+            idx = np.array([grid.index[k] for k in keys])
+            s, y = grid.shapes[idx], np.array([max(measured[k], 1e-3) for k in keys])
+            fit = store.load(ck, grid, kind, s, y) if store is not None else None
+            fit = fit or _fit(grid, s, y, kind)
+            _FITS[ck] = fit
+            while len(_FITS) > 32:
+                _FITS.popitem(last=False)
+    if store is not None and store.write and not fit.stored:
+        store.save(ck, fit)
+    return fit
+
+
+def _fit(grid: Grid, s: np.ndarray, y: np.ndarray, kind: str) -> GridFit:
+    model = fitting.fit_model(s, y, kind)
+    fam = {f: int((s[:, 0] == i).sum()) for i, f in enumerate(fitting.FAMILIES) if (s[:, 0] == i).any()}
+    return GridFit(kind, model.widths, fitting.heldout(s, y, kind, FIT_FOLDS), model.predict(grid.shapes), fam,
+                   s, y, fitted=model)
+
+
+@lru_cache(maxsize=1)
+def _libraries() -> tuple[str, ...]:
+    return tuple(f"{p} {version(p)}" for p in ("numpy", "scipy", "scikit-learn"))
+
+
+def fit_hash(grid: Grid, kind: str, measured: list[tuple[str, float]]) -> str:
+    """The content hash of a fit: the space version, the model kind and revision, the held-out folds,
+    the numeric libraries' versions and the measured (key, corrected us) pairs, sorted by key."""
+    blob = json.dumps([grid.space.version, kind, MODEL_REVISION, FIT_FOLDS, _libraries(), measured],
+                      separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FitStore:
+    """The ``grid_fits`` rows of one device, space and configuration: :func:`fit_grid` reads a fit by
+    content hash through ``session`` and, with ``write``, stores a new one in a session of its own
+    (committed at once; the request's session may be read-only) and keeps the newest :data:`KEEP_FITS`."""
+
+    session: Session
+    device_id: int
+    space_id: int
+    config_id: str
+    write: bool = True
+
+    def load(self, ck: str, grid: Grid, kind: str, s: np.ndarray, y: np.ndarray) -> GridFit | None:
+        row = self.session.scalars(select(GridFitRow).where(GridFitRow.content_hash == ck)).first()
+        if row is None:
+            return None
+        predicted = np.frombuffer(zlib.decompress(row.predicted), dtype="<f8")
+        if row.kind != kind or len(predicted) != len(grid.ops):
+            log.warning("grid fit %s: stored row %d does not match the grid (%d ops, kind %s); refitting",
+                        ck[:12], row.id, len(predicted), row.kind)
+            return None
+        meta = json.loads(row.meta)
+        h = fitting.HeldOut(**meta["heldout"], predicted=np.empty(0))
+        log.info("grid fit %s read from the database (row %d)", ck[:12], row.id)
+        return GridFit(kind, meta["widths"], h, predicted, meta["families"], s, y, stored=True)
+
+    def save(self, ck: str, fit: GridFit) -> None:
+        h = fit.heldout
+        meta = {"heldout": {"n": h.n, "folds": h.folds, "within_10pct": h.within_10pct, "mape": h.mape},
+                "widths": fit.widths, "families": fit.families}
+        row = GridFitRow(content_hash=ck, device_id=self.device_id, space_id=self.space_id, config_id=self.config_id,
+                         kind=fit.kind, n_ops=len(fit.predicted), meta=json.dumps(meta),
+                         predicted=zlib.compress(np.asarray(fit.predicted, dtype="<f8").tobytes(), 6))
+        mine = (GridFitRow.device_id == self.device_id, GridFitRow.space_id == self.space_id,
+                GridFitRow.config_id == self.config_id)
+        with Session(self.session.get_bind()) as s:
+            try:
+                s.add(row)
+                s.flush()
+                keep = select(GridFitRow.id).where(*mine).order_by(GridFitRow.id.desc()).limit(KEEP_FITS)
+                s.execute(delete(GridFitRow).where(*mine, GridFitRow.id.not_in(list(s.scalars(keep)))))
+                s.commit()
+            except IntegrityError:  # another request or process stored the same fit first
+                s.rollback()
+            except OperationalError as e:  # the database is busy: the fit is served, stored next time
+                s.rollback()
+                log.warning("grid fit %s not stored: %s", ck[:12], str(e).splitlines()[0])
+                return
+        fit.stored = True
+        log.info("grid fit %s stored", ck[:12])
 
 
 @dataclass
@@ -169,23 +264,22 @@ def _entries(session: Session, chosen, covered: set[str], runs: list, max_runs: 
 
 
 def _columns(grid: Grid, measured: dict[str, _Measured], fit: GridFit | None, overhead: float | None) -> dict:
-    cols: dict[str, list] = {c: [] for c in ("key", "latency_us", "corrected_us", "source", "n", "runs")}
-    pred = fit.predicted if fit is not None else np.full(len(grid.ops), np.nan)
-    add = overhead or 0.0
-    for i, op in enumerate(grid.ops):
-        m = measured.get(op.key)
-        if m is not None:
-            row = (m.latency_us, m.corrected_us, "measured", m.n, len(m.run_ids))
-        elif grid.identity[i]:
-            row = (0.0, 0.0, "identity", 0, 0)
-        elif np.isfinite(pred[i]):
-            p = float(pred[i])
-            row = (p + add, p, "fitted", 0, 0)
-        else:
-            row = (None, None, "missing", 0, 0)
-        cols["key"].append(op.key)
-        for c, v in zip(("latency_us", "corrected_us", "source", "n", "runs"), row, strict=True):
-            cols[c].append(v)
+    """The table's columns in grid order: measured entries, identity skips, fitted predictions (a
+    prediction + ``overhead`` as latency_us), and what no fit covers as missing."""
+    n = len(grid.ops)
+    pred = fit.predicted if fit is not None else np.full(n, np.nan)
+    fitted = np.isfinite(pred) & ~grid.identity
+    corr = np.where(fitted, pred, 0.0).tolist()
+    lat = np.where(fitted, pred + (overhead or 0.0), 0.0).tolist()
+    source = np.where(fitted, "fitted", np.where(grid.identity, "identity", "missing")).astype(object).tolist()
+    cols = {"key": list(grid.keys), "latency_us": lat, "corrected_us": corr, "source": source,
+            "n": [0] * n, "runs": [0] * n}
+    for i in np.flatnonzero(~fitted & ~grid.identity).tolist():  # missing: no fit covers the op
+        lat[i] = corr[i] = None
+    for key, m in measured.items():
+        i = grid.index[key]
+        lat[i], corr[i], source[i], cols["n"][i], cols["runs"][i] = (m.latency_us, m.corrected_us, "measured", m.n,
+                                                                     len(m.run_ids))
     return cols
 
 
@@ -201,7 +295,8 @@ def assemble_v2(session: Session, device: Device, space: SpaceV2, selector: Sele
     selector = selector or Selector()
     grid = grid_of(space)
     cfg, measured, runs = measured_entries(session, device, space, selector, max_runs)
-    fit = fit_grid(grid, {k: m.corrected_us for k, m in measured.items()})
+    store = cfg and FitStore(session, device.id, space_id(session, space), cfg.config_id)
+    fit = fit_grid(grid, {k: m.corrected_us for k, m in measured.items()}, store=store)
     overhead = _over_runs(runs, "overhead_us")
     context, cost = _over_runs(runs, "context_factor"), _over_runs(runs, "context_us_per_mb")
     cols = _columns(grid, measured, fit, overhead)

@@ -34,7 +34,7 @@ from fbnet.space_v2 import SpaceV2, get_v2_space, is_v2_space
 from profiler_server.auth import Caller, require_writer
 from profiler_server.domain import fitting
 from profiler_server.domain.devices import get_device
-from profiler_server.domain.grid import Grid, config_entries, fit_grid, grid_of
+from profiler_server.domain.grid import FitStore, Grid, config_entries, fit_grid, grid_of
 from profiler_server.domain.spaces import ensure_space
 from profiler_server.errors import Conflict, Invalid
 
@@ -194,7 +194,8 @@ def next_batch(session: Session, caller: Caller, device_name: str, req: wire.Pla
     if current is not None and (left := [k for k in current.keys if k not in done]):
         return _out(device, space, cfg, current, left, len(measured), None)
     values = {k: m.corrected_us for k, m in config_entries(session, device, space, cfg.config_id).items()}
-    fit = fit_grid(grid, values)
+    # reads a stored fit; stores none (this session holds the write lock on SQLite: a table read stores it)
+    fit = fit_grid(grid, values, store=FitStore(session, device.id, row.id, cfg.config_id, write=False))
     if (reason := _stop_reason(req, len(measured), fit)) is not None:
         return _out(device, space, cfg, current, [], len(measured), fit, reason)
     seed = batches[0].seed if batches else req.seed

@@ -112,7 +112,10 @@ def op_keys(space: Space | SpaceV2) -> tuple[frozenset[str], frozenset[str]]:
 
 @lru_cache(maxsize=32)
 def _op_keys(name: str, version: str) -> tuple[frozenset[str], frozenset[str]]:
-    ops = list(get_v2_space(name).grid.values()) if is_v2_space(name) else resolve_space(name).ops
+    if is_v2_space(name):  # the grid is by key already
+        grid = get_v2_space(name).grid
+        return frozenset(grid), frozenset(k for k, op in grid.items() if op.is_identity)
+    ops = resolve_space(name).ops
     return frozenset(op.key for op in ops), frozenset(op.key for op in ops if op.is_identity)
 
 

@@ -71,7 +71,12 @@ def finish_run(run_id: RunId, body: wire.RunFinish, session: WriteSession, calle
     session.commit()
     if run.status == dom.FINISHED and is_v2_space(run.space.name):
         background.add_task(_refit, request.app.state, run.device.name, run.space.name)
-    return dom.runs_out(session, [run], caller)[0]
+    out = dom.runs_out(session, [run], caller)[0]
+    # the session lives until the background refit is done: end the transaction the read above opened
+    # (on SQLite a writer's, BEGIN IMMEDIATE), so that the refit (which stores the fit) and other writers
+    # do not wait on it
+    session.rollback()
+    return out
 
 
 def _refit(state, device: str, space: str) -> None:
