@@ -56,6 +56,8 @@ def _closed_by_server(s: socket.socket, seen: dict) -> bool:
 
 def test_slow_request_heads_are_cut_while_other_clients_are_served(server):
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    with server.client(timeout=60) as c:  # /spaces is slow once, cold (the v2 grids): not the attack's doing
+        assert c.get("/spaces").status_code == 200
     stalled = [_connect(server, head) for _ in range(20)]  # part of a head, then nothing
     trickling = [_connect(server, head) for _ in range(20)]  # part of a head, then a header line now and then
     silent = [_connect(server) for _ in range(10)]  # connect, send nothing
@@ -65,11 +67,13 @@ def test_slow_request_heads_are_cut_while_other_clients_are_served(server):
     slow = {s: name for name, group in (("stalled", stalled), ("trickling", trickling), ("silent", silent),
                                         ("kept-alive", [kept])) for s in group}
     t0, open_, seen, served = time.monotonic(), set(slow), {}, 0
-    with server.client(timeout=10) as c:
+    with server.client(timeout=20) as c:
         while open_ and time.monotonic() - t0 < CUT_WITHIN_S:
             t = time.monotonic()
             assert c.get("/healthz").status_code == 200 and c.get("/spaces").status_code == 200
-            assert time.monotonic() - t < 5, "a normal client must be served during the attack"
+            # generous (a pair takes ~20 ms on a quiet machine, 5.5 s was seen with 8 busy processes on 2
+            # cores): the claim is that the slow connections do not hold the server, not a latency
+            assert time.monotonic() - t < 10, "a normal client must be served during the attack"
             served += 1
             for s in [s for s in trickling if s in open_]:
                 try:
