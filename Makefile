@@ -28,9 +28,12 @@ $(RUNNER): $(RUNNER_SRC) $(STAMP)
 	  -Dexecutorch_DIR=$$($(PY) -c 'import executorch; print(list(executorch.__path__)[0])')/share/cmake
 	cmake --build build/runner
 
+# The suite on every core (pytest-xdist; the tests share one export cache, each server has its own
+# database or PostgreSQL schema). PYTEST_WORKERS=0 runs it in this process, e.g. to debug one test.
+PYTEST_WORKERS ?= auto
 test: $(STAMP) $(RUNNER)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Debian's Fashion-MNIST when we can install it (root with apt); otherwise demo.py says so and uses
 # scikit-learn's digits.
