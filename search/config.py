@@ -75,6 +75,12 @@ class SearchConfig(BaseModel):
         "independent", description="shared: a layer's candidates slice one set of weights (experimental)",
         json_schema_extra=cli(panel=METHOD_PANEL))
     anchor: bool = Field(False, description="also train the largest path (experimental)", json_schema_extra=cli(panel=METHOD_PANEL))
+    sandwich: bool = Field(
+        False, description="v2: each weight step also trains the widest path (max widths, expansion, "
+        "resolution; the most likely blocks)", json_schema_extra=cli(panel=METHOD_PANEL))
+    entropy_weight: float = Field(
+        3.0, ge=0, description="v2: weight of theta's mean entropy in its loss, ramped from 0 at the first "
+        "theta epoch to this at the last", json_schema_extra=cli(panel=METHOD_PANEL))
     proxy_width: float = Field(0.25, gt=0, le=1, description="supernet width multiplier (paper 1)", json_schema_extra=cli(panel=METHOD_PANEL))
     proxy_resolution: int | None = Field(8, ge=8, description="search resolution; 0 = the space's (paper)",
                                          json_schema_extra=cli(panel=METHOD_PANEL))
@@ -141,7 +147,8 @@ class SearchConfig(BaseModel):
 
 
 PAPER: dict[str, Any] = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weight_mix="sample",
-                             weights="independent", anchor=False, proxy_width=1.0, proxy_resolution=None,
+                             weights="independent", anchor=False, sandwich=False, entropy_weight=0.0,
+                             proxy_width=1.0, proxy_resolution=None,
                              theta_lr=0.01, theta_batch_size=None)
 SEARCH_PRESETS: dict[str, dict[str, Any]] = {"paper": PAPER}  # name -> SearchConfig fields (``--preset``)
 

@@ -146,6 +146,27 @@ class V2ArchParams(nn.Module):
         return self._weights([torch.softmax(t, -1) for t in self._logits()])
 
     @torch.no_grad()
+    def widest(self) -> MixWeights:
+        """One-hot weights of the widest path: the largest resolution, stem, width, expansion and head
+        everywhere, each layer's most likely block (no gradient; the sandwich's anchor)."""
+        def last(t: torch.Tensor) -> torch.Tensor:
+            return F.one_hot(torch.full(t.shape[:-1], t.shape[-1] - 1, dtype=torch.long), t.shape[-1]).to(t)
+
+        blocks = F.one_hot(self.blocks.argmax(-1), self.blocks.shape[-1]).to(self.blocks)
+        widths = tuple(last(self.widths[i, :n]) for i, n in enumerate(self.counts))
+        return MixWeights(last(self.resolution), last(self.stem), blocks, widths, last(self.expansions), last(self.head))
+
+    def mean_entropy(self) -> torch.Tensor:
+        """The mean entropy (nats) over every distribution (each layer's blocks, widths and expansions,
+        the resolution, stem and head), with its gradient (the theta step's entropy term)."""
+        ents = []
+        for t in self._logits():
+            logp = torch.log_softmax(t, -1)
+            p = logp.exp()
+            ents.append(-(p * logp.masked_fill(p == 0, 0.0)).sum(-1).reshape(-1))
+        return torch.cat(ents).mean()
+
+    @torch.no_grad()
     def entropies(self) -> dict[str, float]:
         """The largest entropy (nats) of each kind of distribution: resolution, stem, blocks, widths,
         expansions, head (a search has converged when every one is small)."""

@@ -262,3 +262,38 @@ def test_a_hard_draw_without_gradient_runs_only_the_chosen_blocks_at_the_same_re
     torch.nn.functional.cross_entropy(net(x, w), y).backward()
     assert net.layers[0].blocks[0].pw[0].weight.grad is None  # ir_k3 of layer 0 did not run
     assert net.layers[0].blocks[1].pw[0].weight.grad is not None
+
+
+def test_the_widest_path_takes_every_largest_option_and_each_layers_most_likely_block():
+    space = get_v2_space("fbnetv2-cifar")
+    arch = V2ArchParams(space)
+    with torch.no_grad():
+        arch.blocks[:, 4] = 1.0  # ir_k5 most likely everywhere ...
+        arch.blocks[3, 8] = 2.0  # ... but skip in layer 3
+        arch.widths[:, 0] = 5.0  # the narrowest width most likely: the widest path ignores it
+    w = arch.widest()
+    assert w.resolution.tolist() == [0.0, 0.0, 1.0] and w.stem.tolist() == [0.0, 1.0] and w.head.tolist() == [0.0, 1.0]
+    assert [int(g.argmax()) for g in w.widths] == [len(ls.widths) - 1 for ls in space.layers]
+    assert all(float(g.sum()) == 1.0 for g in w.widths)
+    assert w.expansions.argmax(1).tolist() == [len(space.expansions) - 1] * space.num_layers
+    assert w.blocks.argmax(1).tolist() == [8 if i == 3 else 4 for i in range(space.num_layers)]
+    assert w.blocks.sum().item() == space.num_layers and not w.blocks.requires_grad
+
+
+def test_the_mean_entropy_is_the_mean_of_log_n_at_uniform_and_descending_it_sharpens_every_distribution():
+    space = get_v2_space("fbnetv2-cifar")
+    arch = V2ArchParams(space)
+    counts = ([len(space.resolutions), len(space.stem_widths.options), len(space.head_widths)]
+              + [len(space.blocks)] * space.num_layers + [len(ls.widths) for ls in space.layers]
+              + [len(space.expansions)] * space.num_layers)
+    assert arch.mean_entropy().item() == pytest.approx(sum(map(math.log, counts)) / len(counts), rel=1e-6)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in arch.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    opt = torch.optim.Adam(arch.parameters(), lr=0.3)
+    for _ in range(30):
+        opt.zero_grad()
+        arch.mean_entropy().backward()
+        opt.step()
+    assert max(arch.entropies().values()) < 1.0  # the search goal's convergence bar
