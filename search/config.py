@@ -79,8 +79,9 @@ class SearchConfig(BaseModel):
         False, description="v2: each weight step also trains the widest path (max widths, expansion, "
         "resolution; the most likely blocks)", json_schema_extra=cli(panel=METHOD_PANEL))
     entropy_weight: float = Field(
-        3.0, ge=0, description="v2: weight of theta's mean entropy in its loss, ramped from 0 at the first "
-        "theta epoch to this at the last", json_schema_extra=cli(panel=METHOD_PANEL))
+        0.0, ge=0, description="v2: weight of theta's mean entropy in its loss, ramped from 0 at the first "
+        "theta epoch to this at the last (forces low entropies; it does not make the supernet learn)",
+        json_schema_extra=cli(panel=METHOD_PANEL))
     proxy_width: float = Field(0.25, gt=0, le=1, description="supernet width multiplier (paper 1)", json_schema_extra=cli(panel=METHOD_PANEL))
     proxy_resolution: int | None = Field(8, ge=8, description="search resolution; 0 = the space's (paper)",
                                          json_schema_extra=cli(panel=METHOD_PANEL))

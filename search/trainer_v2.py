@@ -27,14 +27,16 @@ accuracy in the last epoch):
   (+3.7 %); 8.9 CPU-min.
 * ``--sandwich --entropy-weight 3``: 0.12 / widest 0.47; 1.14 / 0.97 / 0.80 / 0.05; 19.37 MFLOPs
   (-3.1 %); 9.6 CPU-min.
-* ``--no-sandwich --entropy-weight 3`` (the defaults): 0.13; 0.67 / 1.00 / 0.68 / 0.01; 20.27 MFLOPs
+* ``--no-sandwich --entropy-weight 3``: 0.13; 0.67 / 1.00 / 0.68 / 0.01; 20.27 MFLOPs
   (+1.3 %); 8.2 CPU-min.
 
 The widest path learns, but the draws and the theta step's soft draw stay at chance (theta accuracy
 0.09 with the sandwich, 0.14 without), so the sandwich does not sharpen theta and is off by default;
-the entropy term does most of the converging, with the cost hinge choosing where. No setting yet
+the entropy term does most of the converging, with the cost hinge choosing where. That is why it is
+off by default: with the supernet at chance, low entropies under it say that theta committed, not that
+the accuracy signal chose; a user would read a converged search where there is none. No setting yet
 meets the issue's bar (every entropy <= 1.0 with a supernet that learns). ``--preset paper`` turns
-both off (the paper trains the draw alone).
+both off too (the paper trains the draw alone).
 
 The theta step draws one **soft** Gumbel sample that drives the masks and the cost alike (the
 issue's "one draw per step"): loss = CE + ``target_weight`` * max(0, |log(E[cost] / T)| -
