@@ -152,3 +152,15 @@ def hwnasbench_dir() -> Path:
     if not HWNASBENCH.exists():
         pytest.skip(f"HW-NAS-Bench tables not found at {HWNASBENCH}")
     return HWNASBENCH
+
+
+@pytest.fixture
+def fresh_url(engine, tmp_path):
+    """An empty database for one test: a SQLite file, or a fresh PostgreSQL schema dropped after it."""
+    if engine == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    schema = f"m_{uuid.uuid4().hex[:12]}"
+    _pg_exec(f'CREATE SCHEMA "{schema}"')
+    yield _pg_schema_url(schema)
+    _pg_exec(f'DROP SCHEMA "{schema}" CASCADE')

@@ -1,28 +1,15 @@
 """The Alembic migrations build exactly the schema of the models, on SQLite and PostgreSQL."""
 
-import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import _pg_exec, _pg_schema_url
 from sqlalchemy import create_engine, inspect
 
 from db.migrate import upgrade_to_head
 from db.models import Base
 
 pytestmark = pytest.mark.pg  # ``engine``: SQLite, and PostgreSQL when configured
-
-
-@pytest.fixture
-def fresh_url(engine, tmp_path):
-    if engine == "sqlite":
-        yield f"sqlite:///{tmp_path / 'm.db'}"
-        return
-    schema = f"m_{uuid.uuid4().hex[:12]}"
-    _pg_exec(f'CREATE SCHEMA "{schema}"')
-    yield _pg_schema_url(schema)
-    _pg_exec(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def test_migrations_match_models(fresh_url):

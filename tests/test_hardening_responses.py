@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import _pg_exec, _pg_schema_url, start_server
+from conftest import start_server
 
 from fbnet.client import RetryPolicy, ServiceClient
 from fbnet.space import get_space
@@ -260,17 +260,6 @@ def test_post_runs_takes_the_idempotency_key_header_too(module_server):
         assert (a.status_code, b.status_code) == (201, 200) and a.json()["id"] == b.json()["id"]
         r = c.post("/runs", json={**body, "idempotency_key": "other-key-1"}, headers={"Idempotency-Key": "run-key-123"})
         assert r.status_code == 422 and "differ" in r.json()["detail"]
-
-
-@pytest.fixture
-def fresh_url(engine, tmp_path):
-    if engine == "sqlite":
-        yield f"sqlite:///{tmp_path / 'm.db'}"
-        return
-    schema = f"m_{uuid.uuid4().hex[:12]}"
-    _pg_exec(f'CREATE SCHEMA "{schema}"')
-    yield _pg_schema_url(schema)
-    _pg_exec(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.mark.pg
