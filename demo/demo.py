@@ -34,9 +34,13 @@ from fbnet.archfile import read_arch_file  # noqa: E402
 from fbnet.client import ServiceClient, get_table  # noqa: E402
 from fbnet.lut import build_lut, predict  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
+from fbnet.space_v2 import is_v2_space  # noqa: E402
 from profiler_server.launcher import LocalServer  # noqa: E402
 from search.data import FASHION_DIR, FASHION_PACKAGE  # noqa: E402
 from search.select import latency_range, random_within  # noqa: E402
+
+sys.path.insert(0, str(REPO / "demo"))
+import v2  # noqa: E402  (demo/v2.py: the steps on an FBNetV2 space)
 
 BIN = Path(sys.executable).parent
 PIXEL3 = REPO / "tests" / "data" / "hwnasbench" / "pixel3_latency.json"  # HW-NAS-Bench, MIT
@@ -72,6 +76,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--child-subset", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="fashion-mnist")
+    v2 = p.add_argument_group("v2 spaces (--space fbnetv2-cifar): the sampled profile")
+    v2.add_argument("--budget", type=int, default=120, help="grid ops to measure (the service fits the rest)")
+    v2.add_argument("--batch", type=int, default=40, help="ops per planned batch")
+    v2.add_argument("--design", type=int, default=80, help="ops of the space-filling design before adaptive batches")
     a = p.parse_args()
     if a.data == "fashion-mnist" and not FASHION_DIR.is_dir():
         console.print(f"[yellow]Fashion-MNIST is not installed ({FASHION_DIR}; `apt-get install {FASHION_PACKAGE}` "
@@ -179,7 +187,8 @@ def export(d: Demo) -> None:
 
 
 def validate(d: Demo, arch_text: str) -> None:
-    step(7, TOTAL, "measure it whole on the host (plus FBNet-A/B/C and 3 random archs) and upload")
+    refs = "3 random archs" if is_v2_space(d.a.space) else "FBNet-A/B/C and 3 random archs"
+    step(7, TOTAL, f"measure it whole on the host (plus {refs}) and upload")
     d.timed("validate", lambda: d.agent("validate", *d.common, "--transport", "host", "--arch", arch_text,
                                         "--archs", 3, "--seed", d.a.seed))
 
@@ -209,35 +218,43 @@ def plots(d: Demo) -> tuple[Path, dict]:
     return folder, summary
 
 
-def report(d: Demo, found, trained: list[tuple], summary: dict, folder: Path, t0: float) -> None:
+def v1_rows(d: Demo, found, trained: list[tuple], summary: dict) -> list[tuple[str, str]]:
     a, out, device = d.a, d.out, d.device
     mine = next(v for v in summary["validations"] if v["arch"] == found.arch)
     child = json.loads((out / "child" / "child.json").read_text())
-    t = Table(title="fbnet-lut demo: the loop closed on this machine", show_header=False)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("device / space", f"{device} / {a.space}  (table {found.table_version})")
-    t.add_row("found architecture", ",".join(found.arch))
-    t.add_row("search", f"target {1000 * found.target_ms:.0f} us, predicted {found.predicted_latency_us:.0f} us "
+    rows: list[tuple[str, str]] = []
+    rows.append(("device / space", f"{device} / {a.space}  (table {found.table_version})"))
+    rows.append(("found architecture", ",".join(found.arch)))
+    rows.append(("search", f"target {1000 * found.target_ms:.0f} us, predicted {found.predicted_latency_us:.0f} us "
                         f"({100 * (found.predicted_latency_us / (1000 * found.target_ms) - 1):+.1f} %); final theta "
-                        f"entropy {found.theta_entropy:.2f} nats (uniform 2.20) after {found.theta_steps} theta steps")
-    t.add_row("child accuracy", f"{100 * child['test_acc']:.1f}% on {a.data} test "
-                                f"({a.child_epochs} epochs, {a.child_subset} images)")
-    t.add_row("found vs random\n(same latency, same budget)", "\n".join(
+                        f"entropy {found.theta_entropy:.2f} nats (uniform 2.20) after {found.theta_steps} theta steps"))
+    rows.append(("child accuracy", f"{100 * child['test_acc']:.1f}% on {a.data} test "
+                                f"({a.child_epochs} epochs, {a.child_subset} images)"))
+    rows.append(("found vs random\n(same latency, same budget)", "\n".join(
         f"{'found ' if i == 0 else 'random'} {lat:7.0f} us  acc {100 * acc:5.1f}%  {','.join(arch.blocks)}"
-        for i, (arch, lat, acc) in enumerate(trained)))
+        for i, (arch, lat, acc) in enumerate(trained))))
     scale = mine["extra"].get("drift_scale") or 1.0
-    t.add_row("predicted latency", f"{mine['predicted_us']:.0f} us  " + (
+    rows.append(("predicted latency", f"{mine['predicted_us']:.0f} us  " + (
         "(the table's prediction)" if abs(scale - 1) < 1e-9 else
         f"(the table's {mine['extra']['table_predicted_us']:.0f} us x {scale:.3f}: the whole-model drift validate "
-        f"measured on the table's calibration models)"))
-    t.add_row("measured latency", f"{mine['measured_us']:.0f} us  (whole .pte, median of {mine['n']})")
+        f"measured on the table's calibration models)")))
+    rows.append(("measured latency", f"{mine['measured_us']:.0f} us  (whole .pte, median of {mine['n']})"))
     drift = mine["extra"].get("drift")
-    t.add_row("error", f"{mine['error_pct']:+.1f}%" + ("" if drift is None else
-              f"  (the host ran {100 * (drift - 1):+.1f}% vs. when it was profiled, from re-timed reference ops)"))
-    t.add_row("all validations", f"{summary['count']} archs: MAPE {summary['mape']:.1f}%, "
+    rows.append(("error", f"{mine['error_pct']:+.1f}%" + ("" if drift is None else
+              f"  (the host ran {100 * (drift - 1):+.1f}% vs. when it was profiled, from re-timed reference ops)")))
+    rows.append(("all validations", f"{summary['count']} archs: MAPE {summary['mape']:.1f}%, "
                                  f"within ±10% {100 * summary['within_10pct']:.0f}%, "
-                                 f"Kendall tau {summary['kendall_tau']:.2f}")
+                                 f"Kendall tau {summary['kendall_tau']:.2f}"))
+    return rows
+
+
+def report(d: Demo, rows: list[tuple[str, str]], folder: Path, t0: float) -> None:
+    out, device = d.out, d.device
+    t = Table(title="fbnet-lut demo: the loop closed on this machine", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(overflow="fold")  # a v2 architecture's text has no spaces to wrap at
+    for row in rows:
+        t.add_row(*row)
     t.add_row("plots", "\n".join(str(p) for p in sorted(folder.glob("*.png"))))
     t.add_row("exports", f"{out / 'found.pte'}\n{out / 'found.mlpackage'}")
     t.add_row("wall time", f"{time.monotonic() - t0:.0f} s  ("
@@ -245,7 +262,8 @@ def report(d: Demo, found, trained: list[tuple], summary: dict, folder: Path, t0
     console.print(t)
     console.print(Panel.fit(f"service stopped; everything is under {out}\nsee it in a browser: {BIN / 'fbnet-server'} "
                             f"serve --db sqlite:///{out / 'fbnet.db'} --port 8000\n  then open http://127.0.0.1:8000/ui/"
-                            f"devices/{device}  ({device}, its table, the validations, {device} vs pixel3)", style="green"))
+                            f"devices/{device}  ({device}, its table{'' if is_v2_space(d.a.space) else ', the validations, ' + device + ' vs pixel3'})",
+                            style="green"))
 
 
 def main() -> None:
@@ -261,15 +279,32 @@ def main() -> None:
     d = Demo(a, out, a.cache_dir.resolve(), server)
     try:
         register(d)
-        lut = profile(d)
-        found = search(d, lut)
-        trained = train(d, lut, found)
-        export(d)
-        validate(d, ",".join(found.arch))
-        folder, summary = plots(d)
+        if is_v2_space(a.space):
+            rows, folder = run_v2(d)
+        else:
+            lut = profile(d)
+            found = search(d, lut)
+            trained = train(d, lut, found)
+            export(d)
+            validate(d, ",".join(found.arch))
+            folder, summary = plots(d)
+            rows = v1_rows(d, found, trained, summary)
     finally:
         server.stop()
-    report(d, found, trained, summary, folder, t0)
+    report(d, rows, folder, t0)
+
+
+def run_v2(d: Demo) -> tuple[list[tuple[str, str]], Path]:
+    """Steps 3-8 on a v2 space (demo/v2.py): sampled profile, DMaskingNAS search, children, export,
+    whole-model validation against the grid, the service's figures."""
+    table = v2.profile(d, step, console)
+    cost = v2.cost_of(d)
+    found = v2.search(d, cost, step, sh, BIN)
+    trained = v2.train(d, cost, found, step, sh, BIN)
+    export(d)
+    validate(d, found.architecture.to_text())
+    folder, summary = v2.plots(d, step)
+    return v2.report_rows(d, table, found, trained, summary), folder
 
 
 if __name__ == "__main__":

@@ -283,13 +283,14 @@ class BandSamplerV2:
         return self.draw_in_bin(int(rng.integers(self.bins)), rng, tries=tries, taken=taken)
 
 
-def uniform_in_band_v2(space: SpaceV2, tables: CostTables, lo: float, hi: float, k: int, seed: int = 0, *,
+def uniform_in_band_v2(space: SpaceV2, tables: CostTables, band: tuple[float, float], k: int, seed: int = 0, *,
                        bins: int = 20, sub: int = 32, tries: int = 2000) -> list[ArchV2]:
     """``k`` distinct architectures of ``space``, uniform in cost (``tables``, e.g.
     ``cost_tables(space, price_for("flops", space))``) within [lo, hi] (module docstring): each draw a
     uniformly chosen one of ``bins`` equal cost bins, then an architecture uniformly among those of
     that bin not drawn before. ``lo``/``hi`` are in the tables' unit without any per-architecture
     offset (the caller subtracts it). Deterministic in ``seed``."""
+    lo, hi = band
     sampler = BandSamplerV2(space, tables, lo, hi, bins=bins, sub=sub)
     rng = np.random.default_rng(seed)
     out: list[ArchV2] = []

@@ -123,14 +123,14 @@ def test_an_edge_piling_sampler_fails_the_same_check(tiny):
 
 def test_distinct_draws_and_the_memory_cap(tiny, monkeypatch):
     index, costs, band = tiny
-    got = uniform_in_band_v2(TINY, TINY_T, *band, k=100, seed=2, bins=BINS)
+    got = uniform_in_band_v2(TINY, TINY_T, band, k=100, seed=2, bins=BINS)
     c = costs[[index[a] for a in got]]
     assert len(set(got)) == 100 and ((c >= band[0]) & (c <= band[1])).all()
     monkeypatch.setattr(band_v2, "MAX_CELLS", 2000)
     small = BandSamplerV2(TINY, TINY_T, *band, bins=BINS)
     cells = sum(x.size for counts in small.bc.counts if counts is not None for x in counts)
     assert cells <= 2000 + 200  # the cap plus each state's rounding slack
-    again = uniform_in_band_v2(TINY, TINY_T, *band, k=30, seed=2, bins=BINS)
+    again = uniform_in_band_v2(TINY, TINY_T, band, k=30, seed=2, bins=BINS)
     assert all(band[0] <= costs[index[a]] <= band[1] for a in again)
 
 
@@ -147,15 +147,15 @@ def test_fbnetv2_cifar_flops_band(cifar_flops):
     mid = (cheap + dear) / 2
     band = (0.95 * mid, 1.05 * mid)
     t0 = time.perf_counter()
-    archs = uniform_in_band_v2(CIFAR, cifar_flops, *band, k=40, seed=1)
+    archs = uniform_in_band_v2(CIFAR, cifar_flops, band, k=40, seed=1)
     elapsed = time.perf_counter() - t0
     assert elapsed < 10, f"{elapsed:.2f} s for 40 draws"  # about 0.5 s on an idle core
     c = np.array([arch_cost(cifar_flops, CIFAR, a) for a in archs])
     assert len(set(archs)) == 40 and ((c >= band[0]) & (c <= band[1])).all()
     assert np.allclose(c, [CIFAR.arch_mflops(a) for a in archs])
     assert (c < mid).sum() >= 10 and (c >= mid).sum() >= 10, np.sort(c)
-    assert archs == uniform_in_band_v2(CIFAR, cifar_flops, *band, k=40, seed=1)
-    assert archs != uniform_in_band_v2(CIFAR, cifar_flops, *band, k=40, seed=2)
+    assert archs == uniform_in_band_v2(CIFAR, cifar_flops, band, k=40, seed=1)
+    assert archs != uniform_in_band_v2(CIFAR, cifar_flops, band, k=40, seed=2)
 
 
 @pytest.mark.parametrize(("which", "words"), [
@@ -179,5 +179,5 @@ def test_bands_it_cannot_fill_are_refused(tiny, which, words):
         "bins": (band, {"bins": 0}),
     }[which]
     with pytest.raises(BandError, match=words) as e:
-        uniform_in_band_v2(TINY, TINY_T, *args[0], k=50, **args[1])
+        uniform_in_band_v2(TINY, TINY_T, args[0], k=50, **args[1])
     assert "\n" not in str(e.value)
