@@ -1,0 +1,157 @@
+"""Does the v2 search find something? Found vs uniform-in-band random FBNetV2 architectures at equal cost.
+
+For each target (a fraction of the cost's range: the fastest to the slowest architecture of the space),
+``--search-seeds`` DMaskingNAS searches (:mod:`search.trainer_v2`, the CLI's defaults unless
+``--search-opt``); each found architecture is trained with ``--child-seeds`` seeds. ``--randoms``
+architectures are drawn uniformly in cost within +-5 % of the target (:func:`search.band_v2.uniform_in_band_v2`)
+and trained with the same seeds and budget. Every child is built from the architecture without masks
+at its own resolution (:func:`search.child.train_child`). The answer per target: each search's mean
+accuracy against the random median (found >= median is the goal), and the spread of both.
+
+The cost is FLOPs (``--cost flops``), parameters, or latency from a saved v2 grid table (``--cost latency
+--table GRID.json``, what ``fbnet-search fetch`` saves; priced as the search prices it). Prints a table and
+writes ``bench/out/search_quality_v2.json``.
+
+    python bench/search_quality_v2.py --cost flops --targets 0.2,0.35,0.5 --search-seeds 3 --randoms 8 \\
+        --child-seeds 2 --subset 2000 --epochs 10 --child-subset 2000 --child-epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fbnet.configuration import Selector  # noqa: E402
+from fbnet.space_v2 import get_v2_space  # noqa: E402
+from search.band_v2 import uniform_in_band_v2  # noqa: E402
+from search.child import train_child  # noqa: E402
+from search.config import ChildConfig, SearchConfig, TableSource  # noqa: E402
+from search.data import load_dataset  # noqa: E402
+from search.trainer import RunOptions  # noqa: E402
+from search.trainer_v2 import V2Cost, run_search_v2, train_resolution  # noqa: E402
+from search.v2_cost import cost_tables, price_for  # noqa: E402
+
+OUT = REPO / "bench" / "out"
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="fbnetv2-cifar")
+    p.add_argument("--cost", choices=["flops", "params", "latency"], default="flops")
+    p.add_argument("--table", type=Path, help="a saved v2 grid table (--cost latency)")
+    p.add_argument("--targets", default="0.2,0.35,0.5", help="targets as fractions of the cost's range")
+    p.add_argument("--search-seeds", type=int, default=3)
+    p.add_argument("--randoms", type=int, default=8, help="random architectures per target")
+    p.add_argument("--child-seeds", type=int, default=2)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--subset", type=int, default=2000, help="training images of every search")
+    p.add_argument("--epochs", type=int, default=10, help="search epochs")
+    p.add_argument("--child-subset", type=int, default=2000)
+    p.add_argument("--child-epochs", type=int, default=2)
+    p.add_argument("--search-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SearchConfig field for every search, e.g. theta_lr=0.05")
+    p.add_argument("--json", type=Path, default=OUT / "search_quality_v2.json")
+    return p.parse_args()
+
+
+def cost_of(a, space) -> V2Cost:
+    if a.cost != "latency":
+        return V2Cost(a.cost, cost_tables(space, price_for(a.cost, space)))
+    if a.table is None:
+        raise SystemExit("--cost latency needs --table GRID.json (a saved v2 grid table)")
+    from search.cli.search_v2 import v2_cost
+
+    return v2_cost(SearchConfig(cost="latency"), TableSource(space=space.name, table=a.table), Selector(), space)
+
+
+def target_field(cost: str, value: float) -> dict:
+    """The SearchConfig target of ``value`` (in the cost's unit: us, MFLOPs, M params)."""
+    return {"latency": {"target_ms": value / 1000}, "flops": {"target_mflops": value},
+            "params": {"target_mparams": value}}[cost]
+
+
+class Children:
+    """Trains architectures once per (architecture, seed), data loaded once per resolution."""
+
+    def __init__(self, a, space):
+        self.a, self.space, self.data, self.done = a, space, {}, {}
+
+    def accs(self, arch) -> list[float]:
+        out = []
+        for seed in range(self.a.child_seeds):
+            key = (arch.to_text(), seed)
+            if key not in self.done:
+                if arch.resolution not in self.data:
+                    self.data[arch.resolution] = load_dataset(self.a.data, arch.resolution, subset=self.a.child_subset,
+                                                              seed=0)
+                cfg = ChildConfig(epochs=self.a.child_epochs, batch_size=32, seed=seed)
+                self.done[key] = train_child(self.space, arch, self.data[arch.resolution], cfg)[1]["test_acc"]
+            out.append(self.done[key])
+        return out
+
+
+def one_target(a, space, cost: V2Cost, frac: float, children: Children, sdata) -> dict:
+    lo, hi = cost.range()
+    target = lo + frac * (hi - lo)
+    searches = []
+    for seed in range(a.search_seeds):
+        cfg = SearchConfig(cost=cost.kind, epochs=a.epochs, seed=seed, **target_field(cost.kind, target),
+                           **dict(kv.split("=", 1) for kv in a.search_opt))
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = run_search_v2(cfg, space, cost, sdata, OUT / "search_quality_v2" / f"t{frac:g}-s{seed}", RunOptions())
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        accs = children.accs(r.arch)
+        searches.append({"seed": seed, "arch": r.arch.to_text(), "cost": r.cost, "error_pct": 100 * (r.cost / target - 1),
+                         "entropies": r.entropies, "w_acc": r.history[-1]["w_acc"], "wall_s": wall, "cpu_s": cpu,
+                         "accs": accs, "acc": statistics.fmean(accs)})
+        print(f"  target {frac:g} search {seed}: {r.cost:.4g} {cost.unit} ({searches[-1]['error_pct']:+.1f} %), "
+              f"acc {searches[-1]['acc']:.3f}, max entropy {max(r.entropies.values()):.2f}, {cpu / 60:.1f} CPU-min",
+              flush=True)
+    band = (0.95 * target - cost.offset, 1.05 * target - cost.offset)
+    randoms = []
+    for arch in uniform_in_band_v2(space, cost.tables, band, a.randoms, seed=int(1000 * frac), bins=4):
+        accs = children.accs(arch)
+        randoms.append({"arch": arch.to_text(), "cost": cost.of(space, arch), "accs": accs, "acc": statistics.fmean(accs)})
+        print(f"  target {frac:g} random: {randoms[-1]['cost']:.4g} {cost.unit}, acc {randoms[-1]['acc']:.3f}", flush=True)
+    med = statistics.median(r["acc"] for r in randoms)
+    return {"fraction": frac, "target": target, "unit": cost.unit, "searches": searches, "randoms": randoms,
+            "random_median": med, "random_sd": statistics.pstdev(r["acc"] for r in randoms),
+            "found_minus_median": [s["acc"] - med for s in searches],
+            "found_at_least_median": sum(s["acc"] >= med for s in searches)}
+
+
+def main() -> None:
+    a = parse()
+    space = get_v2_space(a.space)
+    cost = cost_of(a, space)
+    probe = SearchConfig(cost=cost.kind, **dict(kv.split("=", 1) for kv in a.search_opt))
+    sdata = load_dataset(a.data, train_resolution(probe, space), subset=a.subset, seed=0)
+    children = Children(a, space)
+    results = []
+    for frac in (float(f) for f in a.targets.split(",")):
+        results.append(one_target(a, space, cost, frac, children, sdata))
+    print(f"\n{'target':>7} {'found acc (per search)':>28} {'random median':>14} {'sd':>6} {'found-median':>22}")
+    for r in results:
+        found = " ".join(f"{s['acc']:.3f}" for s in r["searches"])
+        diffs = " ".join(f"{d:+.3f}" for d in r["found_minus_median"])
+        print(f"{r['fraction']:>7g} {found:>28} {r['random_median']:>14.3f} {r['random_sd']:>6.3f} {diffs:>22}")
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="minutes"), "commit": commit,
+                                  "command": " ".join(sys.argv), "args": {k: str(v) for k, v in vars(a).items()},
+                                  "results": results}, indent=1))
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
