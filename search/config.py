@@ -83,7 +83,8 @@ class SearchConfig(BaseModel):
         "theta epoch to this at the last (forces low entropies; it does not make the supernet learn)",
         json_schema_extra=cli(panel=METHOD_PANEL))
     proxy_width: float = Field(0.25, gt=0, le=1, description="supernet width multiplier (paper 1)", json_schema_extra=cli(panel=METHOD_PANEL))
-    proxy_resolution: int | None = Field(8, ge=8, description="search resolution; 0 = the space's (paper)",
+    proxy_resolution: int | None = Field(8, ge=8, description="search resolution; 0 = the space's (paper); v2: "
+                                         "the largest of the scaled resolution options",
                                          json_schema_extra=cli(panel=METHOD_PANEL))
 
     theta_batch_size: int | None = Field(16, ge=1, description="theta's batch; 0 = --batch-size", json_schema_extra=cli(panel=TUNING_PANEL))

@@ -5,23 +5,48 @@ supernet (:mod:`search.masking`), its distributions (:class:`search.masking.V2Ar
 the warm-up -- the distributions on the rest; tau from ``tau0`` at the first theta epoch to
 ``tau_end`` at the last; checkpoint and resume.
 
-The weight step draws one **hard** architecture (``sample(tau, hard=True).detach()``): the blocks
-weighted 0 are not run, one block per layer with its widths masked (about 9x cheaper on the CPU than
-the soft mix). With ``sandwich`` the same step also trains the **widest path**
+The weight step trains the supernet on the **expected mix** softmax(theta) (``weight_mix``
+expected, v1's default): every block type of a layer runs at max width, weighted by its probability,
+with the widths and expansions masked by theirs, at the **proxy resolution** (``proxy_resolution``,
+default 8 px: the resolution options scaled so that the largest is 8, 6/7/8 for fbnetv2-cifar; the
+cost is always the space's own). That is v1's recipe (bench/README.md, "Search quality"): a mix over
+9 block types costs about 9 hard paths, 10.0 s per step at 32 px on one CPU thread, and the proxy
+resolution pays for it. ``weight_mix`` sample mixes a soft Gumbel draw instead (the paper); ``--sampler single`` draws one **hard** path per step (the blocks weighted 0 are not
+run: about 9x cheaper per step), which leaves a short search's supernet at chance (below). With
+``sandwich`` the same step also trains the **widest path**
 (:meth:`search.masking.V2ArchParams.widest`: the largest resolution, stem, widths, expansion and
-head, each layer's most likely block), at twice a hard draw's cost instead of the soft mix's ~9x.
-Why: a hard random draw per step leaves a small search's supernet at chance (measured 2026-12-06,
-1000 Fashion-MNIST images, proxy 0.25, SGD lr 0.1, 3 epochs: 0.11/0.10/0.13 training accuracy, even
-with only the widths random), while the fixed widest path learns (0.25 -> 0.59 -> 0.69); with the
-supernet at chance the theta step's CE carries no signal and the distributions stay near uniform
-(a 10-epoch FLOPs search with neither option below: entropies widths 1.27, blocks 1.61, expansions 1.79).
-``entropy_weight`` adds that weight times the distributions' mean entropy
-(:meth:`search.masking.V2ArchParams.mean_entropy`) to the theta loss, ramped linearly from 0 at the
-first theta epoch to the full weight at the last, so the early epochs explore and the last ones
-commit. Measured 2026-12-06 (``fbnet-search run --space fbnetv2-cifar --cost flops --target-mflops
-20 --data fashion-mnist --subset 2000 --lr 0.1 --epochs 5 --cpu``, a shared 2-core host; largest
-entropy of blocks / widths / expansions / resolution; the draw's and the widest path's training
-accuracy in the last epoch):
+head, each layer's most likely block).
+
+Measured 2026-12-07 on a shared 2-core host (``fbnet-search run --space fbnetv2-cifar --cost flops
+--target-mflops 20 --data fashion-mnist --subset 2000 --epochs 10`` plus the options named; the
+weight step's training accuracy in the last epochs, the theta step's, the largest entropy of blocks /
+widths / expansions / resolution at the end, the result against the target, CPU time):
+
+* ``--sampler single`` (the hard draw, the previous default): 0.11-0.13; theta 0.09-0.14 (the
+  2026-12-06 runs below).
+* expected mix, theta lr 0.3 (v1's): 0.22 after epoch 2, then 0.11-0.15 as theta moved (the
+  resolution's entropy 0.01 by epoch 4); stopped after 5 epochs.
+* expected mix, ``--theta-lr 0.05``: 0.30-0.32; theta 0.09-0.11; 2.04 / 1.54 / 1.71 / 0.23;
+  19.04 MFLOPs (-4.8 %); 11.2 CPU-min.
+* expected mix, ``--theta-lr 0.05 --lr 0.1``: 0.31-0.40; theta 0.10-0.15; 1.99 / 1.51 / 1.63 /
+  1.09; 19.14 MFLOPs (-4.3 %); 11.3 CPU-min.
+* the same with ``--entropy-weight 3``: 0.37-0.42; theta 0.10-0.14; 1.99 / 1.42 / 1.56 / 0.11;
+  19.11 MFLOPs (-4.4 %); 11.0 CPU-min.
+* the same with the weight step mixing softmax(theta / tau) (a trial, not kept): 0.37 at epoch 3,
+  then 0.18 by epoch 6 as tau fell; stopped after 7 epochs.
+* ``--weight-mix sample --theta-lr 0.05 --lr 0.1``: 0.17 after epoch 2, then 0.12-0.15 as tau fell
+  (sharp samples switch block types like hard draws); stopped after 4 epochs.
+
+So the supernet now learns (0.3-0.4 against 0.11-0.13), and the search lands on its target, but
+theta does not converge by the issue's bar (every entropy <= 1.0) in 10 epochs: the theta step's
+Gumbel draws at tau below ~2 are sharp paths that the weights, trained on the mix, have not learned
+(its accuracy falls from 0.26 at tau 5 to 0.10 at tau 0.09), so its cross-entropy carries little
+signal late in the run.
+
+The 2026-12-06 runs of the hard draw with the sandwich and the entropy term
+(``fbnet-search run --space fbnetv2-cifar --cost flops --target-mflops 20 --data fashion-mnist
+--subset 2000 --lr 0.1 --epochs 5 --cpu --sampler single``, 32 px then; largest entropy of blocks /
+widths / expansions / resolution; the draw's and the widest path's training accuracy in the last epoch):
 
 * ``--sandwich --entropy-weight 1``: 0.12 / widest 0.51; 1.25 / 0.82 / 0.78 / 0.02; 20.75 MFLOPs
   (+3.7 %); 8.9 CPU-min.
@@ -30,13 +55,12 @@ accuracy in the last epoch):
 * ``--no-sandwich --entropy-weight 3``: 0.13; 0.67 / 1.00 / 0.68 / 0.01; 20.27 MFLOPs
   (+1.3 %); 8.2 CPU-min.
 
-The widest path learns, but the draws and the theta step's soft draw stay at chance (theta accuracy
-0.09 with the sandwich, 0.14 without), so the sandwich does not sharpen theta and is off by default;
-the entropy term does most of the converging, with the cost hinge choosing where. That is why it is
-off by default: with the supernet at chance, low entropies under it say that theta committed, not that
-the accuracy signal chose; a user would read a converged search where there is none. No setting yet
-meets the issue's bar (every entropy <= 1.0 with a supernet that learns). ``--preset paper`` turns
-both off too (the paper trains the draw alone).
+``entropy_weight`` adds that weight times the distributions' mean entropy
+(:meth:`search.masking.V2ArchParams.mean_entropy`) to the theta loss, ramped linearly from 0 at the
+first theta epoch to the full weight at the last. There the widest path learned but the draws and
+the theta step stayed at chance, so the entropy term did the converging: low entropies under it say that theta committed, not that the accuracy signal
+chose. That is why ``entropy_weight`` is off by default (``--preset paper`` turns it and the sandwich
+off too).
 
 What stops the hard draw, measured 2026-12-07 (2,000 Fashion-MNIST images, 1,600 for the weights,
 batch 64, SGD lr 0.1 momentum 0.9, proxy 0.25, one thread; training accuracy after 25 and 50 steps;
@@ -55,8 +79,9 @@ script: a hand-driven :class:`search.masking.MaskedSupernet`, not a bench):
 So it is the switching between block types with independent weights that stalls a short search:
 downstream layers see a different random basis every step. Channels-last tensors cut the hard step to
 0.66 s but crashed (heap corruption) in the soft step's backward with torch 2.13, so they are not used.
-Untried: the IR block types sharing one set of max-width weights with in-place distillation from
-the widest path (as OFA and BigNAS train), and the soft draw on a GPU.
+Hence the default above: the mix, made affordable by the proxy resolution. Untried: the IR block
+types sharing one set of max-width weights with in-place distillation from the widest path (as OFA
+and BigNAS train), and the mix at 32 px on a GPU.
 
 The theta step draws one **soft** Gumbel sample that drives the masks and the cost alike (the
 issue's "one draw per step"): loss = CE + ``target_weight`` * max(0, |log(E[cost] / T)| -
@@ -66,8 +91,9 @@ without a target, v1's ``CE * alpha * log(cost)^beta``.
 **Proxy**: the supernet is built on the space with every width scaled by ``proxy_width`` (the v1
 default 0.25; 1 = the paper's full size), so a CPU search fits in minutes; the width options keep
 their count and order (an option index means the same width in the proxy and the space), and the
-cost is always the space's own. The data is at the space's largest resolution (the supernet searches
-the resolution by subsampling). The result is chosen as in v1: the most likely architecture whose
+cost is always the space's own. The data is at the proxy resolution (the largest of the scaled
+options; the space's largest with ``--proxy-resolution 0``), and the supernet searches the resolution
+by subsampling it. The result is chosen as in v1: the most likely architecture whose
 cost is within +-``select_band`` of the target (:func:`search.select_v2.most_likely_within_v2`).
 """
 
@@ -92,7 +118,7 @@ from search.data import Dataset
 from search.dist import DistEnv, loader
 from search.history import EpochLog, no_progress
 from search.loss import fbnet_loss, target_loss
-from search.masking import MaskedSupernet, V2ArchParams
+from search.masking import MaskedSupernet, MixWeights, V2ArchParams
 from search.select_v2 import most_likely_within_v2
 from search.trainer import CHECKPOINT, RunOptions, make_optimizers, split_indices
 from search.v2_cost import COSTS, CostTables, arch_cost, cost_range, expected_cost
@@ -142,16 +168,32 @@ def _scaled(r: WidthRange, f: float) -> WidthRange:
     return WidthRange(lo, lo + step * (len(r.options) - 1), step)
 
 
-def proxy_space_v2(space: SpaceV2, width: float) -> SpaceV2:
-    """``space`` with every width option scaled by ``width`` (same number of options per choice)."""
-    if width == 1:
-        return space
-    stages = tuple(StageV2(st.stride, tuple(_scaled(r, width) for r in st.widths)) for st in space.stages)
-    heads = tuple(max(1, round(h * width)) for h in space.head_widths)
-    if len(set(heads)) != len(heads):
-        raise TrainError(f"proxy width {width} merges the head widths {list(space.head_widths)}")
-    return dataclasses.replace(space, name=f"{space.name}-w{width:g}", stem_widths=_scaled(space.stem_widths, width),
-                               stages=stages, head_widths=heads)
+def train_resolution(cfg: SearchConfig, space: SpaceV2) -> int:
+    """The resolution the supernet trains at: ``proxy_resolution`` (capped at the space's largest), else
+    the space's largest."""
+    return min(cfg.proxy_resolution or max(space.resolutions), max(space.resolutions))
+
+
+def proxy_space_v2(space: SpaceV2, width: float, resolution: int | None = None) -> SpaceV2:
+    """``space`` with every width option scaled by ``width`` and, with ``resolution``, every resolution
+    option scaled so that the largest is ``resolution`` (same number of options per choice, same order)."""
+    name, changes = space.name, {}
+    if width != 1:
+        heads = tuple(max(1, round(h * width)) for h in space.head_widths)
+        if len(set(heads)) != len(heads):
+            raise TrainError(f"proxy width {width} merges the head widths {list(space.head_widths)}")
+        changes.update(stem_widths=_scaled(space.stem_widths, width), head_widths=heads,
+                       stages=tuple(StageV2(st.stride, tuple(_scaled(r, width) for r in st.widths)) for st in space.stages))
+        name += f"-w{width:g}"
+    top = max(space.resolutions)
+    if resolution is not None and resolution != top:
+        res = tuple(max(1, round(r * resolution / top)) for r in space.resolutions)
+        if len(set(res)) != len(res):
+            raise TrainError(f"proxy resolution {resolution} merges the resolutions {list(space.resolutions)} "
+                             f"(into {list(res)}): use a larger --proxy-resolution or 0 (the space's)")
+        changes["resolutions"] = res
+        name += f"-r{resolution}"
+    return dataclasses.replace(space, name=name, **changes) if changes else space
 
 
 class V2Searcher:
@@ -175,10 +217,12 @@ class V2Searcher:
         self.theta_steps = 0
 
     def _check_inputs(self) -> None:
-        res = max(self.space.resolutions)
+        res = train_resolution(self.cfg, self.space)
         if self.data.train_x.shape[-1] != res:
-            raise TrainError(f"the data is {self.data.train_x.shape[-1]} px but a {self.space.name} search "
-                             f"trains at its largest resolution, {res} px")
+            raise TrainError(f"the data is {self.data.train_x.shape[-1]} px but this {self.space.name} search "
+                             f"trains at {res} px (its largest resolution, or --proxy-resolution)")
+        if self.cfg.single and self.cfg.paths > 1:
+            raise TrainError("a v2 search draws one path per weight step (--paths 1)")
         if self.target is not None:
             lo, hi = self.cost.range()
             band = self.cfg.select_band
@@ -189,7 +233,7 @@ class V2Searcher:
     def _build(self) -> None:
         cfg, dev = self.cfg, self.env.device
         torch.manual_seed(cfg.seed)
-        self.train_space = proxy_space_v2(self.space, cfg.proxy_width)
+        self.train_space = proxy_space_v2(self.space, cfg.proxy_width, train_resolution(cfg, self.space))
         self.net = MaskedSupernet(self.train_space).to(dev)
         self.arch = V2ArchParams(self.space).to(dev)
         self.tables = self.cost.tables.to(dev)
@@ -235,10 +279,19 @@ class V2Searcher:
         return True
 
     # ---- steps ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def weight_mix(self, tau: float) -> MixWeights:
+        """The weights of one weight step (no gradient to the distributions): the expected mix
+        softmax(theta) (``weight_mix`` expected, the default), a soft Gumbel draw (``sample``, the paper),
+        or one hard draw (``sampler`` single)."""
+        if self.cfg.single:
+            return self.arch.sample(tau, hard=True).detach()
+        return (self.arch.probs() if self.cfg.weight_mix == "expected" else self.arch.sample(tau)).detach()
+
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, int, int]:
-        """One SGD step of the weights on one hard draw (no gradient to the distributions), with
-        ``sandwich`` also on the widest path: (the draw's ce, its correct count, the widest's)."""
-        w = self.arch.sample(tau, hard=True).detach()
+        """One SGD step of the weights on :meth:`weight_mix` (no gradient to the distributions), with
+        ``sandwich`` also on the widest path: (the mix's ce, its correct count, the widest's)."""
+        w = self.weight_mix(tau)
         self.w_opt.zero_grad(set_to_none=True)
         widest_ok = 0
         if self.cfg.sandwich:
@@ -383,4 +436,5 @@ def run_search_v2(cfg: SearchConfig, space: SpaceV2, cost: V2Cost, data: Dataset
     return s.run()
 
 
-__all__ = ["KINDS", "V2Cost", "V2Result", "V2Searcher", "proxy_space_v2", "run_search_v2", "target_of"]
+__all__ = ["KINDS", "V2Cost", "V2Result", "V2Searcher", "proxy_space_v2", "run_search_v2", "target_of",
+           "train_resolution"]

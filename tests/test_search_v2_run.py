@@ -161,3 +161,37 @@ def test_bad_input_is_one_line(tmp_path):
     bad.mkdir()
     (bad / "arch.json").write_text(json.dumps({"arch": "res:31,stem:8,skip:8,head:640", "space": "fbnetv2-cifar"}))
     _one_line_error(runner.invoke(app, ["train", "--from", str(bad), "--out", str(tmp_path / "c")]), "arch.json")
+
+
+def test_the_weight_step_mixes_softmax_theta_by_default_and_one_path_under_single(tmp_path):
+    """The default weight step is the expected mix (softmax(theta): every block type, width and expansion
+    weighted, no zero), ``--sampler single`` one hard path; the supernet trains at the proxy resolution
+    with the resolution options scaled (24/28/32 -> 6/7/8), and a proxy that merges options is refused."""
+    from search.config import SearchConfig, TrainError
+    from search.data import load_dataset
+    from search.trainer_v2 import V2Cost, V2Searcher, proxy_space_v2, train_resolution
+
+    cost = V2Cost("flops", cost_tables(SPACE, flops_price))
+    cfg = SearchConfig(cost="flops", epochs=1, warmup_epochs=0, seed=0)
+    assert train_resolution(cfg, SPACE) == 8
+    s = V2Searcher(cfg, SPACE, cost, load_dataset("digits", 8, subset=64, seed=0), tmp_path / "a")
+    assert s.train_space.resolutions == (6, 7, 8) and s.net.max_res == 8
+    with torch.no_grad():
+        s.arch.blocks[0, 1] = 1.0  # theta away from uniform: the mix follows it
+    w = s.weight_mix(tau=1.0)
+    p = s.arch.probs()
+    assert torch.equal(w.blocks, p.blocks) and all(torch.equal(a, b) for a, b in zip(w.widths, p.widths, strict=True))
+    assert bool((w.blocks > 0).all()) and not w.blocks.requires_grad
+    paper = V2Searcher(cfg.model_copy(update={"weight_mix": "sample"}), SPACE, cost,
+                       load_dataset("digits", 8, subset=64, seed=0), tmp_path / "d")
+    drawn = paper.weight_mix(tau=1.0)  # a soft Gumbel draw: not the distribution itself
+    assert not torch.allclose(drawn.blocks, paper.arch.probs().blocks) and torch.allclose(drawn.blocks.sum(-1), torch.ones(SPACE.num_layers))
+
+    single = SearchConfig(cost="flops", epochs=1, warmup_epochs=0, seed=0, sampler="single", proxy_resolution=0)
+    h = V2Searcher(single, SPACE, cost, load_dataset("digits", 32, subset=64, seed=0), tmp_path / "b").weight_mix(1.0)
+    assert sorted(h.blocks.unique().tolist()) == [0.0, 1.0] and torch.equal(h.blocks.sum(-1), torch.ones(SPACE.num_layers))
+
+    with pytest.raises(TrainError, match="merges the resolutions"):
+        proxy_space_v2(SPACE, 1.0, 2)
+    with pytest.raises(TrainError, match="trains at 8 px"):
+        V2Searcher(cfg, SPACE, cost, load_dataset("digits", 32, subset=64, seed=0), tmp_path / "c")

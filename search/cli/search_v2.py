@@ -83,7 +83,7 @@ def run_v2(source: TableSource, selector: Selector, data: DataConfig, search: Se
     from search.config import TrainError
     from search.data import DataError, load_dataset
     from search.trainer import RunOptions
-    from search.trainer_v2 import run_search_v2, target_of
+    from search.trainer_v2 import run_search_v2, target_of, train_resolution
     from search.v2_cost import CostError
 
     space = get_v2_space(source.space)
@@ -94,7 +94,7 @@ def run_v2(source: TableSource, selector: Selector, data: DataConfig, search: Se
     cost = v2_cost(search, source, selector, space)
     options = RunOptions(progress=partial(progress, enabled=execution.progress), tensorboard=execution.tensorboard)
     try:
-        ds = load_dataset(data.data, max(space.resolutions), subset=data.subset, seed=search.seed,
+        ds = load_dataset(data.data, train_resolution(search, space), subset=data.subset, seed=search.seed,
                           num_classes=space.num_classes)
         res = run_search_v2(search, space, cost, ds, execution.out, options, resume=execution.resume)
     except (DataError, TrainError, CostError) as e:
