@@ -131,6 +131,8 @@ def one_target(a, space, cost: V2Cost, frac: float, children: Children, sdata) -
 
 def main() -> None:
     a = parse()
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # the code that runs: read before the hour-long run
     space = get_v2_space(a.space)
     cost = cost_of(a, space)
     probe = SearchConfig(cost=cost.kind, **dict(kv.split("=", 1) for kv in a.search_opt))
@@ -144,8 +146,6 @@ def main() -> None:
         found = " ".join(f"{s['acc']:.3f}" for s in r["searches"])
         diffs = " ".join(f"{d:+.3f}" for d in r["found_minus_median"])
         print(f"{r['fraction']:>7g} {found:>28} {r['random_median']:>14.3f} {r['random_sd']:>6.3f} {diffs:>22}")
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="minutes"), "commit": commit,
                                   "command": " ".join(sys.argv), "args": {k: str(v) for k, v in vars(a).items()},
