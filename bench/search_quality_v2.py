@@ -141,16 +141,22 @@ def main() -> None:
     results = []
     for frac in (float(f) for f in a.targets.split(",")):
         results.append(one_target(a, space, cost, frac, children, sdata))
+        write(a, commit, results)  # after every target: an hours-long run keeps what it measured if cut short
     print(f"\n{'target':>7} {'found acc (per search)':>28} {'random median':>14} {'sd':>6} {'found-median':>22}")
     for r in results:
         found = " ".join(f"{s['acc']:.3f}" for s in r["searches"])
         diffs = " ".join(f"{d:+.3f}" for d in r["found_minus_median"])
         print(f"{r['fraction']:>7g} {found:>28} {r['random_median']:>14.3f} {r['random_sd']:>6.3f} {diffs:>22}")
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="minutes"), "commit": commit,
-                                  "command": " ".join(sys.argv), "args": {k: str(v) for k, v in vars(a).items()},
-                                  "results": results}, indent=1))
     print(f"wrote {a.json}")
+
+
+def write(a, commit: str, results: list[dict]) -> None:
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.json.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="minutes"), "commit": commit,
+                               "command": " ".join(sys.argv), "args": {k: str(v) for k, v in vars(a).items()},
+                               "results": results}, indent=1))
+    tmp.replace(a.json)
 
 
 if __name__ == "__main__":
