@@ -74,6 +74,64 @@ def learning_curve(server: str, device: str, space: str, steps: int = 8) -> list
     return curve
 
 
+BANDS = ((0, 10), (10, 50), (50, float("inf")))  # corrected us: where the held-out misses fall
+
+
+def per_op(server: str, device: str, space: str) -> tuple[list[dict], list[dict]]:
+    """Every measured op with its corrected latency and its 5-fold held-out prediction (the service's
+    model, a fit that did not see it), and the held-out share within ±10 % per size band: whether the
+    misses are small ops (timing noise of a few us) or the model."""
+    import numpy as np
+
+    from fbnet.space_v2 import get_v2_space
+    from profiler_server.domain import fitting
+
+    sp = get_v2_space(space)
+    c = httpx.get(f"{server}/tables/{device}", params={"space": space}, timeout=60).json()["columns"]
+    meas = {k: v for k, v, s in zip(c["key"], c["corrected_us"], c["source"], strict=True)
+            if s == "measured" and v and v > 0}
+    keys = sorted(meas)
+    y = np.array([meas[k] for k in keys])
+    pred = fitting.heldout(fitting.shape_array([sp.grid[k] for k in keys]), y).predicted
+    stats = {}  # key -> the run's statistics: which of them reproduces best (--against)
+    with ServiceClient(server, timeout_s=60) as sc:
+        for run in sc.runs(device):
+            for m in sc.run_measurements(run.id).measurements:
+                stats[m.key] = {"median_us": m.median_us, "p10_us": m.p10_us, "min_us": m.min_us,
+                                "overhead_us": m.overhead_us}
+    ops = [{"key": k, "corrected_us": float(v), "heldout_us": None if not np.isfinite(p) else float(p),
+            **stats.get(k, {})} for k, v, p in zip(keys, y, pred, strict=True)]
+    return ops, [band_row(lo, hi, [(o["corrected_us"], o["heldout_us"]) for o in ops]) for lo, hi in BANDS]
+
+
+def band_row(lo: float, hi: float, pairs: list[tuple[float, float | None]]) -> dict:
+    """Share within ±10 % of the pairs (reference, other) whose reference lies in [lo, hi) us."""
+    errs = [abs(b / a - 1) for a, b in pairs if lo <= a < hi and b is not None]
+    return {"band_us": [lo, hi if hi != float("inf") else None], "n": len(errs),
+            "within_10pct": sum(e <= 0.10 for e in errs) / len(errs) if errs else None,
+            "median_err_pct": 100 * sorted(errs)[len(errs) // 2] if errs else None}
+
+
+def repeatability(ops: list[dict], earlier: Path) -> dict:
+    """The same ops measured in an earlier run (``--against``): how often two measurements of one op
+    agree within ±10 %, per size band. No model fitted to these measurements can do better on held-out
+    ops than the measurements agree with themselves."""
+    before = {o["key"]: o for o in json.loads(earlier.read_text()).get("ops", [])}
+    pairs = [(before[o["key"]]["corrected_us"], o["corrected_us"]) for o in ops if o["key"] in before]
+    out = {"against": str(earlier), "common_ops": len(pairs),
+           "all": band_row(0, float("inf"), pairs), "bands": [band_row(lo, hi, pairs) for lo, hi in BANDS]}
+    for stat in ("median_us", "p10_us", "min_us"):  # each statistic less the overhead: which repeats best
+        both = [(_net(before[o["key"]], stat), _net(o, stat)) for o in ops if o["key"] in before]
+        both = [(x, y) for x, y in both if x is not None and y is not None and x > 0]
+        out[f"by_statistic_{stat}"] = [band_row(lo, hi, both) for lo, hi in ((0, float("inf")), *BANDS)]
+    return out
+
+
+def _net(o: dict, stat: str) -> float | None:
+    """An op's statistic less its per-call overhead (None: not recorded)."""
+    return o[stat] - (o.get("overhead_us") or 0.0) if o.get(stat) is not None else None
+
+
 def plot(curve: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -99,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=int, default=300)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--design", type=int, default=300)
-    p.add_argument("--archs", type=int, default=50)
+    p.add_argument("--archs", type=int, default=50, help="random whole models to validate (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--transport", choices=["host", "native"], default="host")
     p.add_argument("--warmup", type=int, default=10)
@@ -108,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, default=None, help="export cache (default: a fresh one: cold)")
     p.add_argument("--json", type=Path, default=OUT / "lut_fidelity_v2.json")
+    p.add_argument("--against", type=Path, default=None,
+                   help="an earlier run's JSON: how well the ops both measured agree (the noise floor)")
     a = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     device, log = "host-cpu", a.json.with_suffix(".log")
@@ -124,12 +184,15 @@ def main(argv: list[str] | None = None) -> None:
         out = agent("profile", *common, "--budget", a.budget, "--batch", a.batch, "--design", a.design,
                     "--spool-dir", Path(tmp) / "spool", log=log)
         t_val = time.monotonic()
-        agent("validate", *common, "--archs", a.archs, "--seed", a.seed, log=log)
+        summary = {"count": 0, "within_10pct": None, "kendall_tau": None, "mape": None, "validations": []}
+        if a.archs:  # --archs 0: the profile and the fit only
+            agent("validate", *common, "--archs", a.archs, "--seed", a.seed, log=log)
+            with ServiceClient(server.url, timeout_s=60) as sc:
+                summary = sc.validations(device, a.space).model_dump(mode="json")
         t_end = time.monotonic()
-        with ServiceClient(server.url, timeout_s=60) as sc:
-            summary = sc.validations(device, a.space).model_dump(mode="json")
         table = httpx.get(f"{server.url}/tables/{device}", params={"space": a.space}, timeout=60).json()
         curve = learning_curve(server.url, device, a.space)
+        ops, bands = per_op(server.url, device, a.space)
     rounds = [dict(zip(("round", "phase", "measured", "asked", "export_s", "timing_s"), m.groups(), strict=True))
               for m in ROUND.finditer(out)]
     export_s = sum(float(r["export_s"]) for r in rounds)
@@ -143,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
                          "kendall_tau": summary["kendall_tau"], "mape": summary["mape"]},
         "cold_profile_s": round(t_val - t_prof, 1), "export_s": round(export_s, 1), "timing_s": round(timing_s, 1),
         "validate_s": round(t_end - t_val, 1), "total_s": round(time.monotonic() - t0, 1), "rounds": rounds,
-        "learning_curve": curve,
+        "learning_curve": curve, "heldout_by_size": bands,
+        "repeatability": repeatability(ops, a.against) if a.against else None, "ops": ops,
         "archs": [{"label": v["label"], "arch": ",".join(v["arch"]), "predicted_us": v["predicted_us"],
                    "measured_us": v["measured_us"], "error_pct": v["error_pct"], "sources": v["extra"].get("sources"),
                    "drift": v["extra"].get("drift")} for v in summary["validations"]],
@@ -151,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     a.json.write_text(json.dumps(result, indent=1))
     png = a.json.with_name(a.json.stem + "_curve.png")
     plot(curve, png, f"{a.space} on the host ({a.transport}): held-out error vs measured ops")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("archs", "rounds")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("archs", "rounds", "ops")}, indent=1))
     print(f"wrote {a.json} and {png}")
 
 
