@@ -50,6 +50,10 @@ class V2Sampling(BaseModel):
     design: int = Field(300, ge=0, le=20_000, description="v2: ops of the space-filling design before adaptive "
                         "rounds", json_schema_extra=cli(panel=SAMPLING_PANEL))
     design_seed: int = Field(0, ge=0, description="v2: the design's seed", json_schema_extra=cli(panel=SAMPLING_PANEL))
+    context_max_factor: float = Field(2.0, gt=1, le=100, description=(
+        "v2: the calibration serves a context only when its whole models run within 1/F..F x the sum of "
+        "their ops (beyond it a busy machine preempted the models, not weight reloads)"),
+        json_schema_extra=cli(panel=SAMPLING_PANEL))
     max_batches: int | None = Field(None, ge=1, description="v2: stop after this many batches in this call",
                                     json_schema_extra=cli(panel=SAMPLING_PANEL, hidden=True))
 
@@ -205,6 +209,46 @@ class V2Profiler:
         self.state = None
         return out
 
+    def calibrate(self) -> dict | None:
+        """The in-model context once the plan is done (:mod:`device_agents.calibration_v2`): whole
+        calibration models against the served grid, uploaded as a run of their references whose finish
+        carries the context cost. None with ``calibration`` 0."""
+        from device_agents.calibration_v2 import V2Calibration, reference_measurements
+        from device_agents.protocol import overhead_summary
+        from fbnet.lut import TableError
+
+        if not self.config.calibration:
+            return None
+        t0 = time.monotonic()
+        cal = V2Calibration(self.service, self.config, self.target, self.protocol, note=self.note,
+                            progress=self.progress, max_factor=self.sampling.context_max_factor)
+        try:
+            cal.fetch()
+        except TableError as e:  # a grid too thinly measured for the fit to price whole models yet
+            self.note(f"no context calibration: {e}; a larger --budget measures enough of the grid")
+            return None
+        cal.export()
+        t1 = time.monotonic()
+        cal.measure()
+        report, refs = cal.context(), cal.reference_results()
+        self.state = self.up.new_run(self._run_create(self.provenance()))
+        self.up.add(self.state, reference_measurements(refs))
+        ok = report["plausible"]
+        self.up.finish(self.state, RunFinish(
+            overhead_us=overhead_summary(refs), context_factor=report["factor"] if ok else None,
+            context_us_per_mb=report["us_per_mb"] if ok else None, extra={"sampled": True, "calibration": report}))
+        self.state = None
+        per = [m["us_per_mb"] for m in report["models"] if m["us_per_mb"] is not None]
+        timing = f"(export {t1 - t0:.1f} s, timing {time.monotonic() - t1:.1f} s)"
+        if ok:
+            self.note(f"context: {report['us_per_mb']:.1f} us per MB of weights inside a model ({min(per):.1f}.."
+                      f"{max(per):.1f} over {len(per)} whole calibration models, drift {report['drift']:.3f}; they "
+                      f"run {report['factor']:.3f}x the sum of their ops) {timing}")
+        else:  # a broken measurement, not a device: recorded, never served
+            self.note(f"warning: context {report['us_per_mb']:.1f} us/MB, factor {report['factor']:.3f} is "
+                      f"implausible; the calibration run carries none {timing}")
+        return report
+
     # -- the loop ---------------------------------------------------------------------------
     def round(self, plan: PlanOut) -> RoundReport:
         """Export, measure and finish one planned batch."""
@@ -241,6 +285,7 @@ class V2Profiler:
                     self.finish({})
                     plan = self.plan()
                 if plan.done:
+                    self.calibrate()
                     return plan
             rep = self.round(plan)
             self.note(_round_line(rep, plan))

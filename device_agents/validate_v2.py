@@ -50,14 +50,15 @@ class V2Validation:
     """:meth:`fetch`, :meth:`export`, :meth:`measure`, :meth:`upload` (module docstring)."""
 
     def __init__(self, service: Service, config: ValidationConfig, target: Target, protocol: ProtocolConfig,
-                 selector: Selector, note: Callable[[str], None], progress: ProgressFactory):
+                 selector: Selector, note: Callable[[str], None], progress: ProgressFactory,
+                 labelled: list[tuple[str, object]] | None = None):
         from fbnet.space_v2 import get_v2_space
 
         self.service, self.config, self.protocol, self.note, self.progress = service, config, protocol, note, progress
         self.selector = table_selector(selector, target)
         self.target = target
         self.sp = get_v2_space(config.space)
-        self.labelled = v2_archs(self.sp, config.archs, protocol.seed, config.arch)
+        self.labelled = labelled or v2_archs(self.sp, config.archs, protocol.seed, config.arch)
         self.keys = {label: arch_key(a) for label, a in self.labelled}
         self.table = None
         self.refs: list[str] = []

@@ -31,6 +31,7 @@ _PROTOCOL = {
     "protocol", "reference_keys", "round_factors", "spread", "unstable", "warmup_batches_us", "settle", "tau",
     "space_version", "sampled", "plan_round", "remeasured", "measure_s", "runner_rounds",
     "calibration", "factor", "us_per_mb", "models", "overhead_us", "arch", "ops_sum_us", "weight_mb", "n", "ratio",
+    "label", "plausible", "table_version",  # a sampled v2 profile's calibration (device_agents.calibration_v2)
 }
 # whole-model validations (device_agents.validate and validate_v2) and the table configuration they priced
 _VALIDATION = {

@@ -36,6 +36,12 @@ widths / expansions / resolution at the end, the result against the target, CPU 
   then 0.18 by epoch 6 as tau fell; stopped after 7 epochs.
 * ``--weight-mix sample --theta-lr 0.05 --lr 0.1``: 0.17 after epoch 2, then 0.12-0.15 as tau fell
   (sharp samples switch block types like hard draws); stopped after 4 epochs.
+* expected mix, ``--theta-lr 0.1 --lr 0.1 --tau-end 1.0`` (a tau floor, so theta's draws stay near
+  the mix the weights learn; 2026-12-07, load 3-4): 0.30 at epoch 5, then 0.16-0.22 as theta moved;
+  theta 0.11-0.18 even at tau 1-2; 1.50 / 1.25 / 1.73 / 0.74; 19.03 MFLOPs (-4.8 %); 34 wall-min.
+  The expected cost swung 7.7 -> 23.4 -> 18.2 MFLOPs between epochs: the target hinge moves theta in
+  jumps, the mix the weights train on moves with it, and the supernet forgets. A floor on tau does not
+  make theta's draws informative.
 
 So the supernet now learns (0.3-0.4 against 0.11-0.13), and the search lands on its target, but
 theta does not converge by the issue's bar (every entropy <= 1.0) in 10 epochs: the theta step's

@@ -135,3 +135,90 @@ def test_half_measured_batch_resumes_with_the_rest(module_server, tmp_path):
     assert last.done and last.measured == 12
     by_run = measured_keys(module_server, name)
     assert list(by_run) == [run_id] and sorted(by_run[run_id]) == sorted(plan.keys)
+
+
+
+def _roofline_run(server, device: str, token: str, like: dict, us_per_mmac: float, skip_keys) -> list[str]:
+    """A run of a roofline device double posted through the API in ``like``'s configuration: every stem,
+    head and classifier op plus a spread of inverted-residual and skip ops, each at ``us_per_mmac`` per
+    million multiply-adds + 2 us. Enough of the grid for the fit to price every whole model."""
+    from fbnet.wire import MeasurementBatch, RunCreate, RunFinish
+
+    fixed = [k for k, op in SP.grid.items() if not op.block.startswith(("ir_k", "skip"))]
+    ir = sorted(k for k, op in SP.grid.items() if op.block.startswith("ir_k"))[::400]
+    skip = sorted(k for k, op in SP.grid.items() if op.block == "skip" and not op.is_identity)[::60]
+    keys = [k for k in fixed + ir + skip if k not in skip_keys]
+    ms = []
+    for k in keys:
+        us = us_per_mmac * SP.grid[k].macs / 1e6 + 2.0
+        ms.append({"key": k, "n": 5, "median_us": us, "mean_us": us, "std_us": 0.01 * us, "min_us": 0.98 * us,
+                   "p10_us": 0.99 * us, "p90_us": 1.01 * us, "overhead_us": 0.5})
+    with ServiceClient(server.url, token, role="agent") as sc:
+        run = sc.create_run(RunCreate(space=SPACE, transport="host", agent_version="roofline-double",
+                                      **{f: like[f] for f in ("runtime", "runtime_version", "precision", "threads",
+                                                              "cpu_mask", "compute_units")}))
+        sc.post_measurements(run.id, MeasurementBatch(measurements=ms))
+        sc.finish_run(run.id, RunFinish(overhead_us=0.5))
+    return keys
+
+
+def test_calibration_models_give_the_grid_its_context_cost(module_server, tmp_path):
+    """Once the plan is done the agent times whole calibration models (their own random stream, not the
+    validate flow's) beside measured references; their cost beyond the sum of their served entries, per
+    MB of weights, is the context cost that the grid then serves and predict_v2 adds. The grid is one
+    real batch plus a roofline double's run (scaled by the real batch), so that every model is priced."""
+    from device_agents.validate_v2 import v2_archs
+    from fbnet.arch_v2 import ArchV2
+    from fbnet.lut import context_cost
+    from fbnet.lut_v2 import predict_v2
+
+    name = module_server.unique("v2ctx")
+    token = module_server.create_device(name)
+    args = agent_args(module_server, name, token, tmp_path / "spool")
+    code, out = run_agent(*args[:-len(SAMPLE)], "--budget", "12", "--batch", "12", "--design", "24")
+    assert code == 0, out
+    with ServiceClient(module_server.url) as sc:
+        real = sc.runs(name)[0]
+        got = {m.key: m.median_us - (m.overhead_us or 0) for m in sc.run_measurements(real.id).measurements}
+    scale = sorted(us / (SP.grid[k].macs / 1e6) for k, us in got.items() if SP.grid[k].macs)[len(got) // 2]
+    n = len(got) + len(_roofline_run(module_server, name, token, real.model_dump(), scale, got))
+    i = args.index("--calibration-models")
+    args[i + 1] = "2"
+    # the double's sums are a roofline's, not this machine's ops: any factor is served (--context-max-factor)
+    code, out = run_agent(*args[:-len(SAMPLE)], "--budget", str(n), "--batch", "12", "--design", "24",
+                          "--context-max-factor", "100")
+    assert code == 0, out
+    flat = " ".join(out.split())
+    assert "context: " in flat and "over 2 whole calibration models" in flat, out
+    assert f"{n} of" in flat and "in 0 batch(es) this call; done (budget)" in flat, out  # nothing more measured
+    with ServiceClient(module_server.url) as sc:
+        runs = sc.runs(name)
+        cal_run = runs[-1]
+        refs = sc.run_measurements(cal_run.id).keys
+    assert len(runs) == 3 and cal_run.context_us_per_mb is not None, [r.context_us_per_mb for r in runs]
+    cal = cal_run.extra["calibration"]
+    assert sorted(refs) == sorted(cal["reference_ops"]) and len(refs) >= 4  # the references are measured ops
+    assert [m["label"] for m in cal["models"]] == ["calibration-0-0", "calibration-0-1"]
+    validated = {a.to_text() for _, a in v2_archs(SP, 2, 0)}
+    assert not validated & {m["arch"] for m in cal["models"]}  # calibrated on other models than judged on
+    # the run's cost is the rule applied to what it recorded
+    rows = [(m["median_us"] / cal["drift"], m["ops_sum_us"], m["weight_mb"]) for m in cal["models"]]
+    assert cal_run.context_us_per_mb == pytest.approx(context_cost(rows, cal["overhead_us"])[0])
+    with TableClient(module_server.url, tmp_path / "cache") as tc:
+        t = tc.fetch(name, SPACE).table
+    assert t.context_us_per_mb == pytest.approx(cal_run.context_us_per_mb)
+    arch = ArchV2.parse(cal["models"][0]["arch"])
+    with_ctx = predict_v2(t, SP, arch)["latency_us"]
+    alone = predict_v2(t.model_copy(update={"context_us_per_mb": None}), SP, arch)["latency_us"]
+    mb = SP.arch_params(arch) * 4 / 1e6
+    assert with_ctx - alone == pytest.approx(t.context_us_per_mb * mb)
+    assert cal["models"][0]["weight_mb"] == pytest.approx(mb)
+    # a calibration outside the plausible band is recorded and never served: the table keeps the earlier one
+    code, out = run_agent(*args[:-len(SAMPLE)], "--budget", str(n), "--batch", "12", "--design", "24",
+                          "--context-max-factor", "1.000001")
+    assert code == 0 and "is implausible; the calibration run carries none" in " ".join(out.split()), out
+    with ServiceClient(module_server.url) as sc:
+        last = sc.runs(name)[-1]
+    assert last.id != cal_run.id and last.context_us_per_mb is None and last.extra["calibration"]["models"]
+    with TableClient(module_server.url, tmp_path / "cache") as tc:
+        assert tc.fetch(name, SPACE).table.context_us_per_mb == pytest.approx(cal_run.context_us_per_mb)
