@@ -421,12 +421,14 @@ def specialisation(a, space, main_lut, versus, sdata, done: list[dict]) -> list[
             cross["ref_on_a_us"], cross["ref_on_b_us"] = predict(main_lut, ref)["latency_us"], predict(v, ref)["latency_us"]
         cross["speedup_on_a"] = cross["b_arch_on_a_us"] / cross["a_arch_on_a_us"]
         cross["speedup_on_b"] = cross["a_arch_on_b_us"] / cross["b_arch_on_b_us"]
+        cross["cross_product"] = cross["speedup_on_a"] * cross["speedup_on_b"]  # > 1: each is faster on its own
         out.append(cross)
         print(f"specialisation ({cross['protocol']}) {main_lut.device} vs {v.device}: targets "
               f"{own['target_us'] / 1000:.2f} / {other['target_us'] / 1000:.2f} ms; {main_lut.device}: own "
               f"{cross['a_arch_on_a_us'] / 1000:.2f} ms, other's {cross['b_arch_on_a_us'] / 1000:.2f} ms "
               f"({cross['speedup_on_a']:.2f}x); {v.device}: own {cross['b_arch_on_b_us'] / 1000:.2f} ms, other's "
-              f"{cross['a_arch_on_b_us'] / 1000:.2f} ms ({cross['speedup_on_b']:.2f}x)", flush=True)
+              f"{cross['a_arch_on_b_us'] / 1000:.2f} ms ({cross['speedup_on_b']:.2f}x); cross-latency product "
+              f"{cross['cross_product']:.3f}", flush=True)
     return out
 
 

@@ -14,6 +14,12 @@ writes ``bench/out/search_quality_v2.json``.
 
     python bench/search_quality_v2.py --cost flops --targets 0.2,0.35,0.5 --search-seeds 3 --randoms 8 \\
         --child-seeds 2 --subset 2000 --epochs 10 --child-subset 2000 --child-epochs 2
+
+Device specialisation (FBNet's section 4.3 on v2): ``--cost latency --table A.json --versus B.json`` searches
+at each target fraction of each grid's own range, ``--search-seeds`` times per device, prices every
+architecture on both grids and reports the cross-latency product (A's arch on B / B's arch on B) x
+(B's arch on A / A's arch on A); above 1 when each device's own architecture is the faster on it. It
+compares latencies only (no child is trained), so it says nothing of accuracy.
 """
 
 from __future__ import annotations
@@ -59,6 +65,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--child-epochs", type=int, default=2)
     p.add_argument("--search-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a SearchConfig field for every search, e.g. theta_lr=0.05")
+    p.add_argument("--versus", type=Path, help="another device's saved v2 grid (with --cost latency --table): device "
+                   "specialisation instead of found vs random. At each target fraction (of each grid's own range) "
+                   "--search-seeds searches on each grid, every architecture priced on both; the answer is the "
+                   "cross-latency product (A's arch on B / B's arch on B) x (B's arch on A / A's arch on A), "
+                   "> 1 when each device's architecture is the faster on its own device. No child is trained")
     p.add_argument("--json", type=Path, default=OUT / "search_quality_v2.json")
     return p.parse_args()
 
@@ -135,8 +146,12 @@ def main() -> None:
                             text=True).stdout.strip()  # the code that runs: read before the hour-long run
     space = get_v2_space(a.space)
     cost = cost_of(a, space)
+    if a.versus is not None and (a.cost != "latency" or a.table is None):
+        raise SystemExit("--versus needs --cost latency --table GRID.json (specialisation compares two devices' grids)")
     probe = SearchConfig(cost=cost.kind, **dict(kv.split("=", 1) for kv in a.search_opt))
     sdata = load_dataset(a.data, train_resolution(probe, space), subset=a.subset, seed=0)
+    if a.versus is not None:
+        return specialise(a, commit, space, cost, sdata)
     children = Children(a, space)
     results = []
     for frac in (float(f) for f in a.targets.split(",")):
@@ -150,11 +165,54 @@ def main() -> None:
     print(f"wrote {a.json}")
 
 
+def search_on(a, space, cost: V2Cost, frac: float, seed: int, name: str) -> dict:
+    """One search at ``frac`` of this grid's range: its architecture, cost error and entropies."""
+    lo, hi = cost.range()
+    target = lo + frac * (hi - lo)
+    cfg = SearchConfig(cost="latency", epochs=a.epochs, seed=seed, target_ms=target / 1000,
+                       **dict(kv.split("=", 1) for kv in a.search_opt))
+    c0 = time.process_time()
+    r = run_search_v2(cfg, space, cost, a.sdata, OUT / "search_quality_v2" / f"spec-{name}-t{frac:g}-s{seed}",
+                      RunOptions())
+    return {"target_us": target, "arch": r.arch, "error_pct": 100 * (r.cost / target - 1),
+            "max_entropy": max(r.entropies.values()), "cpu_s": time.process_time() - c0}
+
+
+def specialise(a, commit: str, space, cost_a: V2Cost, sdata) -> None:
+    """Device specialisation on two v2 grids (``--table`` A, ``--versus`` B): the cross-latency product per
+    target and search seed, every architecture priced on both grids as the search prices it."""
+    cost_b = cost_of(argparse.Namespace(cost="latency", table=a.versus), space)
+    a.sdata, results = sdata, []
+    for frac in (float(f) for f in a.targets.split(",")):
+        for seed in range(a.search_seeds):
+            sa = search_on(a, space, cost_a, frac, seed, "a")
+            sb = search_on(a, space, cost_b, frac, seed, "b")
+            row = {"fraction": frac, "seed": seed,
+                   "a_arch_on_a_us": cost_a.of(space, sa["arch"]), "b_arch_on_a_us": cost_a.of(space, sb["arch"]),
+                   "b_arch_on_b_us": cost_b.of(space, sb["arch"]), "a_arch_on_b_us": cost_b.of(space, sa["arch"]),
+                   "a_search": {**sa, "arch": sa["arch"].to_text()}, "b_search": {**sb, "arch": sb["arch"].to_text()}}
+            row["speedup_on_a"] = row["b_arch_on_a_us"] / row["a_arch_on_a_us"]
+            row["speedup_on_b"] = row["a_arch_on_b_us"] / row["b_arch_on_b_us"]
+            row["cross_product"] = row["speedup_on_a"] * row["speedup_on_b"]
+            results.append(row)
+            print(f"  target {frac:g} seed {seed}: A's arch {row['a_arch_on_a_us']:.0f} us on A "
+                  f"({sa['error_pct']:+.1f} %), B's {row['b_arch_on_a_us']:.0f} ({row['speedup_on_a']:.3f}x); "
+                  f"B's arch {row['b_arch_on_b_us']:.0f} us on B ({sb['error_pct']:+.1f} %), A's "
+                  f"{row['a_arch_on_b_us']:.0f} ({row['speedup_on_b']:.3f}x); product {row['cross_product']:.3f}; "
+                  f"max entropy {sa['max_entropy']:.2f} / {sb['max_entropy']:.2f}", flush=True)
+            write(a, commit, results)
+    prods = [r["cross_product"] for r in results]
+    print(f"\ncross-latency product: median {statistics.median(prods):.3f}, range {min(prods):.3f}-{max(prods):.3f} "
+          f"over {len(prods)} pairs of searches (goal >= 1.1)")
+    print(f"wrote {a.json}")
+
+
 def write(a, commit: str, results: list[dict]) -> None:
     a.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.json.with_suffix(".tmp")
     tmp.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="minutes"), "commit": commit,
-                               "command": " ".join(sys.argv), "args": {k: str(v) for k, v in vars(a).items()},
+                               "command": " ".join(sys.argv),
+                               "args": {k: str(v) for k, v in vars(a).items() if k != "sdata"},
                                "results": results}, indent=1))
     tmp.replace(a.json)
 

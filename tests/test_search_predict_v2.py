@@ -62,6 +62,33 @@ def test_predict_prices_a_v2_arch_from_the_grid(module_server, tmp_path):
     assert bad.exit_code == 2 and "resolution 64" in bad.output, bad.output
 
 
+def test_fetch_saves_the_v2_grid_that_a_latency_search_takes(module_server, tmp_path):
+    """``fbnet-search fetch --space fbnetv2-cifar --out FILE`` saves the served grid table (what ``run --table
+    FILE`` and ``bench/search_quality_v2.py --table`` read), says how many entries are measured and fitted,
+    and the file prices an architecture as ``predict`` does from the server."""
+    from fbnet.lut_v2 import predict_v2
+    from fbnet.wire import GridTable
+    from search.cli.search_v2 import _grid_file
+
+    name = fitted_device(module_server)
+    out = tmp_path / "grid.json"
+    base = ["fetch", "--space", SPACE, "--server", module_server.url, "--device", name,
+            "--cache-dir", str(tmp_path / "cache")]
+    r = CliRunner().invoke(app, [*base, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    with module_server.client() as c:
+        served = GridTable.model_validate(c.get(f"/tables/{name}", params={"space": SPACE}).json())
+    saved = _grid_file(out, SP)
+    assert saved == served and served.counts["measured"] == 120
+    text = " ".join(r.output.split())
+    assert "120 measured" in text and f"{served.counts['fitted']} fitted" in text and "held-out" in text
+    arch = SP.random_arch(random.Random(7))
+    assert predict_v2(saved, SP, arch)["latency_us"] == predict_v2(served, SP, arch)["latency_us"]
+    wrong = CliRunner().invoke(app, ["fetch", "--space", "fbnetv2-nope", "--server", module_server.url,
+                                     "--device", name])
+    assert wrong.exit_code == 2 and "fbnetv2-nope" in wrong.output, wrong.output
+
+
 def test_agent_validates_a_v2_arch_whole_against_the_grid(module_server, tmp_path):
     """``fbnet-agent validate --space fbnetv2-cifar``: one random v2 model exported whole at its resolution,
     timed on the host, uploaded against the grid's prediction (the staircase double's table: the numbers

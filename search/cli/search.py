@@ -43,25 +43,39 @@ def fetch(
     out: Path = typer.Option(None, "--out", "-o", help="also save the table here (for --table FILE)"),
     *, source: TableSource, selector: Selector,
 ):
-    """Fetch a device's latency table of one configuration (cached, ETag-revalidated) and optionally save it."""
+    """Fetch a device's latency table of one configuration (cached, ETag-revalidated) and optionally save it.
+    A v2 space (fbnetv2-cifar) gives its grid table (measured and fitted entries, the fit's held-out
+    error), which ``run --space fbnetv2-cifar --table FILE`` takes."""
     from fbnet.client import TableClient, save_table
     from fbnet.lut import TableError, describe
+    from fbnet.space_v2 import is_v2_space
 
     if source.server is None or source.device is None:
         fail("fetch needs --server and --device")
-    s = space_named(source.space)
+    name = source.space if is_v2_space(source.space) else space_named(source.space).name
     try:
         with TableClient(source.server, source.cache_dir, token=source.token, on_warning=warn) as client:
-            got = client.fetch(source.device, s.name, selector)
+            got = client.fetch(source.device, name, selector)
     except TableError as e:
         fail(str(e))
     t = got.table
     console.print(describe(t), highlight=False, soft_wrap=True)
-    console.print(f"{t.device}/{t.space}: version {t.version}, {len(t.entries)} entries, "
+    console.print(f"{t.device}/{t.space}: version {t.version}, {_entries(t)}, "
                   f"{'complete' if t.complete else f'{len(t.missing)} missing'} (from {got.source})", highlight=False)
     if out is not None:
         save_table(t, out)
         console.print(f"saved to {out}")
+
+
+def _entries(t) -> str:
+    """"N entries" of a v1 table; a v2 grid's entries by source and its fit's held-out error."""
+    if not hasattr(t, "counts"):
+        return f"{len(t.entries)} entries"
+    by = ", ".join(f"{n} {k}" for k, n in sorted(t.counts.items()))
+    h = t.model.heldout if t.model else None
+    err = (f"; the fit's held-out error {100 * h.within_10pct:.1f} % within ±10 %, MAPE {h.mape:.1f} %"
+           if h and h.within_10pct is not None else "")
+    return f"{sum(t.counts.values())} grid entries ({by}){err}"
 
 
 @commands.command(epilog=TOKEN_ENV_HELP)
