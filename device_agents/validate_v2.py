@@ -5,8 +5,12 @@ Steps as in :mod:`device_agents.validate`: fetch the grid table (ETag cache) and
 configuration; export each architecture whole (``FBNetV2Net`` at its resolution) and a few measured grid
 ops as references; time them in the protocol's interleaved rounds; upload one validation per
 architecture (its text's tokens as ``arch``). With ``drift_adjust`` the prediction is scaled by the
-reference ops' drift (their medians now / in the table), so the comparison measures the table, not
-how busy the machine is now.
+drift since the table was measured, so the comparison measures the table, not how busy the machine is
+now: the drift of the table's calibration models when it has some (the whole models the profile timed
+to calibrate the in-model context, :mod:`device_agents.calibration_v2`; timed again here, now / then,
+"then" put in the table's state by that calibration's own drift), else of the reference ops (their
+medians now / in the table). Whole models drift as whole models do: a load that preempts a 2 ms model
+but not a 20 us op shows in the first and not in the second, as in v1 (:mod:`device_agents.validate`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,33 @@ def v2_archs(space, n: int, seed: int, extra: list[str] | None = None) -> list[t
     return labelled
 
 
+def calibration_models_v2(service: Service, table, space) -> dict[str, tuple[object, float]]:
+    """The whole calibration models of the table's configuration (the plausible calibrations its finished
+    runs carry in ``extra['calibration']``): program key -> (ArchV2, median us in the table's state: the
+    median over the runs that timed it of the model's median / that calibration's drift)."""
+    from fbnet.arch_v2 import ArchV2
+    from fbnet.client import RetryPolicy, ServiceClient, ServiceRefused
+
+    if table.configuration is None:
+        return {}
+    seen: dict[str, tuple[object, list[float]]] = {}
+    with ServiceClient(service.server, service.token, role="agent", timeout_s=60,
+                       retry=RetryPolicy(retries=service.retries)) as c:
+        cfg = next((x for x in c.configurations(service.device, space.name)
+                    if x.id == table.configuration.config_id), None)
+        for rid in cfg.runs if cfg else []:
+            try:
+                cal = c.get_run(rid).extra.get("calibration") or {}
+            except ServiceRefused:
+                continue  # a run this token may not read (or one that is gone): its models are left out
+            if not cal.get("plausible") or not cal.get("drift"):
+                continue  # an implausible calibration was timed under a load the table's ops did not see
+            for m in cal.get("models", []):
+                a = ArchV2.parse(m["arch"])
+                seen.setdefault(arch_key(a), (a, []))[1].append(float(m["median_us"]) / float(cal["drift"]))
+    return {k: (a, statistics.median(xs)) for k, (a, xs) in seen.items()}
+
+
 class V2Validation:
     """:meth:`fetch`, :meth:`export`, :meth:`measure`, :meth:`upload` (module docstring)."""
 
@@ -61,6 +92,7 @@ class V2Validation:
         self.labelled = labelled or v2_archs(self.sp, config.archs, protocol.seed, config.arch)
         self.keys = {label: arch_key(a) for label, a in self.labelled}
         self.table = None
+        self.calib: dict[str, tuple[object, float]] = {}
         self.refs: list[str] = []
         self.programs: dict[str, Path] = {}
         self.results: dict[str, OpResult] = {}
@@ -80,13 +112,23 @@ class V2Validation:
         self.target = fit_target(self.target, self.selector, t)
         self.preds = {label: predict_v2(t, self.sp, a) for label, a in self.labelled}
 
+    def load_calibration(self) -> None:
+        """The table's calibration models (when ``drift_adjust`` with the median statistic): timed too."""
+        if self.config.drift_adjust and self.config.statistic == "median":
+            self.calib = calibration_models_v2(self.service, self.table, self.sp)
+            if self.calib:
+                self.note(f"{len(self.calib)} calibration model(s) of the table timed too: the prediction is "
+                          f"scaled by their drift")
+
     def export(self) -> None:
-        """The whole models, and up to ``protocol.reference`` measured grid ops as references."""
+        """The whole models (and the calibration models), up to ``protocol.reference`` measured grid ops as
+        references."""
         from device_agents.exporters import export_archs
 
         fmt, jobs = self.target.fmt, self.config.jobs
         folder = arch_folder(self.config.cache, fmt, self.sp)
         todo = {self.keys[label]: (a, folder / f"{self.keys[label]}.{fmt}") for label, a in self.labelled}
+        todo.update({k: (a, folder / f"{k}.{fmt}") for k, (a, _) in self.calib.items() if k not in todo})
         with steps(self.progress, "export", len(todo)) as tick:
             self.programs = export_archs(self.sp, todo, fmt, jobs=jobs, progress=tick)
         c = self.table.columns
@@ -104,6 +146,7 @@ class V2Validation:
         tr = self.target.open(self.config.cache / "ios-work")
         if hasattr(tr, "input_shapes"):
             tr.input_shapes.update({self.keys[label]: self.sp.input_shape(a.resolution) for label, a in self.labelled})
+            tr.input_shapes.update({k: self.sp.input_shape(a.resolution) for k, (a, _) in self.calib.items()})
             tr.input_shapes.update({k: self.sp.grid[k].input_shape for k in self.refs})
         programs = Programs(list(self.programs), reference=self.refs or None, settle=models)
         try:
@@ -120,16 +163,22 @@ class V2Validation:
         ratios = [self.results[k].stats.median_us / then[k] for k in self.refs if then.get(k)]
         return statistics.median(ratios) if ratios else None
 
+    def model_drift(self) -> float | None:
+        """Median of the calibration models' medians now / then (None: the table has none)."""
+        ratios = [self.results[k].stats.median_us / then for k, (_, then) in self.calib.items() if k in self.results]
+        return statistics.median(ratios) if ratios else None
+
     def upload(self) -> ValidationReport:
         """One validation per architecture (the prediction scaled by the drift when ``drift_adjust``)."""
         from device_agents.uploader import Uploader
         from fbnet.wire import ValidationCreate
 
-        t, drift = self.table, self.drift()
-        scale = (drift or 1.0) if self.config.drift_adjust else 1.0
+        t, drift, model_drift = self.table, self.drift(), self.model_drift()
+        scale = (model_drift or drift or 1.0) if self.config.drift_adjust else 1.0
         report = ValidationReport(self.sp.name, self.service.device, self.target.transport.value, t.overhead_us,
-                                  "corrected", f"table {t.version}", drift=drift, drift_adjusted=scale != 1.0,
-                                  protocol=self.info.to_dict(), reference_ops=list(self.refs))
+                                  "corrected", f"table {t.version}", drift=drift, model_drift=model_drift,
+                                  drift_adjusted=scale != 1.0, protocol=self.info.to_dict(),
+                                  reference_ops=list(self.refs))
         up = Uploader.for_service(self.service)
         try:
             for label, a in self.labelled:
@@ -138,7 +187,11 @@ class V2Validation:
                     space=self.sp.name, arch=a.to_text().split(","), predicted_us=pred["latency_us"] * scale,
                     measured_us=r.stats.median_us, n=r.stats.n, std_us=r.stats.std_us, table_version=t.version,
                     label=label, extra={"table_predicted_us": pred["latency_us"], "sources": pred["sources"],
-                                        "drift": drift, "drift_scale": scale, "resolution": a.resolution,
+                                        "drift": drift, "model_drift": model_drift, "drift_scale": scale,
+                                        "calibration_models": sorted(self.calib), "calibration_now_us": {
+                                            k: self.results[k].stats.median_us for k in self.calib},
+                                        "calibration_then_us": {k: then for k, (_, then) in self.calib.items()},
+                                        "resolution": a.resolution,
                                         "mflops": self.sp.arch_mflops(a), "reference_ops": list(self.refs),
                                         "transport": self.target.transport.value, "threads": self.target.threads,
                                         "p10_us": r.stats.p10_us, "p90_us": r.stats.p90_us})
@@ -158,9 +211,10 @@ def validate_v2(service: Service, config: ValidationConfig, *, target: Target, p
 
     v = V2Validation(service, config, target, protocol, selector, note, progress or SILENT)
     v.fetch()
+    v.load_calibration()
     v.export()
     v.measure()
     return v.upload()
 
 
-__all__ = ["V2Validation", "v2_archs", "validate_v2"]
+__all__ = ["V2Validation", "calibration_models_v2", "v2_archs", "validate_v2"]

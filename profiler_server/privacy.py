@@ -39,7 +39,7 @@ _VALIDATION = {
     "context_us_per_mb", "table_context_factor", "alone_predicted_us", "configuration", "precision", "runtime",
     "runtime_version", "cpu_mask", "compute_units", "imported", "table_overhead_us", "n_ops", "transport",
     "p10_us", "p90_us", "drift", "model_drift", "calibration_models", "reference_ops", "inround_predicted_us",
-    "sources", "resolution", "mflops",
+    "sources", "resolution", "mflops", "calibration_now_us", "calibration_then_us",
 }
 # a device's descriptive metadata (what an operator registers besides model, soc and os)
 _HARDWARE = {
@@ -48,7 +48,8 @@ _HARDWARE = {
 }
 PUBLIC_KEYS = frozenset(_PROVENANCE | _PROTOCOL | _VALIDATION | _HARDWARE)
 # maps keyed by data: {"thermal_zone0:cpu": 41.5}, {"cpu4": 2314.0}, {op key: median}, {"measured": 12}
-NUMERIC_MAPS = frozenset({"max_freqs_mhz", "temps", "freqs", "reference_median_us", "sources"})
+NUMERIC_MAPS = frozenset({"max_freqs_mhz", "temps", "freqs", "reference_median_us", "sources", "calibration_now_us",
+                          "calibration_then_us"})
 _MAP_KEY = re.compile(r"[A-Za-z0-9_.:+ -]{1,80}", re.ASCII)
 
 

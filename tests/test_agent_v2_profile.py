@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -167,6 +168,7 @@ def test_calibration_models_give_the_grid_its_context_cost(module_server, tmp_pa
     validate flow's) beside measured references; their cost beyond the sum of their served entries, per
     MB of weights, is the context cost that the grid then serves and predict_v2 adds. The grid is one
     real batch plus a roofline double's run (scaled by the real batch), so that every model is priced."""
+    from device_agents.targets import arch_key
     from device_agents.validate_v2 import v2_archs
     from fbnet.arch_v2 import ArchV2
     from fbnet.lut import context_cost
@@ -222,3 +224,17 @@ def test_calibration_models_give_the_grid_its_context_cost(module_server, tmp_pa
     assert last.id != cal_run.id and last.context_us_per_mb is None and last.extra["calibration"]["models"]
     with TableClient(module_server.url, tmp_path / "cache") as tc:
         assert tc.fetch(name, SPACE).table.context_us_per_mb == pytest.approx(cal_run.context_us_per_mb)
+    # validate times the table's calibration models again and scales the prediction by their drift: now /
+    # then, "then" in the table's state (median / that calibration's drift), of plausible calibrations only
+    code, out = run_agent("validate", "--server", module_server.url, "--device", name, "--token", token, "--space",
+                          SPACE, "--transport", "host", "--archs", "1", "--reference-ops", "2", "--max-rounds", "2",
+                          *QUICK)
+    assert code == 0 and "2 calibration model(s) of the table timed too" in " ".join(out.split()), out
+    with ServiceClient(module_server.url) as sc:
+        (v,) = sc.validations(name, SPACE).validations
+    models = {arch_key(ArchV2.parse(m["arch"])): m["median_us"] / cal["drift"] for m in cal["models"]}
+    now, then = v.extra["calibration_now_us"], v.extra["calibration_then_us"]
+    assert v.extra["calibration_models"] == sorted(models) and then == pytest.approx(models)
+    drift = statistics.median(now[k] / then[k] for k in models)
+    assert v.extra["model_drift"] == pytest.approx(drift) and v.extra["drift_scale"] == pytest.approx(drift)
+    assert v.predicted_us == pytest.approx(v.extra["table_predicted_us"] * drift)
