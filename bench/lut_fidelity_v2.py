@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         "repeatability": repeatability(ops, a.against) if a.against else None, "ops": ops,
         "archs": [{"label": v["label"], "arch": ",".join(v["arch"]), "predicted_us": v["predicted_us"],
                    "measured_us": v["measured_us"], "error_pct": v["error_pct"], "sources": v["extra"].get("sources"),
-                   "drift": v["extra"].get("drift")} for v in summary["validations"]],
+                   "drift": v["extra"].get("drift"), "model_drift": v["extra"].get("model_drift"),
+                   "table_predicted_us": v["extra"].get("table_predicted_us")} for v in summary["validations"]],
     }
     a.json.write_text(json.dumps(result, indent=1))
     png = a.json.with_name(a.json.stem + "_curve.png")
