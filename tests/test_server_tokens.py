@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -142,8 +143,16 @@ def test_plots_are_cached_concurrent_and_behind_the_reader_check(tmp_path, hwnas
                  "/plots/validations/pixel3.png?space=fbnet-cifar"]
         for p in paths:
             assert httpx.get(server.url + p).status_code == 401
+        def get(c, p):  # as a client does: a busy renderer answers 503 with Retry-After (bounded wait), then retry
+            for _ in range(20):
+                r = c.get(p)
+                if r.status_code != 503:
+                    return r
+                time.sleep(float(r.headers["retry-after"]))
+            return r
+
         with server.client("reader") as c, ThreadPoolExecutor(6) as pool:
-            got = list(pool.map(lambda p: c.get(p), paths * 2))
+            got = list(pool.map(lambda p: get(c, p), paths * 2))
         assert all(r.status_code == 200 and r.content[:4] == b"\x89PNG" for r in got), [(r.status_code, r.text[:80]) for r in got if r.status_code != 200]
         assert [r.content for r in got[:3]] == [r.content for r in got[3:]]  # same content, same bytes
     finally:
