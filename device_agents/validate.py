@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -136,25 +136,37 @@ def fetch_table(service: Service, space: str, cache_dir: Path, selector: Selecto
         return c.fetch(service.device, space, selector).table
 
 
-def calibration_models(service: Service, table) -> dict[str, tuple[object, float]]:
-    """The whole calibration models the table's runs timed (``extra.calibration``): program key ->
-    (Arch, median us when profiled; the median over the runs that timed it)."""
+def run_calibrations(service: Service, run_ids: Callable[[object], list[int]]) -> Iterator[dict]:
+    """The ``extra.calibration`` of each run ``run_ids(client)`` names (a run this token may not read,
+    or one that is gone, is left out)."""
     from fbnet.client import RetryPolicy, ServiceClient, ServiceRefused
-    from fbnet.space import Arch
 
-    run_ids = sorted({rid for e in table.entries for rid in e.run_ids})
-    seen: dict[str, tuple[object, list[float]]] = {}
     with ServiceClient(service.server, service.token, role="agent", timeout_s=60,
                        retry=RetryPolicy(retries=service.retries)) as c:
-        for rid in run_ids:
+        for rid in run_ids(c):
             try:
                 run = c.get_run(rid)
             except ServiceRefused:
-                continue  # a run this token may not read (or one that is gone): its models are left out
-            for m in (run.extra.get("calibration") or {}).get("models", []):
-                a = Arch.parse(m["arch"])
-                seen.setdefault(arch_key(a), (a, []))[1].append(float(m["median_us"]))
+                continue
+            yield run.extra.get("calibration") or {}
+
+
+def median_models(rows: Iterable[tuple[object, float]]) -> dict[str, tuple[object, float]]:
+    """program key -> (architecture, the median of its times) from (architecture, time) rows."""
+    seen: dict[str, tuple[object, list[float]]] = {}
+    for a, us in rows:
+        seen.setdefault(arch_key(a), (a, []))[1].append(us)
     return {k: (a, statistics.median(xs)) for k, (a, xs) in seen.items()}
+
+
+def calibration_models(service: Service, table) -> dict[str, tuple[object, float]]:
+    """The whole calibration models the table's runs timed (``extra.calibration``): program key ->
+    (Arch, median us when profiled; the median over the runs that timed it)."""
+    from fbnet.space import Arch
+
+    run_ids = sorted({rid for e in table.entries for rid in e.run_ids})
+    return median_models((Arch.parse(m["arch"]), float(m["median_us"]))
+                         for cal in run_calibrations(service, lambda c: run_ids) for m in cal.get("models", []))
 
 
 def table_selector(selector: Selector, target: Target) -> Selector:

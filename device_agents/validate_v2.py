@@ -29,6 +29,8 @@ from device_agents.validate import (
     ValidationReport,
     fetch_table,
     fit_target,
+    median_models,
+    run_calibrations,
     table_selector,
 )
 from fbnet.configuration import Selector
@@ -53,28 +55,20 @@ def v2_archs(space, n: int, seed: int, extra: list[str] | None = None) -> list[t
 def calibration_models_v2(service: Service, table, space) -> dict[str, tuple[object, float]]:
     """The whole calibration models of the table's configuration (the plausible calibrations its finished
     runs carry in ``extra['calibration']``): program key -> (ArchV2, median us in the table's state: the
-    median over the runs that timed it of the model's median / that calibration's drift)."""
+    median over the runs that timed it of the model's median / that calibration's drift). An implausible
+    calibration was timed under a load the table's ops did not see: left out."""
     from fbnet.arch_v2 import ArchV2
-    from fbnet.client import RetryPolicy, ServiceClient, ServiceRefused
 
     if table.configuration is None:
         return {}
-    seen: dict[str, tuple[object, list[float]]] = {}
-    with ServiceClient(service.server, service.token, role="agent", timeout_s=60,
-                       retry=RetryPolicy(retries=service.retries)) as c:
-        cfg = next((x for x in c.configurations(service.device, space.name)
-                    if x.id == table.configuration.config_id), None)
-        for rid in cfg.runs if cfg else []:
-            try:
-                cal = c.get_run(rid).extra.get("calibration") or {}
-            except ServiceRefused:
-                continue  # a run this token may not read (or one that is gone): its models are left out
-            if not cal.get("plausible") or not cal.get("drift"):
-                continue  # an implausible calibration was timed under a load the table's ops did not see
-            for m in cal.get("models", []):
-                a = ArchV2.parse(m["arch"])
-                seen.setdefault(arch_key(a), (a, []))[1].append(float(m["median_us"]) / float(cal["drift"]))
-    return {k: (a, statistics.median(xs)) for k, (a, xs) in seen.items()}
+
+    def run_ids(c) -> list[int]:
+        return next((x.runs for x in c.configurations(service.device, space.name)
+                     if x.id == table.configuration.config_id), [])
+
+    return median_models((ArchV2.parse(m["arch"]), float(m["median_us"]) / float(cal["drift"]))
+                         for cal in run_calibrations(service, run_ids) if cal.get("plausible") and cal.get("drift")
+                         for m in cal.get("models", []))
 
 
 class V2Validation:
