@@ -26,8 +26,8 @@ import random
 from collections.abc import Callable
 
 from device_agents.profiling import ProfileConfig
-from device_agents.protocol import OpResult, Programs, ProtocolConfig, run_protocol, to_measurement
-from device_agents.targets import ProgressFactory, Service, Target, export_ops, steps
+from device_agents.protocol import OpResult, Programs, ProtocolConfig, to_measurement
+from device_agents.targets import ProgressFactory, Service, Target, export_ops
 from device_agents.validate import ValidationConfig
 from device_agents.validate_v2 import V2Validation
 from fbnet.configuration import Selector
@@ -78,18 +78,9 @@ class V2Calibration(V2Validation):
         from device_agents.exporters import overhead_key
 
         models = [self.keys[label] for label, _ in self.labelled]
-        tr = self.target.open(self.config.cache / "ios-work")
-        if hasattr(tr, "input_shapes"):
-            tr.input_shapes.update({self.keys[label]: self.sp.input_shape(a.resolution) for label, a in self.labelled})
-            tr.input_shapes.update({k: self.sp.grid[k].input_shape for k in self.refs})
         programs = Programs(models + self.refs, reference=self.refs or None,
                             overhead_of={k: overhead_key(self.sp.grid[k].input_shape) for k in self.refs})
-        try:
-            tr.prepare(self.programs)
-            with steps(self.progress, "calibration", (len(models) + len(self.refs)) * self.protocol.rounds) as tick:
-                self.results = run_protocol(tr, programs, self.protocol, on_sample=tick, info=self.info)
-        finally:
-            tr.close()
+        self.run_rounds(programs, "calibration", len(models) + len(self.refs))
 
     def context(self) -> dict:
         """``{"factor", "us_per_mb", "drift", "models": [...], "plausible"}`` from the timed models."""

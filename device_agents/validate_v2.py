@@ -137,15 +137,19 @@ class V2Validation:
     def measure(self) -> None:
         """Every program in the protocol's interleaved rounds; the models settle (``settle_tau``)."""
         models = [self.keys[label] for label, _ in self.labelled]
+        self.run_rounds(Programs(list(self.programs), reference=self.refs or None, settle=models), "measure",
+                        len(self.programs))
+
+    def run_rounds(self, programs: Programs, label: str, n: int) -> None:
+        """``programs`` (``n`` of them) on the target in the protocol's rounds, into ``results``."""
         tr = self.target.open(self.config.cache / "ios-work")
         if hasattr(tr, "input_shapes"):
             tr.input_shapes.update({self.keys[label]: self.sp.input_shape(a.resolution) for label, a in self.labelled})
             tr.input_shapes.update({k: self.sp.input_shape(a.resolution) for k, (a, _) in self.calib.items()})
             tr.input_shapes.update({k: self.sp.grid[k].input_shape for k in self.refs})
-        programs = Programs(list(self.programs), reference=self.refs or None, settle=models)
         try:
             tr.prepare(self.programs)
-            with steps(self.progress, "measure", len(self.programs) * self.protocol.rounds) as tick:
+            with steps(self.progress, label, n * self.protocol.rounds) as tick:
                 self.results = run_protocol(tr, programs, self.protocol, on_sample=tick, info=self.info)
         finally:
             tr.close()
