@@ -14,8 +14,10 @@ cache generation.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
+import itertools
 import logging
 import os
 import shutil
@@ -39,7 +41,7 @@ for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 # Bump whenever what an export produces changes in a way the library versions do not capture.
-EXPORTER_VERSION = "1"
+EXPORTER_VERSION = "2"  # 2: BatchNorm folded into the convolutions before export
 FORMATS = ("pte", "pte-int8", "mlpackage")
 SUFFIX = {"pte": ".pte", "pte-int8": ".pte", "mlpackage": ".mlpackage"}
 PRECISION = {"pte": "fp32", "pte-int8": "int8", "mlpackage": "fp16"}
@@ -107,16 +109,40 @@ def quantize_int8(module: nn.Module, example: torch.Tensor) -> nn.Module:
     return convert_pt2e(graph)
 
 
-def export_pte(module: nn.Module, example: torch.Tensor, path: str | Path, precision: str = "fp32") -> Path:
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` in eval mode with every ``BatchNorm2d`` that follows a ``Conv2d`` in an
+    ``nn.Sequential`` folded into that convolution's weight and bias (``torch.nn.utils.fusion``); the
+    original is not touched.
+
+    Every BN of :mod:`fbnet.blocks` sits so (``ConvBNReLU``, ``ConvBNAct``). The backends fold BN into
+    the convolution anyway (XNNPACK's lowering, Core ML's conversion), so the program that runs is the
+    same; folding first halves the graph the lowering walks, which is most of a cold export's time
+    (``bench/export_cost.py``)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(module).eval()
+    for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in itertools.pairwise(names):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = nn.Identity()
+    return folded
+
+
+def export_pte(module: nn.Module, example: torch.Tensor, path: str | Path, precision: str = "fp32",
+               fold_bn: bool = True) -> Path:
     """torch.export + XNNPACK lowering (fp32, or int8 through :func:`quantize_int8`) to an ExecuTorch
-    program at ``path``."""
+    program at ``path``; BN folded first (:func:`fold_batchnorm`) unless ``fold_bn`` is False (the
+    export cost bench's baseline)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     if precision not in ("fp32", "int8"):
         raise ExportError(f"ExecuTorch programs are exported in fp32 or int8, not {precision!r}")
     path = Path(path)
-    module = module.eval()
+    module = fold_batchnorm(module) if fold_bn else module.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # torch 2.13's own pytree deprecation, raised inside executorch's lowering: not ours to fix
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -134,12 +160,13 @@ def export_pte(module: nn.Module, example: torch.Tensor, path: str | Path, preci
 
 
 def export_mlpackage(module: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
-    """jit.trace + Core ML mlprogram (iOS 17, fp16 compute, fp16 input and output) at ``path``."""
+    """jit.trace + Core ML mlprogram (iOS 17, fp16 compute, fp16 input and output) at ``path``, BN
+    folded first as for ExecuTorch."""
     import coremltools as ct
     import numpy as np
 
     path = Path(path)
-    module = module.eval()
+    module = fold_batchnorm(module)
     with torch.no_grad():
         traced = torch.jit.trace(module, (example,))
     mlmodel = ct.convert(
@@ -161,11 +188,12 @@ def export_mlpackage(module: nn.Module, example: torch.Tensor, path: str | Path)
     return path
 
 
-def export_module(module: nn.Module, example: torch.Tensor, fmt: str, path: str | Path) -> Path:
+def export_module(module: nn.Module, example: torch.Tensor, fmt: str, path: str | Path,
+                  fold_bn: bool = True) -> Path:
     check_format(fmt)
     if fmt == "mlpackage":
         return export_mlpackage(module, example, path)
-    return export_pte(module, example, path, precision=PRECISION[fmt])
+    return export_pte(module, example, path, precision=PRECISION[fmt], fold_bn=fold_bn)
 
 
 def op_module(op: Op) -> nn.Module:
@@ -206,6 +234,6 @@ def export_arch(space: Space | SpaceV2, arch: Arch | ArchV2, fmt: str, path: str
 
 __all__ = [
     "CALIBRATION_INPUTS", "EXPORTER_VERSION", "FORMATS", "PRECISION", "SUFFIX", "CallOverhead", "ExportError",
-    "check_format", "export_arch", "export_format", "export_mlpackage", "export_module", "export_pte", "fingerprint",
+    "check_format", "export_arch", "fold_batchnorm", "export_format", "export_mlpackage", "export_module", "export_pte", "fingerprint",
     "library_versions", "op_module", "quantize_int8",
 ]

@@ -96,3 +96,36 @@ def test_v2_ops_export_and_run_on_executorch(tmp_path):
             ref = op_module(op)(x)
         assert y.shape == ref.shape
         torch.testing.assert_close(y, ref, rtol=1e-3, atol=1e-4)
+
+
+def _perturb_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so that a wrong fold changes the output."""
+    gen = torch.Generator().manual_seed(1)
+    for bn in (b for b in model.modules() if isinstance(b, nn.BatchNorm2d)):
+        bn.running_mean.copy_(torch.rand(bn.num_features, generator=gen) - 0.5)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) * 1.5 + 0.5)
+        bn.weight.data.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+        bn.bias.data.copy_(torch.rand(bn.num_features, generator=gen) - 0.5)
+    return model.eval()
+
+
+def test_export_folds_batchnorm_into_the_convolutions_without_changing_the_function(tmp_path):
+    """The export folds every BN (a cold export walks half the graph; bench/export_cost.py): the folded
+    copy computes what the model does, keeps no BN, leaves the model itself alone, and is what
+    ``export_pte`` writes -- exporting the folded copy gives the same bytes, exporting unfolded does not."""
+    from fbnet.export import export_pte, fold_batchnorm
+
+    sp = get_v2_space("fbnetv2-cifar")
+    net = _perturb_bn(FBNetV2Net(sp, sp.random_arch(random.Random(3))))
+    op = _perturb_bn(build_op(parse_key_v2("ir_k5_sehsig_hs-24x8x8-m72-24-s1")))
+    for model, x in ((net, torch.randn(2, 3, 32, 32)), (op, torch.randn(1, 24, 8, 8))):
+        n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        folded = fold_batchnorm(model)
+        assert n_bn > 0 and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    x = example_input((1, 24, 8, 8))
+    exported = export_pte(op, x, tmp_path / "op.pte").read_bytes()
+    assert export_pte(fold_batchnorm(op), x, tmp_path / "folded.pte").read_bytes() == exported
+    assert export_pte(op, x, tmp_path / "unfolded.pte", fold_bn=False).read_bytes() != exported
