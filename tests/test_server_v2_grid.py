@@ -237,3 +237,16 @@ def test_fitted_entries_marked_refused_under_measured_only_and_etags(module_serv
         cov = c.get(f"/devices/{name}").json()["coverage"][SPACE]
         assert cov["ops"] == len(SP.grid) and cov["covered"] == 90 + t["counts"]["identity"]
         assert c.get(f"/tables/{name}/configurations", params={"space": SPACE}).json()[0]["covered"] == 90 + t["counts"]["identity"]
+
+
+def test_the_budget_cuts_the_last_batch(module_server, dev):
+    """``budget`` is the most ops a profile measures: the batch that reaches it is cut to it (a 600-op
+    budget in batches of 100 after 32 fixed ops measured 632 before)."""
+    name, token = dev
+    rng, sizes = random.Random(3), []
+    while not (p := plan(module_server, token, name, batch=30, design=100, budget=45))["done"]:
+        sizes.append(len(p["keys"]))
+        run_id = open_run(module_server, token)
+        upload(module_server, token, run_id, p["keys"], rng)
+        finish(module_server, token, run_id)
+    assert sizes == [30, 15] and p["reason"] == "budget" and p["measured"] == 45

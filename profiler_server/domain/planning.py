@@ -15,7 +15,8 @@ the measurements themselves:
   unmeasured ops where the fits disagree most (std of their log predictions) are the candidates, and
   a farthest-point pass among the top candidates (away from the measured ops) keeps the batch spread.
 
-No batch once ``budget`` ops are measured or the held-out share within ±10 % reaches ``goal``.
+No batch once ``budget`` ops are measured or the held-out share within ±10 % reaches ``goal``; the
+batch that reaches the budget is cut to it.
 """
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ def next_batch(session: Session, caller: Caller, device_name: str, req: wire.Pla
     _record_failed(current, req.failed)
     measured = {k for k in _measured_keys(session, device.id, row.id, cfg.config_id)
                 if k in grid.index and not grid.identity[grid.index[k]]}
-    done = measured | _open_run_keys(session, device, row.id, req.run_id) | {k for b in batches for k in b.failed or []}
+    open_keys = _open_run_keys(session, device, row.id, req.run_id)
+    done = measured | open_keys | {k for b in batches for k in b.failed or []}
     if current is not None and (left := [k for k in current.keys if k not in done]):
         return _out(device, space, cfg, current, left, len(measured), None)
     values = {k: m.corrected_us for k, m in config_entries(session, device, space, cfg.config_id).items()}
@@ -199,6 +201,11 @@ def next_batch(session: Session, caller: Caller, device_name: str, req: wire.Pla
     if (reason := _stop_reason(req, len(measured), fit)) is not None:
         return _out(device, space, cfg, current, [], len(measured), fit, reason)
     seed = batches[0].seed if batches else req.seed
+    if req.budget is not None:  # the last batch stops at the budget, not a batch beyond it
+        room = req.budget - len(measured | open_keys)
+        if room <= 0:  # the agent's open run reaches the budget once it finishes
+            return _out(device, space, cfg, current, [], len(measured), fit, "budget")
+        req = req.model_copy(update={"batch": min(req.batch, room)})
     phase, keys = _choose(grid, req, seed, done | {k for b in batches for k in b.keys}, values)
     if not keys:
         return _out(device, space, cfg, current, [], len(measured), fit, "exhausted")
