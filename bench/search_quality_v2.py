@@ -20,6 +20,18 @@ at each target fraction of each grid's own range, ``--search-seeds`` times per d
 architecture on both grids and reports the cross-latency product (A's arch on B / B's arch on B) x
 (B's arch on A / A's arch on A); above 1 when each device's own architecture is the faster on it. It
 compares latencies only (no child is trained), so it says nothing of accuracy.
+
+v2 against v1 at equal latency (does the larger space buy accuracy?): ``--cost latency --table GRID.json
+--v1-table V1.json`` with a v1 table of the same device (``fbnet-search fetch --space fbnet-cifar``). Each
+target is a fraction of the overlap of the two spaces' latency ranges; at each, ``--search-seeds`` v1
+searches (:func:`search.trainer.run_search`) and as many v2 searches, both with ``--subset`` and
+``--epochs`` and otherwise the CLI's defaults (``--search-opt`` applies to the v2 searches only), and
+every found architecture trained with the same child seeds, images and epochs. The answer per target:
+v2's mean child accuracy minus v1's, per search seed, each architecture's latency on its own table and
+its MFLOPs. Equal latency is as the two tables price it: they must come from the same device in the
+same state, or the comparison mixes the device's drift into the spaces.
+
+    python bench/search_quality_v2.py --cost latency --table v2.json --v1-table v1.json --targets 0.2,0.5
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fbnet.configuration import Selector  # noqa: E402
-from fbnet.space_v2 import get_v2_space  # noqa: E402
+from fbnet.space_v2 import arch_summary, get_v2_space  # noqa: E402
 from search.band_v2 import uniform_in_band_v2  # noqa: E402
 from search.child import train_child  # noqa: E402
 from search.config import ChildConfig, SearchConfig, TableSource  # noqa: E402
@@ -70,6 +82,9 @@ def parse() -> argparse.Namespace:
                    "--search-seeds searches on each grid, every architecture priced on both; the answer is the "
                    "cross-latency product (A's arch on B / B's arch on B) x (B's arch on A / A's arch on A), "
                    "> 1 when each device's architecture is the faster on its own device. No child is trained")
+    p.add_argument("--v1-table", type=Path, help="a v1 table (fbnet-cifar) of --table's device: v2 against v1 at "
+                   "equal latency instead of found vs random (with --cost latency --table)")
+    p.add_argument("--v1-space", default="fbnet-cifar")
     p.add_argument("--json", type=Path, default=OUT / "search_quality_v2.json")
     return p.parse_args()
 
@@ -97,15 +112,15 @@ class Children:
         self.a, self.space, self.data, self.done = a, space, {}, {}
 
     def accs(self, arch) -> list[float]:
-        out = []
+        """The architecture's test accuracy per child seed (a v1 architecture: at its space's resolution)."""
+        out, res = [], getattr(arch, "resolution", None) or self.space.resolution
         for seed in range(self.a.child_seeds):
             key = (arch.to_text(), seed)
             if key not in self.done:
-                if arch.resolution not in self.data:
-                    self.data[arch.resolution] = load_dataset(self.a.data, arch.resolution, subset=self.a.child_subset,
-                                                              seed=0)
+                if res not in self.data:
+                    self.data[res] = load_dataset(self.a.data, res, subset=self.a.child_subset, seed=0)
                 cfg = ChildConfig(epochs=self.a.child_epochs, batch_size=32, seed=seed)
-                self.done[key] = train_child(self.space, arch, self.data[arch.resolution], cfg)[1]["test_acc"]
+                self.done[key] = train_child(self.space, arch, self.data[res], cfg)[1]["test_acc"]
             out.append(self.done[key])
         return out
 
@@ -150,8 +165,12 @@ def main() -> None:
         raise SystemExit("--versus needs --cost latency --table GRID.json (specialisation compares two devices' grids)")
     probe = SearchConfig(cost=cost.kind, **dict(kv.split("=", 1) for kv in a.search_opt))
     sdata = load_dataset(a.data, train_resolution(probe, space), subset=a.subset, seed=0)
+    if a.v1_table is not None and (a.cost != "latency" or a.versus is not None):
+        raise SystemExit("--v1-table needs --cost latency --table GRID.json and no --versus")
     if a.versus is not None:
         return specialise(a, commit, space, cost, sdata)
+    if a.v1_table is not None:
+        return versus_v1(a, commit, space, cost, sdata)
     children = Children(a, space)
     results = []
     for frac in (float(f) for f in a.targets.split(",")):
@@ -165,15 +184,12 @@ def main() -> None:
     print(f"wrote {a.json}")
 
 
-def search_on(a, space, cost: V2Cost, frac: float, seed: int, name: str) -> dict:
-    """One search at ``frac`` of this grid's range: its architecture, cost error and entropies."""
-    lo, hi = cost.range()
-    target = lo + frac * (hi - lo)
+def search_on(a, space, cost: V2Cost, target: float, seed: int, name: str) -> dict:
+    """One latency search at ``target`` us on this grid: its architecture, cost error and entropies."""
     cfg = SearchConfig(cost="latency", epochs=a.epochs, seed=seed, target_ms=target / 1000,
                        **dict(kv.split("=", 1) for kv in a.search_opt))
     c0 = time.process_time()
-    r = run_search_v2(cfg, space, cost, a.sdata, OUT / "search_quality_v2" / f"spec-{name}-t{frac:g}-s{seed}",
-                      RunOptions())
+    r = run_search_v2(cfg, space, cost, a.sdata, OUT / "search_quality_v2" / f"{name}-s{seed}", RunOptions())
     return {"target_us": target, "arch": r.arch, "error_pct": 100 * (r.cost / target - 1),
             "max_entropy": max(r.entropies.values()), "cpu_s": time.process_time() - c0}
 
@@ -185,8 +201,8 @@ def specialise(a, commit: str, space, cost_a: V2Cost, sdata) -> None:
     a.sdata, results = sdata, []
     for frac in (float(f) for f in a.targets.split(",")):
         for seed in range(a.search_seeds):
-            sa = search_on(a, space, cost_a, frac, seed, "a")
-            sb = search_on(a, space, cost_b, frac, seed, "b")
+            sa = search_on(a, space, cost_a, at_fraction(cost_a, frac), seed, f"spec-a-t{frac:g}")
+            sb = search_on(a, space, cost_b, at_fraction(cost_b, frac), seed, f"spec-b-t{frac:g}")
             row = {"fraction": frac, "seed": seed,
                    "a_arch_on_a_us": cost_a.of(space, sa["arch"]), "b_arch_on_a_us": cost_a.of(space, sb["arch"]),
                    "b_arch_on_b_us": cost_b.of(space, sb["arch"]), "a_arch_on_b_us": cost_b.of(space, sa["arch"]),
@@ -204,6 +220,60 @@ def specialise(a, commit: str, space, cost_a: V2Cost, sdata) -> None:
     prods = [r["cross_product"] for r in results]
     print(f"\ncross-latency product: median {statistics.median(prods):.3f}, range {min(prods):.3f}-{max(prods):.3f} "
           f"over {len(prods)} pairs of searches (goal >= 1.1)")
+    print(f"wrote {a.json}")
+
+
+def at_fraction(cost: V2Cost, frac: float) -> float:
+    lo, hi = cost.range()
+    return lo + frac * (hi - lo)
+
+
+def versus_v1(a, commit: str, space, cost: V2Cost, sdata) -> None:
+    """v2 against v1 at equal latency on one device's tables: per target and search seed, a v1 and a v2
+    search at the same target, both children trained alike; v2's accuracy minus v1's."""
+    from fbnet.client import get_table
+    from fbnet.lut import build_lut
+    from fbnet.space import Arch, get_space
+    from search.select import latency_range
+    from search.trainer import run_search, search_resolution
+
+    v1space = get_space(a.v1_space)
+    lut = build_lut(get_table(space=v1space.name, table_file=str(a.v1_table)), v1space)
+    (lo1, hi1), (lo2, hi2) = latency_range(lut), cost.range()
+    lo, hi = max(lo1, lo2), min(hi1, hi2)
+    if lo >= hi:
+        raise SystemExit(f"the tables' latency ranges do not overlap: v1 {lo1:.0f}-{hi1:.0f} us, v2 {lo2:.0f}-{hi2:.0f} us")
+    v1data = load_dataset(a.data, search_resolution(SearchConfig(), v1space), subset=a.subset, seed=0)
+    a.sdata, kids, kids1, results = sdata, Children(a, space), Children(a, v1space), []
+    for frac in (float(f) for f in a.targets.split(",")):
+        target = lo + frac * (hi - lo)
+        for seed in range(a.search_seeds):
+            s2 = search_on(a, space, cost, target, seed, f"v2-t{frac:g}")
+            c0 = time.process_time()
+            r1 = run_search(SearchConfig(epochs=a.epochs, seed=seed, target_ms=target / 1000), v1space, lut,
+                            v1data, OUT / "search_quality_v2" / f"v1-t{frac:g}-s{seed}", RunOptions())
+            v1arch = Arch(tuple(r1.arch))
+            row = {"fraction": frac, "target_us": target, "seed": seed,
+                   "v1": {"arch": v1arch.to_text(), "latency_us": r1.predicted_latency_us,
+                          "error_pct": 100 * (r1.predicted_latency_us / target - 1),
+                          "mflops": v1space.arch_mflops(v1arch), "theta_entropy": r1.history[-1]["theta_entropy"],
+                          "cpu_s": time.process_time() - c0, "accs": kids1.accs(v1arch)},
+                   "v2": {"arch": s2["arch"].to_text(), "latency_us": cost.of(space, s2["arch"]),
+                          "error_pct": s2["error_pct"], "mflops": arch_summary(space, s2["arch"])["mflops"],
+                          "max_entropy": s2["max_entropy"], "cpu_s": s2["cpu_s"], "accs": kids.accs(s2["arch"])}}
+            for k in ("v1", "v2"):
+                row[k]["acc"] = statistics.fmean(row[k]["accs"])
+            row["v2_minus_v1"] = row["v2"]["acc"] - row["v1"]["acc"]
+            results.append(row)
+            print(f"  target {target:.0f} us ({frac:g}) seed {seed}: v1 {row['v1']['acc']:.3f} at "
+                  f"{row['v1']['latency_us']:.0f} us, {row['v1']['mflops']:.1f} MFLOPs; v2 {row['v2']['acc']:.3f} at "
+                  f"{row['v2']['latency_us']:.0f} us, {row['v2']['mflops']:.1f} MFLOPs; v2 - v1 {row['v2_minus_v1']:+.3f}",
+                  flush=True)
+            write(a, commit, results)
+    print(f"\nv1 range {lo1:.0f}-{hi1:.0f} us, v2 range {lo2:.0f}-{hi2:.0f} us; v2 - v1 per search seed:")
+    for frac in sorted({r["fraction"] for r in results}):
+        diffs = [r["v2_minus_v1"] for r in results if r["fraction"] == frac]
+        print(f"  {frac:g}: " + " ".join(f"{d:+.3f}" for d in diffs) + f"  (median {statistics.median(diffs):+.3f})")
     print(f"wrote {a.json}")
 
 
