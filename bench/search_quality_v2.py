@@ -233,7 +233,7 @@ def versus_v1(a, commit: str, space, cost: V2Cost, sdata) -> None:
     search at the same target, both children trained alike; v2's accuracy minus v1's."""
     from fbnet.client import get_table
     from fbnet.lut import build_lut
-    from fbnet.space import Arch, get_space
+    from fbnet.space import get_space
     from search.select import latency_range
     from search.trainer import run_search, search_resolution
 
@@ -252,7 +252,7 @@ def versus_v1(a, commit: str, space, cost: V2Cost, sdata) -> None:
             c0 = time.process_time()
             r1 = run_search(SearchConfig(epochs=a.epochs, seed=seed, target_ms=target / 1000), v1space, lut,
                             v1data, OUT / "search_quality_v2" / f"v1-t{frac:g}-s{seed}", RunOptions())
-            v1arch = Arch(tuple(r1.arch))
+            v1arch = r1.arch
             row = {"fraction": frac, "target_us": target, "seed": seed,
                    "v1": {"arch": v1arch.to_text(), "latency_us": r1.predicted_latency_us,
                           "error_pct": 100 * (r1.predicted_latency_us / target - 1),
