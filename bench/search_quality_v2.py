@@ -85,6 +85,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--v1-table", type=Path, help="a v1 table (fbnet-cifar) of --table's device: v2 against v1 at "
                    "equal latency instead of found vs random (with --cost latency --table)")
     p.add_argument("--v1-space", default="fbnet-cifar")
+    p.add_argument("--rescore", type=Path, help="an earlier --v1-table JSON: train its found v1 and v2 architectures "
+                   "again with this run's child budget (--child-subset, --child-epochs, --child-seeds); no search")
     p.add_argument("--json", type=Path, default=OUT / "search_quality_v2.json")
     return p.parse_args()
 
@@ -169,6 +171,8 @@ def main() -> None:
         raise SystemExit("--v1-table needs --cost latency --table GRID.json and no --versus")
     if a.versus is not None:
         return specialise(a, commit, space, cost, sdata)
+    if a.rescore is not None:
+        return rescore(a, commit, space)
     if a.v1_table is not None:
         return versus_v1(a, commit, space, cost, sdata)
     children = Children(a, space)
@@ -274,6 +278,28 @@ def versus_v1(a, commit: str, space, cost: V2Cost, sdata) -> None:
     for frac in sorted({r["fraction"] for r in results}):
         diffs = [r["v2_minus_v1"] for r in results if r["fraction"] == frac]
         print(f"  {frac:g}: " + " ".join(f"{d:+.3f}" for d in diffs) + f"  (median {statistics.median(diffs):+.3f})")
+    print(f"wrote {a.json}")
+
+
+def rescore(a, commit: str, space) -> None:
+    """The found architectures of an earlier ``--v1-table`` run, trained again with this run's child budget:
+    is the accuracy gap between the spaces one of the child budget?"""
+    from fbnet.arch_v2 import ArchV2
+    from fbnet.space import Arch, get_space
+
+    v1space = get_space(a.v1_space)
+    kids, kids1, results = Children(a, space), Children(a, v1space), []
+    for row in json.loads(a.rescore.read_text())["results"]:
+        row = {**row, "rescored_from": str(a.rescore)}
+        for k, sp_kids, parse in (("v1", kids1, Arch.parse), ("v2", kids, ArchV2.parse)):
+            accs = sp_kids.accs(parse(row[k]["arch"]))
+            row[k] = {**row[k], "accs_before": row[k]["accs"], "accs": accs, "acc": statistics.fmean(accs)}
+        row["v2_minus_v1"] = row["v2"]["acc"] - row["v1"]["acc"]
+        results.append(row)
+        print(f"  target {row['target_us']:.0f} us seed {row['seed']}: v1 {row['v1']['acc']:.3f} (before "
+              f"{statistics.fmean(row['v1']['accs_before']):.3f}), v2 {row['v2']['acc']:.3f} (before "
+              f"{statistics.fmean(row['v2']['accs_before']):.3f}); v2 - v1 {row['v2_minus_v1']:+.3f}", flush=True)
+        write(a, commit, results)
     print(f"wrote {a.json}")
 
 
