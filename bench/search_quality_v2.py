@@ -128,8 +128,7 @@ class Children:
 
 
 def one_target(a, space, cost: V2Cost, frac: float, children: Children, sdata) -> dict:
-    lo, hi = cost.range()
-    target = lo + frac * (hi - lo)
+    target = at_fraction(cost, frac)
     searches = []
     for seed in range(a.search_seeds):
         cfg = SearchConfig(cost=cost.kind, epochs=a.epochs, seed=seed, **target_field(cost.kind, target),
@@ -165,14 +164,14 @@ def main() -> None:
     cost = cost_of(a, space)
     if a.versus is not None and (a.cost != "latency" or a.table is None):
         raise SystemExit("--versus needs --cost latency --table GRID.json (specialisation compares two devices' grids)")
+    if a.rescore is not None:  # children only: no search data
+        return rescore(a, commit, space)
     probe = SearchConfig(cost=cost.kind, **dict(kv.split("=", 1) for kv in a.search_opt))
     sdata = load_dataset(a.data, train_resolution(probe, space), subset=a.subset, seed=0)
     if a.v1_table is not None and (a.cost != "latency" or a.versus is not None):
         raise SystemExit("--v1-table needs --cost latency --table GRID.json and no --versus")
     if a.versus is not None:
         return specialise(a, commit, space, cost, sdata)
-    if a.rescore is not None:
-        return rescore(a, commit, space)
     if a.v1_table is not None:
         return versus_v1(a, commit, space, cost, sdata)
     children = Children(a, space)
@@ -256,12 +255,11 @@ def versus_v1(a, commit: str, space, cost: V2Cost, sdata) -> None:
             c0 = time.process_time()
             r1 = run_search(SearchConfig(epochs=a.epochs, seed=seed, target_ms=target / 1000), v1space, lut,
                             v1data, OUT / "search_quality_v2" / f"v1-t{frac:g}-s{seed}", RunOptions())
-            v1arch = r1.arch
             row = {"fraction": frac, "target_us": target, "seed": seed,
-                   "v1": {"arch": v1arch.to_text(), "latency_us": r1.predicted_latency_us,
+                   "v1": {"arch": r1.arch.to_text(), "latency_us": r1.predicted_latency_us,
                           "error_pct": 100 * (r1.predicted_latency_us / target - 1),
-                          "mflops": v1space.arch_mflops(v1arch), "theta_entropy": r1.history[-1]["theta_entropy"],
-                          "cpu_s": time.process_time() - c0, "accs": kids1.accs(v1arch)},
+                          "mflops": v1space.arch_mflops(r1.arch), "theta_entropy": r1.history[-1]["theta_entropy"],
+                          "cpu_s": time.process_time() - c0, "accs": kids1.accs(r1.arch)},
                    "v2": {"arch": s2["arch"].to_text(), "latency_us": cost.of(space, s2["arch"]),
                           "error_pct": s2["error_pct"], "mflops": arch_summary(space, s2["arch"])["mflops"],
                           "max_entropy": s2["max_entropy"], "cpu_s": s2["cpu_s"], "accs": kids.accs(s2["arch"])}}
