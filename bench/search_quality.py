@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"  # git-ignored: the benchmarks' outputs by default
@@ -42,6 +41,7 @@ from fbnet.lut import build_lut, predict  # noqa: E402
 from fbnet.space import get_space  # noqa: E402
 from search.child import train_child  # noqa: E402
 from search.config import ChildConfig, SearchConfig  # noqa: E402
+from search.config import search_overrides as parse_overrides  # noqa: E402
 from search.data import DataError, load_dataset  # noqa: E402
 from search.dist import DistEnv  # noqa: E402
 from search.select import latency_range, random_within  # noqa: E402
@@ -199,18 +199,10 @@ def child_accs(space, arch, cdata, child_cfg, seeds: list[int], earlier: Earlier
 
 def search_overrides(items: list[str]) -> dict:
     """``--search-opt KEY=VALUE`` pairs as typed SearchConfig fields (a bad key or value exits with a message)."""
-    fields = SearchConfig.model_fields
-    out: dict = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--search-opt {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
-        out[key] = None if text == "none" else text  # pydantic converts the text to the field's type
     try:
-        return SearchConfig(**out).model_dump(include=set(out))
-    except ValidationError as e:  # one line
-        first = e.errors()[0]
-        raise SystemExit(f"--search-opt {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return parse_overrides(items)
+    except ValueError as e:
+        raise SystemExit(f"--search-opt {e}") from None
 
 
 def search_config(a, target_us: float | None = None) -> SearchConfig:

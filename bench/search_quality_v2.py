@@ -52,7 +52,7 @@ from fbnet.configuration import Selector  # noqa: E402
 from fbnet.space_v2 import arch_summary, get_v2_space  # noqa: E402
 from search.band_v2 import uniform_in_band_v2  # noqa: E402
 from search.child import train_child  # noqa: E402
-from search.config import ChildConfig, SearchConfig, TableSource  # noqa: E402
+from search.config import ChildConfig, SearchConfig, TableSource, search_overrides  # noqa: E402
 from search.data import load_dataset  # noqa: E402
 from search.trainer import RunOptions  # noqa: E402
 from search.trainer_v2 import V2Cost, run_search_v2, train_resolution  # noqa: E402
@@ -88,7 +88,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--rescore", type=Path, help="an earlier --v1-table JSON: train its found v1 and v2 architectures "
                    "again with this run's child budget (--child-subset, --child-epochs, --child-seeds); no search")
     p.add_argument("--json", type=Path, default=OUT / "search_quality_v2.json")
-    return p.parse_args()
+    a = p.parse_args()
+    try:
+        a.search_cfg = search_overrides(a.search_opt)  # validated once, before an hours-long run
+    except ValueError as e:
+        p.error(f"--search-opt {e}")
+    return a
 
 
 def cost_of(a, space) -> V2Cost:
@@ -132,7 +137,7 @@ def one_target(a, space, cost: V2Cost, frac: float, children: Children, sdata) -
     searches = []
     for seed in range(a.search_seeds):
         cfg = SearchConfig(cost=cost.kind, epochs=a.epochs, seed=seed, **target_field(cost.kind, target),
-                           **dict(kv.split("=", 1) for kv in a.search_opt))
+                           **a.search_cfg)
         t0, c0 = time.perf_counter(), time.process_time()
         r = run_search_v2(cfg, space, cost, sdata, OUT / "search_quality_v2" / f"t{frac:g}-s{seed}", RunOptions())
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -166,7 +171,7 @@ def main() -> None:
         raise SystemExit("--versus needs --cost latency --table GRID.json (specialisation compares two devices' grids)")
     if a.rescore is not None:  # children only: no search data
         return rescore(a, commit, space)
-    probe = SearchConfig(cost=cost.kind, **dict(kv.split("=", 1) for kv in a.search_opt))
+    probe = SearchConfig(cost=cost.kind, **a.search_cfg)
     sdata = load_dataset(a.data, train_resolution(probe, space), subset=a.subset, seed=0)
     if a.v1_table is not None and (a.cost != "latency" or a.versus is not None):
         raise SystemExit("--v1-table needs --cost latency --table GRID.json and no --versus")
@@ -190,7 +195,7 @@ def main() -> None:
 def search_on(a, space, cost: V2Cost, target: float, seed: int, name: str) -> dict:
     """One latency search at ``target`` us on this grid: its architecture, cost error and entropies."""
     cfg = SearchConfig(cost="latency", epochs=a.epochs, seed=seed, target_ms=target / 1000,
-                       **dict(kv.split("=", 1) for kv in a.search_opt))
+                       **a.search_cfg)
     c0 = time.process_time()
     r = run_search_v2(cfg, space, cost, a.sdata, OUT / "search_quality_v2" / f"{name}-s{seed}", RunOptions())
     return {"target_us": target, "arch": r.arch, "error_pct": 100 * (r.cost / target - 1),

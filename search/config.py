@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from fbnet.client import DEFAULT_CACHE_DIR, TOKEN_ENV
@@ -153,6 +153,26 @@ PAPER: dict[str, Any] = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weig
                              proxy_width=1.0, proxy_resolution=None,
                              theta_lr=0.01, theta_batch_size=None)
 SEARCH_PRESETS: dict[str, dict[str, Any]] = {"paper": PAPER}  # name -> SearchConfig fields (``--preset``)
+
+
+def search_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` texts as typed :class:`SearchConfig` fields, validated; ``none`` is None.
+
+    Raises ValueError naming the bad pair (an unknown key, no ``=``, or a value the field refuses), so a
+    command line can turn it into a one-line message.
+    """
+    fields = SearchConfig.model_fields
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        out[key] = None if text == "none" else text  # pydantic converts the text to the field's type
+    try:
+        return SearchConfig(**out).model_dump(include=set(out))
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 class ChildConfig(BaseModel):

@@ -14,7 +14,7 @@ from fbnet.client import save_table
 from fbnet.space import get_space
 from search.cli import app
 from search.cli.search import PRESETS
-from search.config import PAPER, SearchConfig
+from search.config import PAPER, SearchConfig, search_overrides
 
 SPACE = get_space("fbnet-cifar")
 
@@ -92,3 +92,14 @@ def test_every_command_names_its_environment(command, names):
     r = invoke(command, "--help")
     assert r.exit_code == 0
     assert "Environment:" in r.output and all(n in r.output for n in names), r.output
+
+
+def test_key_value_overrides_are_typed_and_a_bad_pair_names_itself():
+    """The benches' ``--search-opt KEY=VALUE``: one parser, typed by SearchConfig, every mistake named."""
+    got = search_overrides(["theta_lr=0.05", "epochs=3", "target_ms=none", "sampler=gumbel"])
+    assert got == {"theta_lr": 0.05, "epochs": 3, "target_ms": None, "sampler": "gumbel"}
+    assert isinstance(got["epochs"], int)
+    for bad, needle in [("theta_lr", "expected KEY=VALUE"), ("no_such_field=1", "no_such_field"),
+                        ("epochs=many", "epochs"), ("sampler=dice", "sampler")]:
+        with pytest.raises(ValueError, match=needle):
+            search_overrides([bad])
