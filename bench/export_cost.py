@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from device_agents.protocol import ProtocolConfig, run_protocol  # noqa: E402
 from device_agents.transports.host import HostTransport  # noqa: E402
 from fbnet import blocks  # noqa: E402
 from fbnet.export import export_module, op_module  # noqa: E402
@@ -54,11 +55,10 @@ def timed_export(op, fmt: str, path: Path, fold: bool) -> float:
 
 
 def latencies(host: HostTransport, keys: list[str], rounds: int, repeats: int) -> dict[str, float]:
-    """Median µs per program over ``rounds`` interleaved rounds of ``repeats`` runs (each round's median)."""
-    per: dict[str, list[float]] = {k: [] for k in keys}
-    for _ in range(rounds):
-        host.measure(keys, warmup=10, repeats=repeats, on_done=lambda k, xs: per[k].append(statistics.median(xs)))
-    return {k: statistics.median(v) for k, v in per.items()}
+    """Median µs per program under the agent's protocol (``rounds`` interleaved, shuffled rounds of
+    ``repeats`` runs, noisy ops re-measured), as a profile would record it."""
+    results = run_protocol(host, keys, ProtocolConfig(warmup=10, repeats=repeats, rounds=rounds))
+    return {k: r.stats.median_us for k, r in results.items()}
 
 
 def main() -> None:
