@@ -82,6 +82,15 @@ class SearchConfig(BaseModel):
         0.0, ge=0, description="v2: weight of theta's mean entropy in its loss, ramped from 0 at the first "
         "theta epoch to this at the last (forces low entropies; it does not make the supernet learn)",
         json_schema_extra=cli(panel=METHOD_PANEL))
+    theta_mix: Literal["draw", "expected"] = Field(
+        "draw", description="v2: the theta step's supernet runs on its Gumbel draw (paper) or on softmax(theta), "
+        "the mix the default weight step trains (DARTS-like: no sampling noise in theta's accuracy term)",
+        json_schema_extra=cli(panel=METHOD_PANEL))
+    cost_of: Literal["distribution", "draw"] = Field(
+        "distribution", description="v2: the theta step's cost term prices the distribution softmax(theta) "
+        "(its exact expected cost) or the step's Gumbel draw (paper; at a high tau the draw is near uniform "
+        "whatever theta is, so a target is met by the draw while theta's own cost drifts off it)",
+        json_schema_extra=cli(panel=METHOD_PANEL))
     proxy_width: float = Field(0.25, gt=0, le=1, description="supernet width multiplier (paper 1)", json_schema_extra=cli(panel=METHOD_PANEL))
     proxy_resolution: int | None = Field(8, ge=8, description="search resolution; 0 = the space's (paper); v2: "
                                          "the largest of the scaled resolution options",
@@ -149,7 +158,7 @@ class SearchConfig(BaseModel):
 
 
 PAPER: dict[str, Any] = dict(epochs=90, warmup_epochs=10, sampler="gumbel", weight_mix="sample",
-                             weights="independent", anchor=False, sandwich=False, entropy_weight=0.0,
+                             weights="independent", anchor=False, sandwich=False, entropy_weight=0.0, cost_of="draw",
                              proxy_width=1.0, proxy_resolution=None,
                              theta_lr=0.01, theta_batch_size=None)
 SEARCH_PRESETS: dict[str, dict[str, Any]] = {"paper": PAPER}  # name -> SearchConfig fields (``--preset``)

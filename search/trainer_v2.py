@@ -89,10 +89,31 @@ Hence the default above: the mix, made affordable by the proxy resolution. Untri
 types sharing one set of max-width weights with in-place distillation from the widest path (as OFA
 and BigNAS train), and the mix at 32 px on a GPU.
 
-The theta step draws one **soft** Gumbel sample that drives the masks and the cost alike (the
-issue's "one draw per step"): loss = CE + ``target_weight`` * max(0, |log(E[cost] / T)| -
-``target_band``) with E[cost] the exact expectation under the draw's weights (v1's target hinge);
-without a target, v1's ``CE * alpha * log(cost)^beta``.
+The theta step draws one **soft** Gumbel sample that drives the masks: loss = CE +
+``target_weight`` * max(0, |log(E[cost] / T)| - ``target_band``) (v1's target hinge); without a
+target, v1's ``CE * alpha * log(cost)^beta``. E[cost] is the exact expectation (bilinear in adjacent
+width weights, summed over resolutions) under softmax(theta) by default (``cost_of`` distribution),
+under the draw's weights with ``cost_of`` draw (the paper; ``--preset paper``). Why not the draw:
+at tau 5 a draw is near uniform whatever theta is, so the hinge is met by the draws while theta's own
+cost drifts off the target, and once tau is low the draws are one-hot and pass no gradient back.
+Measured 2026-12-07 (the command above, ``--theta-lr 0.05 --lr 0.1``, two runs side by side on the
+2-core host, load 2): pricing the draw, the distribution's expected cost ended at 8.7 and 13.7 MFLOPs
+(43 % and 68 % of the target 20; ``--entropy-weight 30``, and ``--theta-lr 0.1 --entropy-weight 10``)
+while a draw of the final theta at tau 5 cost 21.4; pricing the distribution it stayed at 18.8-20.5
+from epoch 1 on (``--entropy-weight 10``; without it 24.4-24.8 in epochs 5-6, CE pulling wider).
+None converged (largest block entropy 1.70 / 1.31 pricing the draw after 10 epochs; 2.08 / 2.10
+pricing the distribution when those two runs were stopped after 7 of 10), so the result is still the
+selection's pick within the band.
+
+``theta_mix`` expected runs the theta step's supernet on softmax(theta) instead of the draw (the mix
+the weight step trains; DARTS-like, no sampling noise). It answers whether theta's accuracy term can
+choose at all on this budget: with it the theta step's accuracy tracks the weights' (0.44-0.53 in
+the last epochs, against 0.09-0.13 on the draws), yet theta hardly moves: the largest block entropy
+ended at 2.13 (``--theta-lr 0.05``) and 1.97 (``--theta-lr 0.2``; widths 1.72-1.74, expansions
+1.73-1.78), 12.7-12.8 CPU-min each. So, measured without noise, the accuracy gradient between a
+layer's options is too small to choose after 10 epochs on 2,000 images at 8 px: convergence here needs
+a longer search (the GPU runs of the issue) or a commitment term (``entropy_weight``) that does not
+come from accuracy. The default stays the draw, as the paper has it.
 
 **Proxy**: the supernet is built on the space with every width scaled by ``proxy_width`` (the v1
 default 0.25; 1 = the paper's full size), so a CPU search fits in minutes; the width options keep
@@ -316,9 +337,10 @@ class V2Searcher:
         """One Adam step of the distributions on one soft draw (masks and cost), plus ``entropy_weight``
         times their mean entropy: (loss, ce, correct)."""
         cfg = self.cfg
-        w = self.arch.sample(tau)
+        w = self.arch.sample(tau) if cfg.theta_mix == "draw" else self.arch.probs()
         logits = self.net(x, w)
-        cost = expected_cost(self.tables, w) + self.cost.offset
+        priced = w if cfg.cost_of == "draw" else self.arch.probs()
+        cost = expected_cost(self.tables, priced) + self.cost.offset
         if self.target is None:
             loss, ce = fbnet_loss(logits, y, cost, cfg.alpha, cfg.beta)
         else:

@@ -37,6 +37,7 @@ def test_the_paper_preset_is_the_papers_setting():
     assert (cfg.proxy_width, cfg.proxy_resolution, cfg.theta_lr, cfg.theta_batch_size) == (1.0, None, 0.01, None)
     assert not cfg.anchor and PRESETS["paper"]["search"] is PAPER
     assert not cfg.sandwich and cfg.entropy_weight == 0  # v2: the paper trains the sampled path alone
+    assert cfg.cost_of == "draw"  # v2: the paper prices the Gumbel weights
     assert "--preset" in invoke("run", "--help").output and "--paper" not in invoke("run", "--help").output
     r = invoke("run", "--paper")
     assert r.exit_code == 2 and "--preset paper" in r.output

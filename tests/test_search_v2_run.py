@@ -195,3 +195,63 @@ def test_the_weight_step_mixes_softmax_theta_by_default_and_one_path_under_singl
         proxy_space_v2(SPACE, 1.0, 2)
     with pytest.raises(TrainError, match="trains at 8 px"):
         V2Searcher(cfg, SPACE, cost, load_dataset("digits", 32, subset=64, seed=0), tmp_path / "c")
+
+
+def test_the_theta_step_prices_the_distribution_by_default_and_the_draw_under_the_paper(tmp_path):
+    """At tau 5 a Gumbel draw is near uniform whatever theta is: theta pushed to the cheapest options
+    costs far less than its draws. The default cost term prices softmax(theta) exactly, so the hinge sees
+    theta's own cost; ``cost_of=draw`` (the paper) prices the draw and sees a cost near the uniform one."""
+    from search.config import SearchConfig
+    from search.data import load_dataset
+    from search.loss import target_loss
+    from search.trainer_v2 import V2Cost, V2Searcher
+    from search.v2_cost import expected_cost
+
+    cost = V2Cost("flops", cost_tables(SPACE, flops_price))
+    lo, hi = cost.range()
+    target = lo + 0.5 * (hi - lo)
+    data = load_dataset("digits", 8, subset=64, seed=0)
+    x, y = data.train_x[:16], data.train_y[:16]
+    for cost_of in ("distribution", "draw"):
+        cfg = SearchConfig(cost="flops", target_mflops=target, epochs=2, warmup_epochs=0, seed=0, cost_of=cost_of)
+        s = V2Searcher(cfg, SPACE, cost, data, tmp_path / cost_of)
+        with torch.no_grad():  # theta on the narrowest widths and expansions, the lowest resolution
+            s.arch.widths.zero_()[:, 0] = 6.0
+            s.arch.expansions.zero_()[:, 0] = 6.0
+            s.arch.resolution.zero_()[0] = 6.0
+            own = float(expected_cost(s.tables, s.arch.probs()))
+        torch.manual_seed(0)
+        loss, ce, _ = s.theta_step(x, y, tau=5.0)
+        hinge = loss - ce  # target_weight * max(0, |log(cost / T)| - band)
+        _, ce_own = target_loss(torch.zeros(1, 10), torch.zeros(1, dtype=torch.long), torch.tensor(own), target)
+        expect_own = float(target_loss(torch.zeros(1, 10), torch.zeros(1, dtype=torch.long), torch.tensor(own), target,
+                                       cfg.target_weight, cfg.target_band)[0] - ce_own)
+        if cost_of == "distribution":
+            assert hinge == pytest.approx(expect_own, rel=1e-4)
+        else:  # the near-uniform draw costs much more than theta's own distribution: a smaller hinge
+            assert hinge < 0.8 * expect_own
+
+
+def test_theta_mix_expected_runs_the_theta_step_on_softmax_theta_and_draw_on_a_gumbel_draw(tmp_path):
+    """``theta_mix=expected``: theta's accuracy term is the supernet on softmax(theta), the mix the weight
+    step trains, with no sampling noise; the default is the step's Gumbel draw (the paper)."""
+    import torch.nn.functional as F
+
+    from search.config import SearchConfig
+    from search.data import load_dataset
+    from search.trainer_v2 import V2Cost, V2Searcher
+
+    cost = V2Cost("flops", cost_tables(SPACE, flops_price))
+    data = load_dataset("digits", 8, subset=64, seed=0)
+    x, y = data.train_x[:16], data.train_y[:16]
+    got = {}
+    for mix in ("expected", "draw"):
+        cfg = SearchConfig(cost="flops", target_mflops=20.0, epochs=2, warmup_epochs=0, seed=0, theta_mix=mix)
+        s = V2Searcher(cfg, SPACE, cost, data, tmp_path / mix)
+        with torch.no_grad():
+            s.arch.blocks[:, 2] = 2.0  # theta away from uniform
+            mixed = float(F.cross_entropy(s.net(x, s.arch.probs()), y))
+        torch.manual_seed(1)
+        got[mix] = (s.theta_step(x, y, tau=1.0)[1], mixed)
+    assert got["expected"][0] == pytest.approx(got["expected"][1], rel=1e-5)
+    assert abs(got["draw"][0] - got["draw"][1]) > 1e-4
