@@ -269,7 +269,7 @@ class V2Searcher:
         self.w_ds, self.t_ds = Subset(full, w_idx), Subset(full, t_idx)
         self.w_steps = math.ceil(len(self.w_ds) / cfg.batch_size)
         self.t_batch = cfg.theta_batch_size or cfg.batch_size
-        self.w_opt, self.w_sched, self.t_opt = make_optimizers(cfg, self.net, self.arch, self.w_steps, cfg.batch_size)
+        self.w_opt, self.w_sched, self.t_opt = make_optimizers(cfg, self.net, self.arch, self.w_steps, cfg.batch_size, v2=True)
 
     # ---- checkpoint / resume -------------------------------------------------------------------
     @property

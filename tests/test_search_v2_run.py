@@ -255,3 +255,24 @@ def test_theta_mix_expected_runs_the_theta_step_on_softmax_theta_and_draw_on_a_g
         got[mix] = (s.theta_step(x, y, tau=1.0)[1], mixed)
     assert got["expected"][0] == pytest.approx(got["expected"][1], rel=1e-5)
     assert abs(got["draw"][0] - got["draw"][1]) > 1e-4
+
+
+def test_learning_rates_not_given_are_the_v2_ones_for_a_v2_search_and_v1s_for_v1(tmp_path):
+    """v1's rates (theta 0.3, weights 0.1 * batch / 192) left the masked supernet at chance; a v2 search
+    that is given none uses theta 0.05 and weights 0.1; given ones win; v1 keeps its own."""
+    from search.config import V1_THETA_LR, V2_THETA_LR, V2_W_LR, SearchConfig, scaled_lr
+    from search.data import load_dataset
+    from search.supernet import ArchParams
+    from search.trainer import make_optimizers
+    from search.trainer_v2 import V2Cost, V2Searcher
+
+    cost = V2Cost("flops", cost_tables(SPACE, flops_price))
+    data = load_dataset("digits", 8, subset=64, seed=0)
+    s = V2Searcher(SearchConfig(cost="flops", epochs=1, warmup_epochs=0), SPACE, cost, data, tmp_path / "a")
+    assert (s.w_opt.param_groups[0]["lr"], s.t_opt.param_groups[0]["lr"]) == (V2_W_LR, V2_THETA_LR) == (0.1, 0.05)
+    given = SearchConfig(cost="flops", epochs=1, warmup_epochs=0, theta_lr=0.2, w_lr=0.03)
+    s = V2Searcher(given, SPACE, cost, data, tmp_path / "b")
+    assert (s.w_opt.param_groups[0]["lr"], s.t_opt.param_groups[0]["lr"]) == (0.03, 0.2)
+    net, arch = nn.Linear(2, 2), ArchParams()
+    w_opt, _, t_opt = make_optimizers(SearchConfig(), net, arch, w_steps=10, global_batch=64)
+    assert (w_opt.param_groups[0]["lr"], t_opt.param_groups[0]["lr"]) == (scaled_lr(64), V1_THETA_LR) == (scaled_lr(64), 0.3)
