@@ -115,6 +115,12 @@ layer's options is too small to choose after 10 epochs on 2,000 images at 8 px: 
 a longer search (the GPU runs of the issue) or a commitment term (``entropy_weight``) that does not
 come from accuracy. The default stays the draw, as the paper has it.
 
+A latency search on the host's 600-op grid (``fbnet-search run --space fbnetv2-cifar --table GRID.json
+--target-ms 2.5 --theta-lr 0.05 --lr 0.1 --subset 2000 --epochs 10``, the distribution priced; 2026-12-07,
+6663ac5, beside two other searches, load 3): the result 2,561 us (+2.4 %), the distribution's expected
+cost 2,351 us at the end, 15.0 CPU-min (user and system); largest entropies blocks 1.96, widths 1.52,
+expansions 1.65, resolution 0.25: on target, not converged.
+
 **Proxy**: the supernet is built on the space with every width scaled by ``proxy_width`` (the v1
 default 0.25; 1 = the paper's full size), so a CPU search fits in minutes; the width options keep
 their count and order (an option index means the same width in the proxy and the space), and the
