@@ -53,7 +53,7 @@ from torch.utils.data import Subset, TensorDataset
 from fbnet.archfile import ArchFile, write_arch_file
 from fbnet.lut import LatencyLUT, predict
 from fbnet.space import CANDIDATE_NAMES, CANDIDATES, Arch, Space
-from search.config import V1_THETA_LR, V2_THETA_LR, V2_W_LR, SearchConfig, TrainError, scaled_lr
+from search.config import V1_THETA_LR, SearchConfig, TrainError, scaled_lr
 from search.data import Dataset
 from search.dist import DistEnv, all_sum, average_grad, broadcast_, loader, same_on_all_ranks
 from search.history import EpochLog, ProgressFactory, no_progress
@@ -100,12 +100,11 @@ class RunOptions:
     table_configuration: dict | None = None
 
 
-def make_optimizers(cfg: SearchConfig, net, arch, w_steps: int, global_batch: int, v2: bool = False):
+def make_optimizers(cfg: SearchConfig, net, arch, w_steps: int, default_lrs: tuple[float, float]):
     """The weights' SGD with its cosine schedule over the run, and theta's Adam: the same for the v1 and
-    the v2 search. Learning rates not given: v1 scales the weights' to the global batch and uses 0.3 for
-    theta; v2 uses its own (:data:`search.config.V2_W_LR`, :data:`search.config.V2_THETA_LR`)."""
-    w_lr = cfg.w_lr if cfg.w_lr is not None else V2_W_LR if v2 else scaled_lr(global_batch)
-    theta_lr = cfg.theta_lr if cfg.theta_lr is not None else V2_THETA_LR if v2 else V1_THETA_LR
+    the v2 search. ``default_lrs`` (weights, theta) are the caller's rates for those ``cfg`` leaves unset."""
+    w_lr = cfg.w_lr if cfg.w_lr is not None else default_lrs[0]
+    theta_lr = cfg.theta_lr if cfg.theta_lr is not None else default_lrs[1]
     w_opt = torch.optim.SGD(net.parameters(), lr=w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
     w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=cfg.epochs * w_steps)
     t_opt = torch.optim.Adam(arch.parameters(), lr=theta_lr, weight_decay=cfg.theta_weight_decay)
@@ -165,8 +164,8 @@ class Searcher:
         self.w_ds, self.t_ds = Subset(full, w_idx), Subset(full, t_idx)
         self.w_steps = math.ceil(len(self.w_ds) / self.env.world / cfg.batch_size)
         self.t_batch = cfg.theta_batch_size or cfg.batch_size
-        self.w_opt, self.w_sched, self.t_opt = make_optimizers(cfg, self.net, self.arch, self.w_steps,
-                                                               cfg.batch_size * self.env.world)
+        self.w_opt, self.w_sched, self.t_opt = make_optimizers(
+            cfg, self.net, self.arch, self.w_steps, (scaled_lr(cfg.batch_size * self.env.world), V1_THETA_LR))
 
     # ---- checkpoint / resume -------------------------------------------------------------------
     @property

@@ -113,7 +113,7 @@ ended at 2.13 (``--theta-lr 0.05``) and 1.97 (``--theta-lr 0.2``; widths 1.72-1.
 1.73-1.78), 12.7-12.8 CPU-min each. So, measured without noise, the accuracy gradient between a
 layer's options is too small to choose after 10 epochs on 2,000 images at 8 px: convergence here needs
 a longer search (the GPU runs of the issue) or a commitment term (``entropy_weight``) that does not
-come from accuracy. The default stays the draw, as the paper has it.
+come from accuracy. ``theta_mix`` stays the draw by default, as the paper has it.
 
 A latency search on the host's 600-op grid (``fbnet-search run --space fbnetv2-cifar --table GRID.json
 --target-ms 2.5 --theta-lr 0.05 --lr 0.1 --subset 2000 --epochs 10``, the distribution priced; 2026-12-07,
@@ -146,7 +146,7 @@ from torch.utils.data import Subset, TensorDataset
 from fbnet.arch_v2 import ArchV2
 from fbnet.archfile import ArchFile, write_arch_file
 from fbnet.space_v2 import SpaceV2, StageV2, WidthRange
-from search.config import SearchConfig, TrainError
+from search.config import V2_THETA_LR, V2_W_LR, SearchConfig, TrainError
 from search.data import Dataset
 from search.dist import DistEnv, loader
 from search.history import EpochLog, no_progress
@@ -275,7 +275,7 @@ class V2Searcher:
         self.w_ds, self.t_ds = Subset(full, w_idx), Subset(full, t_idx)
         self.w_steps = math.ceil(len(self.w_ds) / cfg.batch_size)
         self.t_batch = cfg.theta_batch_size or cfg.batch_size
-        self.w_opt, self.w_sched, self.t_opt = make_optimizers(cfg, self.net, self.arch, self.w_steps, cfg.batch_size, v2=True)
+        self.w_opt, self.w_sched, self.t_opt = make_optimizers(cfg, self.net, self.arch, self.w_steps, (V2_W_LR, V2_THETA_LR))
 
     # ---- checkpoint / resume -------------------------------------------------------------------
     @property
@@ -340,13 +340,14 @@ class V2Searcher:
 
     def theta_step(self, x: torch.Tensor, y: torch.Tensor, tau: float, entropy_weight: float = 0.0
                    ) -> tuple[float, float, int]:
-        """One Adam step of the distributions on one soft draw (masks and cost), plus ``entropy_weight``
-        times their mean entropy: (loss, ce, correct)."""
+        """One Adam step of the distributions: the supernet on one soft draw (softmax(theta) under
+        ``theta_mix`` expected), the cost of softmax(theta) (of the draw under ``cost_of`` draw), plus
+        ``entropy_weight`` times their mean entropy: (loss, ce, correct)."""
         cfg = self.cfg
-        w = self.arch.sample(tau) if cfg.theta_mix == "draw" else self.arch.probs()
+        probs = self.arch.probs()
+        w = self.arch.sample(tau) if cfg.theta_mix == "draw" else probs
         logits = self.net(x, w)
-        priced = w if cfg.cost_of == "draw" else self.arch.probs()
-        cost = expected_cost(self.tables, priced) + self.cost.offset
+        cost = expected_cost(self.tables, w if cfg.cost_of == "draw" else probs) + self.cost.offset
         if self.target is None:
             loss, ce = fbnet_loss(logits, y, cost, cfg.alpha, cfg.beta)
         else:

@@ -260,11 +260,16 @@ def test_theta_mix_expected_runs_the_theta_step_on_softmax_theta_and_draw_on_a_g
 def test_learning_rates_not_given_are_the_v2_ones_for_a_v2_search_and_v1s_for_v1(tmp_path):
     """v1's rates (theta 0.3, weights 0.1 * batch / 192) left the masked supernet at chance; a v2 search
     that is given none uses theta 0.05 and weights 0.1; given ones win; v1 keeps its own."""
+    from search_helpers import macs_table
+
+    from fbnet.lut import build_lut
+    from fbnet.space import get_space
     from search.config import V1_THETA_LR, V2_THETA_LR, V2_W_LR, SearchConfig, scaled_lr
     from search.data import load_dataset
-    from search.supernet import ArchParams
-    from search.trainer import make_optimizers
+    from search.trainer import RunOptions, Searcher, search_resolution
     from search.trainer_v2 import V2Cost, V2Searcher
+
+    V1SPACE = get_space("fbnet-cifar")  # noqa: N806
 
     cost = V2Cost("flops", cost_tables(SPACE, flops_price))
     data = load_dataset("digits", 8, subset=64, seed=0)
@@ -273,6 +278,9 @@ def test_learning_rates_not_given_are_the_v2_ones_for_a_v2_search_and_v1s_for_v1
     given = SearchConfig(cost="flops", epochs=1, warmup_epochs=0, theta_lr=0.2, w_lr=0.03)
     s = V2Searcher(given, SPACE, cost, data, tmp_path / "b")
     assert (s.w_opt.param_groups[0]["lr"], s.t_opt.param_groups[0]["lr"]) == (0.03, 0.2)
-    net, arch = nn.Linear(2, 2), ArchParams()
-    w_opt, _, t_opt = make_optimizers(SearchConfig(), net, arch, w_steps=10, global_batch=64)
+    v1cfg = SearchConfig(epochs=1, warmup_epochs=0, batch_size=64)
+    v1 = Searcher(v1cfg, V1SPACE, build_lut(macs_table(V1SPACE), V1SPACE),
+                  load_dataset("digits", search_resolution(v1cfg, V1SPACE), subset=64, seed=0), tmp_path / "v1",
+                  RunOptions(tensorboard=False))
+    w_opt, t_opt = v1.w_opt, v1.t_opt
     assert (w_opt.param_groups[0]["lr"], t_opt.param_groups[0]["lr"]) == (scaled_lr(64), V1_THETA_LR) == (scaled_lr(64), 0.3)
