@@ -4,8 +4,13 @@
 :func:`most_likely_within_v2` is "the most likely architecture under the distributions' probabilities
 whose cost is in [lo, hi]": per resolution a dynamic programme over the layers whose state is
 (the previous layer's width, the cost so far discretised into ``buckets`` buckets), since an op's cost
-depends on the widths on both of its sides. A skip layer has no expansion (its expansion's
-probability does not count). Candidates are re-priced exactly (:func:`search.v2_cost.arch_cost`)
+depends on the widths on both of its sides. A skip layer has no expansion, so a layer's expansion
+is scored relative to its most likely one: log p(block) + log p(expansion) - max log p(expansion). Scored
+as a plain probability (log p(block) + log p(expansion)), a skip would carry no expansion factor while
+every other block paid for a specific expansion: with undecided expansions (six near 1/6 each) a skip
+then beat any block up to six times as likely, and the selection filled the network with skips. With
+the relative score the unconstrained best is exactly the per-choice argmax
+(:meth:`search.masking.V2ArchParams.argmax_arch`). Candidates are re-priced exactly (:func:`search.v2_cost.arch_cost`)
 before one is accepted, so rounding never admits an architecture outside the band.
 """
 
@@ -44,7 +49,7 @@ def _choices(space: SpaceV2, logp: MixWeights, layer: int, table_r: torch.Tensor
         for e in exps:
             combos.append((b, None if block == "skip" else e))
             costs.append(table_r[:, b, :, e])  # [I, J]
-            lp_e = 0.0 if block == "skip" else logp.expansions[layer][e]
+            lp_e = 0.0 if block == "skip" else logp.expansions[layer][e] - logp.expansions[layer].max()
             lps.append(logp.blocks[layer][b] + lp_e + logp.widths[layer])
     return torch.stack(costs, 1), torch.stack(lps, 0), combos
 

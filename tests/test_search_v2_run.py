@@ -134,6 +134,26 @@ def test_selection_is_the_argmax_when_it_is_in_the_band_and_in_the_band_otherwis
     assert got is not None and 3 * c * 0.97 <= arch_cost(tables, SPACE, got) <= 3 * c * 1.03
 
 
+def test_undecided_expansions_do_not_make_the_selection_prefer_skips():
+    """Every layer a little more likely a 3x3 inverted residual than a skip, the expansions uniform: the
+    selection is the per-choice argmax (no skip). Scored as a plain probability a skip (no expansion
+    factor) would beat any block-and-expansion up to len(expansions) times as likely."""
+    tables = cost_tables(SPACE, flops_price)
+    params = V2ArchParams(SPACE)
+    skip, ir = SPACE.blocks.index("skip"), SPACE.blocks.index("ir_k3")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in (params.resolution, params.stem, params.widths, params.head):
+            p.normal_(0, 1)  # one argmax for each (ties would leave the selection free among equals)
+        params.blocks[:, skip] = 1.0
+        params.blocks[:, ir] = 1.2  # e^0.2 = 1.22 x a skip, far under len(expansions) x
+    plain = params.argmax_arch(SPACE)
+    assert all(layer.block == "ir_k3" for layer in plain.layers)
+    _, hi = cost_range(tables)
+    got = most_likely_within_v2(SPACE, tables, params.probs(), 0.0, 2 * hi)
+    assert got == plain
+
+
 def _one_line_error(r, *words):
     assert r.exit_code == 2, r.output
     err = r.output.strip()
