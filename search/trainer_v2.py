@@ -3,123 +3,38 @@ supernet (:mod:`search.masking`), its distributions (:class:`search.masking.V2Ar
 (:mod:`search.v2_cost`: latency from a grid table, FLOPs or parameters), on v1's schedule
 (:mod:`search.trainer`): per epoch the weights on ``w_share`` of the training images, then -- after
 the warm-up -- the distributions on the rest; tau from ``tau0`` at the first theta epoch to
-``tau_end`` at the last; checkpoint and resume.
+``tau_end`` at the last; checkpoint and resume. What each default below rests on was measured on the
+CPU host; the runs are in ``docs/v2_search.md``.
 
-The weight step trains the supernet on the **expected mix** softmax(theta) (``weight_mix``
+**The weight step** trains the supernet on the **expected mix** softmax(theta) (``weight_mix``
 expected, v1's default): every block type of a layer runs at max width, weighted by its probability,
 with the widths and expansions masked by theirs, at the **proxy resolution** (``proxy_resolution``,
 default 8 px: the resolution options scaled so that the largest is 8, 6/7/8 for fbnetv2-cifar; the
-cost is always the space's own). That is v1's recipe (bench/README.md, "Search quality"): a mix over
-9 block types costs about 9 hard paths, 10.0 s per step at 32 px on one CPU thread, and the proxy
-resolution pays for it. ``weight_mix`` sample mixes a soft Gumbel draw instead (the paper); ``--sampler single`` draws one **hard** path per step (the blocks weighted 0 are not
-run: about 9x cheaper per step), which leaves a short search's supernet at chance (below). With
-``sandwich`` the same step also trains the **widest path**
-(:meth:`search.masking.V2ArchParams.widest`: the largest resolution, stem, widths, expansion and
-head, each layer's most likely block).
+cost is always the space's own). A mix over 9 block types costs about 9 hard paths (10.0 s per step
+at 32 px on one CPU thread), and the proxy resolution pays for it. ``weight_mix`` sample mixes a soft
+Gumbel draw instead (the paper); ``--sampler single`` draws one **hard** path per step (about 9x
+cheaper), which leaves a short search's supernet at chance: switching between block types with
+independent weights gives downstream layers a different basis every step. With ``sandwich`` the same
+step also trains the **widest path** (:meth:`search.masking.V2ArchParams.widest`: the largest
+resolution, stem, widths, expansion and head, each layer's most likely block).
 
-Measured 2026-12-07 on a shared 2-core host (``fbnet-search run --space fbnetv2-cifar --cost flops
---target-mflops 20 --data fashion-mnist --subset 2000 --epochs 10`` plus the options named; the
-weight step's training accuracy in the last epochs, the theta step's, the largest entropy of blocks /
-widths / expansions / resolution at the end, the result against the target, CPU time):
+**The theta step** draws one **soft** Gumbel sample that drives the masks (``theta_mix`` draw, the
+paper; ``theta_mix`` expected runs the supernet on softmax(theta), the mix the weights train on, with
+no sampling noise): loss = CE + ``target_weight`` * max(0, |log(E[cost] / T)| - ``target_band``)
+(v1's target hinge); without a target, v1's ``CE * alpha * log(cost)^beta``. E[cost] is the exact
+expectation (bilinear in adjacent width weights, summed over resolutions) under softmax(theta) by
+default (``cost_of`` distribution), under the draw's weights with ``cost_of`` draw (the paper;
+``--preset paper``). Not the draw by default: at tau 5 a draw is near uniform whatever theta is, so
+the hinge is met by the draws while theta's own cost drifts off the target (measured: to 43-68 % of
+it), and once tau is low the draws are one-hot and pass no gradient back. ``entropy_weight`` adds that
+weight times the distributions' mean entropy (:meth:`search.masking.V2ArchParams.mean_entropy`) to
+the theta loss, ramped linearly from 0 at the first theta epoch to the full weight at the last; it
+makes theta commit without the accuracy term choosing, so it is off by default (``--preset paper``
+turns it and the sandwich off too).
 
-* ``--sampler single`` (the hard draw, the previous default): 0.11-0.13; theta 0.09-0.14 (the
-  2026-12-06 runs below).
-* expected mix, theta lr 0.3 (v1's): 0.22 after epoch 2, then 0.11-0.15 as theta moved (the
-  resolution's entropy 0.01 by epoch 4); stopped after 5 epochs.
-* expected mix, ``--theta-lr 0.05``: 0.30-0.32; theta 0.09-0.11; 2.04 / 1.54 / 1.71 / 0.23;
-  19.04 MFLOPs (-4.8 %); 11.2 CPU-min.
-* expected mix, ``--theta-lr 0.05 --lr 0.1``: 0.31-0.40; theta 0.10-0.15; 1.99 / 1.51 / 1.63 /
-  1.09; 19.14 MFLOPs (-4.3 %); 11.3 CPU-min.
-* the same with ``--entropy-weight 3``: 0.37-0.42; theta 0.10-0.14; 1.99 / 1.42 / 1.56 / 0.11;
-  19.11 MFLOPs (-4.4 %); 11.0 CPU-min.
-* the same with the weight step mixing softmax(theta / tau) (a trial, not kept): 0.37 at epoch 3,
-  then 0.18 by epoch 6 as tau fell; stopped after 7 epochs.
-* ``--weight-mix sample --theta-lr 0.05 --lr 0.1``: 0.17 after epoch 2, then 0.12-0.15 as tau fell
-  (sharp samples switch block types like hard draws); stopped after 4 epochs.
-* expected mix, ``--theta-lr 0.1 --lr 0.1 --tau-end 1.0`` (a tau floor, so theta's draws stay near
-  the mix the weights learn; 2026-12-07, load 3-4): 0.30 at epoch 5, then 0.16-0.22 as theta moved;
-  theta 0.11-0.18 even at tau 1-2; 1.50 / 1.25 / 1.73 / 0.74; 19.03 MFLOPs (-4.8 %); 34 wall-min.
-  The expected cost swung 7.7 -> 23.4 -> 18.2 MFLOPs between epochs: the target hinge moves theta in
-  jumps, the mix the weights train on moves with it, and the supernet forgets. A floor on tau does not
-  make theta's draws informative.
-
-So the supernet now learns (0.3-0.4 against 0.11-0.13), and the search lands on its target, but
-theta does not converge by the issue's bar (every entropy <= 1.0) in 10 epochs: the theta step's
-Gumbel draws at tau below ~2 are sharp paths that the weights, trained on the mix, have not learned
-(its accuracy falls from 0.26 at tau 5 to 0.10 at tau 0.09), so its cross-entropy carries little
-signal late in the run.
-
-The 2026-12-06 runs of the hard draw with the sandwich and the entropy term
-(``fbnet-search run --space fbnetv2-cifar --cost flops --target-mflops 20 --data fashion-mnist
---subset 2000 --lr 0.1 --epochs 5 --cpu --sampler single``, 32 px then; largest entropy of blocks /
-widths / expansions / resolution; the draw's and the widest path's training accuracy in the last epoch):
-
-* ``--sandwich --entropy-weight 1``: 0.12 / widest 0.51; 1.25 / 0.82 / 0.78 / 0.02; 20.75 MFLOPs
-  (+3.7 %); 8.9 CPU-min.
-* ``--sandwich --entropy-weight 3``: 0.12 / widest 0.47; 1.14 / 0.97 / 0.80 / 0.05; 19.37 MFLOPs
-  (-3.1 %); 9.6 CPU-min.
-* ``--no-sandwich --entropy-weight 3``: 0.13; 0.67 / 1.00 / 0.68 / 0.01; 20.27 MFLOPs
-  (+1.3 %); 8.2 CPU-min.
-
-``entropy_weight`` adds that weight times the distributions' mean entropy
-(:meth:`search.masking.V2ArchParams.mean_entropy`) to the theta loss, ramped linearly from 0 at the
-first theta epoch to the full weight at the last. There the widest path learned but the draws and
-the theta step stayed at chance, so the entropy term did the converging: low entropies under it say that theta committed, not that the accuracy signal
-chose. That is why ``entropy_weight`` is off by default (``--preset paper`` turns it and the sandwich
-off too).
-
-What stops the hard draw, measured 2026-12-07 (2,000 Fashion-MNIST images, 1,600 for the weights,
-batch 64, SGD lr 0.1 momentum 0.9, proxy 0.25, one thread; training accuracy after 25 and 50 steps;
-script: a hand-driven :class:`search.masking.MaskedSupernet`, not a bench):
-
-* one fixed path (the widest widths, one block type everywhere): 0.23-0.31 / 0.52-0.60, for each of
-  ir_k3, ir_k3_hs, ir_k3_sehsig, ir_k3_sehsig_hs and ir_k5_hs (each block type learns alone);
-* the widest widths, each layer's block drawn at random among all 9 types: 0.12 after 25 steps
-  (lr 0.02: 0.11 / 0.13; proxy 0.5: 0.11); between just two types (ir_k3 vs ir_k3_hs): 0.17 / 0.23;
-* fixed blocks and widths, only the expansion drawn (masks over one module's channels): 0.14 / 0.23;
-* zero-initialised projection BN (each block starts as its residual): 0.12 / 0.12;
-* the soft draw (the paper's weight step: every block type weighted): 0.165 after 25 steps, at
-  10.0 s per step against 1.15 s for a hard draw; 60 % of the soft step is the convolutions' backward
-  (depthwise on the CPU), and the 9 max-width modules per layer hold 4.9 GB of activations.
-
-So it is the switching between block types with independent weights that stalls a short search:
-downstream layers see a different random basis every step. Channels-last tensors cut the hard step to
-0.66 s but crashed (heap corruption) in the soft step's backward with torch 2.13, so they are not used.
-Hence the default above: the mix, made affordable by the proxy resolution. Untried: the IR block
-types sharing one set of max-width weights with in-place distillation from the widest path (as OFA
-and BigNAS train), and the mix at 32 px on a GPU.
-
-The theta step draws one **soft** Gumbel sample that drives the masks: loss = CE +
-``target_weight`` * max(0, |log(E[cost] / T)| - ``target_band``) (v1's target hinge); without a
-target, v1's ``CE * alpha * log(cost)^beta``. E[cost] is the exact expectation (bilinear in adjacent
-width weights, summed over resolutions) under softmax(theta) by default (``cost_of`` distribution),
-under the draw's weights with ``cost_of`` draw (the paper; ``--preset paper``). Why not the draw:
-at tau 5 a draw is near uniform whatever theta is, so the hinge is met by the draws while theta's own
-cost drifts off the target, and once tau is low the draws are one-hot and pass no gradient back.
-Measured 2026-12-07 (the command above, ``--theta-lr 0.05 --lr 0.1``, two runs side by side on the
-2-core host, load 2): pricing the draw, the distribution's expected cost ended at 8.7 and 13.7 MFLOPs
-(43 % and 68 % of the target 20; ``--entropy-weight 30``, and ``--theta-lr 0.1 --entropy-weight 10``)
-while a draw of the final theta at tau 5 cost 21.4; pricing the distribution it stayed at 18.8-20.5
-from epoch 1 on (``--entropy-weight 10``; without it 24.4-24.8 in epochs 5-6, CE pulling wider).
-None converged (largest block entropy 1.70 / 1.31 pricing the draw after 10 epochs; 2.08 / 2.10
-pricing the distribution when those two runs were stopped after 7 of 10), so the result is still the
-selection's pick within the band.
-
-``theta_mix`` expected runs the theta step's supernet on softmax(theta) instead of the draw (the mix
-the weight step trains; DARTS-like, no sampling noise). It answers whether theta's accuracy term can
-choose at all on this budget: with it the theta step's accuracy tracks the weights' (0.44-0.53 in
-the last epochs, against 0.09-0.13 on the draws), yet theta hardly moves: the largest block entropy
-ended at 2.13 (``--theta-lr 0.05``) and 1.97 (``--theta-lr 0.2``; widths 1.72-1.74, expansions
-1.73-1.78), 12.7-12.8 CPU-min each. So, measured without noise, the accuracy gradient between a
-layer's options is too small to choose after 10 epochs on 2,000 images at 8 px: convergence here needs
-a longer search (the GPU runs of the issue) or a commitment term (``entropy_weight``) that does not
-come from accuracy. ``theta_mix`` stays the draw by default, as the paper has it.
-
-A latency search on the host's 600-op grid (``fbnet-search run --space fbnetv2-cifar --table GRID.json
---target-ms 2.5 --theta-lr 0.05 --lr 0.1 --subset 2000 --epochs 10``, the distribution priced; 2026-12-07,
-6663ac5, beside two other searches, load 3): the result 2,561 us (+2.4 %), the distribution's expected
-cost 2,351 us at the end, 15.0 CPU-min (user and system); largest entropies blocks 1.96, widths 1.52,
-expansions 1.65, resolution 0.25: on target, not converged.
+On a CPU budget (10 epochs on 2,000 images) theta does not converge: the accuracy gradient between a
+layer's options is too small to choose, even measured without noise (``theta_mix`` expected), and the
+result is the selection's pick within the band.
 
 **Proxy**: the supernet is built on the space with every width scaled by ``proxy_width`` (the v1
 default 0.25; 1 = the paper's full size), so a CPU search fits in minutes; the width options keep
