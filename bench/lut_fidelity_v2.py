@@ -199,9 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     timing_s = sum(float(r["timing_s"]) for r in rounds)
     result = {
         "date": time.strftime("%Y-%m-%d"), "space": a.space, "transport": a.transport, "budget": a.budget,
-        "batch": a.batch, "protocol": {"warmup": a.warmup, "repeats": a.repeats, "rounds": a.rounds}, "jobs": a.jobs,
+        "batch": a.batch, "design": a.design, "protocol": {"warmup": a.warmup, "repeats": a.repeats, "rounds": a.rounds}, "jobs": a.jobs,
         "measured_ops": table["counts"].get("measured"), "counts": table["counts"],
         "heldout": table["model"]["heldout"] if table.get("model") else None,
+        "table": {k: table.get(k) for k in ("version", "overhead_us", "context_us_per_mb")},
         "whole_models": {"n": summary["count"], "within_10pct": summary["within_10pct"],
                          "kendall_tau": summary["kendall_tau"], "mape": summary["mape"]},
         "cold_profile_s": round(t_val - t_prof, 1), "export_s": round(export_s, 1), "timing_s": round(timing_s, 1),

@@ -40,7 +40,7 @@ from profiler_server.domain import fitting
 from profiler_server.domain.tables import CachedTable, _configurations, _newest_rows, finished_runs, pick, space_id
 
 FIT_FOLDS = 5
-MODEL_REVISION = 1  # raise it when a change to domain.fitting changes what a fit predicts (stored fits are keyed by it)
+MODEL_REVISION = 2  # raise it when a change to domain.fitting changes what a fit predicts (stored fits are keyed by it)
 KEEP_FITS = 4  # grid_fits rows kept per device, space and configuration (the newest)
 log = logging.getLogger(__name__)
 GRID_RULE = (
