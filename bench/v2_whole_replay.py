@@ -30,24 +30,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import kendalltau
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 sys.path.insert(0, str(REPO))
 
 from fbnet.arch_v2 import ArchV2  # noqa: E402
-from fbnet.lut import BYTES_PER_WEIGHT  # noqa: E402
+from fbnet.lut_v2 import op_context_us  # noqa: E402
 from fbnet.space_v2 import get_v2_space  # noqa: E402
 from profiler_server.domain import fitting  # noqa: E402
 from profiler_server.domain.grid import grid_of  # noqa: E402
 from profiler_server.domain.planning import design_order  # noqa: E402
+from profiler_server.domain.validations import fidelity_stats  # noqa: E402
 
 
 def scores(pred: np.ndarray, measured: np.ndarray) -> dict:
-    err = pred / measured - 1
-    return {"within_10pct": float(np.mean(np.abs(err) <= 0.10)), "kendall_tau": float(kendalltau(pred, measured)[0]),
-            "mape": float(100 * np.mean(np.abs(err))), "median_err_pct": float(100 * np.median(err))}
+    """The validation summary's figures (share within ±10 %, Kendall tau, MAPE) and the median error."""
+    out = fidelity_stats(list(zip(pred.tolist(), measured.tolist(), strict=True)))
+    return {**out, "median_err_pct": float(100 * np.median(pred / measured - 1))}
 
 
 class Run:
@@ -82,7 +82,7 @@ class Run:
             fitted = model.predict(fitting.shape_array(ops))
             priced = [f if everywhere or op.key not in self.measured else self.measured[op.key]
                       for op, f in zip(ops, fitted, strict=True)]
-            context = [self.context * op.params * BYTES_PER_WEIGHT["fp32"] / 1e6 for op in ops]
+            context = [op_context_us(self.context, op) for op in ops]
             out.append(math.fsum(priced) + math.fsum(context) + self.overhead)
         return np.array(out)
 

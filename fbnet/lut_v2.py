@@ -32,9 +32,12 @@ def grid_prices(table: GridTable, measured_only: bool = False) -> dict[str, floa
             if s in ok and (v is not None or s == "identity")}
 
 
-def _context_us(table: GridTable, op, precision: str) -> float:
-    cost = table.context_us_per_mb
-    return 0.0 if cost is None else cost * op.params * BYTES_PER_WEIGHT.get(precision, 4) / 1e6
+def op_context_us(context_us_per_mb: float | None, op, precision: str = "fp32") -> float:
+    """The in-model weight reload an op adds inside a whole model: the table's context cost x the op's
+    weight MB at ``precision`` (0 without a context cost)."""
+    if context_us_per_mb is None:
+        return 0.0
+    return context_us_per_mb * op.params * BYTES_PER_WEIGHT.get(precision, 4) / 1e6
 
 
 def predict_v2(table: GridTable, space: SpaceV2, arch: ArchV2, *, measured_only: bool = False) -> dict:
@@ -55,7 +58,7 @@ def predict_v2(table: GridTable, space: SpaceV2, arch: ArchV2, *, measured_only:
             missing.append(op.key)
             continue
         fitted += [op.key] if src == "fitted" else []
-        per_op.append({"key": op.key, "latency_us": float(v) + _context_us(table, op, precision), "source": src})
+        per_op.append({"key": op.key, "latency_us": float(v) + op_context_us(table.context_us_per_mb, op, precision), "source": src})
     if missing:
         raise TableError(f"{len(missing)} op(s) of this architecture have no entry in the table of "
                          f"{table.device}: {', '.join(missing[:5])}")
@@ -71,4 +74,4 @@ def predict_v2(table: GridTable, space: SpaceV2, arch: ArchV2, *, measured_only:
             "ops_run": sum(p["source"] != "identity" for p in per_op), "table_version": table.version}
 
 
-__all__ = ["grid_lookup", "grid_prices", "predict_v2"]
+__all__ = ["grid_lookup", "grid_prices", "op_context_us", "predict_v2"]

@@ -97,8 +97,9 @@ def check_arch(space, arch: list[str]) -> None:
         raise Invalid(f"arch: {e}") from None
 
 
-def _stats(pairs: list[tuple[float, float]]) -> dict:
-    """MAPE, the share within ±10 % and Kendall's tau of (predicted, measured) pairs."""
+def fidelity_stats(pairs: list[tuple[float, float]]) -> dict:
+    """MAPE, the share within ±10 % and Kendall's tau of (predicted, measured) pairs: the validation
+    summary's figures (``bench/v2_whole_replay.py`` scores replays with it too)."""
     errs = [abs(100.0 * (p - m) / m) for p, m in pairs]
     tau = None
     if len(pairs) >= 2:
@@ -110,7 +111,7 @@ def _stats(pairs: list[tuple[float, float]]) -> dict:
 
 def summarize(device: str, space: str, items: list[wire.ValidationOut]) -> wire.ValidationSummary:
     worst = sorted(items, key=lambda v: abs(v.error_pct), reverse=True)[:WORST]
-    return wire.ValidationSummary(device=device, space=space, **_stats([(v.predicted_us, v.measured_us) for v in items]),
+    return wire.ValidationSummary(device=device, space=space, **fidelity_stats([(v.predicted_us, v.measured_us) for v in items]),
                                   worst=worst, validations=items)
 
 
@@ -146,5 +147,5 @@ def validation_page(session: Session, device_name: str, space_name: str,
 
     limit, cursor, budget = page
     got = paginate(fetch, limit, budget, id_cursor(cursor))
-    return wire.ValidationSummary(device=device.name, space=space.name, **_stats([(p, m) for _, p, m in rows]),
+    return wire.ValidationSummary(device=device.name, space=space.name, **fidelity_stats([(p, m) for _, p, m in rows]),
                                   worst=[worst[i] for i in worst_ids], validations=got.items, next=got.next)
