@@ -44,12 +44,13 @@ def _layer_step(v: torch.Tensor, cost: torch.Tensor, lp: torch.Tensor, step: flo
 def _choices(space: SpaceV2, logp: MixWeights, layer: int, table_r: torch.Tensor):
     """The (block, expansion) choices of ``layer`` flattened: cost [I, C, J], log-prob [C, J], the list."""
     combos, costs, lps = [], [], []
+    exp_rel = logp.expansions[layer] - logp.expansions[layer].max()  # relative to the most likely (docstring)
     for b, block in enumerate(space.blocks):
         exps = [0] if block == "skip" else range(len(space.expansions))
         for e in exps:
             combos.append((b, None if block == "skip" else e))
             costs.append(table_r[:, b, :, e])  # [I, J]
-            lp_e = 0.0 if block == "skip" else logp.expansions[layer][e] - logp.expansions[layer].max()
+            lp_e = 0.0 if block == "skip" else exp_rel[e]
             lps.append(logp.blocks[layer][b] + lp_e + logp.widths[layer])
     return torch.stack(costs, 1), torch.stack(lps, 0), combos
 

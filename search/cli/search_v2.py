@@ -59,7 +59,7 @@ def v2_cost(search: SearchConfig, source: TableSource, selector: Selector, space
     """The :class:`search.trainer_v2.V2Cost` the options ask for (latency: the grid's corrected entries
     plus each op's in-model context, and the per-call overhead once, as ``fbnet.lut_v2.predict_v2``)."""
     from fbnet.lut import model_overhead_us
-    from fbnet.lut_v2 import _context_us, grid_prices
+    from fbnet.lut_v2 import grid_prices, op_context_us
     from search.trainer_v2 import V2Cost
     from search.v2_cost import CostError, cost_tables, price_for
 
@@ -69,7 +69,7 @@ def v2_cost(search: SearchConfig, source: TableSource, selector: Selector, space
         t = _grid_table(source, selector, space)
         prices = grid_prices(t)
         precision = t.configuration.precision if t.configuration else "fp32"
-        table = {k: v + _context_us(t, space.grid[k], precision) for k, v in prices.items() if k in space.grid}
+        table = {k: v + op_context_us(t.context_us_per_mb, space.grid[k], precision) for k, v in prices.items() if k in space.grid}
         tables = cost_tables(space, price_for("latency", space, table), "us")
         return V2Cost("latency", tables, model_overhead_us(t), t.device, t.version)
     except CostError as e:
