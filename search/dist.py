@@ -83,13 +83,20 @@ def same_on_all_ranks(t: torch.Tensor, env: DistEnv) -> bool:
 
 
 def loader(ds, batch: int, env: DistEnv, seed: int, epoch: int, shuffle: bool = True) -> DataLoader:
-    """Seeded per epoch (a resumed run draws what the uninterrupted one did); sharded under torchrun."""
+    """Seeded per epoch (a resumed run draws what the uninterrupted one did); sharded under torchrun.
+    A last batch of one image is dropped (a different image each shuffled epoch): BatchNorm in train
+    mode cannot normalise a single image (``--subset 2005`` left 401 theta images, 25 batches of 16
+    and one of 1)."""
     if env.distributed:
         sampler = DistributedSampler(ds, num_replicas=env.world, rank=env.rank, shuffle=shuffle, seed=seed)
         sampler.set_epoch(epoch)
-        return DataLoader(ds, batch_size=batch, sampler=sampler)
+        return DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=_lone_last(len(sampler), batch))
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(ds, batch_size=batch, shuffle=shuffle, generator=g)
+    return DataLoader(ds, batch_size=batch, shuffle=shuffle, generator=g, drop_last=_lone_last(len(ds), batch))
+
+
+def _lone_last(n: int, batch: int) -> bool:
+    return n > 1 and n % batch == 1
 
 
 __all__ = ["DistEnv", "all_sum", "average_grad", "broadcast_", "cleanup_distributed", "loader",

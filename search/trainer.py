@@ -43,6 +43,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -60,6 +61,7 @@ from search.history import EpochLog, ProgressFactory, no_progress
 from search.loss import expected_latency, fbnet_loss, target_loss
 from search.sampling import argmax_arch
 from search.select import latency_range, most_likely_within
+from search.signal import SplitHalf, cost_part_grad
 from search.supernet import ArchParams, Supernet, proxy_space
 
 CHECKPOINT = "checkpoint.pt"
@@ -129,6 +131,7 @@ class Searcher:
         self.history: list[dict] = []
         self.start_epoch = 0
         self.theta_steps = 0
+        self.signal = SplitHalf()  # this theta epoch's accuracy gradients (search.signal)
 
     def _check_inputs(self) -> None:
         cfg, lut, data = self.cfg, self.lut, self.data
@@ -239,11 +242,16 @@ class Searcher:
         m = self.arch.gumbel_weights(tau, hard=cfg.single)
         logits = self.net(x, m, cfg.single)  # the bare module: no weight-gradient all-reduce for a theta step
         if cfg.target_us is None:
-            loss, ce = fbnet_loss(logits, y, expected_latency(m, self.lat, self.fixed), cfg.alpha, cfg.beta)
+            lat = expected_latency(m, self.lat, self.fixed)
+            loss_of = partial(fbnet_loss, target=y, lat_us=lat, alpha=cfg.alpha, beta=cfg.beta)
         else:
             lat = expected_latency(self.arch.probs(), self.lat, self.fixed)
-            loss, ce = target_loss(logits, y, lat, cfg.target_us, cfg.target_weight, cfg.target_band)
+            loss_of = partial(target_loss, target=y, lat_us=lat, target_us=cfg.target_us, weight=cfg.target_weight,
+                              band=cfg.target_band)
+        loss, ce = loss_of(logits)
+        g_cost = cost_part_grad(loss_of(logits.detach())[0], [self.arch.theta])
         (g,) = torch.autograd.grad(loss, [self.arch.theta])
+        self.signal.add(g.flatten() - g_cost)
         self.arch.theta.grad = average_grad(g, self.env)
         self.t_opt.step()
         self.t_opt.zero_grad(set_to_none=True)
@@ -272,6 +280,7 @@ class Searcher:
 
         if search_epoch:
             t_loss = t_ce = t_correct = t_seen = 0.0
+            self.signal = SplitHalf()
             for x, y in loader(self.t_ds, self.t_batch, env, cfg.seed + 1, epoch):
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 loss, ce, ok = self.theta_step(x, y, tau)
@@ -279,9 +288,10 @@ class Searcher:
                 t_correct, t_seen = t_correct + ok, t_seen + len(y)
                 tick(f"epoch {epoch + 1}/{cfg.epochs} theta loss {loss:.3f}", 0)
             t_loss, t_ce, t_correct, t_seen = all_sum([t_loss, t_ce, t_correct, t_seen], env)
-            row.update(theta_loss=t_loss / t_seen, theta_ce=t_ce / t_seen, theta_acc=t_correct / t_seen)
-        else:
-            row.update(theta_loss=None, theta_ce=None, theta_acc=None)  # warm-up: theta not trained (JSON null)
+            row.update(theta_loss=t_loss / t_seen, theta_ce=t_ce / t_seen, theta_acc=t_correct / t_seen,
+                       theta_signal=self.signal.cosine())
+        else:  # warm-up: theta not trained (JSON null)
+            row.update(theta_loss=None, theta_ce=None, theta_acc=None, theta_signal=None)
 
         with torch.no_grad():
             p = self.arch.probs()
@@ -291,8 +301,9 @@ class Searcher:
         row["argmax_prob"] = self.arch.argmax_prob()
         row["theta_steps"] = self.theta_steps
         row["time_s"] = time.perf_counter() - t0
+        sig = "" if row["theta_signal"] is None else f", signal {row['theta_signal']:.2f}"
         tick(f"epoch {epoch + 1}/{cfg.epochs} tau {tau:.3f} entropy {row['theta_entropy']:.3f} "
-             f"E[lat] {row['expected_latency_us']:.0f} us, {self.theta_steps} theta steps", 1)
+             f"E[lat] {row['expected_latency_us']:.0f} us, {self.theta_steps} theta steps{sig}", 1)
         return row
 
     # ---- the whole run ---------------------------------------------------------------------------

@@ -68,6 +68,7 @@ from search.history import EpochLog, no_progress
 from search.loss import fbnet_loss, target_loss
 from search.masking import MaskedSupernet, MixWeights, V2ArchParams
 from search.select_v2 import most_likely_within_v2
+from search.signal import SplitHalf, cost_part_grad, flat_grad
 from search.trainer import CHECKPOINT, RunOptions, make_optimizers, split_indices
 from search.v2_cost import COSTS, CostTables, arch_cost, cost_range, expected_cost
 
@@ -163,6 +164,7 @@ class V2Searcher:
         self.history: list[dict] = []
         self.start_epoch = 0
         self.theta_steps = 0
+        self.signal = SplitHalf()  # this theta epoch's accuracy gradients (search.signal)
 
     def _check_inputs(self) -> None:
         res = train_resolution(self.cfg, self.space)
@@ -263,31 +265,42 @@ class V2Searcher:
         w = self.arch.sample(tau) if cfg.theta_mix == "draw" else probs
         logits = self.net(x, w)
         cost = expected_cost(self.tables, w if cfg.cost_of == "draw" else probs) + self.cost.offset
+        loss, ce = self._theta_loss(logits, y, cost, entropy_weight)
+        params = list(self.arch.parameters())
+        g_cost = cost_part_grad(self._theta_loss(logits.detach(), y, cost, entropy_weight)[0], params)
+        self.t_opt.zero_grad(set_to_none=True)
+        self.net.zero_grad(set_to_none=True)
+        loss.backward()
+        self.signal.add(flat_grad(params) - g_cost)
+        self.t_opt.step()
+        self.net.zero_grad(set_to_none=True)
+        self.theta_steps += 1
+        return loss.item(), ce.item(), int((logits.argmax(1) == y).sum())
+
+    def _theta_loss(self, logits: torch.Tensor, y: torch.Tensor, cost: torch.Tensor, entropy_weight: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
         if self.target is None:
             loss, ce = fbnet_loss(logits, y, cost, cfg.alpha, cfg.beta)
         else:
             loss, ce = target_loss(logits, y, cost, self.target, cfg.target_weight, cfg.target_band)
         if entropy_weight > 0:
             loss = loss + entropy_weight * self.arch.mean_entropy()
-        self.t_opt.zero_grad(set_to_none=True)
-        self.net.zero_grad(set_to_none=True)
-        loss.backward()
-        self.t_opt.step()
-        self.net.zero_grad(set_to_none=True)
-        self.theta_steps += 1
-        return loss.item(), ce.item(), int((logits.argmax(1) == y).sum())
+        return loss, ce
 
     def _theta_epoch(self, epoch: int, tau: float, tick) -> dict:
         dev, cfg = self.env.device, self.cfg
         t_loss = t_ce = t_correct = t_seen = 0.0
         n = cfg.epochs - cfg.warmup
         ent_w = cfg.entropy_weight * ((epoch - cfg.warmup) / (n - 1) if n > 1 else 1.0)
+        self.signal = SplitHalf()
         for x, y in loader(self.t_ds, self.t_batch, self.env, cfg.seed + 1, epoch):
             x, y = x.to(dev), y.to(dev)
             loss, ce, ok = self.theta_step(x, y, tau, ent_w)
             t_loss, t_ce, t_correct, t_seen = t_loss + loss * len(y), t_ce + ce * len(y), t_correct + ok, t_seen + len(y)
             tick(f"epoch {epoch + 1}/{cfg.epochs} theta loss {loss:.3f}", 0)
-        return {"theta_loss": t_loss / t_seen, "theta_ce": t_ce / t_seen, "theta_acc": t_correct / t_seen}
+        return {"theta_loss": t_loss / t_seen, "theta_ce": t_ce / t_seen, "theta_acc": t_correct / t_seen,
+                "theta_signal": self.signal.cosine()}
 
     def train_epoch(self, epoch: int, tick=lambda info, advance: None) -> dict:
         cfg, dev = self.cfg, self.env.device
@@ -306,14 +319,15 @@ class V2Searcher:
         if epoch >= cfg.warmup:
             row.update(self._theta_epoch(epoch, tau, tick))
         else:
-            row.update(theta_loss=None, theta_ce=None, theta_acc=None)
+            row.update(theta_loss=None, theta_ce=None, theta_acc=None, theta_signal=None)
         with torch.no_grad():
             row["expected_cost"] = float(expected_cost(self.tables, self.arch.probs())) + self.cost.offset
         row["argmax_cost"] = self.cost.of(self.space, self.arch.argmax_arch(self.space))
         row.update({f"entropy_{k}": v for k, v in self.arch.entropies().items()})
         row["theta_steps"], row["time_s"] = self.theta_steps, time.perf_counter() - t0
+        sig = "" if row["theta_signal"] is None else f", signal {row['theta_signal']:.2f}"
         tick(f"epoch {epoch + 1}/{cfg.epochs} tau {tau:.3f} E[{self.cost.kind}] {row['expected_cost']:.4g} "
-             f"{self.cost.unit}, entropy max {max(self.arch.entropies().values()):.3f}", 1)
+             f"{self.cost.unit}, entropy max {max(self.arch.entropies().values()):.3f}{sig}", 1)
         return row
 
     # ---- the whole run ---------------------------------------------------------------------------

@@ -46,13 +46,15 @@ def test_each_device_table_gets_an_architecture_at_its_target(devices, tmp_path)
         target_ms = (lo + 0.3 * (hi - lo)) / 1000
         r = runner.invoke(app, ["run", "--server", devices.url, "--device", dev, "--space", "fbnet-cifar",
                                 "--target-ms", str(target_ms), "--out", str(out),
-                                "--cache-dir", str(tmp_path / "cache"), *SMALL])
+                                "--cache-dir", str(tmp_path / "cache"), *SMALL, "--theta-batch-size", "4"])
         assert r.exit_code == 0, r.output
         doc = json.loads((out / "arch.json").read_text())
         assert len(doc["arch"]) == 22 and len(doc["theta"]) == 22 and all(len(t) == 9 for t in doc["theta"])
         assert doc["space"] == "fbnet-cifar" and doc["device"] == dev and doc["table_version"]
         assert len(doc["history"]) == 2 and {"expected_latency_us", "theta_entropy", "argmax_prob", "tau", "w_acc",
-                                             "theta_steps"} <= set(doc["history"][0])
+                                             "theta_steps", "theta_signal"} <= set(doc["history"][0])
+        assert all(-1 <= h["theta_signal"] <= 1 for h in doc["history"])
+        assert "theta's accuracy signal (split-half cosine, median of 2 search epochs)" in r.output
         assert doc["target_ms"] == pytest.approx(target_ms) and doc["selection"].startswith("most likely within")
         assert abs(doc["predicted_latency_us"] / 1000 / target_ms - 1) <= 0.10
         assert doc["theta_entropy"] == pytest.approx(doc["history"][-1]["theta_entropy"])

@@ -54,6 +54,7 @@ def flops_run(tmp_path_factory):
     r = CliRunner().invoke(app, ["run", "--space", "fbnetv2-cifar", "--cost", "flops", "--target-mflops", str(target),
                                  "--out", str(out), *SMALL])
     assert r.exit_code == 0, r.output
+    assert "theta's accuracy signal (split-half cosine, median of 2 search epochs)" in r.output
     return out, target
 
 
@@ -68,7 +69,8 @@ def test_flops_search_lands_within_the_target_and_writes_a_v2_arch(flops_run):
     assert len(doc["history"]) == 2
     header = (out / "history.csv").read_text().splitlines()[0].split(",")
     assert {"expected_cost", "entropy_blocks", "entropy_widths", "entropy_expansions", "entropy_resolution",
-            "theta_steps"} <= set(header)
+            "theta_steps", "theta_signal"} <= set(header)
+    assert all(-1 <= h["theta_signal"] <= 1 for h in doc["history"])
     assert (out / "checkpoint.pt").is_file()
     # every layer records block, width and expansion (None only for a skip), and the resolution
     assert arch.resolution in SPACE.resolutions

@@ -73,6 +73,17 @@ def warn(msg: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
 
 
+def print_signal(history) -> None:
+    """The search's theta-signal summary (:func:`search.signal.signal_line`): a line, or a warning."""
+    from search.signal import signal_line
+
+    text, noisy = signal_line(history)
+    if noisy:
+        warn(text)
+    elif text:
+        console.print(text, highlight=False, soft_wrap=True)
+
+
 def load_table(source: TableSource, selector: Selector | None = None):
     """The table ``source`` names, in the configuration ``selector`` picks; its description on stderr."""
     from fbnet.client import get_table
@@ -98,5 +109,5 @@ def build_lut(space, table):
         fail(str(e))
 
 
-__all__ = ["DATA_ENV_HELP", "FMT_OPT", "RUN_ENV_HELP", "SPACE_OPT", "TOKEN_ENV_HELP", "Fmt", "arch_from", "build_lut",
+__all__ = ["DATA_ENV_HELP", "FMT_OPT", "RUN_ENV_HELP", "SPACE_OPT", "TOKEN_ENV_HELP", "Fmt", "arch_from", "build_lut", "print_signal",
            "console", "err", "load_table", "parse_arch", "read_arch", "space_named", "warn"]

@@ -25,6 +25,7 @@ from search.cli.common import (
     console,
     load_table,
     parse_arch,
+    print_signal,
     read_arch,
     space_named,
     warn,
@@ -232,6 +233,7 @@ def _print_search(res, lut, search: SearchConfig, out: Path) -> None:
                   f"expected {last.get('expected_latency_us', float('nan')):.1f} us under softmax(theta), "
                   f"theta entropy {last.get('theta_entropy', float('nan')):.3f} after "
                   f"{last.get('theta_steps', 0)} theta steps; wrote {out / 'arch.json'}", highlight=False)
+    print_signal(res.history)
 
 
 @commands.command(epilog=TOKEN_ENV_HELP)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fbnet.cli import fail
 from fbnet.configuration import Selector
-from search.cli.common import console, warn
+from search.cli.common import console, print_signal, warn
 from search.config import DataConfig, Execution, SearchConfig, TableSource
 
 
@@ -105,6 +105,7 @@ def run_v2(source: TableSource, selector: Selector, data: DataConfig, search: Se
     console.print(f"[bold]{res.arch.to_text()}[/bold]", highlight=False, soft_wrap=True)
     console.print(f"{res.cost:.4g} {res.unit}{aim}, {res.selection}; entropies (nats, the largest of each kind): "
                   f"{ents}; wrote {execution.out / 'arch.json'}", highlight=False, soft_wrap=True)
+    print_signal(res.history)
 
 
 __all__ = ["run_v2", "v2_cost"]
