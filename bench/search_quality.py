@@ -45,6 +45,7 @@ from search.config import search_overrides as parse_overrides  # noqa: E402
 from search.data import DataError, load_dataset  # noqa: E402
 from search.dist import DistEnv  # noqa: E402
 from search.select import latency_range, random_within  # noqa: E402
+from search.signal import fmt_signal, signal_summary  # noqa: E402
 from search.supernet import ArchParams, Supernet, proxy_space  # noqa: E402
 from search.trainer import LARGEST, RunOptions, run_search, search_resolution  # noqa: E402
 
@@ -173,7 +174,7 @@ class Earlier:
         return None
 
 
-SEARCH_KEYS = ("device", "target_us", "arch", "predicted_us", "error_pct", "theta_entropy", "theta_steps", "wall_s",
+SEARCH_KEYS = ("device", "target_us", "arch", "predicted_us", "error_pct", "theta_entropy", "theta_signal", "theta_steps", "wall_s",
                "cpu_s", "time_to_entropy_1_s", "expected_latency_us", "w_acc", "w_acc_per_epoch", "tau_per_epoch")
 
 
@@ -224,7 +225,8 @@ def search(a, space, lut, data, target_us: float, out: Path) -> dict:
     last = r.history[-1]
     return {"device": lut.device, "target_us": target_us, "arch": list(r.arch.blocks),
             "predicted_us": r.predicted_latency_us, "error_pct": 100 * (r.predicted_latency_us / target_us - 1),
-            "theta_entropy": last["theta_entropy"], "theta_steps": last["theta_steps"], "wall_s": wall, "cpu_s": cpu,
+            "theta_entropy": last["theta_entropy"], "theta_signal": signal_summary(r.history),
+            "theta_steps": last["theta_steps"], "wall_s": wall, "cpu_s": cpu,
             "time_to_entropy_1_s": conv, "expected_latency_us": last["expected_latency_us"],
             "w_acc": last["w_acc"], "w_acc_per_epoch": [h["w_acc"] for h in r.history],
             "tau_per_epoch": [h["tau"] for h in r.history]}
@@ -355,7 +357,8 @@ def main() -> None:
         res["targets"].append(s)
         _save(a, res)
         print(f"target {frac:.2f} ({target / 1000:.2f} ms): found {s['predicted_us'] / 1000:.2f} ms "
-              f"({s['error_pct']:+.1f} %), entropy {s['theta_entropy']:.2f}, acc {s['found_acc']:.3f} vs random "
+              f"({s['error_pct']:+.1f} %), entropy {s['theta_entropy']:.2f}, signal {fmt_signal(s.get('theta_signal'))}, "
+              f"acc {s['found_acc']:.3f} vs random "
               f"median {s['random_median']:.3f} (mean {s['random_mean']:.3f} +- {s['random_sd']:.3f}, "
               f"max {s['random_max']:.3f}, n={len(accs)})", flush=True)
 

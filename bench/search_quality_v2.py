@@ -54,6 +54,7 @@ from search.band_v2 import uniform_in_band_v2  # noqa: E402
 from search.child import train_child  # noqa: E402
 from search.config import ChildConfig, SearchConfig, TableSource, search_overrides  # noqa: E402
 from search.data import load_dataset  # noqa: E402
+from search.signal import fmt_signal, signal_summary  # noqa: E402
 from search.trainer import RunOptions  # noqa: E402
 from search.trainer_v2 import V2Cost, run_search_v2, train_resolution  # noqa: E402
 from search.v2_cost import cost_tables, price_for  # noqa: E402
@@ -143,10 +144,12 @@ def one_target(a, space, cost: V2Cost, frac: float, children: Children, sdata) -
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         accs = children.accs(r.arch)
         searches.append({"seed": seed, "arch": r.arch.to_text(), "cost": r.cost, "error_pct": 100 * (r.cost / target - 1),
-                         "entropies": r.entropies, "w_acc": r.history[-1]["w_acc"], "wall_s": wall, "cpu_s": cpu,
+                         "entropies": r.entropies, "theta_signal": signal_summary(r.history),
+                         "w_acc": r.history[-1]["w_acc"], "wall_s": wall, "cpu_s": cpu,
                          "accs": accs, "acc": statistics.fmean(accs)})
         print(f"  target {frac:g} search {seed}: {r.cost:.4g} {cost.unit} ({searches[-1]['error_pct']:+.1f} %), "
-              f"acc {searches[-1]['acc']:.3f}, max entropy {max(r.entropies.values()):.2f}, {cpu / 60:.1f} CPU-min",
+              f"acc {searches[-1]['acc']:.3f}, max entropy {max(r.entropies.values()):.2f}, "
+              f"signal {fmt_signal(searches[-1]['theta_signal'])}, {cpu / 60:.1f} CPU-min",
               flush=True)
     band = (0.95 * target - cost.offset, 1.05 * target - cost.offset)
     randoms = []
@@ -199,7 +202,8 @@ def search_on(a, space, cost: V2Cost, target: float, seed: int, name: str) -> di
     c0 = time.process_time()
     r = run_search_v2(cfg, space, cost, a.sdata, OUT / "search_quality_v2" / f"{name}-s{seed}", RunOptions())
     return {"target_us": target, "arch": r.arch, "error_pct": 100 * (r.cost / target - 1),
-            "max_entropy": max(r.entropies.values()), "cpu_s": time.process_time() - c0}
+            "max_entropy": max(r.entropies.values()), "theta_signal": signal_summary(r.history),
+            "cpu_s": time.process_time() - c0}
 
 
 def specialise(a, commit: str, space, cost_a: V2Cost, sdata) -> None:

@@ -72,6 +72,11 @@ def signal_summary(history: Sequence[dict]) -> float | None:
     return median(vals) if vals else None
 
 
+def fmt_signal(value: float | None) -> str:
+    """A ``theta_signal`` for a table or a line: two decimals, or ``n/a`` (no search epoch had two batches)."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def signal_line(history: Sequence[dict]) -> tuple[str, bool]:
     """The command line's summary of a search's ``theta_signal`` and whether it is a warning."""
     m = signal_summary(history)
@@ -86,4 +91,4 @@ def signal_line(history: Sequence[dict]) -> tuple[str, bool]:
             "(docs/search_signal.md)", True)
 
 
-__all__ = ["NOISY_BELOW", "SplitHalf", "signal_line", "cost_part_grad", "flat_grad", "signal_summary"]
+__all__ = ["NOISY_BELOW", "SplitHalf", "fmt_signal", "signal_line", "cost_part_grad", "flat_grad", "signal_summary"]
