@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,15 +29,12 @@ sys.path.insert(0, str(REPO))
 
 from fbnet.lut import context_cost, context_factor, weight_mb  # noqa: E402
 from fbnet.space import Arch, get_space  # noqa: E402
+from profiler_server.domain.validations import fidelity_stats  # noqa: E402
 
 
 def score(pred: list[float], meas: list[float]) -> dict:
-    from scipy.stats import kendalltau
-
-    errs = [(p - m) / m for p, m in zip(pred, meas, strict=True)]
-    return {"within_10pct": sum(abs(e) <= 0.10 for e in errs) / len(errs),
-            "kendall_tau": float(kendalltau(pred, meas).statistic),
-            "mape": 100 * statistics.fmean(abs(e) for e in errs)}
+    """The service's validation figures (within +-10 %, Kendall tau, MAPE) of these predictions."""
+    return fidelity_stats(list(zip(pred, meas, strict=True)))
 
 
 def replay(path: Path) -> dict | None:

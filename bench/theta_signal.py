@@ -15,7 +15,7 @@ noise): how many images a theta step would need before the data agree.
     python bench/theta_signal.py --space fbnetv2-cifar --cost flops --target-frac 0.16 --subset 2000 \\
         --epochs 10 --set default: --curve 400,1000,2500,5000
 
-Prints a table and writes ``bench/out/theta_signal.json``. Run one search at a time with
+Prints a table and writes ``bench/out/theta_signal.json`` (``--json``). Run one search at a time with
 ``OMP_NUM_THREADS=1`` beside another job, or alone: several torch processes on two cores spin.
 """
 
@@ -60,6 +60,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="NAME:k=v,k=v", help="one search per --set")
     p.add_argument("--curve", default="", help="images per half for the final-state curve, e.g. 400,1000,2500")
+    p.add_argument("--json", type=Path, default=OUT / "theta_signal.json", help="where the results go")
     p.add_argument("--control", action="store_true",
                    help="also run each setting with the theta images' labels permuted: what theta does with no signal")
     a = p.parse_args()
@@ -158,7 +159,7 @@ def run_one(a, spec: str, control: bool = False) -> dict:
     name, subset, overrides = setting(spec)
     subset = subset or a.subset
     name += " (control)" if control else ""
-    s, target = searcher(a, overrides, subset, OUT / "theta_signal" / name.replace(" ", "-"))
+    s, target = searcher(a, overrides, subset, OUT / "theta_signal" / a.space / name.replace(" ", "-"))
     if control:
         permute_theta_labels(s, a.seed)
     sizes = [int(v) for v in a.curve.split(",") if v]
@@ -189,11 +190,11 @@ def main() -> None:
         acc = "" if r["theta_acc_first"] is None else f"{r['theta_acc_first']:.2f}->{r['theta_acc_last']:.2f}"
         print(f"{r['name']:22s} {r['subset']:6d} {fmt_signal(r['signal_median']):>7s} {r['entropy']:7.2f} "
               f"{acc:>11s} {r['cpu_s'] / 60:7.1f}")
-    OUT.mkdir(parents=True, exist_ok=True)
+    a.json.parent.mkdir(parents=True, exist_ok=True)
     doc = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv[1:],
            "torch_threads": torch.get_num_threads(), "runs": rows}
-    (OUT / "theta_signal.json").write_text(json.dumps(doc, indent=1))
-    print(f"wrote {OUT / 'theta_signal.json'}")
+    a.json.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {a.json}")
 
 
 if __name__ == "__main__":
