@@ -6,9 +6,11 @@ search epoch, ``theta_signal`` (:mod:`search.signal`: the cosine between the sum
 of a theta epoch's even and odd batches; near 0 when theta's accuracy steps are noise), its median,
 the entropy at the end, the theta step's accuracy in the first and last search epoch, and the CPU time.
 
-``--curve 400,1000,2500,5000``: at each search's final state, the same cosine on disjoint halves of the
-test images of those sizes, the weights fixed and the supernet run on softmax(theta) (no Gumbel
-noise): how many images a theta step would need before the data agree.
+``--curve 400,1000,2500,5000``: after the warm-up (theta still uniform) and at the end, the same cosine
+on disjoint halves of the test images of those sizes, the weights fixed and the supernet run on
+softmax(theta) (no Gumbel noise): how many images a theta step would need before the data agree on
+which options help. Read the warm-up's: at the end a theta that walked somewhere the data dislike
+gets a consistent pull back, which is agreement on where theta went, not on which options help.
 
     python bench/theta_signal.py --table host-cpu.json --target-frac 0.35 --subset 1000 --epochs 6 \\
         --set 8px:proxy_resolution=8 --set 16px:proxy_resolution=16 --curve 400,1000,2500
@@ -30,7 +32,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
@@ -61,8 +62,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="NAME:k=v,k=v", help="one search per --set")
     p.add_argument("--curve", default="", help="images per half for the final-state curve, e.g. 400,1000,2500")
     p.add_argument("--json", type=Path, default=OUT / "theta_signal.json", help="where the results go")
-    p.add_argument("--control", action="store_true",
-                   help="also run each setting with the theta images' labels permuted: what theta does with no signal")
     a = p.parse_args()
     if not a.set:
         a.set = ["default:"]
@@ -148,24 +147,19 @@ def curve(s, test, sizes: list[int]) -> list[dict]:
     return out
 
 
-def permute_theta_labels(s, seed: int) -> None:
-    """The control: the theta split keeps its images, its labels are shuffled among them."""
-    idx = torch.as_tensor(s.t_ds.indices)
-    x, y = (t[idx] for t in s.t_ds.dataset.tensors)
-    s.t_ds = TensorDataset(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))])
-
-
-def run_one(a, spec: str, control: bool = False) -> dict:
+def run_one(a, spec: str) -> dict:
     name, subset, overrides = setting(spec)
     subset = subset or a.subset
-    name += " (control)" if control else ""
-    s, target = searcher(a, overrides, subset, OUT / "theta_signal" / a.space / name.replace(" ", "-"))
-    if control:
-        permute_theta_labels(s, a.seed)
+    s, target = searcher(a, overrides, subset, OUT / "theta_signal" / a.space / name)
     sizes = [int(v) for v in a.curve.split(",") if v]
     test = curve_images(s, a, sizes)
-    t0, c0 = time.perf_counter(), time.process_time()
-    s.run()
+    t0, c0, start = time.perf_counter(), time.process_time(), []
+    for epoch in range(s.cfg.epochs):
+        s.history.append(s.train_epoch(epoch))
+        if epoch + 1 == s.cfg.warmup:  # theta still uniform: do the data agree before theta walks?
+            c1 = time.process_time()
+            start = curve(s, test, sizes)
+            c0 += time.process_time() - c1
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = [h for h in s.history if h.get("theta_acc") is not None]
     ent = hist[-1].get("theta_entropy") if hist and "theta_entropy" in hist[-1] else max(s.arch.entropies().values())
@@ -174,17 +168,18 @@ def run_one(a, spec: str, control: bool = False) -> dict:
            "entropy": ent, "theta_acc_first": hist[0]["theta_acc"] if hist else None,
            "theta_acc_last": hist[-1]["theta_acc"] if hist else None, "theta_steps": s.theta_steps,
            "wall_s": wall, "cpu_s": cpu,
-           "curve": curve(s, test, sizes)}
+           "curve_after_warmup": start, "curve": curve(s, test, sizes)}
     print(f"{name}: signal {' '.join(fmt_signal(v) for v in row['signal_per_epoch'])} (median "
           f"{fmt_signal(row['signal_median'])}), entropy {ent:.2f}, {cpu / 60:.1f} CPU-min"
-          + "".join(f"; {c['images_per_half']}/half {fmt_signal(c['cosine'])}" for c in row["curve"]), flush=True)
+          + "".join(f"; {c['images_per_half']}/half {fmt_signal(c['cosine'])} after the warm-up, "
+                    f"{fmt_signal(e['cosine'])} at the end" for c, e in zip(start, row["curve"], strict=False)), flush=True)
     return row
 
 
 def main() -> None:
     a = parse()
     torch.manual_seed(a.seed)
-    rows = [run_one(a, spec, control) for spec in a.set for control in ((False, True) if a.control else (False,))]
+    rows = [run_one(a, spec) for spec in a.set]
     print(f"\n{'setting':22s} {'subset':>6s} {'median':>7s} {'entropy':>7s} {'theta acc':>11s} {'CPU min':>7s}")
     for r in rows:
         acc = "" if r["theta_acc_first"] is None else f"{r['theta_acc_first']:.2f}->{r['theta_acc_last']:.2f}"
