@@ -10,12 +10,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from search_helpers import macs_table
 
+from fbnet.lut import build_lut
+from fbnet.space import get_space
 from fbnet.space_v2 import get_v2_space
 from search.config import SearchConfig
 from search.data import Dataset
 from search.loss import fbnet_loss, target_loss
+from search.select import latency_range
 from search.signal import SplitHalf, cost_part_grad, signal_line, signal_summary
+from search.trainer import RunOptions, Searcher
 from search.trainer_v2 import V2Cost, V2Searcher
 from search.v2_cost import cost_range, cost_tables, flops_price
 
@@ -98,3 +103,22 @@ def test_the_command_line_summary_warns_when_theta_moved_on_noise():
     assert quiet == ("theta's accuracy signal (split-half cosine, median of 2 search epochs): 0.60", False)
     assert noisy[1] and "mostly noise" in noisy[0] and "--subset" in noisy[0]
     assert signal_line([{"theta_signal": None}]) == ("", False)
+
+
+def test_v1_theta_signal_leaves_out_the_target_hinge(tmp_path):
+    """v1's theta step: random labels on random images under a heavy hinge far below the start. The
+    hinge's gradient is the same at every step (a signal of ~1 if it were counted); the accuracy
+    part left is noise."""
+    space = get_space("fbnet-cifar")
+    lut = build_lut(macs_table(space), space)
+    lo, _ = latency_range(lut)
+    cfg = SearchConfig(target_ms=1.1 * lo / 1000, target_weight=1000.0, epochs=1, warmup_epochs=0, batch_size=32,
+                       theta_batch_size=8, seed=0)
+    torch.manual_seed(0)
+    n = 320
+    x, y = torch.randn(n, 3, 8, 8), torch.randint(0, 10, (n,))
+    data = Dataset("test", x, y, x[:16], y[:16], [str(i) for i in range(10)])
+    s = Searcher(cfg, space, lut, data, tmp_path, RunOptions(tensorboard=False))
+    hist = s.run().history
+    assert hist[-1]["expected_latency_us"] > 1.5 * 1.1 * lo  # the hinge pulled at every step
+    assert abs(hist[-1]["theta_signal"]) < 0.4, hist[-1]["theta_signal"]
