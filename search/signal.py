@@ -86,9 +86,9 @@ def signal_line(history: Sequence[dict]) -> tuple[str, bool]:
     text = f"theta's accuracy signal (split-half cosine, median of {n} search epochs): {m:.2f}"
     if m >= NOISY_BELOW:
         return text, False
-    return (text + " -- theta's accuracy steps were mostly noise, so the choice comes from the cost term and "
-            "the selection more than from accuracy; search on more images (--subset) or longer "
-            "(docs/search_signal.md)", True)
+    return (text + " -- theta's accuracy steps were mostly noise: a low entropy means theta walked, and the "
+            "architecture comes from the cost term and the selection more than from accuracy "
+            "(docs/search_signal.md: what gives theta a signal)", True)
 
 
 __all__ = ["NOISY_BELOW", "SplitHalf", "fmt_signal", "signal_line", "cost_part_grad", "flat_grad", "signal_summary"]

@@ -101,7 +101,7 @@ def test_v2_theta_signal_is_high_when_the_images_agree_and_low_when_they_do_not(
 def test_the_command_line_summary_warns_when_theta_moved_on_noise():
     quiet, noisy = signal_line([{"theta_signal": 0.5}, {"theta_signal": 0.7}]), signal_line([{"theta_signal": 0.02}])
     assert quiet == ("theta's accuracy signal (split-half cosine, median of 2 search epochs): 0.60", False)
-    assert noisy[1] and "mostly noise" in noisy[0] and "--subset" in noisy[0]
+    assert noisy[1] and "mostly noise" in noisy[0] and "docs/search_signal.md" in noisy[0]
     assert signal_line([{"theta_signal": None}]) == ("", False)
 
 
