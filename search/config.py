@@ -83,7 +83,7 @@ class SearchConfig(BaseModel):
         "theta epoch to this at the last (forces low entropies; it does not make the supernet learn)",
         json_schema_extra=cli(panel=METHOD_PANEL))
     theta_mix: Literal["draw", "expected"] = Field(
-        "draw", description="v2: the theta step's supernet runs on its Gumbel draw (paper) or on softmax(theta), "
+        "draw", description="the theta step's supernet runs on its Gumbel draw (paper) or on softmax(theta), "
         "the mix the default weight step trains (DARTS-like: no sampling noise in theta's accuracy term)",
         json_schema_extra=cli(panel=METHOD_PANEL))
     cost_of: Literal["distribution", "draw"] = Field(

@@ -239,8 +239,11 @@ class Searcher:
     def theta_step(self, x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[float, float, int]:
         """One Adam step of theta on the latency-aware loss: (loss, ce, correct)."""
         cfg = self.cfg
-        m = self.arch.gumbel_weights(tau, hard=cfg.single)
-        logits = self.net(x, m, cfg.single)  # the bare module: no weight-gradient all-reduce for a theta step
+        if cfg.theta_mix == "expected":  # softmax(theta), the mix the weights train on: no sampling noise
+            m, single = self.arch.probs(), False
+        else:
+            m, single = self.arch.gumbel_weights(tau, hard=cfg.single), cfg.single
+        logits = self.net(x, m, single)  # the bare module: no weight-gradient all-reduce for a theta step
         if cfg.target_us is None:
             lat = expected_latency(m, self.lat, self.fixed)
             loss_of = partial(fbnet_loss, target=y, lat_us=lat, alpha=cfg.alpha, beta=cfg.beta)

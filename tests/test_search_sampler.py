@@ -223,3 +223,21 @@ def test_the_loader_never_yields_a_batch_of_one_image(n, batches):
 
     ds = torch.utils.data.TensorDataset(torch.arange(n))
     assert [len(x) for (x,) in loader(ds, 16, DistEnv(), seed=0, epoch=3)] == batches
+
+
+@pytest.mark.parametrize("mix", ["draw", "expected"])
+def test_v1_theta_mix_expected_takes_the_gumbel_noise_out_of_the_theta_step(tmp_path, mix):
+    """--theta-mix expected runs v1's theta step on softmax(theta), the mix the weights train on: the
+    same step whatever the random state; the paper's draw differs from seed to seed."""
+    cfg = SearchConfig(epochs=2, warmup_epochs=0, batch_size=16, theta_mix=mix, target_ms=1.0, **TINY)
+    s = Searcher(cfg, SPACE, LUT, _data(cfg), tmp_path, QUIET)
+    x, y = s.data.train_x[:16], s.data.train_y[:16]
+    start = {k: v.clone() for k, v in s.arch.state_dict().items()}
+    thetas = []
+    for seed in (0, 1):
+        s.arch.load_state_dict(start)
+        s.t_opt.state.clear()
+        torch.manual_seed(seed)
+        s.theta_step(x, y, tau=1.0)
+        thetas.append(s.arch.theta.detach().clone())
+    assert torch.equal(thetas[0], thetas[1]) == (mix == "expected")
