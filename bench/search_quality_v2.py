@@ -56,7 +56,7 @@ from search.config import ChildConfig, SearchConfig, TableSource, search_overrid
 from search.data import load_dataset  # noqa: E402
 from search.signal import fmt_signal, signal_summary  # noqa: E402
 from search.trainer import RunOptions  # noqa: E402
-from search.trainer_v2 import V2Cost, run_search_v2, train_resolution  # noqa: E402
+from search.trainer_v2 import V2Cost, run_search_v2, target_field, train_resolution  # noqa: E402
 from search.v2_cost import cost_tables, price_for  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -105,12 +105,6 @@ def cost_of(a, space) -> V2Cost:
     from search.cli.search_v2 import v2_cost
 
     return v2_cost(SearchConfig(cost="latency"), TableSource(space=space.name, table=a.table), Selector(), space)
-
-
-def target_field(cost: str, value: float) -> dict:
-    """The SearchConfig target of ``value`` (in the cost's unit: us, MFLOPs, M params)."""
-    return {"latency": {"target_ms": value / 1000}, "flops": {"target_mflops": value},
-            "params": {"target_mparams": value}}[cost]
 
 
 class Children:

@@ -45,7 +45,7 @@ from search.data import load_dataset  # noqa: E402
 from search.select import latency_range  # noqa: E402
 from search.signal import SplitHalf, fmt_signal, signal_summary  # noqa: E402
 from search.trainer import RunOptions, Searcher, search_resolution  # noqa: E402
-from search.trainer_v2 import V2Cost, V2Searcher, train_resolution  # noqa: E402
+from search.trainer_v2 import V2Cost, V2Searcher, target_field, train_resolution  # noqa: E402
 from search.v2_cost import cost_tables, price_for  # noqa: E402
 
 
@@ -92,9 +92,7 @@ def searcher(a, overrides: dict, subset: int, out: Path):
             cost = V2Cost(a.cost, cost_tables(space, price_for(a.cost, space)))
         lo, hi = cost.range()
         target = lo + a.target_frac * (hi - lo)
-        field = {"latency": "target_ms", "flops": "target_mflops", "params": "target_mparams"}[a.cost]
-        cfg = SearchConfig(cost=a.cost, epochs=a.epochs, seed=a.seed,
-                           **{field: target / 1000 if a.cost == "latency" else target}, **overrides)
+        cfg = SearchConfig(cost=a.cost, epochs=a.epochs, seed=a.seed, **target_field(a.cost, target), **overrides)
         data = load_dataset(a.data, train_resolution(cfg, space), subset=subset, seed=a.seed, num_classes=space.num_classes)
         return V2Searcher(cfg, space, cost, data, out, RunOptions(tensorboard=False)), target
     if a.table is None:
@@ -162,7 +160,7 @@ def run_one(a, spec: str) -> dict:
             c0 += time.process_time() - c1
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = [h for h in s.history if h.get("theta_acc") is not None]
-    ent = hist[-1].get("theta_entropy") if hist and "theta_entropy" in hist[-1] else max(s.arch.entropies().values())
+    ent = max(s.arch.entropies().values()) if isinstance(s, V2Searcher) else s.arch.entropy()
     row = {"name": name, "subset": subset, "overrides": overrides, "target": target,
            "signal_per_epoch": [h["theta_signal"] for h in hist], "signal_median": signal_summary(hist),
            "entropy": ent, "theta_acc_first": hist[0]["theta_acc"] if hist else None,

@@ -10,8 +10,8 @@ odd batches: two independent estimates of one direction. Their cosine (``theta_s
 history.csv) is near 1 when the epoch's images agree on which options help, and near 0 -- within
 about +-1/sqrt(number of theta entries), the cosine of two random directions -- when they do not:
 then theta's accuracy steps are a random walk, and whatever it commits to comes from the cost term,
-the entropy term or the walk, not from accuracy. More images per theta epoch (``--subset``), a
-better-trained supernet or a longer search raise it. The accuracy gradient is the loss's minus the
+the entropy term or the walk, not from accuracy (negative: consecutive steps undo each other). The
+runs in ``docs/search_signal.md`` say what raised it and what did not. The accuracy gradient is the loss's minus the
 gradient of the same loss with the logits held fixed (:func:`cost_part_grad`): one extra backward
 through the small cost graph, none through the supernet.
 
@@ -51,9 +51,13 @@ class SplitHalf:
         return None if norms == 0 else float(a @ b) / norms
 
 
+def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params, strict=True)])
+
+
 def flat_grad(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """The parameters' ``.grad`` as one vector (zeros where there is none)."""
-    return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params])
+    return _flat([p.grad for p in params], params)
 
 
 def cost_part_grad(cost_only: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -62,8 +66,7 @@ def cost_part_grad(cost_only: torch.Tensor, params: Sequence[torch.Tensor]) -> t
     own backward can follow."""
     if not cost_only.requires_grad:
         return torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-    grads = torch.autograd.grad(cost_only, list(params), retain_graph=True, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params, strict=True)])
+    return _flat(torch.autograd.grad(cost_only, list(params), retain_graph=True, allow_unused=True), params)
 
 
 def signal_summary(history: Sequence[dict]) -> float | None:

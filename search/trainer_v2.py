@@ -99,6 +99,13 @@ class V2Cost:
         return arch_cost(self.tables, space, arch) + self.offset
 
 
+def target_field(cost: str, value: float) -> dict:
+    """The SearchConfig target of ``value`` in the cost's unit (us, MFLOPs, M params): the inverse of
+    :func:`target_of`."""
+    return {"latency": {"target_ms": value / 1000}, "flops": {"target_mflops": value},
+            "params": {"target_mparams": value}}[cost]
+
+
 def target_of(cfg: SearchConfig) -> float | None:
     """The target in the cost's unit (us, MFLOPs, M params); one-line TrainError for a target of
     another cost."""
@@ -400,5 +407,5 @@ def run_search_v2(cfg: SearchConfig, space: SpaceV2, cost: V2Cost, data: Dataset
     return s.run()
 
 
-__all__ = ["KINDS", "V2Cost", "V2Result", "V2Searcher", "proxy_space_v2", "run_search_v2", "target_of",
+__all__ = ["KINDS", "V2Cost", "V2Result", "V2Searcher", "proxy_space_v2", "run_search_v2", "target_field", "target_of",
            "train_resolution"]
